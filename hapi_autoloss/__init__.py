@@ -1,0 +1,7 @@
+"""hapi-autoloss: learned loss weights and hard-example mining for ``paddle.Model``."""
+
+from ._hapi import attach, load_state
+from .weighting import AutoWeight
+
+__version__ = "0.1.0"
+__all__ = ["AutoWeight", "attach", "load_state", "__version__"]

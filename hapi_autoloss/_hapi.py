@@ -1,0 +1,413 @@
+"""The one place that touches the internals of ``paddle.Model`` (hapi).
+
+Checked against paddlepaddle 3.3.1 (``paddle/hapi/model.py``, ``DynamicGraphAdapter``).
+Every other module goes through the functions here, so a change in hapi is fixed in
+one file. What hapi gets wrong for a loss that owns parameters, and what we do:
+
+1. The optimizer was built from ``model.parameters()``, the network's only.
+   -> :func:`attach` adds the loss's parameters to ``model._optimizer``.
+2. ``train_batch`` clears only ``model.network``'s gradients after an update, so a
+   loss's gradients pile up across steps.
+   -> :func:`attach` makes ``network.clear_gradients`` clear them too. hapi calls it
+   exactly after each real update, in the AMP path as well, so
+   ``accumulate_grad_batches`` is respected for free.
+3. Under ``paddle.distributed.launch`` hapi wraps only the network in DataParallel,
+   so each rank's loss parameters see only that rank's gradient and drift apart.
+   -> :func:`attach` averages their gradients over ranks right before the
+   optimizer's ``minimize``.
+4. ``Model.save`` / ``Model.load`` cover the network and the optimizer only.
+   -> :func:`attach` makes ``model.save`` also write ``<path>.autoloss`` (the loss's
+   parameters and the stateful callbacks' positions); :func:`load_state` reads it.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import weakref
+from typing import Any, Dict, Iterator, List, Optional, Protocol, Tuple
+
+import numpy as np
+import paddle
+
+STATE_SUFFIX = ".autoloss"
+_FORMAT_VERSION = 1
+
+# Loss layers whose parameters an optimizer of a hapi Model now owns.
+_ATTACHED: "weakref.WeakSet[paddle.nn.Layer]" = weakref.WeakSet()
+# One loss layer belongs to one model: two models sharing it would train it twice.
+_OWNER: "weakref.WeakKeyDictionary[paddle.nn.Layer, Any]" = weakref.WeakKeyDictionary()
+# Per model: stateful objects saved with each checkpoint, and states read by
+# load_state() that wait for their object to register.
+_STATEFUL: "weakref.WeakKeyDictionary[Any, Dict[str, Any]]" = weakref.WeakKeyDictionary()
+_PENDING: "weakref.WeakKeyDictionary[Any, Dict[str, Any]]" = weakref.WeakKeyDictionary()
+
+
+class Stateful(Protocol):
+    def state_dict(self) -> Dict[str, Any]: ...
+
+    def set_state_dict(self, state: Dict[str, Any]) -> None: ...
+
+
+# ---------------------------------------------------------------- introspection
+
+
+def world() -> Tuple[int, int]:
+    """(rank, number of ranks) of this process, 1 rank outside the launcher."""
+    env = paddle.distributed.ParallelEnv()
+    return int(env.rank), max(1, int(env.world_size))
+
+
+def loss_layer(model: Any) -> Optional[paddle.nn.Layer]:
+    """The loss given to ``model.prepare``, if it is a Layer."""
+    loss = getattr(model, "_loss", None)
+    return loss if isinstance(loss, paddle.nn.Layer) else None
+
+
+def optimizer_of(model: Any) -> Any:
+    return getattr(model, "_optimizer", None)
+
+
+def iter_layers(model: Any, cls: type) -> Iterator[Any]:
+    """Every instance of ``cls`` inside the model's loss, the loss itself included."""
+    root = loss_layer(model)
+    if root is None:
+        return
+    for layer in [root, *root.sublayers()]:
+        if isinstance(layer, cls):
+            yield layer
+
+
+def loss_parameters(model: Any) -> List[Any]:
+    """The trainable parameters found anywhere in the model's loss."""
+    root = loss_layer(model)
+    if root is None:
+        return []
+    return [p for p in root.parameters() if not p.stop_gradient]
+
+
+def called_from_hapi_train(max_depth: int = 6) -> bool:
+    """True when a caller up the stack is hapi's ``DynamicGraphAdapter.train_batch``."""
+    frame = sys._getframe(1)
+    for _ in range(max_depth):
+        if frame is None:
+            return False
+        if frame.f_code.co_name == "train_batch" and frame.f_globals.get(
+            "__name__"
+        ) == "paddle.hapi.model":
+            return True
+        frame = frame.f_back
+    return False
+
+
+def check_attached(layer: paddle.nn.Layer) -> None:
+    """Raise if ``layer`` would train inside hapi with nobody updating its parameters.
+
+    Called from a loss's forward. Costs a few stack-frame reads until attached.
+    """
+    if layer in _ATTACHED:
+        return
+    if not paddle.is_grad_enabled() or not called_from_hapi_train():
+        return
+    if not any(not p.stop_gradient for p in layer.parameters()):
+        return
+    raise RuntimeError(
+        f"{type(layer).__name__} has learnable parameters, but paddle.Model's optimizer "
+        "does not update them and hapi never clears their gradients, so they would stay "
+        "frozen or drift. Fix: pass hapi_autoloss.callbacks.AutoWeightCallback() in "
+        "model.fit(callbacks=[...]), or call hapi_autoloss.attach(model) before "
+        "model.train_batch(...)."
+    )
+
+
+# ---------------------------------------------------------------- attach
+
+
+def _require_dynamic_mode() -> None:
+    if not paddle.in_dynamic_mode():
+        raise RuntimeError(
+            "hapi-autoloss needs PaddlePaddle's dynamic graph mode, but static mode is on. "
+            "Fix: remove paddle.enable_static() (or call paddle.disable_static()) before "
+            "building the paddle.Model."
+        )
+
+
+def _optimizer_params(opt: Any) -> List[Any]:
+    plist = opt._parameter_list or []
+    if plist and isinstance(plist[0], dict):
+        return [p for group in opt._param_groups for p in group["params"]]
+    return list(plist)
+
+
+def _inject(opt: Any, params: List[Any], lr_scale: float) -> None:
+    """Add ``params`` to ``opt`` with weight decay 0 and learning rate × ``lr_scale``."""
+    owned = {id(p) for p in _optimizer_params(opt)}
+    new = [p for p in params if id(p) not in owned]
+    if not new:
+        return
+    for p in new:
+        # Coupled decay (Adam, SGD, Momentum...): a parameter's own regularizer wins
+        # over the optimizer's, so an explicit zero switches it off.
+        p.regularizer = paddle.regularizer.L2Decay(0.0)
+        p.optimize_attr["learning_rate"] = float(lr_scale)
+    plist = opt._parameter_list
+    if plist and isinstance(plist[0], dict):
+        opt._add_param_group(
+            {"params": new, "weight_decay": 0.0, "learning_rate": float(lr_scale)}
+        )
+    else:
+        # Flat list: _param_groups is the same list object as _parameter_list.
+        plist.extend(new)
+    # Decoupled decay (AdamW, Lamb): skip our parameters by name.
+    if hasattr(opt, "_apply_decay_param_fun"):
+        names = {p.name for p in new}
+        previous = opt._apply_decay_param_fun
+        if getattr(previous, "_autoloss_skip", None) is not None:
+            previous._autoloss_skip.update(names)
+        else:
+
+            def apply_decay(name: str, _prev: Any = previous) -> bool:
+                if name in apply_decay._autoloss_skip:  # type: ignore[attr-defined]
+                    return False
+                return True if _prev is None else bool(_prev(name))
+
+            apply_decay._autoloss_skip = set(names)  # type: ignore[attr-defined]
+            opt._apply_decay_param_fun = apply_decay
+
+
+def _wrap_clear_gradients(network: Any, params: List[Any]) -> None:
+    """Make hapi's ``network.clear_gradients()`` clear the loss's gradients too."""
+    current = getattr(network, "_autoloss_params", None)
+    if current is not None:
+        known = {id(p) for p in current}
+        current.extend(p for p in params if id(p) not in known)
+        return
+    network._autoloss_params = list(params)
+    original = network.clear_gradients
+
+    def clear_gradients(*args: Any, **kwargs: Any) -> Any:
+        out = original(*args, **kwargs)
+        for p in network._autoloss_params:
+            p.clear_gradient()
+        return out
+
+    network.clear_gradients = clear_gradients
+
+
+def _wrap_minimize(opt: Any, params: List[Any], nranks: int) -> None:
+    """Average the loss's gradients over ranks before each update (DataParallel's job)."""
+    if nranks <= 1:
+        return
+    current = getattr(opt, "_autoloss_sync", None)
+    if current is not None:
+        known = {id(p) for p in current}
+        current.extend(p for p in params if id(p) not in known)
+        return
+    opt._autoloss_sync = list(params)
+    original = opt.minimize
+
+    def minimize(*args: Any, **kwargs: Any) -> Any:
+        for p in opt._autoloss_sync:
+            if p.grad is not None:
+                grad = p.grad
+                paddle.distributed.all_reduce(grad)
+                p.grad.set_value(grad / nranks)
+        return original(*args, **kwargs)
+
+    opt.minimize = minimize
+
+
+def _wrap_save(model: Any) -> None:
+    if getattr(model, "_autoloss_save_wrapped", False):
+        return
+    original = model.save
+
+    def save(path: str, training: bool = True) -> None:
+        original(path, training)
+        if training and world()[0] == 0:
+            save_state(model, path)
+
+    model.save = save
+    model._autoloss_save_wrapped = True
+
+
+def attach(model: Any, lr_scale: float = 1.0) -> List[Any]:
+    """Make ``model.fit`` train the parameters of ``model``'s loss correctly.
+
+    Idempotent: calling it again (a second ``fit``) adds nothing twice. Returns the
+    loss's trainable parameters. ``AutoWeightCallback`` calls it at train begin; call
+    it yourself only when you drive ``model.train_batch`` by hand.
+
+    Example::
+
+        model.prepare(opt, loss=AutoWeight([mse, mse], method="liebel"))
+        hapi_autoloss.attach(model)
+        model.train_batch([x], [y1, y2])
+    """
+    _require_dynamic_mode()
+    loss = loss_layer(model)
+    if loss is None:
+        return []
+    opt = optimizer_of(model)
+    if opt is None:
+        raise RuntimeError(
+            "paddle.Model has no optimizer, so the loss's weights cannot learn. "
+            "Fix: call model.prepare(optimizer, loss=...) with an optimizer before fit."
+        )
+    if not lr_scale > 0:
+        raise ValueError(f"lr_scale must be > 0, got {lr_scale!r}.")
+    owner = _OWNER.get(loss)
+    if owner is not None and owner is not model:
+        raise RuntimeError(
+            f"This {type(loss).__name__} is already trained by another paddle.Model; one "
+            "instance would mix two models' gradients and checkpoints. Fix: build one "
+            "loss instance per model."
+        )
+    _OWNER[loss] = model
+    params = loss_parameters(model)
+    if params:
+        _inject(opt, params, lr_scale)
+        _wrap_clear_gradients(model.network, params)
+        _wrap_minimize(opt, params, world()[1])
+    _wrap_save(model)
+    _ATTACHED.add(loss)
+    return params
+
+
+# ---------------------------------------------------------------- progress bar
+
+
+def show_in_progress_bar(params: Dict[str, Any], keys: List[str]) -> None:
+    """Make hapi's ProgBarLogger print ``keys`` from ``logs``.
+
+    ProgBarLogger prints the keys listed in ``params['metrics']``, a list it holds by
+    reference, so extending it in place works whatever the callbacks' order.
+    """
+    metrics = params.get("metrics")
+    if isinstance(metrics, list):
+        metrics.extend(k for k in keys if k not in metrics)
+
+
+# ---------------------------------------------------------------- save / load
+
+
+def register_state(model: Any, key: str, obj: Stateful) -> None:
+    """Save ``obj.state_dict()`` with every ``model.save``; restore a loaded state now."""
+    _STATEFUL.setdefault(model, {})[key] = obj
+    pending = _PENDING.get(model, {})
+    if key in pending:
+        obj.set_state_dict(pending.pop(key))
+
+
+def _optimizer_state_of(opt: Any, params: Dict[str, Any]) -> Dict[str, Dict[str, Any]]:
+    """{structured name: {accumulator: ndarray}} for the loss's parameters."""
+    out: Dict[str, Dict[str, Any]] = {}
+    accumulators = getattr(opt, "_accumulators", {}) if opt is not None else {}
+    for sname, p in params.items():
+        for acc_name, per_param in accumulators.items():
+            var = per_param.get(p.name)
+            if var is not None:
+                out.setdefault(sname, {})[acc_name] = var.numpy()
+    return out
+
+
+def save_state(model: Any, path: str) -> str:
+    """Write ``<path>.autoloss`` atomically and return its file name."""
+    loss = loss_layer(model)
+    named = dict(loss.named_parameters()) if loss is not None else {}
+    state = {
+        "format": _FORMAT_VERSION,
+        "loss": {k: v.numpy() for k, v in named.items()},
+        "optimizer": _optimizer_state_of(optimizer_of(model), named),
+        "names": {k: v.name for k, v in named.items()},
+        "callbacks": {k: obj.state_dict() for k, obj in _STATEFUL.get(model, {}).items()},
+    }
+    target = path + STATE_SUFFIX
+    folder = os.path.dirname(os.path.abspath(target))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".autoloss-")
+    os.close(fd)
+    try:
+        paddle.save(state, tmp)
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return target
+
+
+def load_state(model: Any, path: str) -> Dict[str, Any]:
+    """Restore what ``model.save(path)`` wrote beside the network: σ bit-exact, σ's
+    optimizer moments and the callbacks' positions. Call it after ``model.load(path)``.
+
+    Example::
+
+        model.load("checkpoints/3")
+        hapi_autoloss.load_state(model, "checkpoints/3")
+        model.fit(train_data, epochs=2, callbacks=[AutoWeightCallback(), TopKScheduler()])
+    """
+    _require_dynamic_mode()
+    target = path + STATE_SUFFIX
+    if not os.path.exists(target):
+        raise FileNotFoundError(
+            f"{target} does not exist, so the loss weights (σ) cannot be restored. It is "
+            "written by model.save() once AutoWeightCallback (or hapi_autoloss.attach) "
+            "has run. Fix: pass the same path prefix you gave model.load()."
+        )
+    state = paddle.load(target)
+    loss = loss_layer(model)
+    named = dict(loss.named_parameters()) if loss is not None else {}
+    saved = state.get("loss", {})
+    if set(saved) != set(named):
+        raise ValueError(
+            f"{target} holds loss parameters {sorted(saved)}, but this model's loss has "
+            f"{sorted(named)}. Fix: build the same loss (same tasks and method) as the "
+            "run that saved it."
+        )
+    for name, value in saved.items():
+        param = named[name]
+        if tuple(param.shape) != tuple(np.shape(value)):
+            raise ValueError(
+                f"Loss parameter {name} has shape {list(param.shape)} here but "
+                f"{list(np.shape(value))} in {target}. Fix: build the same loss."
+            )
+        param.set_value(np.asarray(value, dtype=np.float32))
+    attach(model)
+    _restore_optimizer_state(
+        optimizer_of(model), named, state.get("optimizer", {}), state.get("names", {})
+    )
+    _PENDING[model] = dict(state.get("callbacks", {}))
+    for key, obj in _STATEFUL.get(model, {}).items():
+        if key in _PENDING[model]:
+            obj.set_state_dict(_PENDING[model].pop(key))
+    return state
+
+
+def _restore_optimizer_state(
+    opt: Any,
+    named: Dict[str, Any],
+    saved: Dict[str, Dict[str, Any]],
+    old_names: Dict[str, str],
+) -> None:
+    """Put σ's moments where Paddle's optimizer will pick them up.
+
+    Paddle keys accumulators by ``<param.name>_<accumulator>_0``; parameter names
+    depend on construction order, so we key them by structured name in our file
+    and rename them to this process's names here.
+    """
+    if opt is None or not saved:
+        return
+    for sname, accs in saved.items():
+        p = named.get(sname)
+        if p is None:
+            continue
+        for acc_name, value in accs.items():
+            existing = opt._accumulators.get(acc_name, {}).get(p.name)
+            if existing is not None:
+                existing.set_value(value)
+                continue
+            # model.load() put the saving run's copy under the old name; drop it.
+            old = old_names.get(sname, p.name)
+            opt._accumulators_holder.pop(f"{old}_{acc_name}_0", None)
+            opt._accumulators_holder[f"{p.name}_{acc_name}_0"] = value

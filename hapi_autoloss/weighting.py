@@ -1,0 +1,343 @@
+"""AutoWeight: one loss layer that weights several losses and learns the weights.
+
+Formulas (L_i is task i's loss, s_i and c_i are learned, one per task):
+
+=========  =====================================================  ==========================
+method     term added to the total, per task                      paper
+=========  =====================================================  ==========================
+kendall    f·e^(−s)·L + ½·s,  f = ½ regression, 1 classification  Kendall, Gal & Cipolla,
+           s = log σ²                                             CVPR 2018
+simple     e^(−s)·L + s                                           seed 000's code
+liebel     L / (2c²) + ln(1 + c²),  c starts at 1                 Liebel & Körner, 2018
+fixed      w·L with given w (PaddleSeg MixedLoss, e.g. 0.8/0.2)   --
+equal      L                                                      --
+=========  =====================================================  ==========================
+
+s (or c) is clamped in the forward pass to ``clamp`` so e^(−s) cannot overflow:
+by default s ∈ [−10, 10] (σ from 0.0067 to 148) and c ∈ [0.01, 100].
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import paddle
+
+from . import _hapi
+
+LossFn = Callable[..., paddle.Tensor]
+Losses = Union[Sequence[LossFn], Mapping[str, LossFn]]
+TaskTypes = Union[Sequence[str], Mapping[str, str]]
+Routing = Union[str, Sequence[Sequence[int]], Mapping[str, Sequence[int]]]
+
+METHODS = ("kendall", "simple", "liebel", "fixed", "equal")
+TASK_TYPES = ("regression", "classification")
+DEFAULT_CLAMP = {"kendall": (-10.0, 10.0), "simple": (-10.0, 10.0), "liebel": (0.01, 100.0)}
+_INIT = {"kendall": 0.0, "simple": 0.0, "liebel": 1.0}
+
+
+def _names_and_losses(losses: Losses) -> Tuple[List[str], List[LossFn]]:
+    if isinstance(losses, Mapping):
+        names, fns = [str(k) for k in losses], list(losses.values())
+    elif isinstance(losses, (list, tuple)):
+        fns = list(losses)
+        names = [f"task{i}" for i in range(len(fns))]
+    else:
+        raise TypeError(
+            f"losses must be a list of losses or a dict {{task name: loss}}, got "
+            f"{type(losses).__name__}. Fix: AutoWeight([loss_a, loss_b]) or "
+            "AutoWeight({'depth': mse, 'seg': ce})."
+        )
+    if not fns:
+        raise ValueError(
+            "losses is empty: AutoWeight needs at least one loss. Fix: pass e.g. "
+            "AutoWeight([paddle.nn.MSELoss(), paddle.nn.MSELoss()])."
+        )
+    for name, fn in zip(names, fns):
+        if not callable(fn):
+            raise TypeError(
+                f"loss '{name}' is a {type(fn).__name__}, not callable. Fix: pass a "
+                "paddle.nn.Layer such as paddle.nn.CrossEntropyLoss() or a function."
+            )
+    return names, fns
+
+
+def _per_task(value: object, names: List[str], what: str, example: str) -> list:
+    """Turn a list or a {task: value} dict into a list in task order."""
+    if isinstance(value, Mapping):
+        missing = [n for n in names if n not in value]
+        extra = [k for k in value if k not in names]
+        if missing or extra:
+            raise ValueError(
+                f"{what} must name every task exactly once: missing {missing}, unknown "
+                f"{extra}; the tasks are {names}. Fix: {example}."
+            )
+        return [value[n] for n in names]
+    if isinstance(value, (list, tuple)):
+        if len(value) != len(names):
+            raise ValueError(
+                f"{what} has {len(value)} entries but there are {len(names)} tasks "
+                f"{names}. Fix: {example}."
+            )
+        return list(value)
+    raise TypeError(f"{what} must be a list or a dict, got {type(value).__name__}. Fix: {example}.")
+
+
+class AutoWeight(paddle.nn.Layer):
+    """Weights several losses into one and learns the weights during ``model.fit``.
+
+    Args:
+        losses: a list of losses, or a dict ``{task name: loss}``. A loss is any
+            Layer or callable returning a scalar (``TopKLoss`` included). Unnamed
+            tasks are called ``task0``, ``task1``...
+        method: ``"kendall"``, ``"simple"``, ``"liebel"``, ``"fixed"`` or ``"equal"``
+            (formulas in the module docstring).
+        task_types: ``"regression"`` or ``"classification"`` per task (list, or dict
+            by task name). Required for ``"kendall"``, where it sets the ½ factor.
+        routing: which of the tensors hapi passes (``*outputs, *labels``) go to each
+            loss. ``"paired"``: loss i gets ``(outputs[i], labels[i])``.
+            ``"shared"``: every loss gets the same ``(output, label)`` (CE + Dice on one
+            segmentation output). Or explicit: per task, the indices into
+            ``(*outputs, *labels)``, e.g. ``{"depth": (0, 2), "seg": (1, 3)}``.
+        weights: the fixed weights, for ``method="fixed"`` only.
+        clamp: ``(min, max)`` for s (kendall, simple) or c (liebel) in the forward.
+        init: initial s (default 0, i.e. σ = 1) or c (default 1).
+
+    The forward returns a 0-d float32 tensor, computed in float32 whatever the
+    inputs' dtype. Train it through ``model.fit(..., callbacks=[AutoWeightCallback()])``.
+
+    Example::
+
+        loss = AutoWeight({"y1": paddle.nn.MSELoss(), "y2": paddle.nn.MSELoss()},
+                          method="kendall", task_types=["regression", "regression"])
+        model.prepare(paddle.optimizer.Adam(1e-3, parameters=model.parameters()), loss)
+        model.fit(data, epochs=10, callbacks=[AutoWeightCallback()])
+        loss.sigmas()   # {'y1': 2.98, 'y2': 0.51}
+    """
+
+    def __init__(
+        self,
+        losses: Losses,
+        method: str = "kendall",
+        task_types: Optional[TaskTypes] = None,
+        routing: Routing = "paired",
+        weights: Optional[Union[Sequence[float], Mapping[str, float]]] = None,
+        clamp: Optional[Tuple[float, float]] = None,
+        init: Optional[float] = None,
+    ) -> None:
+        super().__init__()
+        names, fns = _names_and_losses(losses)
+        if method not in METHODS:
+            raise ValueError(
+                f"Unknown method {method!r}. Fix: use one of {', '.join(METHODS)}."
+            )
+        self.method = method
+        self.task_names: List[str] = names
+        self.losses = paddle.nn.LayerList([f for f in fns if isinstance(f, paddle.nn.Layer)])
+        self._fns = fns
+        self._factors = self._task_factors(task_types)
+        self._routes = self._parse_routing(routing)
+        self._fixed = self._fixed_weights(weights)
+        self._last: Optional[paddle.Tensor] = None
+
+        self.clamp: Optional[Tuple[float, float]] = None
+        self.s: Optional[paddle.Tensor] = None
+        if method in _INIT:
+            lo, hi = clamp if clamp is not None else DEFAULT_CLAMP[method]
+            if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+                raise ValueError(
+                    f"clamp must be finite with min < max, got ({lo}, {hi}). Fix: e.g. "
+                    f"clamp={DEFAULT_CLAMP[method]}."
+                )
+            if method == "liebel" and lo <= 0:
+                raise ValueError(
+                    f"For liebel, clamp bounds c, which must stay > 0, got min {lo}. "
+                    "Fix: e.g. clamp=(0.01, 100.0)."
+                )
+            self.clamp = (float(lo), float(hi))
+            start = _INIT[method] if init is None else float(init)
+            self.s = self.create_parameter(
+                shape=[len(names)],
+                dtype="float32",
+                attr=paddle.ParamAttr(regularizer=paddle.regularizer.L2Decay(0.0)),
+                default_initializer=paddle.nn.initializer.Constant(start),
+            )
+        elif clamp is not None or init is not None:
+            raise ValueError(
+                f"method {method!r} learns nothing, so clamp and init do not apply. "
+                "Fix: drop them, or use method='kendall' or 'liebel'."
+            )
+
+    # ------------------------------------------------------------ configuration
+
+    def _task_factors(self, task_types: Optional[TaskTypes]) -> List[float]:
+        names = self.task_names
+        example = f"task_types={['regression'] * len(names)}"
+        if task_types is None:
+            if self.method == "kendall":
+                raise ValueError(
+                    "method='kendall' needs task_types, since a regression task is weighted "
+                    "½·e^(−s) and a classification task e^(−s). Fix: pass "
+                    f"{example} (one of 'regression', 'classification' per task)."
+                )
+            return [1.0] * len(names)
+        if isinstance(task_types, str):
+            raise TypeError(f"task_types must be a list or a dict, not a string. Fix: {example}.")
+        types = _per_task(task_types, names, "task_types", example)
+        for name, t in zip(names, types):
+            if t not in TASK_TYPES:
+                raise ValueError(
+                    f"Unknown task type {t!r} for task '{name}'. Fix: use 'regression' "
+                    "or 'classification'."
+                )
+        return [0.5 if t == "regression" else 1.0 for t in types]
+
+    def _parse_routing(self, routing: Routing) -> Optional[List[Tuple[int, ...]]]:
+        n = len(self.task_names)
+        if routing == "paired":
+            return None
+        if routing == "shared":
+            return [(0, 1)] * n
+        if isinstance(routing, str):
+            raise ValueError(
+                f"Unknown routing {routing!r}. Fix: use 'paired', 'shared', or per task "
+                "the indices into (*outputs, *labels), e.g. {'a': (0, 2), 'b': (1, 3)}."
+            )
+        routes = _per_task(routing, self.task_names, "routing", "{'a': (0, 2), 'b': (1, 3)}")
+        out = []
+        for name, r in zip(self.task_names, routes):
+            idx = tuple(r) if isinstance(r, (list, tuple)) else (r,)
+            if not idx or not all(isinstance(i, int) and i >= 0 for i in idx):
+                raise ValueError(
+                    f"routing for task '{name}' must be non-negative tensor indices, got "
+                    f"{r!r}. Fix: e.g. (0, 2) = outputs[0] and the first label when there "
+                    "are two outputs."
+                )
+            out.append(idx)
+        return out
+
+    def _fixed_weights(self, weights: object) -> Optional[List[float]]:
+        if self.method != "fixed":
+            if weights is not None:
+                raise ValueError(
+                    f"weights only apply to method='fixed', not {self.method!r}. Fix: drop "
+                    "weights, or use method='fixed'."
+                )
+            return None
+        n = len(self.task_names)
+        example = f"weights={[round(1.0 / n, 3)] * n}"
+        if weights is None:
+            raise ValueError(f"method='fixed' needs weights, one per task. Fix: {example}.")
+        ws = [float(w) for w in _per_task(weights, self.task_names, "weights", example)]
+        bad = [w for w in ws if not (math.isfinite(w) and w >= 0)]
+        if bad:
+            raise ValueError(f"fixed weights must be finite and >= 0, got {ws}. Fix: {example}.")
+        return ws
+
+    # ------------------------------------------------------------ forward
+
+    def _route(self, tensors: Tuple[paddle.Tensor, ...]) -> List[Tuple[paddle.Tensor, ...]]:
+        n, got = len(self.task_names), len(tensors)
+        if self._routes is None:
+            if got != 2 * n:
+                raise ValueError(
+                    f"routing='paired' with {n} tasks expects {2 * n} tensors "
+                    f"({n} outputs then {n} labels), but hapi passed {got}. Fix: return one "
+                    "output per task and give one label per task, or use routing='shared' "
+                    "or an explicit routing."
+                )
+            return [(tensors[i], tensors[n + i]) for i in range(n)]
+        need = max(max(r) for r in self._routes) + 1
+        if self._routes == [(0, 1)] * n and got != 2:
+            raise ValueError(
+                f"routing='shared' expects 2 tensors (one output, one label), but hapi "
+                f"passed {got}. Fix: use routing='paired' or an explicit routing."
+            )
+        if got < need:
+            raise ValueError(
+                f"routing uses tensor index {need - 1}, but hapi passed only {got} tensors "
+                "(*outputs, *labels). Fix: the routing indices."
+            )
+        return [tuple(tensors[i] for i in r) for r in self._routes]
+
+    def _scalar(self, name: str, value: object) -> paddle.Tensor:
+        if not isinstance(value, paddle.Tensor):
+            raise TypeError(
+                f"loss '{name}' returned {type(value).__name__}, not a paddle.Tensor. "
+                "Fix: return a scalar tensor."
+            )
+        if value.size != 1:
+            raise ValueError(
+                f"loss '{name}' returned shape {list(value.shape)}, but AutoWeight needs one "
+                "scalar per task. Fix: use reduction='mean', or wrap a reduction='none' loss "
+                "in hapi_autoloss.TopKLoss."
+            )
+        value = value.reshape([])
+        return value if value.dtype == paddle.float32 else value.astype("float32")
+
+    def forward(self, *tensors: paddle.Tensor) -> paddle.Tensor:
+        _hapi.check_attached(self)
+        raw = [
+            self._scalar(name, fn(*args))
+            for name, fn, args in zip(self.task_names, self._fns, self._route(tensors))
+        ]
+        values = paddle.stack(raw)
+        self._last = values.detach()
+        return self.combine(values)
+
+    def combine(self, values: paddle.Tensor) -> paddle.Tensor:
+        """The weighted total (0-d float32) from the per-task losses, shape [n]."""
+        if self.method == "equal":
+            return values.sum()
+        if self.method == "fixed":
+            return (values * paddle.to_tensor(self._fixed, dtype="float32")).sum()
+        assert self.s is not None and self.clamp is not None
+        p = paddle.clip(self.s, *self.clamp)
+        if self.method == "liebel":
+            c2 = p * p
+            return (values / (2.0 * c2) + paddle.log1p(c2)).sum()
+        if self.method == "simple":
+            return (paddle.exp(-p) * values + p).sum()
+        factors = paddle.to_tensor(self._factors, dtype="float32")
+        return (factors * paddle.exp(-p) * values + 0.5 * p).sum()
+
+    # ------------------------------------------------------------ reading
+
+    def _clamped(self) -> Optional[np.ndarray]:
+        if self.s is None or self.clamp is None:
+            return None
+        return np.clip(self.s.numpy().astype(np.float64), *self.clamp)
+
+    def sigmas(self) -> Dict[str, float]:
+        """σ per task: e^(s/2) for kendall and simple, c for liebel; {} if not learned."""
+        p = self._clamped()
+        if p is None:
+            return {}
+        sig = p if self.method == "liebel" else np.exp(p / 2.0)
+        return dict(zip(self.task_names, map(float, sig)))
+
+    def weights(self) -> Dict[str, float]:
+        """The factor each task's loss is multiplied by in the total, per task."""
+        p = self._clamped()
+        if self.method == "equal":
+            w = np.ones(len(self.task_names))
+        elif self.method == "fixed":
+            w = np.asarray(self._fixed)
+        elif self.method == "liebel":
+            w = 1.0 / (2.0 * p * p)
+        elif self.method == "simple":
+            w = np.exp(-p)
+        else:
+            w = np.asarray(self._factors) * np.exp(-p)
+        return dict(zip(self.task_names, map(float, w)))
+
+    def last_losses(self) -> Dict[str, float]:
+        """The raw (unweighted) per-task losses of the last forward; {} before one."""
+        if self._last is None:
+            return {}
+        return dict(zip(self.task_names, map(float, self._last.numpy())))
+
+    def extra_repr(self) -> str:
+        return f"method={self.method}, tasks={self.task_names}"
