@@ -134,34 +134,25 @@ def _require_dynamic_mode() -> None:
 
 
 def _optimizer_params(opt: Any) -> List[Any]:
-    plist = opt._parameter_list or []
-    if plist and isinstance(plist[0], dict):
+    if _uses_groups(opt):
         return [p for group in opt._param_groups for p in group["params"]]
-    return list(plist)
+    return list(opt._parameter_list or [])
 
 
 def _inject(opt: Any, params: List[Any], lr_scale: float) -> None:
-    """Add ``params`` to ``opt`` with weight decay 0 and learning rate × ``lr_scale``."""
-    owned = {id(p) for p in _optimizer_params(opt)}
-    new = [p for p in params if id(p) not in owned]
-    if not new:
-        return
-    for p in new:
+    """Make ``opt`` update ``params`` with weight decay 0 and learning rate × ``lr_scale``.
+
+    Parameters the user already put in the optimizer (as seed 000 does) are not
+    added twice, but they lose their weight decay too.
+    """
+    for p in params:
         # Coupled decay (Adam, SGD, Momentum...): a parameter's own regularizer wins
-        # over the optimizer's, so an explicit zero switches it off.
+        # over the optimizer's and its group's, so an explicit zero switches it off.
         p.regularizer = paddle.regularizer.L2Decay(0.0)
         p.optimize_attr["learning_rate"] = float(lr_scale)
-    plist = opt._parameter_list
-    if plist and isinstance(plist[0], dict):
-        opt._add_param_group(
-            {"params": new, "weight_decay": 0.0, "learning_rate": float(lr_scale)}
-        )
-    else:
-        # Flat list: _param_groups is the same list object as _parameter_list.
-        plist.extend(new)
     # Decoupled decay (AdamW, Lamb): skip our parameters by name.
     if hasattr(opt, "_apply_decay_param_fun"):
-        names = {p.name for p in new}
+        names = {p.name for p in params}
         previous = opt._apply_decay_param_fun
         if getattr(previous, "_autoloss_skip", None) is not None:
             previous._autoloss_skip.update(names)
@@ -174,6 +165,17 @@ def _inject(opt: Any, params: List[Any], lr_scale: float) -> None:
 
             apply_decay._autoloss_skip = set(names)  # type: ignore[attr-defined]
             opt._apply_decay_param_fun = apply_decay
+    owned = {id(p) for p in _optimizer_params(opt)}
+    new = [p for p in params if id(p) not in owned]
+    if not new:
+        return
+    if _uses_groups(opt):
+        opt._add_param_group(
+            {"params": new, "weight_decay": 0.0, "learning_rate": float(lr_scale)}
+        )
+    else:
+        # Flat list: _param_groups is the same list object as _parameter_list.
+        opt._parameter_list.extend(new)
 
 
 def _wrap_clear_gradients(network: Any, params: List[Any]) -> None:
@@ -195,10 +197,20 @@ def _wrap_clear_gradients(network: Any, params: List[Any]) -> None:
     network.clear_gradients = clear_gradients
 
 
+def _uses_groups(opt: Any) -> bool:
+    plist = opt._parameter_list or []
+    return bool(plist) and isinstance(plist[0], dict)
+
+
 def _wrap_minimize(opt: Any, params: List[Any], nranks: int) -> None:
-    """Average the loss's gradients over ranks before each update (DataParallel's job)."""
-    if nranks <= 1:
-        return
+    """Fix what hapi's ``optimizer.minimize(loss)`` call misses, right before an update.
+
+    - Under DataParallel, average the loss's gradients over ranks (DataParallel
+      only averages the network's).
+    - In paddle 3.3.1 ``minimize`` fails on an optimizer built from param groups
+      (``get_all_grads`` gets dicts), so hapi cannot train one at all; ``step``
+      handles groups and does the same update in dynamic mode.
+    """
     current = getattr(opt, "_autoloss_sync", None)
     if current is not None:
         known = {id(p) for p in current}
@@ -208,11 +220,15 @@ def _wrap_minimize(opt: Any, params: List[Any], nranks: int) -> None:
     original = opt.minimize
 
     def minimize(*args: Any, **kwargs: Any) -> Any:
-        for p in opt._autoloss_sync:
-            if p.grad is not None:
-                grad = p.grad
-                paddle.distributed.all_reduce(grad)
-                p.grad.set_value(grad / nranks)
+        if nranks > 1:
+            for p in opt._autoloss_sync:
+                if p.grad is not None:
+                    grad = p.grad
+                    paddle.distributed.all_reduce(grad)
+                    p.grad.set_value(grad / nranks)
+        if _uses_groups(opt):
+            opt.step()
+            return [], []
         return original(*args, **kwargs)
 
     opt.minimize = minimize

@@ -1,0 +1,64 @@
+"""σ survives model.save / ModelCheckpoint and a fresh process, bit for bit."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from helpers import TwoTaskData, build_model, kendall_loss
+
+import hapi_autoloss
+from hapi_autoloss.callbacks import AutoWeightCallback
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(ROOT, "tests", "scripts", "resume.py")
+
+
+def run(mode, out):
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    proc = subprocess.run([sys.executable, SCRIPT, mode, str(out)], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def test_sigma_and_its_adam_moments_survive_a_fresh_process(tmp_path):
+    run("full", tmp_path)
+    assert os.path.exists(tmp_path / "ckpt" / "1.autoloss")
+    assert os.path.exists(tmp_path / "ckpt" / "final.autoloss")
+    run("resume", tmp_path)
+    saved = np.load(tmp_path / "epoch1.npy")
+    loaded = np.load(tmp_path / "loaded.npy")
+    assert saved.tobytes() == loaded.tobytes()  # bit-exact
+    assert np.abs(saved).min() > 0.05  # and not the initial σ
+    full, resumed = np.load(tmp_path / "full.npz"), np.load(tmp_path / "resumed.npz")
+    # The last epoch continues with the same Adam moments for σ and the network.
+    for key in ("s", "w", "h"):
+        np.testing.assert_array_equal(resumed[key], full[key])
+
+
+def test_naive_save_and_load_lose_sigma(tmp_path):
+    loss = kendall_loss()
+    model = build_model(loss)
+    model.fit(TwoTaskData(96), epochs=1, batch_size=16, verbose=0, callbacks=[AutoWeightCallback()])
+    model.save(str(tmp_path / "m"))
+    fresh = kendall_loss()
+    other = build_model(fresh)
+    other.load(str(tmp_path / "m"))
+    np.testing.assert_array_equal(fresh.s.numpy(), [0.0, 0.0])  # hapi alone: σ reset
+    hapi_autoloss.load_state(other, str(tmp_path / "m"))
+    np.testing.assert_array_equal(fresh.s.numpy(), loss.s.numpy())
+
+
+def test_load_state_errors(tmp_path):
+    model = build_model(kendall_loss())
+    with pytest.raises(FileNotFoundError, match="same path prefix"):
+        hapi_autoloss.load_state(model, str(tmp_path / "missing"))
+    loss = kendall_loss()
+    trained = build_model(loss)
+    trained.fit(TwoTaskData(32), epochs=1, batch_size=16, verbose=0, callbacks=[AutoWeightCallback()])
+    trained.save(str(tmp_path / "m"))
+    other = build_model(hapi_autoloss.AutoWeight([lambda o, y: o.mean()], method="liebel",
+                                                 routing=[(0, 2)]))
+    with pytest.raises(ValueError, match="build the same loss"):
+        hapi_autoloss.load_state(other, str(tmp_path / "m"))
