@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import time
-from typing import Dict, List, Optional
 
 import numpy as np
 import paddle
@@ -72,7 +71,7 @@ def build(method: str = "kendall", lr: float = 0.03):
     return model, loss
 
 
-def main(argv: Optional[List[str]] = None) -> Dict[str, float]:
+def main(argv: list[str] | None = None) -> dict[str, float]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--samples", type=int, default=8000)
     ap.add_argument("--epochs", type=int, default=12)

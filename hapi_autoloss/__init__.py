@@ -4,4 +4,4 @@ from ._hapi import attach, load_state
 from .weighting import AutoWeight
 
 __version__ = "0.1.0"
-__all__ = ["AutoWeight", "attach", "load_state", "__version__"]
+__all__ = ["AutoWeight", "__version__", "attach", "load_state"]

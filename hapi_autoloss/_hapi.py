@@ -26,7 +26,9 @@ import os
 import sys
 import tempfile
 import weakref
-from typing import Any, Dict, Iterator, List, Optional, Protocol, Tuple
+from collections.abc import Iterator
+from types import FrameType
+from typing import Any, Protocol
 
 import numpy as np
 import paddle
@@ -35,31 +37,31 @@ STATE_SUFFIX = ".autoloss"
 _FORMAT_VERSION = 1
 
 # Loss layers whose parameters an optimizer of a hapi Model now owns.
-_ATTACHED: "weakref.WeakSet[paddle.nn.Layer]" = weakref.WeakSet()
+_ATTACHED: weakref.WeakSet[paddle.nn.Layer] = weakref.WeakSet()
 # One loss layer belongs to one model: two models sharing it would train it twice.
-_OWNER: "weakref.WeakKeyDictionary[paddle.nn.Layer, Any]" = weakref.WeakKeyDictionary()
+_OWNER: weakref.WeakKeyDictionary[paddle.nn.Layer, Any] = weakref.WeakKeyDictionary()
 # Per model: stateful objects saved with each checkpoint, and states read by
 # load_state() that wait for their object to register.
-_STATEFUL: "weakref.WeakKeyDictionary[Any, Dict[str, Any]]" = weakref.WeakKeyDictionary()
-_PENDING: "weakref.WeakKeyDictionary[Any, Dict[str, Any]]" = weakref.WeakKeyDictionary()
+_STATEFUL: weakref.WeakKeyDictionary[Any, dict[str, Any]] = weakref.WeakKeyDictionary()
+_PENDING: weakref.WeakKeyDictionary[Any, dict[str, Any]] = weakref.WeakKeyDictionary()
 
 
 class Stateful(Protocol):
-    def state_dict(self) -> Dict[str, Any]: ...
+    def state_dict(self) -> dict[str, Any]: ...
 
-    def set_state_dict(self, state: Dict[str, Any]) -> None: ...
+    def set_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
 # ---------------------------------------------------------------- introspection
 
 
-def world() -> Tuple[int, int]:
+def world() -> tuple[int, int]:
     """(rank, number of ranks) of this process, 1 rank outside the launcher."""
     env = paddle.distributed.ParallelEnv()
     return int(env.rank), max(1, int(env.world_size))
 
 
-def loss_layer(model: Any) -> Optional[paddle.nn.Layer]:
+def loss_layer(model: Any) -> paddle.nn.Layer | None:
     """The loss given to ``model.prepare``, if it is a Layer."""
     loss = getattr(model, "_loss", None)
     return loss if isinstance(loss, paddle.nn.Layer) else None
@@ -79,7 +81,7 @@ def iter_layers(model: Any, cls: type) -> Iterator[Any]:
             yield layer
 
 
-def loss_parameters(model: Any) -> List[Any]:
+def loss_parameters(model: Any) -> list[Any]:
     """The trainable parameters found anywhere in the model's loss."""
     root = loss_layer(model)
     if root is None:
@@ -89,7 +91,7 @@ def loss_parameters(model: Any) -> List[Any]:
 
 def called_from_hapi_train(max_depth: int = 6) -> bool:
     """True when a caller up the stack is hapi's ``DynamicGraphAdapter.train_batch``."""
-    frame = sys._getframe(1)
+    frame: FrameType | None = sys._getframe(1)
     for _ in range(max_depth):
         if frame is None:
             return False
@@ -133,13 +135,13 @@ def _require_dynamic_mode() -> None:
         )
 
 
-def _optimizer_params(opt: Any) -> List[Any]:
+def _optimizer_params(opt: Any) -> list[Any]:
     if _uses_groups(opt):
         return [p for group in opt._param_groups for p in group["params"]]
     return list(opt._parameter_list or [])
 
 
-def _inject(opt: Any, params: List[Any], lr_scale: float) -> None:
+def _inject(opt: Any, params: list[Any], lr_scale: float) -> None:
     """Make ``opt`` update ``params`` with weight decay 0 and learning rate × ``lr_scale``.
 
     Parameters the user already put in the optimizer (as seed 000 does) are not
@@ -178,7 +180,7 @@ def _inject(opt: Any, params: List[Any], lr_scale: float) -> None:
         opt._parameter_list.extend(new)
 
 
-def _wrap_clear_gradients(network: Any, params: List[Any]) -> None:
+def _wrap_clear_gradients(network: Any, params: list[Any]) -> None:
     """Make hapi's ``network.clear_gradients()`` clear the loss's gradients too."""
     current = getattr(network, "_autoloss_params", None)
     if current is not None:
@@ -202,7 +204,7 @@ def _uses_groups(opt: Any) -> bool:
     return bool(plist) and isinstance(plist[0], dict)
 
 
-def _wrap_minimize(opt: Any, params: List[Any], nranks: int) -> None:
+def _wrap_minimize(opt: Any, params: list[Any], nranks: int) -> None:
     """Fix what hapi's ``optimizer.minimize(loss)`` call misses, right before an update.
 
     - Under DataParallel, average the loss's gradients over ranks (DataParallel
@@ -248,7 +250,7 @@ def _wrap_save(model: Any) -> None:
     model._autoloss_save_wrapped = True
 
 
-def attach(model: Any, lr_scale: float = 1.0) -> List[Any]:
+def attach(model: Any, lr_scale: float = 1.0) -> list[Any]:
     """Make ``model.fit`` train the parameters of ``model``'s loss correctly.
 
     Idempotent: calling it again (a second ``fit``) adds nothing twice. Returns the
@@ -294,7 +296,7 @@ def attach(model: Any, lr_scale: float = 1.0) -> List[Any]:
 # ---------------------------------------------------------------- progress bar
 
 
-def show_in_progress_bar(params: Dict[str, Any], keys: List[str]) -> None:
+def show_in_progress_bar(params: Any, keys: list[str]) -> None:
     """Make hapi's ProgBarLogger print ``keys`` from ``logs``.
 
     ProgBarLogger prints the keys listed in ``params['metrics']``, a list it holds by
@@ -316,9 +318,9 @@ def register_state(model: Any, key: str, obj: Stateful) -> None:
         obj.set_state_dict(pending.pop(key))
 
 
-def _optimizer_state_of(opt: Any, params: Dict[str, Any]) -> Dict[str, Dict[str, Any]]:
+def _optimizer_state_of(opt: Any, params: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """{structured name: {accumulator: ndarray}} for the loss's parameters."""
-    out: Dict[str, Dict[str, Any]] = {}
+    out: dict[str, dict[str, Any]] = {}
     accumulators = getattr(opt, "_accumulators", {}) if opt is not None else {}
     for sname, p in params.items():
         for acc_name, per_param in accumulators.items():
@@ -345,7 +347,7 @@ def save_state(model: Any, path: str) -> str:
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".autoloss-")
     os.close(fd)
     try:
-        paddle.save(state, tmp)
+        paddle.save(state, tmp)  # type: ignore[arg-type]
         os.replace(tmp, target)
     finally:
         if os.path.exists(tmp):
@@ -353,7 +355,7 @@ def save_state(model: Any, path: str) -> str:
     return target
 
 
-def load_state(model: Any, path: str) -> Dict[str, Any]:
+def load_state(model: Any, path: str) -> dict[str, Any]:
     """Restore what ``model.save(path)`` wrote beside the network: σ bit-exact, σ's
     optimizer moments and the callbacks' positions. Call it after ``model.load(path)``.
 
@@ -402,9 +404,9 @@ def load_state(model: Any, path: str) -> Dict[str, Any]:
 
 def _restore_optimizer_state(
     opt: Any,
-    named: Dict[str, Any],
-    saved: Dict[str, Dict[str, Any]],
-    old_names: Dict[str, str],
+    named: dict[str, Any],
+    saved: dict[str, dict[str, Any]],
+    old_names: dict[str, str],
 ) -> None:
     """Put σ's moments where Paddle's optimizer will pick them up.
 

@@ -20,7 +20,8 @@ by default s ∈ [−10, 10] (σ from 0.0067 to 148) and c ∈ [0.01, 100].
 from __future__ import annotations
 
 import math
-from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from collections.abc import Mapping, Sequence
+from typing import Callable, Union
 
 import numpy as np
 import paddle
@@ -38,7 +39,7 @@ DEFAULT_CLAMP = {"kendall": (-10.0, 10.0), "simple": (-10.0, 10.0), "liebel": (0
 _INIT = {"kendall": 0.0, "simple": 0.0, "liebel": 1.0}
 
 
-def _names_and_losses(losses: Losses) -> Tuple[List[str], List[LossFn]]:
+def _names_and_losses(losses: Losses) -> tuple[list[str], list[LossFn]]:
     if isinstance(losses, Mapping):
         names, fns = [str(k) for k in losses], list(losses.values())
     elif isinstance(losses, (list, tuple)):
@@ -64,7 +65,7 @@ def _names_and_losses(losses: Losses) -> Tuple[List[str], List[LossFn]]:
     return names, fns
 
 
-def _per_task(value: object, names: List[str], what: str, example: str) -> list:
+def _per_task(value: object, names: list[str], what: str, example: str) -> list:
     """Turn a list or a {task: value} dict into a list in task order."""
     if isinstance(value, Mapping):
         missing = [n for n in names if n not in value]
@@ -121,11 +122,11 @@ class AutoWeight(paddle.nn.Layer):
         self,
         losses: Losses,
         method: str = "kendall",
-        task_types: Optional[TaskTypes] = None,
+        task_types: TaskTypes | None = None,
         routing: Routing = "paired",
-        weights: Optional[Union[Sequence[float], Mapping[str, float]]] = None,
-        clamp: Optional[Tuple[float, float]] = None,
-        init: Optional[float] = None,
+        weights: Sequence[float] | Mapping[str, float] | None = None,
+        clamp: tuple[float, float] | None = None,
+        init: float | None = None,
     ) -> None:
         super().__init__()
         names, fns = _names_and_losses(losses)
@@ -134,16 +135,16 @@ class AutoWeight(paddle.nn.Layer):
                 f"Unknown method {method!r}. Fix: use one of {', '.join(METHODS)}."
             )
         self.method = method
-        self.task_names: List[str] = names
+        self.task_names: list[str] = names
         self.losses = paddle.nn.LayerList([f for f in fns if isinstance(f, paddle.nn.Layer)])
         self._fns = fns
         self._factors = self._task_factors(task_types)
         self._routes = self._parse_routing(routing)
         self._fixed = self._fixed_weights(weights)
-        self._last: Optional[paddle.Tensor] = None
+        self._last: paddle.Tensor | None = None
 
-        self.clamp: Optional[Tuple[float, float]] = None
-        self.s: Optional[paddle.Tensor] = None
+        self.clamp: tuple[float, float] | None = None
+        self.s: paddle.Tensor | None = None
         if method in _INIT:
             lo, hi = clamp if clamp is not None else DEFAULT_CLAMP[method]
             if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
@@ -172,7 +173,7 @@ class AutoWeight(paddle.nn.Layer):
 
     # ------------------------------------------------------------ configuration
 
-    def _task_factors(self, task_types: Optional[TaskTypes]) -> List[float]:
+    def _task_factors(self, task_types: TaskTypes | None) -> list[float]:
         names = self.task_names
         example = f"task_types={['regression'] * len(names)}"
         if task_types is None:
@@ -194,7 +195,7 @@ class AutoWeight(paddle.nn.Layer):
                 )
         return [0.5 if t == "regression" else 1.0 for t in types]
 
-    def _parse_routing(self, routing: Routing) -> Optional[List[Tuple[int, ...]]]:
+    def _parse_routing(self, routing: Routing) -> list[tuple[int, ...]] | None:
         n = len(self.task_names)
         if routing == "paired":
             return None
@@ -218,7 +219,7 @@ class AutoWeight(paddle.nn.Layer):
             out.append(idx)
         return out
 
-    def _fixed_weights(self, weights: object) -> Optional[List[float]]:
+    def _fixed_weights(self, weights: object) -> list[float] | None:
         if self.method != "fixed":
             if weights is not None:
                 raise ValueError(
@@ -238,7 +239,7 @@ class AutoWeight(paddle.nn.Layer):
 
     # ------------------------------------------------------------ forward
 
-    def _route(self, tensors: Tuple[paddle.Tensor, ...]) -> List[Tuple[paddle.Tensor, ...]]:
+    def _route(self, tensors: tuple[paddle.Tensor, ...]) -> list[tuple[paddle.Tensor, ...]]:
         n, got = len(self.task_names), len(tensors)
         if self._routes is None:
             if got != 2 * n:
@@ -291,7 +292,7 @@ class AutoWeight(paddle.nn.Layer):
         """The weighted total (0-d float32) from the per-task losses, shape [n]."""
         if self.method == "equal":
             return values.sum()
-        if self.method == "fixed":
+        if self._fixed is not None:
             return (values * paddle.to_tensor(self._fixed, dtype="float32")).sum()
         assert self.s is not None and self.clamp is not None
         p = paddle.clip(self.s, *self.clamp)
@@ -305,12 +306,12 @@ class AutoWeight(paddle.nn.Layer):
 
     # ------------------------------------------------------------ reading
 
-    def _clamped(self) -> Optional[np.ndarray]:
+    def _clamped(self) -> np.ndarray | None:
         if self.s is None or self.clamp is None:
             return None
         return np.clip(self.s.numpy().astype(np.float64), *self.clamp)
 
-    def sigmas(self) -> Dict[str, float]:
+    def sigmas(self) -> dict[str, float]:
         """σ per task: e^(s/2) for kendall and simple, c for liebel; {} if not learned."""
         p = self._clamped()
         if p is None:
@@ -318,13 +319,11 @@ class AutoWeight(paddle.nn.Layer):
         sig = p if self.method == "liebel" else np.exp(p / 2.0)
         return dict(zip(self.task_names, map(float, sig)))
 
-    def weights(self) -> Dict[str, float]:
+    def weights(self) -> dict[str, float]:
         """The factor each task's loss is multiplied by in the total, per task."""
         p = self._clamped()
-        if self.method == "equal":
-            w = np.ones(len(self.task_names))
-        elif self.method == "fixed":
-            w = np.asarray(self._fixed)
+        if p is None:
+            w = np.asarray(self._fixed if self._fixed is not None else [1.0] * len(self.task_names))
         elif self.method == "liebel":
             w = 1.0 / (2.0 * p * p)
         elif self.method == "simple":
@@ -333,7 +332,7 @@ class AutoWeight(paddle.nn.Layer):
             w = np.asarray(self._factors) * np.exp(-p)
         return dict(zip(self.task_names, map(float, w)))
 
-    def last_losses(self) -> Dict[str, float]:
+    def last_losses(self) -> dict[str, float]:
         """The raw (unweighted) per-task losses of the last forward; {} before one."""
         if self._last is None:
             return {}

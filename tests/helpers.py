@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import List, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import paddle
@@ -74,7 +74,7 @@ def build_model(loss: paddle.nn.Layer, seed: int = 0, opt: str = "adam", lr: flo
     paddle.seed(seed)
     net = TwoTaskNet()
     model = paddle.Model(net, inputs=X_SPEC, labels=Y_SPECS)
-    params: List = list(model.parameters()) + list(extra_params)
+    params: list = list(model.parameters()) + list(extra_params)
     cls = {"adam": paddle.optimizer.Adam, "adamw": paddle.optimizer.AdamW, "sgd": paddle.optimizer.SGD}[opt]
     model.prepare(cls(learning_rate=lr, parameters=params, **opt_kwargs), loss)
     return model

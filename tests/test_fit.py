@@ -161,7 +161,7 @@ def test_toy_recovers_sigma_within_five_percent():
 def test_one_loss_for_two_models_is_rejected():
     loss = kendall_loss()
     fit(build_model(loss), epochs=1, callbacks=[AutoWeightCallback()])
-    with pytest.raises(RuntimeError, match="already trained by another paddle.Model"):
+    with pytest.raises(RuntimeError, match=r"already trained by another paddle\.Model"):
         fit(build_model(loss), epochs=1, callbacks=[AutoWeightCallback()])
 
 

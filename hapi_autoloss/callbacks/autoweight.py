@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 from paddle.callbacks import Callback
 
@@ -42,25 +42,25 @@ class AutoWeightCallback(Callback):
             raise ValueError(f"lr_scale must be > 0, got {lr_scale!r}. Fix: e.g. lr_scale=1.0.")
         self.lr_scale = float(lr_scale)
         self.show_in_progress_bar = show_in_progress_bar
-        self._weighting: List[AutoWeight] = []
+        self._weighting: list[AutoWeight] = []
 
-    def on_train_begin(self, logs: Optional[Dict[str, Any]] = None) -> None:
+    def on_train_begin(self, logs: Any = None) -> None:
         _hapi.attach(self.model, lr_scale=self.lr_scale)
         self._weighting = list(_hapi.iter_layers(self.model, AutoWeight))
         if self.show_in_progress_bar:
             _hapi.show_in_progress_bar(self.params, list(self._values()))
 
-    def _values(self) -> Dict[str, float]:
-        out: Dict[str, float] = {}
+    def _values(self) -> dict[str, float]:
+        out: dict[str, float] = {}
         for aw in self._weighting:
             out.update({f"sigma_{k}": v for k, v in aw.sigmas().items()})
             out.update({f"weight_{k}": v for k, v in aw.weights().items()})
         return out
 
-    def on_train_batch_begin(self, step: int, logs: Optional[Dict[str, Any]] = None) -> None:
+    def on_train_batch_begin(self, step: int, logs: Any = None) -> None:
         if logs is not None and self._weighting:
             logs.update(self._values())
 
-    def on_epoch_end(self, epoch: int, logs: Optional[Dict[str, Any]] = None) -> None:
+    def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
         if logs is not None and self._weighting:
             logs.update(self._values())

@@ -15,10 +15,10 @@ import numpy as np
 import paddle
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from helpers import TwoTaskData, build_model, kendall_loss  # noqa: E402
+from helpers import TwoTaskData, build_model, kendall_loss
 
-import hapi_autoloss  # noqa: E402
-from hapi_autoloss.callbacks import AutoWeightCallback  # noqa: E402
+import hapi_autoloss
+from hapi_autoloss.callbacks import AutoWeightCallback
 
 mode, out = sys.argv[1], sys.argv[2]
 data = TwoTaskData(96)
