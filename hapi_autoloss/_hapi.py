@@ -28,7 +28,7 @@ import tempfile
 import weakref
 from collections.abc import Iterator
 from types import FrameType
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 import numpy as np
 import paddle
@@ -222,6 +222,12 @@ def _wrap_minimize(opt: Any, params: list[Any], nranks: int) -> None:
     original = opt.minimize
 
     def minimize(*args: Any, **kwargs: Any) -> Any:
+        guard = getattr(opt, "_autoloss_before_update", None)
+        if guard is not None and args and not guard(args[0]):
+            opt.clear_grad()  # skip this update entirely
+            for p in opt._autoloss_sync:
+                p.clear_gradient()
+            return [], []
         if nranks > 1:
             for p in opt._autoloss_sync:
                 if p.grad is not None:
@@ -250,12 +256,18 @@ def _wrap_save(model: Any) -> None:
     model._autoloss_save_wrapped = True
 
 
-def attach(model: Any, lr_scale: float = 1.0) -> list[Any]:
+def attach(
+    model: Any,
+    lr_scale: float = 1.0,
+    before_update: Callable[[paddle.Tensor], bool] | None = None,
+) -> list[Any]:
     """Make ``model.fit`` train the parameters of ``model``'s loss correctly.
 
     Idempotent: calling it again (a second ``fit``) adds nothing twice. Returns the
     loss's trainable parameters. ``AutoWeightCallback`` calls it at train begin; call
     it yourself only when you drive ``model.train_batch`` by hand.
+    ``before_update(loss)`` runs before each optimizer update; when it returns
+    False the update is skipped and every gradient cleared.
 
     Example::
 
@@ -284,10 +296,11 @@ def attach(model: Any, lr_scale: float = 1.0) -> list[Any]:
         )
     _OWNER[loss] = model
     params = loss_parameters(model)
-    if params:
-        _inject(opt, params, lr_scale)
-        _wrap_clear_gradients(model.network, params)
-        _wrap_minimize(opt, params, world()[1])
+    _inject(opt, params, lr_scale)
+    _wrap_clear_gradients(model.network, params)
+    _wrap_minimize(opt, params, world()[1])
+    if before_update is not None:
+        opt._autoloss_before_update = before_update
     _wrap_save(model)
     _ATTACHED.add(loss)
     return params
@@ -334,9 +347,10 @@ def save_state(model: Any, path: str) -> str:
     """Write ``<path>.autoloss`` atomically and return its file name."""
     loss = loss_layer(model)
     named = dict(loss.named_parameters()) if loss is not None else {}
+    tensors = loss.state_dict() if loss is not None else {}
     state = {
         "format": _FORMAT_VERSION,
-        "loss": {k: v.numpy() for k, v in named.items()},
+        "loss": {k: v.numpy() for k, v in tensors.items()},
         "optimizer": _optimizer_state_of(optimizer_of(model), named),
         "names": {k: v.name for k, v in named.items()},
         "callbacks": {k: obj.state_dict() for k, obj in _STATEFUL.get(model, {}).items()},
@@ -376,21 +390,22 @@ def load_state(model: Any, path: str) -> dict[str, Any]:
     state = paddle.load(target)
     loss = loss_layer(model)
     named = dict(loss.named_parameters()) if loss is not None else {}
+    tensors = loss.state_dict() if loss is not None else {}
     saved = state.get("loss", {})
-    if set(saved) != set(named):
+    if set(saved) != set(tensors):
         raise ValueError(
-            f"{target} holds loss parameters {sorted(saved)}, but this model's loss has "
-            f"{sorted(named)}. Fix: build the same loss (same tasks and method) as the "
+            f"{target} holds loss state {sorted(saved)}, but this model's loss has "
+            f"{sorted(tensors)}. Fix: build the same loss (same tasks and method) as the "
             "run that saved it."
         )
     for name, value in saved.items():
-        param = named[name]
-        if tuple(param.shape) != tuple(np.shape(value)):
+        tensor = tensors[name]
+        if tuple(tensor.shape) != tuple(np.shape(value)):
             raise ValueError(
-                f"Loss parameter {name} has shape {list(param.shape)} here but "
+                f"Loss state {name} has shape {list(tensor.shape)} here but "
                 f"{list(np.shape(value))} in {target}. Fix: build the same loss."
             )
-        param.set_value(np.asarray(value, dtype=np.float32))
+        tensor.set_value(np.asarray(value).astype(tensor.numpy().dtype))
     attach(model)
     _restore_optimizer_state(
         optimizer_of(model), named, state.get("optimizer", {}), state.get("names", {})

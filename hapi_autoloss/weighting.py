@@ -9,6 +9,13 @@ kendall    f·e^(−s)·L + ½·s,  f = ½ regression, 1 classification  Kendall
            s = log σ²                                             CVPR 2018
 simple     e^(−s)·L + s                                           seed 000's code
 liebel     L / (2c²) + ln(1 + c²),  c starts at 1                 Liebel & Körner, 2018
+imtl_l     e^s·L − s                                              Liu et al., ICLR 2021
+                                                                  (IMTL-L)
+dwa        w·L, w = n·softmax(r/T), r = L̄(e−1)/L̄(e−2) of the      Liu, Johns & Davison,
+           epoch averages, T = 2; w = 1 for the first 2 epochs    CVPR 2019
+rlw        w·L, w = softmax(z), z ~ N(0, 1) drawn every step      Lin et al., TMLR 2022
+gls        (Π L)^(1/n), the geometric mean                        Chennupati et al.,
+                                                                  CVPRW 2019
 fixed      w·L with given w (PaddleSeg MixedLoss, e.g. 0.8/0.2)   --
 equal      L                                                      --
 =========  =====================================================  ==========================
@@ -33,10 +40,16 @@ Losses = Union[Sequence[LossFn], Mapping[str, LossFn]]
 TaskTypes = Union[Sequence[str], Mapping[str, str]]
 Routing = Union[str, Sequence[Sequence[int]], Mapping[str, Sequence[int]]]
 
-METHODS = ("kendall", "simple", "liebel", "fixed", "equal")
+METHODS = ("kendall", "simple", "liebel", "imtl_l", "dwa", "rlw", "gls", "fixed", "equal")
 TASK_TYPES = ("regression", "classification")
-DEFAULT_CLAMP = {"kendall": (-10.0, 10.0), "simple": (-10.0, 10.0), "liebel": (0.01, 100.0)}
-_INIT = {"kendall": 0.0, "simple": 0.0, "liebel": 1.0}
+DEFAULT_CLAMP = {
+    "kendall": (-10.0, 10.0),
+    "simple": (-10.0, 10.0),
+    "imtl_l": (-10.0, 10.0),
+    "liebel": (0.01, 100.0),
+}
+_INIT = {"kendall": 0.0, "simple": 0.0, "imtl_l": 0.0, "liebel": 1.0}
+GLS_FLOOR = 1e-12  # keeps log(L) finite for gls when a task's loss reaches 0
 
 
 def _names_and_losses(losses: Losses) -> tuple[list[str], list[LossFn]]:
@@ -93,8 +106,9 @@ class AutoWeight(paddle.nn.Layer):
         losses: a list of losses, or a dict ``{task name: loss}``. A loss is any
             Layer or callable returning a scalar (``TopKLoss`` included). Unnamed
             tasks are called ``task0``, ``task1``...
-        method: ``"kendall"``, ``"simple"``, ``"liebel"``, ``"fixed"`` or ``"equal"``
-            (formulas in the module docstring).
+        method: ``"kendall"``, ``"simple"``, ``"liebel"``, ``"imtl_l"``, ``"dwa"``,
+            ``"rlw"``, ``"gls"``, ``"fixed"`` or ``"equal"`` (formulas in the module
+            docstring).
         task_types: ``"regression"`` or ``"classification"`` per task (list, or dict
             by task name). Required for ``"kendall"``, where it sets the ½ factor.
         routing: which of the tensors hapi passes (``*outputs, *labels``) go to each
@@ -105,6 +119,8 @@ class AutoWeight(paddle.nn.Layer):
         weights: the fixed weights, for ``method="fixed"`` only.
         clamp: ``(min, max)`` for s (kendall, simple) or c (liebel) in the forward.
         init: initial s (default 0, i.e. σ = 1) or c (default 1).
+        temperature: dwa's temperature T (default 2, as in the paper).
+        seed: seeds rlw's draws (its own numpy generator); None draws fresh ones.
 
     The forward returns a 0-d float32 tensor, computed in float32 whatever the
     inputs' dtype. Train it through ``model.fit(..., callbacks=[AutoWeightCallback()])``.
@@ -127,6 +143,8 @@ class AutoWeight(paddle.nn.Layer):
         weights: Sequence[float] | Mapping[str, float] | None = None,
         clamp: tuple[float, float] | None = None,
         init: float | None = None,
+        temperature: float = 2.0,
+        seed: int | None = None,
     ) -> None:
         super().__init__()
         names, fns = _names_and_losses(losses)
@@ -141,7 +159,21 @@ class AutoWeight(paddle.nn.Layer):
         self._factors = self._task_factors(task_types)
         self._routes = self._parse_routing(routing)
         self._fixed = self._fixed_weights(weights)
-        self._last: paddle.Tensor | None = None
+        # Last raw losses and this epoch's running sums. A dict, because a Tensor
+        # attribute of a Layer silently becomes a buffer (copied on every assignment).
+        self._seen: dict[str, paddle.Tensor] = {}
+        n = len(names)
+        if not (math.isfinite(temperature) and temperature > 0):
+            raise ValueError(f"temperature must be > 0, got {temperature!r}. Fix: DWA's paper uses 2.0.")
+        self.temperature = float(temperature)
+        # dwa: the last two epochs' average losses and the weights they give. Buffers,
+        # so they are saved and restored with the loss's state.
+        self.register_buffer("dwa_history", paddle.zeros([2, n], dtype="float32"))
+        self.register_buffer("dwa_weights", paddle.ones([n], dtype="float32"))
+        self.register_buffer("epochs_seen", paddle.zeros([], dtype="int64"))
+        # rlw: its own generator, so drawing weights never shifts paddle's random stream.
+        self._rng = np.random.default_rng(seed)
+        self._rlw_last = np.full(n, 1.0 / n)
 
         self.clamp: tuple[float, float] | None = None
         self.s: paddle.Tensor | None = None
@@ -168,7 +200,7 @@ class AutoWeight(paddle.nn.Layer):
         elif clamp is not None or init is not None:
             raise ValueError(
                 f"method {method!r} learns nothing, so clamp and init do not apply. "
-                "Fix: drop them, or use method='kendall' or 'liebel'."
+                "Fix: drop them, or use method='kendall', 'liebel', 'simple' or 'imtl_l'."
             )
 
     # ------------------------------------------------------------ configuration
@@ -285,24 +317,63 @@ class AutoWeight(paddle.nn.Layer):
             for name, fn, args in zip(self.task_names, self._fns, self._route(tensors))
         ]
         values = paddle.stack(raw)
-        self._last = values.detach()
+        last = values.detach()
+        self._seen["last"] = last
+        if paddle.is_grad_enabled():  # training: feed dwa's epoch average, no host sync
+            finite = paddle.isfinite(last)  # a skipped non-finite step must not count
+            kept = paddle.where(finite, last, paddle.zeros_like(last))
+            count = finite.astype("float32")
+            if "sum" in self._seen:
+                kept, count = kept + self._seen["sum"], count + self._seen["count"]
+            self._seen.update(sum=kept, count=count)
         return self.combine(values)
 
     def combine(self, values: paddle.Tensor) -> paddle.Tensor:
         """The weighted total (0-d float32) from the per-task losses, shape [n]."""
-        if self.method == "equal":
+        method = self.method
+        if method == "equal":
             return values.sum()
-        if self._fixed is not None:
-            return (values * paddle.to_tensor(self._fixed, dtype="float32")).sum()
+        if method == "gls":
+            return paddle.exp(paddle.log(paddle.clip(values, min=GLS_FLOOR)).mean())
+        if method in ("fixed", "dwa", "rlw"):
+            return (values * self._plain_weights()).sum()
         assert self.s is not None and self.clamp is not None
         p = paddle.clip(self.s, *self.clamp)
-        if self.method == "liebel":
+        if method == "liebel":
             c2 = p * p
             return (values / (2.0 * c2) + paddle.log1p(c2)).sum()
-        if self.method == "simple":
+        if method == "simple":
             return (paddle.exp(-p) * values + p).sum()
+        if method == "imtl_l":
+            return (paddle.exp(p) * values - p).sum()
         factors = paddle.to_tensor(self._factors, dtype="float32")
         return (factors * paddle.exp(-p) * values + 0.5 * p).sum()
+
+    def _plain_weights(self) -> paddle.Tensor:
+        if self.method == "dwa":
+            return self.dwa_weights
+        if self.method == "rlw":
+            if paddle.is_grad_enabled():
+                z = self._rng.standard_normal(len(self.task_names))
+                self._rlw_last = np.exp(z - z.max()) / np.exp(z - z.max()).sum()
+                return paddle.to_tensor(self._rlw_last, dtype="float32")
+            # evaluation: the expected weight, so eval losses are comparable
+            return paddle.full([len(self.task_names)], 1.0 / len(self.task_names))
+        assert self._fixed is not None
+        return paddle.to_tensor(self._fixed, dtype="float32")
+
+    def end_epoch(self) -> None:
+        """Close a training epoch: dwa's weights for the next epoch come from its
+        average losses. ``AutoWeightCallback`` calls this at every epoch end."""
+        if "sum" not in self._seen:
+            return  # no training forward this epoch
+        average = self._seen.pop("sum") / paddle.clip(self._seen.pop("count"), min=1.0)
+        self.dwa_history.set_value(paddle.stack([self.dwa_history[1], average]))
+        self.epochs_seen.set_value(self.epochs_seen + 1)
+        if self.method == "dwa" and int(self.epochs_seen) >= 2:
+            ratio = self.dwa_history[1] / paddle.clip(self.dwa_history[0], min=GLS_FLOOR)
+            n = len(self.task_names)
+            self.dwa_weights.set_value(n * paddle.nn.functional.softmax(ratio / self.temperature))
 
     # ------------------------------------------------------------ reading
 
@@ -312,31 +383,53 @@ class AutoWeight(paddle.nn.Layer):
         return np.clip(self.s.numpy().astype(np.float64), *self.clamp)
 
     def sigmas(self) -> dict[str, float]:
-        """σ per task: e^(s/2) for kendall and simple, c for liebel; {} if not learned."""
+        """σ per task: e^(s/2) for kendall and simple, c for liebel, e^(−s/2) for
+        imtl_l (so its weight is 1/σ²); {} for methods that learn nothing."""
         p = self._clamped()
         if p is None:
             return {}
-        sig = p if self.method == "liebel" else np.exp(p / 2.0)
+        if self.method == "liebel":
+            sig = p
+        elif self.method == "imtl_l":
+            sig = np.exp(-p / 2.0)
+        else:
+            sig = np.exp(p / 2.0)
         return dict(zip(self.task_names, map(float, sig)))
 
     def weights(self) -> dict[str, float]:
-        """The factor each task's loss is multiplied by in the total, per task."""
+        """The factor each task's loss is multiplied by in the total, per task.
+
+        For gls, whose total is not a weighted sum, it is the gradient
+        d total / d L_i = total / (n·L_i) at the last forward.
+        """
+        n = len(self.task_names)
         p = self._clamped()
-        if p is None:
-            w = np.asarray(self._fixed if self._fixed is not None else [1.0] * len(self.task_names))
-        elif self.method == "liebel":
+        if self.method == "liebel" and p is not None:
             w = 1.0 / (2.0 * p * p)
-        elif self.method == "simple":
+        elif self.method == "simple" and p is not None:
             w = np.exp(-p)
-        else:
+        elif self.method == "imtl_l" and p is not None:
+            w = np.exp(p)
+        elif self.method == "kendall" and p is not None:
             w = np.asarray(self._factors) * np.exp(-p)
+        elif self.method == "fixed":
+            w = np.asarray(self._fixed)
+        elif self.method == "dwa":
+            w = self.dwa_weights.numpy().astype(np.float64)
+        elif self.method == "rlw":
+            w = self._rlw_last
+        elif self.method == "gls" and "last" in self._seen:
+            values = np.maximum(self._seen["last"].numpy().astype(np.float64), GLS_FLOOR)
+            w = np.exp(np.log(values).mean()) / (n * values)
+        else:
+            w = np.ones(n)
         return dict(zip(self.task_names, map(float, w)))
 
     def last_losses(self) -> dict[str, float]:
         """The raw (unweighted) per-task losses of the last forward; {} before one."""
-        if self._last is None:
+        if "last" not in self._seen:
             return {}
-        return dict(zip(self.task_names, map(float, self._last.numpy())))
+        return dict(zip(self.task_names, map(float, self._seen["last"].numpy())))
 
     def extra_repr(self) -> str:
         return f"method={self.method}, tasks={self.task_names}"

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import math
+import warnings
 from typing import Any
 
+import paddle
 from paddle.callbacks import Callback
 
 from .. import _hapi
 from ..weighting import AutoWeight
+
+NONFINITE_POLICIES = ("raise", "skip")
 
 
 class AutoWeightCallback(Callback):
@@ -18,14 +23,22 @@ class AutoWeightCallback(Callback):
     their gradients after each real update (``accumulate_grad_batches`` included),
     averages them over ranks under ``paddle.distributed.launch``, and saves them
     with every ``model.save`` (hapi's ``ModelCheckpoint`` too). A second ``fit``
-    adds nothing twice.
+    adds nothing twice. At each epoch end it hands ``dwa`` its epoch averages.
 
     Each step it puts ``sigma_<task>`` and ``weight_<task>`` (the values this
     batch is trained with) into ``logs``, so hapi's progress line shows them.
 
+    A non-finite loss never reaches the weights: before each update the total
+    loss is checked (one scalar read per step; hapi reads the loss every step
+    anyway). With ``on_nonfinite="raise"`` a ``FloatingPointError`` names the
+    task, the step and the value, and nothing is updated by that step. With
+    ``"skip"`` the step's update is dropped and ``nonfinite_skipped`` in
+    ``logs`` counts the skips.
+
     Args:
         lr_scale: multiplies the optimizer's learning rate for the loss's
             parameters; > 0.
+        on_nonfinite: ``"raise"`` (default) or ``"skip"``.
         show_in_progress_bar: add σ and the weights to hapi's progress line.
 
     Example::
@@ -36,17 +49,37 @@ class AutoWeightCallback(Callback):
         model.fit(train_data, epochs=20, callbacks=[AutoWeightCallback()])
     """
 
-    def __init__(self, lr_scale: float = 1.0, show_in_progress_bar: bool = True) -> None:
+    def __init__(
+        self,
+        lr_scale: float = 1.0,
+        on_nonfinite: str = "raise",
+        show_in_progress_bar: bool = True,
+    ) -> None:
         super().__init__()
         if not lr_scale > 0:
             raise ValueError(f"lr_scale must be > 0, got {lr_scale!r}. Fix: e.g. lr_scale=1.0.")
+        if on_nonfinite not in NONFINITE_POLICIES:
+            raise ValueError(
+                f"Unknown on_nonfinite {on_nonfinite!r}. Fix: use 'raise' or 'skip'."
+            )
         self.lr_scale = float(lr_scale)
+        self.on_nonfinite = on_nonfinite
         self.show_in_progress_bar = show_in_progress_bar
+        self.skipped = 0
         self._weighting: list[AutoWeight] = []
+        self._epoch = 0
+        self._step = 0
 
     def on_train_begin(self, logs: Any = None) -> None:
-        _hapi.attach(self.model, lr_scale=self.lr_scale)
+        params = _hapi.attach(self.model, lr_scale=self.lr_scale, before_update=self._before_update)
         self._weighting = list(_hapi.iter_layers(self.model, AutoWeight))
+        if not self._weighting and not params:
+            warnings.warn(
+                "AutoWeightCallback found no AutoWeight and no learnable parameter in the "
+                "model's loss, so it has nothing to do. Fix: pass loss=AutoWeight(...) to "
+                "model.prepare, or drop the callback.",
+                stacklevel=2,
+            )
         if self.show_in_progress_bar:
             _hapi.show_in_progress_bar(self.params, list(self._values()))
 
@@ -57,10 +90,40 @@ class AutoWeightCallback(Callback):
             out.update({f"weight_{k}": v for k, v in aw.weights().items()})
         return out
 
+    def _before_update(self, loss: paddle.Tensor) -> bool:
+        if bool(paddle.isfinite(loss).all()):
+            return True
+        bad = [
+            f"task '{task}' = {value}"
+            for aw in self._weighting
+            for task, value in aw.last_losses().items()
+            if not math.isfinite(value)
+        ]
+        where = ", ".join(bad) or f"the total loss = {float(loss)}"
+        if self.on_nonfinite == "raise":
+            raise FloatingPointError(
+                f"Non-finite loss at epoch {self._epoch}, step {self._step}: {where}. No "
+                "parameter, σ or optimizer moment was updated by this step. Fix: check that "
+                "task's data and learning rate, or pass AutoWeightCallback(on_nonfinite='skip') "
+                "to skip such steps."
+            )
+        self.skipped += 1
+        return False
+
+    def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
+        self._epoch = epoch
+
     def on_train_batch_begin(self, step: int, logs: Any = None) -> None:
+        self._step = step
         if logs is not None and self._weighting:
             logs.update(self._values())
 
+    def on_train_batch_end(self, step: int, logs: Any = None) -> None:
+        if logs is not None and self.on_nonfinite == "skip":
+            logs["nonfinite_skipped"] = self.skipped
+
     def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
+        for aw in self._weighting:
+            aw.end_epoch()  # dwa's next weights come from this epoch's average losses
         if logs is not None and self._weighting:
             logs.update(self._values())

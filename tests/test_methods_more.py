@@ -1,0 +1,108 @@
+"""imtl_l, gls, rlw and dwa against float64 numpy references."""
+
+import numpy as np
+import paddle
+
+from hapi_autoloss import AutoWeight
+
+L = np.array([0.7, 2.5, 0.05])
+
+
+def identity(out, _label):
+    return out
+
+
+def forward(aw, values, grad=True):
+    leaves = [paddle.to_tensor(np.float32(v), stop_gradient=not grad) for v in values]
+    labels = [paddle.zeros([]) for _ in values]
+    total = aw(*leaves, *labels)
+    if grad:
+        total.backward()
+        return total, np.array([float(t.grad) for t in leaves])
+    return total, None
+
+
+def test_imtl_l_value_and_gradients():
+    s = np.array([0.4, -0.8, 1.5])
+    aw = AutoWeight([identity] * 3, method="imtl_l")
+    aw.s.set_value(s.astype("float32"))
+    total, dl = forward(aw, L)
+    np.testing.assert_allclose(float(total), (np.exp(s) * L - s).sum(), rtol=1e-6)
+    np.testing.assert_allclose(dl, np.exp(s), rtol=1e-6)
+    np.testing.assert_allclose(aw.s.grad.numpy(), np.exp(s) * L - 1.0, rtol=1e-5)
+    np.testing.assert_allclose(list(aw.weights().values()), np.exp(s), rtol=1e-6)
+    np.testing.assert_allclose(list(aw.sigmas().values()), np.exp(-s / 2), rtol=1e-6)
+
+
+def test_gls_is_the_geometric_mean_with_its_gradient():
+    aw = AutoWeight([identity] * 3, method="gls")
+    total, dl = forward(aw, L)
+    geo = np.exp(np.log(L).mean())
+    np.testing.assert_allclose(float(total), geo, rtol=1e-6)
+    np.testing.assert_allclose(dl, geo / (3 * L), rtol=1e-5)
+    np.testing.assert_allclose(list(aw.weights().values()), geo / (3 * L), rtol=1e-5)
+    zero, dz = forward(aw, [0.0, 1.0, 1.0])
+    assert np.isfinite(float(zero)) and np.all(np.isfinite(dz))
+
+
+def softmax(z):
+    e = np.exp(z - z.max())
+    return e / e.sum()
+
+
+def test_rlw_draws_softmax_of_normal_weights_from_its_own_seed():
+    aw = AutoWeight([identity] * 3, method="rlw", seed=123)
+    rng = np.random.default_rng(123)
+    for _ in range(3):
+        w = softmax(rng.standard_normal(3))
+        total, dl = forward(aw, L)
+        np.testing.assert_allclose(float(total), (w * L).sum(), rtol=1e-6)
+        np.testing.assert_allclose(dl, w, rtol=1e-6)
+        np.testing.assert_allclose(list(aw.weights().values()), w, rtol=1e-12)
+    with paddle.no_grad():
+        total, _ = forward(aw, L, grad=False)
+    np.testing.assert_allclose(float(total), L.mean(), rtol=1e-6)
+    # seeding is the generator's own: paddle's random stream is untouched
+    paddle.seed(5)
+    a = paddle.rand([2]).numpy()
+    paddle.seed(5)
+    forward(AutoWeight([identity] * 3, method="rlw", seed=1), L)
+    np.testing.assert_array_equal(paddle.rand([2]).numpy(), a)
+
+
+def test_dwa_uses_the_last_two_epoch_averages_with_temperature_two():
+    aw = AutoWeight([identity] * 3, method="dwa")
+    epochs = [
+        [[1.0, 2.0, 3.0], [3.0, 2.0, 1.0]],  # average (2, 2, 2)
+        [[1.0, 3.0, 1.0], [1.0, 1.0, 1.0]],  # average (1, 2, 1)
+        [[0.5, 2.0, 1.5], [0.5, 2.0, 0.5]],  # average (0.5, 2, 1)
+    ]
+    averages = []
+    for e, batches in enumerate(epochs):
+        for values in batches:
+            total, dl = forward(aw, values)
+            if e < 2:  # the first two epochs train with weight 1
+                np.testing.assert_allclose(dl, [1, 1, 1])
+        averages.append(np.mean(batches, axis=0))
+        aw.end_epoch()
+    expected = 3 * softmax((averages[2] / averages[1]) / 2.0)
+    np.testing.assert_allclose(list(aw.weights().values()), expected, rtol=1e-6)
+    total, dl = forward(aw, L)
+    np.testing.assert_allclose(dl, expected, rtol=1e-6)
+    np.testing.assert_allclose(float(total), (expected * L).sum(), rtol=1e-6)
+    # evaluation forwards (no grad) do not count in the epoch average
+    with paddle.no_grad():
+        forward(aw, [100.0, 100.0, 100.0], grad=False)
+    aw.end_epoch()
+    np.testing.assert_allclose(aw.dwa_history.numpy()[1], L, rtol=1e-6)
+
+
+def test_dwa_state_is_part_of_the_state_dict():
+    aw = AutoWeight([identity] * 2, method="dwa")
+    for values in ([1.0, 2.0], [2.0, 1.0], [1.0, 1.0]):
+        forward(aw, values)
+        aw.end_epoch()
+    other = AutoWeight([identity] * 2, method="dwa")
+    other.set_state_dict(aw.state_dict())
+    assert other.weights() == aw.weights()
+    assert int(other.epochs_seen) == 3
