@@ -126,7 +126,7 @@ def check_attached(layer: paddle.nn.Layer) -> None:
 # ---------------------------------------------------------------- attach
 
 
-def _require_dynamic_mode() -> None:
+def require_dynamic_mode() -> None:
     if not paddle.in_dynamic_mode():
         raise RuntimeError(
             "hapi-autoloss needs PaddlePaddle's dynamic graph mode, but static mode is on. "
@@ -275,7 +275,7 @@ def attach(
         hapi_autoloss.attach(model)
         model.train_batch([x], [y1, y2])
     """
-    _require_dynamic_mode()
+    require_dynamic_mode()
     loss = loss_layer(model)
     if loss is None:
         return []
@@ -379,7 +379,7 @@ def load_state(model: Any, path: str) -> dict[str, Any]:
         hapi_autoloss.load_state(model, "checkpoints/3")
         model.fit(train_data, epochs=2, callbacks=[AutoWeightCallback(), TopKScheduler()])
     """
-    _require_dynamic_mode()
+    require_dynamic_mode()
     target = path + STATE_SUFFIX
     if not os.path.exists(target):
         raise FileNotFoundError(

@@ -146,6 +146,7 @@ class AutoWeight(paddle.nn.Layer):
         temperature: float = 2.0,
         seed: int | None = None,
     ) -> None:
+        _hapi.require_dynamic_mode()
         super().__init__()
         names, fns = _names_and_losses(losses)
         if method not in METHODS:
@@ -156,6 +157,7 @@ class AutoWeight(paddle.nn.Layer):
         self.task_names: list[str] = names
         self.losses = paddle.nn.LayerList([f for f in fns if isinstance(f, paddle.nn.Layer)])
         self._fns = fns
+        self._types: list[str | None] = [None] * len(names)
         self._factors = self._task_factors(task_types)
         self._routes = self._parse_routing(routing)
         self._fixed = self._fixed_weights(weights)
@@ -225,6 +227,7 @@ class AutoWeight(paddle.nn.Layer):
                     f"Unknown task type {t!r} for task '{name}'. Fix: use 'regression' "
                     "or 'classification'."
                 )
+        self._types = list(types)
         return [0.5 if t == "regression" else 1.0 for t in types]
 
     def _parse_routing(self, routing: Routing) -> list[tuple[int, ...]] | None:
@@ -295,6 +298,32 @@ class AutoWeight(paddle.nn.Layer):
             )
         return [tuple(tensors[i] for i in r) for r in self._routes]
 
+    def _check_inputs(self, name: str, kind: str | None, args: tuple[paddle.Tensor, ...]) -> None:
+        """Shape and dtype mistakes that a loss would otherwise broadcast silently."""
+        shaped = [a for a in args if isinstance(a, paddle.Tensor) and a.ndim > 0]
+        if len({a.shape[0] for a in shaped}) > 1:
+            shapes = [list(a.shape) for a in shaped]
+            raise ValueError(
+                f"task '{name}' got tensors with different batch sizes {shapes}. Fix: the "
+                "routing (which output goes with which label) or the data loader."
+            )
+        if kind != "regression" or len(args) != 2:
+            return
+        out, label = args
+        if not paddle.is_floating_point(out):
+            raise TypeError(
+                f"task '{name}' is a regression task but its output is {out.dtype}. Fix: make "
+                "the network return floats (e.g. .astype('float32')), or set the task type to "
+                "'classification'."
+            )
+        if list(out.shape) != list(label.shape):
+            raise ValueError(
+                f"task '{name}' is a regression task, but its output has shape "
+                f"{list(out.shape)} and its label {list(label.shape)}; a loss such as MSELoss "
+                "would broadcast them to a wrong result. Fix: reshape the label (or the output) "
+                f"to {list(out.shape)}."
+            )
+
     def _scalar(self, name: str, value: object) -> paddle.Tensor:
         if not isinstance(value, paddle.Tensor):
             raise TypeError(
@@ -312,10 +341,10 @@ class AutoWeight(paddle.nn.Layer):
 
     def forward(self, *tensors: paddle.Tensor) -> paddle.Tensor:
         _hapi.check_attached(self)
-        raw = [
-            self._scalar(name, fn(*args))
-            for name, fn, args in zip(self.task_names, self._fns, self._route(tensors))
-        ]
+        raw = []
+        for name, kind, fn, args in zip(self.task_names, self._types, self._fns, self._route(tensors)):
+            self._check_inputs(name, kind, args)
+            raw.append(self._scalar(name, fn(*args)))
         values = paddle.stack(raw)
         last = values.detach()
         self._seen["last"] = last

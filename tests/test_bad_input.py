@@ -1,0 +1,129 @@
+"""The bad-input catalogue (issue 5) for AutoWeight and AutoWeightCallback: each error is
+raised at construction, at train begin or in the first forward (before any update), and
+names the problem and the fix. TopKLoss, TopKScheduler and the exporters have theirs
+in their own test files."""
+
+import warnings
+
+import numpy as np
+import paddle
+import pytest
+from helpers import TwoTaskData, build_model, kendall_loss
+
+from hapi_autoloss import AutoWeight, attach
+from hapi_autoloss.callbacks import AutoWeightCallback
+
+mse = paddle.nn.MSELoss()
+
+
+def check(info, *fragments):
+    message = str(info.value)
+    for fragment in fragments:
+        assert fragment in message, f"{fragment!r} not in {message!r}"
+    assert "Fix" in message, message
+
+
+def test_label_shape_that_cannot_match_the_output_of_a_regression_task():
+    aw = kendall_loss()
+    with pytest.raises(ValueError) as info:
+        aw(paddle.ones([8, 1]), paddle.ones([8, 1]), paddle.ones([8]), paddle.ones([8, 1]))
+    check(info, "task 'y1'", "[8, 1]", "[8]", "broadcast")
+
+
+def test_batch_sizes_that_differ_within_a_task():
+    aw = AutoWeight([paddle.nn.CrossEntropyLoss()], method="kendall", task_types=["classification"])
+    with pytest.raises(ValueError) as info:
+        aw(paddle.ones([8, 3]), paddle.zeros([4, 1], dtype="int64"))
+    check(info, "different batch sizes", "[8, 3]", "[4, 1]")
+
+
+def test_integer_output_given_to_a_regression_loss():
+    aw = kendall_loss()
+    with pytest.raises(TypeError) as info:
+        aw(paddle.ones([8, 1], dtype="int64"), paddle.ones([8, 1]), paddle.ones([8, 1]), paddle.ones([8, 1]))
+    check(info, "task 'y1'", "regression", "int64")
+
+
+def test_shape_errors_come_before_any_update_inside_fit():
+    class WrongLabels(TwoTaskData):
+        def __getitem__(self, i):
+            x, y1, y2 = super().__getitem__(i)
+            return x, y1[0], y2  # y1 of shape [] per sample: [16] per batch
+
+    loss = kendall_loss()
+    model = build_model(loss)
+    before = model.network.trunk.weight.numpy().copy()
+    with pytest.raises(ValueError, match="task 'y1'"):
+        model.fit(WrongLabels(), epochs=1, batch_size=16, verbose=0, callbacks=[AutoWeightCallback()])
+    np.testing.assert_array_equal(model.network.trunk.weight.numpy(), before)
+    np.testing.assert_array_equal(loss.s.numpy(), [0.0, 0.0])
+
+
+@pytest.mark.parametrize(
+    "kwargs,exc,fragments",
+    [
+        ({"method": "liebel", "clamp": (0.0, 10.0)}, ValueError, ["must stay > 0"]),
+        ({"method": "equal", "clamp": (-1.0, 1.0)}, ValueError, ["learns nothing"]),
+        ({"method": "fixed", "weights": [1.0], "init": 0.5}, ValueError, ["learns nothing"]),
+        ({"method": "dwa", "temperature": 0.0}, ValueError, ["temperature must be > 0"]),
+        ({"method": "equal", "routing": [(0, -1)]}, ValueError, ["non-negative tensor indices"]),
+        ({"method": "equal", "routing": {"other": (0, 1)}}, ValueError, ["missing ['task0']", "unknown ['other']"]),
+        ({"method": "kendall", "task_types": "regression"}, TypeError, ["not a string"]),
+        ({"method": "simple", "clamp": (float("nan"), 1.0)}, ValueError, ["finite"]),
+    ],
+)
+def test_construction_errors(kwargs, exc, fragments):
+    with pytest.raises(exc) as info:
+        AutoWeight([mse], **kwargs)
+    check(info, *fragments)
+
+
+def test_losses_of_the_wrong_type():
+    with pytest.raises(TypeError) as info:
+        AutoWeight(mse)
+    check(info, "list of losses or a dict")
+
+
+def test_sub_loss_returning_a_non_tensor():
+    aw = AutoWeight([lambda o, y: 1.0], method="equal")
+    with pytest.raises(TypeError) as info:
+        aw(paddle.ones([2]), paddle.ones([2]))
+    check(info, "returned float")
+
+
+def test_callback_arguments():
+    with pytest.raises(ValueError) as info:
+        AutoWeightCallback(lr_scale=0)
+    check(info, "lr_scale must be > 0")
+
+
+class SumLoss(paddle.nn.Layer):
+    def forward(self, o1, o2, y1, y2):
+        return mse(o1, y1) + mse(o2, y2)
+
+
+def test_callback_with_nothing_to_learn_warns_once_and_trains():
+    model = build_model(SumLoss())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model.fit(TwoTaskData(32), epochs=2, batch_size=16, verbose=0, callbacks=[AutoWeightCallback()])
+    nothing = [w for w in caught if "nothing to do" in str(w.message)]
+    assert len(nothing) == 1 and "Fix" in str(nothing[0].message)
+
+
+def test_static_graph_mode_is_refused_with_a_clear_error():
+    paddle.enable_static()
+    try:
+        with pytest.raises(RuntimeError) as info:
+            kendall_loss()
+        check(info, "dynamic graph mode", "paddle.enable_static()")
+    finally:
+        paddle.disable_static()
+    loss = kendall_loss()
+    model = build_model(loss)
+    paddle.enable_static()
+    try:
+        with pytest.raises(RuntimeError, match="dynamic graph mode"):
+            attach(model)
+    finally:
+        paddle.disable_static()
