@@ -1,7 +1,8 @@
 """hapi-autoloss: learned loss weights and hard-example mining for ``paddle.Model``."""
 
 from ._hapi import attach, load_state
+from .checkpoint import latest_checkpoint
 from .weighting import AutoWeight
 
 __version__ = "0.1.0"
-__all__ = ["AutoWeight", "__version__", "attach", "load_state"]
+__all__ = ["AutoWeight", "__version__", "attach", "latest_checkpoint", "load_state"]

@@ -62,3 +62,16 @@ def test_load_state_errors(tmp_path):
                                                  routing=[(0, 2)]))
     with pytest.raises(ValueError, match="build the same loss"):
         hapi_autoloss.load_state(other, str(tmp_path / "m"))
+
+
+def test_latest_checkpoint_skips_half_written_ones(tmp_path):
+    assert hapi_autoloss.latest_checkpoint(str(tmp_path / "nothing")) is None
+    loss = kendall_loss()
+    model = build_model(loss)
+    save_dir = tmp_path / "ckpt"
+    model.fit(TwoTaskData(32), epochs=3, batch_size=16, verbose=0, save_dir=str(save_dir),
+              callbacks=[AutoWeightCallback()])
+    assert hapi_autoloss.latest_checkpoint(str(save_dir)) == str(save_dir / "final")
+    os.remove(save_dir / "final.autoloss")
+    (save_dir / "7.pdparams").write_bytes(b"killed while saving")  # no .autoloss: incomplete
+    assert hapi_autoloss.latest_checkpoint(str(save_dir)) == str(save_dir / "2")
