@@ -89,7 +89,7 @@ def loss_parameters(model: Any) -> list[Any]:
     return [p for p in root.parameters() if not p.stop_gradient]
 
 
-def called_from_hapi_train(max_depth: int = 6) -> bool:
+def called_from_hapi_train(max_depth: int = 12) -> bool:
     """True when a caller up the stack is hapi's ``DynamicGraphAdapter.train_batch``."""
     frame: FrameType | None = sys._getframe(1)
     for _ in range(max_depth):
@@ -103,21 +103,20 @@ def called_from_hapi_train(max_depth: int = 6) -> bool:
     return False
 
 
-def check_attached(layer: paddle.nn.Layer) -> None:
-    """Raise if ``layer`` would train inside hapi with nobody updating its parameters.
+def check_attached(layer: paddle.nn.Layer, needed: bool) -> None:
+    """Raise if ``layer`` trains inside hapi without the callback it ``needed``.
 
     Called from a loss's forward. Costs a few stack-frame reads until attached.
     """
-    if layer in _ATTACHED:
+    if not needed or layer in _ATTACHED:
         return
     if not paddle.is_grad_enabled() or not called_from_hapi_train():
         return
-    if not any(not p.stop_gradient for p in layer.parameters()):
-        return
     raise RuntimeError(
-        f"{type(layer).__name__} has learnable parameters, but paddle.Model's optimizer "
-        "does not update them and hapi never clears their gradients, so they would stay "
-        "frozen or drift. Fix: pass hapi_autoloss.callbacks.AutoWeightCallback() in "
+        f"{type(layer).__name__} learns during training, but paddle.Model's optimizer "
+        "does not update its parameters and hapi never clears their gradients (nor feeds "
+        "dwa its epoch averages), so its weights would stay frozen or drift. Fix: pass "
+        "hapi_autoloss.callbacks.AutoWeightCallback() in "
         "model.fit(callbacks=[...]), or call hapi_autoloss.attach(model) before "
         "model.train_batch(...)."
     )

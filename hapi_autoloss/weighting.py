@@ -340,7 +340,7 @@ class AutoWeight(paddle.nn.Layer):
         return value if value.dtype == paddle.float32 else value.astype("float32")
 
     def forward(self, *tensors: paddle.Tensor) -> paddle.Tensor:
-        _hapi.check_attached(self)
+        _hapi.check_attached(self, needed=self.s is not None or self.method == "dwa")
         raw = []
         for name, kind, fn, args in zip(self.task_names, self._types, self._fns, self._route(tensors)):
             self._check_inputs(name, kind, args)

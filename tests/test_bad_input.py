@@ -127,3 +127,11 @@ def test_static_graph_mode_is_refused_with_a_clear_error():
             attach(model)
     finally:
         paddle.disable_static()
+
+
+def test_dwa_without_the_callback_raises_too():
+    loss = AutoWeight({"y1": mse, "y2": mse}, method="dwa")
+    with pytest.raises(RuntimeError, match="AutoWeightCallback"):
+        build_model(loss).fit(TwoTaskData(32), epochs=1, batch_size=16, verbose=0)
+    fixed = AutoWeight({"y1": mse, "y2": mse}, method="fixed", weights=[0.8, 0.2])
+    build_model(fixed).fit(TwoTaskData(32), epochs=1, batch_size=16, verbose=0)  # nothing to learn: fine

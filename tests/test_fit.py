@@ -170,3 +170,23 @@ def test_prepare_without_optimizer_then_fit():
     model.prepare(loss=kendall_loss())
     with pytest.raises(RuntimeError, match="no optimizer"):
         fit(model, callbacks=[AutoWeightCallback()])
+
+
+def test_dwa_gets_its_epoch_averages_from_the_callback():
+    from hapi_autoloss import AutoWeight
+
+    loss = AutoWeight({"y1": paddle.nn.MSELoss(), "y2": paddle.nn.MSELoss()}, method="dwa")
+    seen = []
+
+    class Spy(paddle.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            seen.append((loss.dwa_history.numpy().copy(), loss.weights()))
+
+    fit(build_model(loss), epochs=3, callbacks=[AutoWeightCallback(), Spy()])
+    assert int(loss.epochs_seen) == 3
+    assert seen[0][1] == {"y1": 1.0, "y2": 1.0} and seen[1][1] == {"y1": 1.0, "y2": 1.0}
+    history = seen[2][0]
+    r = history[1] / history[0]
+    expected = 2 * np.exp(r / 2) / np.exp(r / 2).sum()
+    np.testing.assert_allclose(list(seen[2][1].values()), expected, rtol=1e-5)
+    assert abs(seen[2][1]["y1"] - 1.0) > 1e-4
