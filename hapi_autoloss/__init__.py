@@ -2,7 +2,9 @@
 
 from ._hapi import attach, load_state
 from .checkpoint import latest_checkpoint
+from .losses import DiceLoss
+from .topk import TopKLoss
 from .weighting import AutoWeight
 
 __version__ = "0.1.0"
-__all__ = ["AutoWeight", "__version__", "attach", "latest_checkpoint", "load_state"]
+__all__ = ["AutoWeight", "DiceLoss", "TopKLoss", "__version__", "attach", "latest_checkpoint", "load_state"]

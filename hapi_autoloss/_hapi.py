@@ -71,6 +71,12 @@ def optimizer_of(model: Any) -> Any:
     return getattr(model, "_optimizer", None)
 
 
+def metric_names(model: Any) -> list[str]:
+    """The names hapi puts in ``logs`` for the loss and metrics (``'loss'`` first)."""
+    names = getattr(model, "_metrics_name", None)
+    return list(names()) if callable(names) else ["loss"]
+
+
 def iter_layers(model: Any, cls: type) -> Iterator[Any]:
     """Every instance of ``cls`` inside the model's loss, the loss itself included."""
     root = loss_layer(model)
@@ -323,8 +329,17 @@ def show_in_progress_bar(params: Any, keys: list[str]) -> None:
 
 
 def register_state(model: Any, key: str, obj: Stateful) -> None:
-    """Save ``obj.state_dict()`` with every ``model.save``; restore a loaded state now."""
-    _STATEFUL.setdefault(model, {})[key] = obj
+    """Save ``obj.state_dict()`` with every ``model.save``; restore a loaded state now.
+
+    A second object under the same key (two exporters of one class) gets
+    ``key#2``, and so on, in the order the callbacks start.
+    """
+    registry = _STATEFUL.setdefault(model, {})
+    base, n = key, 1
+    while key in registry and registry[key] is not obj:
+        n += 1
+        key = f"{base}#{n}"
+    registry[key] = obj
     pending = _PENDING.get(model, {})
     if key in pending:
         obj.set_state_dict(pending.pop(key))

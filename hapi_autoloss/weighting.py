@@ -348,7 +348,7 @@ class AutoWeight(paddle.nn.Layer):
         values = paddle.stack(raw)
         last = values.detach()
         self._seen["last"] = last
-        if paddle.is_grad_enabled():  # training: feed dwa's epoch average, no host sync
+        if self.method == "dwa" and paddle.is_grad_enabled():  # epoch average, no host sync
             finite = paddle.isfinite(last)  # a skipped non-finite step must not count
             kept = paddle.where(finite, last, paddle.zeros_like(last))
             count = finite.astype("float32")
@@ -375,8 +375,13 @@ class AutoWeight(paddle.nn.Layer):
             return (paddle.exp(-p) * values + p).sum()
         if method == "imtl_l":
             return (paddle.exp(p) * values - p).sum()
-        factors = paddle.to_tensor(self._factors, dtype="float32")
-        return (factors * paddle.exp(-p) * values + 0.5 * p).sum()
+        return (self._const("factors", self._factors) * paddle.exp(-p) * values + 0.5 * p).sum()
+
+    def _const(self, key: str, values: list[float]) -> paddle.Tensor:
+        """A constant tensor made once, not a host-to-device copy every step."""
+        if key not in self._seen:
+            self._seen[key] = paddle.to_tensor(values, dtype="float32")
+        return self._seen[key]
 
     def _plain_weights(self) -> paddle.Tensor:
         if self.method == "dwa":
@@ -387,9 +392,9 @@ class AutoWeight(paddle.nn.Layer):
                 self._rlw_last = np.exp(z - z.max()) / np.exp(z - z.max()).sum()
                 return paddle.to_tensor(self._rlw_last, dtype="float32")
             # evaluation: the expected weight, so eval losses are comparable
-            return paddle.full([len(self.task_names)], 1.0 / len(self.task_names))
+            return self._const("rlw_mean", [1.0 / len(self.task_names)] * len(self.task_names))
         assert self._fixed is not None
-        return paddle.to_tensor(self._fixed, dtype="float32")
+        return self._const("fixed", self._fixed)
 
     def end_epoch(self) -> None:
         """Close a training epoch: dwa's weights for the next epoch come from its
@@ -407,14 +412,22 @@ class AutoWeight(paddle.nn.Layer):
     # ------------------------------------------------------------ reading
 
     def _clamped(self) -> np.ndarray | None:
+        """s (or c) clamped, in float64 (one device read)."""
         if self.s is None or self.clamp is None:
             return None
         return np.clip(self.s.numpy().astype(np.float64), *self.clamp)
 
+    def snapshot(self) -> tuple[dict[str, float], dict[str, float]]:
+        """``(sigmas(), weights())`` from a single device read, for per-step logging."""
+        p = self._clamped()
+        return self._sigmas(p), self._weights(p)
+
     def sigmas(self) -> dict[str, float]:
         """σ per task: e^(s/2) for kendall and simple, c for liebel, e^(−s/2) for
         imtl_l (so its weight is 1/σ²); {} for methods that learn nothing."""
-        p = self._clamped()
+        return self._sigmas(self._clamped())
+
+    def _sigmas(self, p: np.ndarray | None) -> dict[str, float]:
         if p is None:
             return {}
         if self.method == "liebel":
@@ -431,8 +444,10 @@ class AutoWeight(paddle.nn.Layer):
         For gls, whose total is not a weighted sum, it is the gradient
         d total / d L_i = total / (n·L_i) at the last forward.
         """
+        return self._weights(self._clamped())
+
+    def _weights(self, p: np.ndarray | None) -> dict[str, float]:
         n = len(self.task_names)
-        p = self._clamped()
         if self.method == "liebel" and p is not None:
             w = 1.0 / (2.0 * p * p)
         elif self.method == "simple" and p is not None:

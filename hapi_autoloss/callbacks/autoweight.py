@@ -86,12 +86,13 @@ class AutoWeightCallback(Callback):
     def _values(self) -> dict[str, float]:
         out: dict[str, float] = {}
         for aw in self._weighting:
-            out.update({f"sigma_{k}": v for k, v in aw.sigmas().items()})
-            out.update({f"weight_{k}": v for k, v in aw.weights().items()})
+            sigmas, weights = aw.snapshot()
+            out.update({f"sigma_{k}": v for k, v in sigmas.items()})
+            out.update({f"weight_{k}": v for k, v in weights.items()})
         return out
 
     def _before_update(self, loss: paddle.Tensor) -> bool:
-        if bool(paddle.isfinite(loss).all()):
+        if math.isfinite(float(loss)):  # one scalar read, no extra kernel
             return True
         bad = [
             f"task '{task}' = {value}"

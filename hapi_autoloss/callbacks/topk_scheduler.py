@@ -1,0 +1,246 @@
+"""TopKScheduler: anneals the ratio of every TopKLoss during ``model.fit``."""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any
+
+from paddle.callbacks import Callback
+
+from .. import _hapi, schedules
+from ..topk import TopKLoss, validate_ratio
+
+BY_CHOICES = ("epoch", "step")
+STATE_KEY = "TopKScheduler"
+
+
+def _check_count(value: Any, name: str, least: int, example: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least:
+        raise ValueError(f"{name} must be an int >= {least}, got {value!r}. Fix: e.g. {example}.")
+    return int(value)
+
+
+class TopKScheduler(Callback):
+    """Anneals ``TopKLoss.ratio`` from ``start`` to ``end`` over a ``model.fit`` run.
+
+    Training on every example first and on the hardest ones later (k from 100% to
+    10%) avoids mining "hard" examples that are only hard because the network has
+    not learned anything yet.
+
+    Positions are 0-based epochs (``by="epoch"``) or global steps, i.e. batches
+    counted across epochs (``by="step"``). With ``T = total`` units,
+    ``W = warmup`` and ``a = max(W − 1, 0)``, unit ``t`` trains at::
+
+        p = 0 if t < W else clip((t − a) / (T − 1 − a), 0, 1)
+        ratio = schedule(p, start, end)
+
+    so the first ``max(W, 1)`` units train at ``start``, unit ``T − 1`` at
+    ``end``, and any later unit holds ``end``. A run with a single unit
+    (``epochs=1``, ``by="epoch"``) trains at ``end``. Schedules (see
+    :mod:`hapi_autoloss.schedules`): ``"linear"``, ``"cosine"``, ``"exp"``
+    (geometric) and ``"step"`` (``drops`` equal drops).
+
+    ``total=None`` takes the run's length from ``fit``: its epochs, or epochs ×
+    steps per epoch (``num_iters`` when given). To reach ``end`` after a fixed
+    number of steps and hold it, as TF DeepLab's ``hard_example_mining_step``,
+    use :meth:`deeplab`.
+
+    Every ``TopKLoss`` in the model's loss is set, nested inside ``AutoWeight``
+    too; evaluation uses the current ratio as well. ``topk_ratio`` (the value the
+    batch trains with) is put into ``logs`` and shown by hapi's progress bar.
+
+    The position and the resolved total are saved by ``model.save(path)`` (hapi's
+    ``ModelCheckpoint`` too) in ``<path>.autoloss`` and restored by
+    ``hapi_autoloss.load_state``. hapi's ``fit`` has no initial epoch, so a resumed
+    run calls ``fit(epochs=remaining)`` and the schedule continues where it stopped,
+    over the original total. Likewise one instance passed to two ``fit`` calls
+    continues; build a new one to start over. Put it before an explicit
+    ``ModelCheckpoint`` in ``callbacks`` so a checkpoint counts the epoch it ends.
+
+    Args:
+        start: ratio of the first unit, in (0, 1].
+        end: ratio from unit ``total − 1`` on, in (0, start].
+        schedule: ``"linear"``, ``"cosine"``, ``"exp"`` or ``"step"``.
+        by: ``"epoch"`` or ``"step"``.
+        warmup: units (epochs or steps) trained at ``start`` before annealing;
+            >= 0 (0 and 1 are the same).
+        total: schedule length in units (counted from the first fit); None = the
+            whole fit run.
+        drops: number of drops of the ``"step"`` schedule; >= 1.
+
+    Example::
+
+        loss = hapi_autoloss.TopKLoss(paddle.nn.CrossEntropyLoss(reduction="none"))
+        model.prepare(optimizer, loss)
+        model.fit(data, epochs=10, callbacks=[TopKScheduler(start=1.0, end=0.1)])
+        # epochs 0..9 train with ratio 1.0, 0.9, 0.8, ..., 0.1
+    """
+
+    def __init__(
+        self,
+        start: float = 1.0,
+        end: float = 0.1,
+        schedule: str = "linear",
+        by: str = "epoch",
+        warmup: int = 0,
+        total: int | None = None,
+        drops: int = 3,
+    ) -> None:
+        super().__init__()
+        self.start = validate_ratio(start, "start")
+        self.end = validate_ratio(end, "end")
+        if self.end > self.start:
+            raise ValueError(
+                f"end ({end}) is above start ({start}), but TopKScheduler anneals the kept "
+                "fraction down, from all examples to the hardest. Fix: swap them, e.g. "
+                "TopKScheduler(start=1.0, end=0.1)."
+            )
+        if schedule not in schedules.SCHEDULES:
+            raise ValueError(
+                f"Unknown schedule {schedule!r}. Fix: use one of {', '.join(schedules.SCHEDULES)}."
+            )
+        if by not in BY_CHOICES:
+            raise ValueError(
+                f"Unknown by {by!r}. Fix: by='epoch' changes the ratio once per epoch, "
+                "by='step' every batch."
+            )
+        self.schedule = schedule
+        self.by = by
+        self.warmup = _check_count(warmup, "warmup", 0, "warmup=0, or the number of units held at start")
+        self.drops = _check_count(drops, "drops", 1, "drops=3")
+        self.total: int | None = None
+        if total is not None:
+            self.total = _check_count(total, "total", 1, f"total=10 ({by}s)")
+            self._check_warmup(self.total)
+        self._explicit_total = total is not None
+        self.epochs_done = 0  # absolute, across fit calls and resumes
+        self.steps_done = 0
+        self.ratio = self.start
+        self._layers: list[TopKLoss] = []
+
+    @classmethod
+    def deeplab(cls, top_k: float = 0.2, hard_example_mining_step: int = 100_000) -> TopKScheduler:
+        """TF DeepLab's schedule: linear from 1.0 at step 0 to ``top_k`` at step
+        ``hard_example_mining_step``, constant after.
+
+        Example::
+
+            TopKScheduler.deeplab(top_k=0.2, hard_example_mining_step=100000)
+        """
+        steps = _check_count(hard_example_mining_step, "hard_example_mining_step", 1, "100000")
+        return cls(start=1.0, end=top_k, schedule="linear", by="step", total=steps + 1)
+
+    # ------------------------------------------------------------ schedule
+
+    def _check_warmup(self, total: int) -> None:
+        if self.warmup >= total:
+            raise ValueError(
+                f"warmup ({self.warmup} {self.by}s) is not shorter than the schedule ({total} "
+                f"{self.by}s), so the ratio would never leave start. Fix: a smaller warmup, "
+                "or a longer total / more epochs."
+            )
+
+    def ratio_at(self, position: int) -> float:
+        """The ratio of the 0-based epoch or global step ``position``."""
+        if self.total is None:
+            raise RuntimeError(
+                "TopKScheduler does not know the schedule's length before training starts. "
+                "Fix: pass total=..., or call this after model.fit has begun."
+            )
+        return schedules.ratio_at(
+            position, self.total, self.schedule, self.start, self.end, self.warmup, self.drops
+        )
+
+    @property
+    def position(self) -> int:
+        return self.epochs_done if self.by == "epoch" else self.steps_done
+
+    def _apply(self) -> None:
+        self.ratio = self.ratio_at(self.position)
+        for layer in self._layers:
+            layer.ratio = self.ratio
+
+    def _resolve_total(self) -> int:
+        params = self.params or {}
+        epochs = params.get("epochs")
+        if self.by == "epoch":
+            return int(epochs) + self.epochs_done
+        num_iters = getattr(self.model, "num_iters", None)
+        if isinstance(num_iters, int) and num_iters > 0:
+            return num_iters + self.steps_done
+        steps = params.get("steps")
+        if steps is None:
+            raise ValueError(
+                "TopKScheduler(by='step') needs the number of training steps, but the training "
+                "data has no length (an iterable dataset), so hapi does not know the steps per "
+                "epoch. Fix: pass total=<number of steps>, or use by='epoch'."
+            )
+        return int(epochs) * int(steps) + self.steps_done
+
+    # ------------------------------------------------------------ hapi hooks
+
+    def on_train_begin(self, logs: Any = None) -> None:
+        self._layers = list(_hapi.iter_layers(self.model, TopKLoss))
+        if not self._layers:
+            loss = getattr(self.model, "_loss", None)
+            raise ValueError(
+                f"TopKScheduler found no TopKLoss in the model's loss ({type(loss).__name__}), so "
+                "it has nothing to anneal. Fix: prepare the model with a TopKLoss, e.g. "
+                "model.prepare(opt, hapi_autoloss.TopKLoss(paddle.nn.CrossEntropyLoss("
+                "reduction='none'))) or inside AutoWeight, or drop the callback."
+            )
+        # A state loaded by hapi_autoloss.load_state before fit is applied here.
+        _hapi.register_state(self.model, STATE_KEY, self)
+        # model.save writes <path>.autoloss only once wrapped; a TopKLoss has no
+        # parameters, so attach() (which would re-set their learning rate) is not needed.
+        _hapi._wrap_save(self.model)
+        if self.total is None:
+            self.total = self._resolve_total()
+        self._check_warmup(self.total)
+        _hapi.show_in_progress_bar(self.params, ["topk_ratio"])
+        self._apply()
+
+    def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
+        if self.by == "epoch":
+            self._apply()
+
+    def on_train_batch_begin(self, step: int, logs: Any = None) -> None:
+        if self.by == "step":
+            self._apply()
+        if logs is not None:
+            logs["topk_ratio"] = self.ratio
+
+    def on_train_batch_end(self, step: int, logs: Any = None) -> None:
+        self.steps_done += 1
+
+    def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
+        self.epochs_done += 1
+
+    # ------------------------------------------------------------ resume
+
+    def state_dict(self) -> dict[str, Any]:
+        """The position and resolved schedule length, as plain Python numbers."""
+        return {
+            "by": self.by,
+            "epochs_done": int(self.epochs_done),
+            "steps_done": int(self.steps_done),
+            "total": None if self.total is None else int(self.total),
+            "ratio": float(self.ratio),
+        }
+
+    def set_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from a saved position. An explicit ``total=`` given to this
+        instance wins over the saved one."""
+        by = state.get("by", self.by)
+        if by != self.by:
+            raise ValueError(
+                f"The saved TopKScheduler counted by={by!r}, this one counts by={self.by!r}, so "
+                "its position would be read in the wrong unit. Fix: build the scheduler with "
+                f"by={by!r}, as in the run that saved it."
+            )
+        self.epochs_done = int(state["epochs_done"])
+        self.steps_done = int(state["steps_done"])
+        if not self._explicit_total and state.get("total") is not None:
+            self.total = int(state["total"])
+        if self._layers and self.total is not None:
+            self._apply()

@@ -1,0 +1,160 @@
+"""VisualDLExport: σ, task weights, per-task losses and top-k ratio in VisualDL."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from ._scalars import ScalarExport
+
+INSTALL_HINT = 'pip install "hapi-autoloss[visualdl]"'
+
+
+def _import_visualdl() -> dict[str, Any]:
+    try:
+        import visualdl  # noqa: F401  (the package first: its modules may be cached)
+        from visualdl.component import base_component
+        from visualdl.proto.record_pb2 import Record
+        from visualdl.reader.record_reader import RecordReader
+        from visualdl.writer.record_writer import RecordWriter
+    except ImportError as err:
+        raise ImportError(
+            f"VisualDLExport needs the visualdl package, which is not installed ({err}). "
+            f"Fix: {INSTALL_HINT}, or use TensorBoardExport."
+        ) from err
+    return {"RecordReader": RecordReader, "components": base_component, "Record": Record,
+            "RecordWriter": RecordWriter}
+
+
+def newest_vdl_file(log_dir: str) -> str | None:
+    """The file VisualDL shows for ``log_dir``: the greatest ``vdlrecords`` file name."""
+    if not os.path.isdir(log_dir):
+        return None
+    names = sorted(n for n in os.listdir(log_dir) if "vdlrecords" in n)
+    return os.path.join(log_dir, names[-1]) if names else None
+
+
+def _clean(tag: str) -> str:
+    return tag.replace("%", "_")  # VisualDL refuses '%' in tags
+
+
+class _RecordFile:
+    """An append-only VisualDL record file, written in the caller's thread.
+
+    VisualDL's ``LogWriter`` queues each record to a background thread (about
+    20 µs a scalar here) and registers no ``atexit`` close, so a run that dies
+    loses what is queued. This writes the same records with VisualDL's own record
+    builders and framing, and ``flush()`` is a plain OS write.
+
+    VisualDL shows only the newest file of a folder and has no purge, so on resume
+    the new file first copies the earlier run's scalars and texts up to
+    ``keep_until``: the folder's newest file then holds the whole run, each step once.
+    """
+
+    def __init__(self, log_dir: str, keep_until: int | None, vdl: dict[str, Any]) -> None:
+        self._vdl = vdl
+        previous = newest_vdl_file(log_dir) if keep_until is not None else None
+        # Same naming as LogWriter; the nanosecond suffix makes this file the newest
+        # even when the previous run started in the same second.
+        name = f"vdlrecords.{int(time.time()):010d}.log.{time.time_ns()}.{os.getpid()}"
+        self.path = os.path.join(log_dir, name)
+        self._file = open(self.path, "wb")  # closed in close()
+        self._writer = vdl["RecordWriter"](self._file)
+        self._templates: dict[str, Any] = {}
+        self._add(vdl["components"].meta_data(tag="meta_data_tag", display_name="", step=0, walltime=self._ms()))
+        if previous is not None and keep_until is not None:
+            self._copy_forward(previous, keep_until)
+        self._file.flush()
+
+    @staticmethod
+    def _ms(walltime: float | None = None) -> int:
+        return round((time.time() if walltime is None else walltime) * 1000)
+
+    def _add(self, record: Any) -> None:
+        self._writer.write(record.SerializeToString())
+
+    def _copy_forward(self, previous: str, keep_until: int) -> None:
+        # VisualDL's RecordReader splits the file; each record is parsed alone, so a
+        # record cut short by a machine crash is skipped instead of failing them all
+        # (VisualDL's LogReader gives up on the whole file).
+        Record = self._vdl["Record"]
+        for data in self._vdl["RecordReader"](filepath=previous).get_remain():
+            record = Record()
+            try:
+                record.ParseFromString(data)
+            except Exception:  # a truncated last record
+                continue
+            if not record.values:
+                continue
+            value = record.values[0]
+            if value.WhichOneof("one_value") in ("value", "text") and value.id <= keep_until:
+                self._writer.write(data)
+
+    def write_scalars(self, step: int, values: dict[str, float], walltime: float) -> None:
+        ms = self._ms(walltime)
+        for tag, value in values.items():
+            record = self._templates.get(tag)
+            if record is None:  # one reusable record per tag: cheaper than building one
+                record = self._vdl["components"].scalar(tag=_clean(tag), value=0.0, step=0, walltime=0)
+                self._templates[tag] = record
+            slot = record.values[0]
+            slot.id, slot.timestamp, slot.value = step, ms, value
+            self._add(record)
+
+    def write_text(self, step: int, tag: str, text: str, walltime: float) -> None:
+        record = self._vdl["components"].text(tag=_clean(tag), text_string=text, step=step, walltime=self._ms(walltime))
+        self._add(record)
+
+    def flush(self) -> None:
+        if not self._file.closed:
+            self._file.flush()
+
+    def sync(self) -> None:
+        if not self._file.closed:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+
+    def close(self) -> None:
+        if not self._file.closed:
+            self.sync()
+            self._file.close()
+
+
+class VisualDLExport(ScalarExport):
+    """Writes the training curves to VisualDL record files, live, during ``fit``.
+
+    Same tags, steps, rank and durability rules as ``TensorBoardExport``:
+
+    - ``train/loss``, ``train/<metric>`` every ``every_n_steps`` train steps;
+    - ``autoloss/sigma/<task>``, ``autoloss/weight/<task>``, ``autoloss/loss/<task>``;
+    - ``topk/ratio``, ``lr``, ``eval/loss``, ``eval/<metric>``;
+    - ``autoloss/config`` (text), once per run.
+
+    VisualDL shows only a folder's newest record file and cannot purge, so a
+    resumed run starts its file with the earlier run's points up to the
+    checkpoint's step, copied forward: the run reads as one curve, each step once,
+    and the points a crashed run wrote after its checkpoint are replaced. Older
+    files are left as they are (VisualDL ignores them). A fresh run starts an
+    empty file, which likewise replaces the folder's earlier run.
+
+    Needs ``pip install "hapi-autoloss[visualdl]"``.
+
+    Args:
+        log_dir: the folder (created if needed). Open it with
+            ``visualdl --logdir <log_dir>``.
+        every_n_steps: write the train points every this many steps (>= 1).
+
+    Example::
+
+        model.fit(train_data, epochs=10, callbacks=[
+            AutoWeightCallback(), VisualDLExport("runs/exp1")])
+        # then: visualdl --logdir runs
+    """
+
+    def __init__(self, log_dir: str | os.PathLike[str], every_n_steps: int = 1) -> None:
+        self._vdl = _import_visualdl()  # fail at construction, not at train begin
+        super().__init__(log_dir, every_n_steps)
+
+    def _open(self, start_step: int) -> _RecordFile:
+        return _RecordFile(self.log_dir, None if start_step == 0 else start_step, self._vdl)

@@ -1,0 +1,252 @@
+"""``hapi-autoloss plot LOGDIR -o curves.png``: σ, weights, k and raw losses in one PNG.
+
+Reads what ``TensorBoardExport`` or ``VisualDLExport`` wrote, with TensorBoard's
+``EventAccumulator`` or VisualDL's ``LogReader``, and draws four panels against the
+global train step: σ per task, the task weights, the raw (unweighted) loss per
+task and the top-k ratio k. Needs ``pip install "hapi-autoloss[plot]"``.
+
+Usage::
+
+    hapi-autoloss plot runs/quickstart -o curves.png
+    python -m hapi_autoloss.plot runs/quickstart -o curves.png
+
+From Python::
+
+    from hapi_autoloss.plot import plot_curves
+    plot_curves("runs/quickstart", "curves.png")
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+INSTALL_HINT = 'pip install "hapi-autoloss[plot]"'
+READERS = ("auto", "tensorboard", "visualdl")
+# (title, tag prefix) per panel, in drawing order.
+PANELS = (
+    ("σ per task", "autoloss/sigma/"),
+    ("task weight", "autoloss/weight/"),
+    ("raw loss per task", "autoloss/loss/"),
+    ("top-k ratio k", "topk/ratio"),
+)
+
+Series = dict[str, tuple[list[int], list[float]]]
+
+
+class PlotError(Exception):
+    """Base of the errors ``plot_curves`` raises for a log folder it cannot plot."""
+
+
+class LogDirNotFoundError(PlotError, FileNotFoundError):
+    """LOGDIR does not exist or is not a folder."""
+
+
+class NoLogsError(PlotError):
+    """LOGDIR holds no TensorBoard or VisualDL log file."""
+
+
+class NoKnownTagsError(PlotError):
+    """The logs hold none of the tags the exporters write."""
+
+
+class MissingDependencyError(PlotError, ImportError):
+    """matplotlib, or the reader for the logs, is not installed."""
+
+
+def _files(log_dir: str, marker: str) -> list[str]:
+    return sorted(n for n in os.listdir(log_dir) if marker in n and os.path.isfile(os.path.join(log_dir, n)))
+
+
+def _read_tensorboard(log_dir: str) -> Series:
+    try:
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    except ImportError as err:
+        raise MissingDependencyError(
+            f"Reading TensorBoard logs needs the tensorboard package ({err}). Fix: "
+            f"{INSTALL_HINT}, or pip install tensorboard."
+        ) from err
+    # size_guidance 0 keeps every point; purge markers (resumed runs) are applied.
+    acc = EventAccumulator(log_dir, size_guidance={"scalars": 0})
+    logger = logging.getLogger("tensorboard")
+    level = logger.level
+    logger.setLevel(logging.WARNING)  # not its INFO line per file read
+    try:
+        acc.Reload()
+    finally:
+        logger.setLevel(level)
+    out: Series = {}
+    for tag in acc.Tags().get("scalars", []):
+        events = acc.Scalars(tag)
+        out[tag] = ([int(e.step) for e in events], [float(e.value) for e in events])
+    return out
+
+
+def _read_visualdl(log_dir: str) -> Series:
+    try:
+        from visualdl import LogReader
+    except ImportError as err:
+        raise MissingDependencyError(
+            f"Reading VisualDL logs needs the visualdl package ({err}). Fix: "
+            'pip install "hapi-autoloss[visualdl]".'
+        ) from err
+    names = _files(log_dir, "vdlrecords")
+    # VisualDL shows a folder's newest file only; read the same one.
+    reader = LogReader(file_path=os.path.join(log_dir, names[-1]))
+    out: Series = {}
+    for tag in reader.get_tags().get("scalar", []):
+        values = reader.get_data("scalar", tag)
+        out[tag] = ([int(v.id) for v in values], [float(v.value) for v in values])
+    return out
+
+
+def read_scalars(log_dir: str | os.PathLike[str], reader: str = "auto") -> Series:
+    """Every scalar tag in ``log_dir`` as ``{tag: (steps, values)}``.
+
+    ``reader``: ``"tensorboard"``, ``"visualdl"``, or ``"auto"`` (TensorBoard's
+    files when the folder has both).
+    """
+    log_dir = os.fspath(log_dir)
+    if reader not in READERS:
+        raise ValueError(f"Unknown reader {reader!r}. Fix: use one of {', '.join(READERS)}.")
+    if not os.path.isdir(log_dir):
+        what = "is a file, not a folder" if os.path.exists(log_dir) else "does not exist"
+        raise LogDirNotFoundError(
+            f"LOGDIR {log_dir!r} {what}. Fix: pass the log_dir given to TensorBoardExport "
+            "or VisualDLExport, e.g. runs/quickstart."
+        )
+    has_tb, has_vdl = bool(_files(log_dir, "tfevents")), bool(_files(log_dir, "vdlrecords"))
+    missing = {"tensorboard": not has_tb, "visualdl": not has_vdl, "auto": not (has_tb or has_vdl)}[reader]
+    if missing:
+        kind = {"tensorboard": "TensorBoard", "visualdl": "VisualDL"}.get(reader, "TensorBoard or VisualDL")
+        subdirs = sorted(
+            n for n in os.listdir(log_dir)
+            if os.path.isdir(os.path.join(log_dir, n))
+            and (_files(os.path.join(log_dir, n), "tfevents") or _files(os.path.join(log_dir, n), "vdlrecords"))
+        )
+        if subdirs:
+            hint = f"Fix: pass one run folder, e.g. {os.path.join(log_dir, subdirs[0])}."
+        elif not os.listdir(log_dir):
+            hint = "It is empty. Fix: train with TensorBoardExport(log_dir) or VisualDLExport(log_dir) first."
+        else:
+            hint = "Fix: train with TensorBoardExport(log_dir) or VisualDLExport(log_dir) first."
+        raise NoLogsError(f"LOGDIR {log_dir!r} holds no {kind} log file. {hint}")
+    if reader == "visualdl" or (reader == "auto" and not has_tb):
+        return _read_visualdl(log_dir)
+    return _read_tensorboard(log_dir)
+
+
+def plot_curves(
+    log_dir: str | os.PathLike[str],
+    output: str | os.PathLike[str] | None = None,
+    reader: str = "auto",
+    title: str | None = None,
+) -> str:
+    """Draw σ, the weights, the raw losses and k against the step into a PNG.
+
+    Args:
+        log_dir: a folder written by ``TensorBoardExport`` or ``VisualDLExport``.
+        output: the PNG to write; default ``<log_dir>/curves.png``.
+        reader: ``"auto"``, ``"tensorboard"`` or ``"visualdl"``.
+        title: the figure's title; default the folder name.
+
+    Returns the PNG's path. Raises a :class:`PlotError` subclass when the folder
+    is missing, holds no logs, or none of the exporters' tags.
+
+    Example::
+
+        plot_curves("runs/quickstart", "runs/quickstart/curves.png")
+    """
+    series = read_scalars(log_dir, reader)
+    log_dir = os.fspath(log_dir)
+    panels = [(name, {t: series[t] for t in sorted(series) if t.startswith(prefix)}) for name, prefix in PANELS]
+    if not any(lines for _, lines in panels):
+        found = ", ".join(sorted(series)[:8]) or "no scalar tags at all"
+        raise NoKnownTagsError(
+            f"The logs in {log_dir!r} hold none of the tags hapi-autoloss writes "
+            f"(autoloss/sigma/<task>, autoloss/weight/<task>, autoloss/loss/<task>, "
+            f"topk/ratio); found: {found}. Fix: log with TensorBoardExport or "
+            "VisualDLExport and a loss built with AutoWeight or TopKLoss."
+        )
+    try:
+        from matplotlib.figure import Figure
+    except ImportError as err:
+        raise MissingDependencyError(f"Plotting needs matplotlib ({err}). Fix: {INSTALL_HINT}.") from err
+
+    output = os.fspath(output) if output is not None else os.path.join(log_dir, "curves.png")
+    fig = Figure(figsize=(11, 7.5), dpi=120, layout="constrained")
+    fig.suptitle(title if title is not None else os.path.basename(os.path.normpath(log_dir)) or log_dir)
+    for ax, (name, prefix), (_, lines) in zip(fig.subplots(2, 2).flat, PANELS, panels):
+        _draw(ax, name, prefix, lines)
+    folder = os.path.dirname(os.path.abspath(output))
+    os.makedirs(folder, exist_ok=True)
+    tmp = os.path.join(folder, f".{os.path.basename(output)}.{os.getpid()}.tmp")
+    try:
+        fig.savefig(tmp, format="png")
+        os.replace(tmp, output)  # never leave a half-written PNG under the real name
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return output
+
+
+def _draw(ax: Any, name: str, prefix: str, lines: Series) -> None:
+    ax.set_title(name)
+    ax.set_xlabel("train step")
+    ax.grid(True, alpha=0.3)
+    if not lines:
+        ax.text(0.5, 0.5, "not logged", ha="center", va="center", transform=ax.transAxes, color="gray")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        return
+    for tag, (steps, values) in lines.items():
+        label = tag[len(prefix):].lstrip("/") or tag.rsplit("/", 1)[-1]  # the task name, or "ratio"
+        ax.plot(steps, values, label=label, linewidth=1.2)
+    every = [v for _, values in lines.values() for v in values]
+    if name.startswith("raw loss") and every and min(every) > 0 and max(every) / min(every) > 50:
+        ax.set_yscale("log")  # losses of different tasks span decades
+    ax.legend(fontsize="small", loc="best")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hapi-autoloss", description="hapi-autoloss command line tools.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    plot = sub.add_parser(
+        "plot",
+        help="draw σ, the task weights, the raw losses and k from a log folder into a PNG",
+        description=__doc__.split("\n\n")[0] if __doc__ else None,
+    )
+    plot.add_argument("logdir", metavar="LOGDIR", help="folder written by TensorBoardExport or VisualDLExport")
+    plot.add_argument("-o", "--output", metavar="FILE", help="PNG to write (default: LOGDIR/curves.png)")
+    plot.add_argument("--reader", choices=READERS, default="auto", help="which logs to read (default: auto)")
+    plot.add_argument("--title", help="figure title (default: the folder name)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``hapi-autoloss plot LOGDIR -o FILE``; the word ``plot`` may be left out.
+
+    Returns 0, or 2 with the error on stderr.
+    """
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] not in ("plot", "-h", "--help"):
+        args.insert(0, "plot")  # python -m hapi_autoloss.plot LOGDIR -o FILE
+    try:
+        parsed = _parser().parse_args(args)
+    except SystemExit as exit_:  # argparse printed usage; hand back its code (2, or 0 for --help)
+        return int(exit_.code or 0)
+    try:
+        path = plot_curves(parsed.logdir, parsed.output, reader=parsed.reader, title=parsed.title)
+    except PlotError as err:
+        print(f"hapi-autoloss plot: error: {err}", file=sys.stderr)
+        return 2
+    print(f"Wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

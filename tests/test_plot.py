@@ -1,0 +1,136 @@
+"""hapi-autoloss plot: a real PNG from real logs, and its error cases."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import matplotlib.image
+import paddle
+import pytest
+from helpers import TwoTaskData, build_model
+from tensorboardX import SummaryWriter
+
+from hapi_autoloss import AutoWeight, TopKLoss
+from hapi_autoloss.callbacks import AutoWeightCallback, TensorBoardExport, TopKScheduler, VisualDLExport
+from hapi_autoloss.plot import LogDirNotFoundError, NoKnownTagsError, NoLogsError, main, plot_curves, read_scalars
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+WIDTH, HEIGHT = 1320, 900  # 11 x 7.5 inches at 120 dpi
+
+
+@pytest.fixture(scope="module")
+def logdir(tmp_path_factory):
+    """One real fit, logged to TensorBoard and VisualDL in the same folder."""
+    paddle.disable_static()
+    paddle.set_device("cpu")
+    folder = tmp_path_factory.mktemp("runs") / "exp"
+    loss = AutoWeight({"y1": TopKLoss(paddle.nn.MSELoss(reduction="none")), "y2": paddle.nn.MSELoss()},
+                      method="kendall", task_types=["regression", "regression"])
+    model = build_model(loss)
+    model.fit(TwoTaskData(96), epochs=3, batch_size=16, verbose=0,
+              callbacks=[AutoWeightCallback(), TopKScheduler(start=1.0, end=0.5),
+                         TensorBoardExport(folder), VisualDLExport(folder)])
+    return folder
+
+
+def assert_png(path):
+    data = open(path, "rb").read()
+    assert data[:8] == PNG_SIGNATURE
+    assert len(data) > 30_000  # four panels of lines, not an empty canvas
+    image = matplotlib.image.imread(path)
+    assert image.shape[:2] == (HEIGHT, WIDTH)
+
+
+@pytest.mark.parametrize("reader", ["tensorboard", "visualdl"])
+def test_plot_command_writes_a_png_from_real_logs(logdir, tmp_path, capsys, reader):
+    out = tmp_path / f"{reader}.png"
+    assert main(["plot", str(logdir), "-o", str(out), "--reader", reader]) == 0
+    assert f"Wrote {out}" in capsys.readouterr().out
+    assert_png(out)
+
+
+def test_both_readers_see_the_same_curves(logdir):
+    tb, vdl = read_scalars(logdir, "tensorboard"), read_scalars(logdir, "visualdl")
+    for tag in ("autoloss/sigma/y1", "autoloss/weight/y2", "autoloss/loss/y1", "topk/ratio"):
+        assert tb[tag][0] == vdl[tag][0] == list(range(1, 19))
+        assert tb[tag][1] == pytest.approx(vdl[tag][1], rel=1e-6)
+    assert tb["topk/ratio"][1][0] == 1.0 and tb["topk/ratio"][1][-1] == pytest.approx(0.5)
+
+
+def test_without_the_word_plot_and_default_output(logdir):
+    assert main([str(logdir)]) == 0
+    assert_png(logdir / "curves.png")
+
+
+def test_console_script_and_module_entry_points(logdir, tmp_path):
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    runs = [[sys.executable, "-m", "hapi_autoloss.plot", str(logdir), "-o", str(tmp_path / "m.png")]]
+    script = os.path.join(os.path.dirname(sys.executable), "hapi-autoloss")
+    if os.path.exists(script):  # installed with pip install -e .
+        runs.append([script, "plot", str(logdir), "-o", str(tmp_path / "s.png")])
+    for cmd in runs:
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert_png(cmd[-1])
+
+
+def test_missing_empty_and_foreign_logdirs(tmp_path, capsys):
+    with pytest.raises(LogDirNotFoundError, match="does not exist"):
+        plot_curves(tmp_path / "nope")
+    assert main(["plot", str(tmp_path / "nope")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(NoLogsError, match="empty"):
+        plot_curves(empty)
+    assert main([str(empty)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("hapi-autoloss plot: error:") and "holds no TensorBoard or VisualDL log" in err
+
+    # Logs of someone else's tags: a tensorboardX run that is not ours.
+    foreign = tmp_path / "foreign"
+    with SummaryWriter(str(foreign)) as writer:
+        for step in range(3):
+            writer.add_scalar("accuracy", 0.5 + step / 10, step)
+    with pytest.raises(NoKnownTagsError, match="found: accuracy"):
+        plot_curves(foreign)
+    assert main([str(foreign), "-o", str(tmp_path / "x.png")]) == 2
+    assert "none of the tags" in capsys.readouterr().err
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_parent_folder_of_runs_is_pointed_to_a_run(logdir):
+    with pytest.raises(NoLogsError, match="pass one run folder"):
+        plot_curves(logdir.parent)
+
+
+def test_only_visualdl_logs_and_wrong_reader(tmp_path):
+    model = build_model(AutoWeight([paddle.nn.MSELoss(), paddle.nn.MSELoss()], method="liebel"))
+    model.fit(TwoTaskData(32), epochs=1, batch_size=16, verbose=0,
+              callbacks=[AutoWeightCallback(), VisualDLExport(tmp_path)])
+    assert_png(plot_curves(tmp_path, tmp_path / "c.png"))  # auto picks VisualDL
+    with pytest.raises(NoLogsError, match="no TensorBoard log"):
+        plot_curves(tmp_path, reader="tensorboard")
+
+
+def test_missing_matplotlib_names_the_extra(logdir, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)  # as if not installed
+    assert main([str(logdir), "-o", str(logdir / "never.png")]) == 2
+    assert 'pip install "hapi-autoloss[plot]"' in capsys.readouterr().err
+
+
+def test_quickstart_trains_logs_and_plots(tmp_path, capsys):
+    import quickstart  # examples/, on sys.path via conftest
+
+    out = quickstart.main(["--log-dir", str(tmp_path / "q"), "--epochs", "2", "--verbose", "0"])
+    assert out["png"] == str(tmp_path / "q" / "curves.png")
+    assert_png(out["png"])
+    assert set(out["sigma"]) == {"digit", "ink"} and 0.0 < out["accuracy"] <= 1.0
+    printed = capsys.readouterr().out
+    assert f"tensorboard --logdir {tmp_path / 'q'}" in printed and "visualdl --logdir" in printed
+    points = read_scalars(tmp_path / "q")
+    assert {"autoloss/sigma/digit", "autoloss/sigma/ink", "topk/ratio", "eval/acc"} <= set(points)
