@@ -334,6 +334,7 @@ def register_state(model: Any, key: str, obj: Stateful) -> None:
     A second object under the same key (two exporters of one class) gets
     ``key#2``, and so on, in the order the callbacks start.
     """
+    _wrap_save(model)
     registry = _STATEFUL.setdefault(model, {})
     base, n = key, 1
     while key in registry and registry[key] is not obj:
@@ -420,7 +421,7 @@ def load_state(model: Any, path: str) -> dict[str, Any]:
                 f"{list(np.shape(value))} in {target}. Fix: build the same loss."
             )
         tensor.set_value(np.asarray(value).astype(tensor.numpy().dtype))
-    attach(model)
+    # σ's moments wait in the optimizer's holder until AutoWeightCallback adds σ.
     _restore_optimizer_state(
         optimizer_of(model), named, state.get("optimizer", {}), state.get("names", {})
     )

@@ -91,14 +91,16 @@ class TopKLoss(paddle.nn.Layer):
         per: ``"sample"`` or ``"pixel"``.
         ignore_index: elements whose label (the last argument) equals it are never
             kept and do not count in n. The label must have as many elements as
-            the per-element loss (``[N,1,H,W]`` and ``[N,H,W]`` both work).
+            the per-element loss (``[N,1,H,W]`` and ``[N,H,W]`` both work). Give
+            the wrapped cross-entropy the same ``ignore_index``: Paddle's raises on
+            a label outside the classes.
         min_kept: the least k while something is valid; an int >= 1.
         threshold: optional loss threshold, see above.
 
     Example::
 
-        loss = hapi_autoloss.TopKLoss(paddle.nn.CrossEntropyLoss(reduction="none", axis=1),
-                                      ratio=0.1, per="pixel", ignore_index=255)
+        ce = paddle.nn.CrossEntropyLoss(reduction="none", axis=1, ignore_index=255)
+        loss = hapi_autoloss.TopKLoss(ce, ratio=0.1, per="pixel", ignore_index=255)
         model.prepare(optimizer, loss)           # logits [N,C,H,W], label [N,1,H,W]
         model.fit(data, epochs=10, callbacks=[hapi_autoloss.callbacks.TopKScheduler()])
     """

@@ -190,10 +190,7 @@ class TopKScheduler(Callback):
                 "reduction='none'))) or inside AutoWeight, or drop the callback."
             )
         # A state loaded by hapi_autoloss.load_state before fit is applied here.
-        _hapi.register_state(self.model, STATE_KEY, self)
-        # model.save writes <path>.autoloss only once wrapped; a TopKLoss has no
-        # parameters, so attach() (which would re-set their learning rate) is not needed.
-        _hapi._wrap_save(self.model)
+        _hapi.register_state(self.model, STATE_KEY, self)  # also makes model.save write it
         if self.total is None:
             self.total = self._resolve_total()
         self._check_warmup(self.total)
