@@ -185,14 +185,21 @@ def _inject(opt: Any, params: list[Any], lr_scale: float) -> None:
         opt._parameter_list.extend(new)
 
 
+def _track(obj: Any, attr: str, params: list[Any]) -> bool:
+    """Keep ``params`` in ``obj.<attr>``; True if ``obj`` was wrapped already."""
+    current = getattr(obj, attr, None)
+    if current is None:
+        setattr(obj, attr, list(params))
+        return False
+    known = {id(p) for p in current}
+    current.extend(p for p in params if id(p) not in known)
+    return True
+
+
 def _wrap_clear_gradients(network: Any, params: list[Any]) -> None:
     """Make hapi's ``network.clear_gradients()`` clear the loss's gradients too."""
-    current = getattr(network, "_autoloss_params", None)
-    if current is not None:
-        known = {id(p) for p in current}
-        current.extend(p for p in params if id(p) not in known)
+    if _track(network, "_autoloss_params", params):
         return
-    network._autoloss_params = list(params)
     original = network.clear_gradients
 
     def clear_gradients(*args: Any, **kwargs: Any) -> Any:
@@ -218,12 +225,8 @@ def _wrap_minimize(opt: Any, params: list[Any], nranks: int) -> None:
       (``get_all_grads`` gets dicts), so hapi cannot train one at all; ``step``
       handles groups and does the same update in dynamic mode.
     """
-    current = getattr(opt, "_autoloss_sync", None)
-    if current is not None:
-        known = {id(p) for p in current}
-        current.extend(p for p in params if id(p) not in known)
+    if _track(opt, "_autoloss_sync", params):
         return
-    opt._autoloss_sync = list(params)
     original = opt.minimize
 
     def minimize(*args: Any, **kwargs: Any) -> Any:

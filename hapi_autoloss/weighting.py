@@ -330,7 +330,7 @@ class AutoWeight(paddle.nn.Layer):
                 f"loss '{name}' returned {type(value).__name__}, not a paddle.Tensor. "
                 "Fix: return a scalar tensor."
             )
-        if value.size != 1:
+        if math.prod(value.shape) != 1:
             raise ValueError(
                 f"loss '{name}' returned shape {list(value.shape)}, but AutoWeight needs one "
                 "scalar per task. Fix: use reduction='mean', or wrap a reduction='none' loss "

@@ -32,7 +32,7 @@ import tempfile
 import time
 import warnings
 import weakref
-from typing import Any, Protocol
+from typing import IO, Any, Protocol
 
 from paddle.callbacks import Callback
 
@@ -59,6 +59,27 @@ class ScalarFile(Protocol):
     def sync(self) -> None: ...
 
     def close(self) -> None: ...
+
+
+class AppendOnlyFile:
+    """The durability part both writers share: a flush is a plain OS write (cheap,
+    survives a crash of this process); ``sync`` and ``close`` also fsync."""
+
+    _file: IO[bytes]
+
+    def flush(self) -> None:
+        if not self._file.closed:
+            self._file.flush()
+
+    def sync(self) -> None:
+        if not self._file.closed:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+
+    def close(self) -> None:
+        if not self._file.closed:
+            self.sync()
+            self._file.close()
 
 
 def _topk_layers(model: Any) -> list[Any]:

@@ -12,10 +12,10 @@ from tensorboardX.proto.summary_pb2 import Summary
 from tensorboardX.record_writer import masked_crc32c
 from tensorboardX.summary import text as text_summary
 
-from ._scalars import ScalarExport
+from ._scalars import AppendOnlyFile, ScalarExport
 
 
-class _EventFile:
+class _EventFile(AppendOnlyFile):
     """An append-only TensorBoard event file, written in the caller's thread.
 
     tensorboardX's ``SummaryWriter`` hands each event to a background thread
@@ -63,19 +63,6 @@ class _EventFile:
     def write_text(self, step: int, tag: str, text: str, walltime: float) -> None:
         self._write(Event(wall_time=walltime, step=step, summary=text_summary(tag, text)))
 
-    def flush(self) -> None:
-        if not self._file.closed:
-            self._file.flush()
-
-    def sync(self) -> None:
-        if not self._file.closed:
-            self._file.flush()
-            os.fsync(self._file.fileno())
-
-    def close(self) -> None:
-        if not self._file.closed:
-            self.sync()
-            self._file.close()
 
 
 class TensorBoardExport(ScalarExport):

@@ -6,7 +6,7 @@ import os
 import time
 from typing import Any
 
-from ._scalars import ScalarExport
+from ._scalars import AppendOnlyFile, ScalarExport
 
 INSTALL_HINT = 'pip install "hapi-autoloss[visualdl]"'
 
@@ -39,7 +39,7 @@ def _clean(tag: str) -> str:
     return tag.replace("%", "_")  # VisualDL refuses '%' in tags
 
 
-class _RecordFile:
+class _RecordFile(AppendOnlyFile):
     """An append-only VisualDL record file, written in the caller's thread.
 
     VisualDL's ``LogWriter`` queues each record to a background thread (about
@@ -106,19 +106,6 @@ class _RecordFile:
         record = self._vdl["components"].text(tag=_clean(tag), text_string=text, step=step, walltime=self._ms(walltime))
         self._add(record)
 
-    def flush(self) -> None:
-        if not self._file.closed:
-            self._file.flush()
-
-    def sync(self) -> None:
-        if not self._file.closed:
-            self._file.flush()
-            os.fsync(self._file.fileno())
-
-    def close(self) -> None:
-        if not self._file.closed:
-            self.sync()
-            self._file.close()
 
 
 class VisualDLExport(ScalarExport):
