@@ -49,6 +49,7 @@ DEFAULT_CLAMP = {
     "liebel": (0.01, 100.0),
 }
 _INIT = {"kendall": 0.0, "simple": 0.0, "imtl_l": 0.0, "liebel": 1.0}
+_FLOATS = (paddle.float16, paddle.bfloat16, paddle.float32, paddle.float64)
 GLS_FLOOR = 1e-12  # keeps log(L) finite for gls when a task's loss reaches 0
 
 
@@ -300,9 +301,8 @@ class AutoWeight(paddle.nn.Layer):
 
     def _check_inputs(self, name: str, kind: str | None, args: tuple[paddle.Tensor, ...]) -> None:
         """Shape and dtype mistakes that a loss would otherwise broadcast silently."""
-        shaped = [a for a in args if isinstance(a, paddle.Tensor) and a.ndim > 0]
-        if len({a.shape[0] for a in shaped}) > 1:
-            shapes = [list(a.shape) for a in shaped]
+        shapes = [a.shape for a in args if isinstance(a, paddle.Tensor)]
+        if len({shape[0] for shape in shapes if shape}) > 1:
             raise ValueError(
                 f"task '{name}' got tensors with different batch sizes {shapes}. Fix: the "
                 "routing (which output goes with which label) or the data loader."
@@ -310,18 +310,18 @@ class AutoWeight(paddle.nn.Layer):
         if kind != "regression" or len(args) != 2:
             return
         out, label = args
-        if not paddle.is_floating_point(out):
+        if out.dtype not in _FLOATS:
             raise TypeError(
                 f"task '{name}' is a regression task but its output is {out.dtype}. Fix: make "
                 "the network return floats (e.g. .astype('float32')), or set the task type to "
                 "'classification'."
             )
-        if list(out.shape) != list(label.shape):
+        if shapes[0] != shapes[1]:
             raise ValueError(
                 f"task '{name}' is a regression task, but its output has shape "
-                f"{list(out.shape)} and its label {list(label.shape)}; a loss such as MSELoss "
+                f"{shapes[0]} and its label {shapes[1]}; a loss such as MSELoss "
                 "would broadcast them to a wrong result. Fix: reshape the label (or the output) "
-                f"to {list(out.shape)}."
+                f"to {shapes[0]}."
             )
 
     def _scalar(self, name: str, value: object) -> paddle.Tensor:
@@ -336,7 +336,8 @@ class AutoWeight(paddle.nn.Layer):
                 "scalar per task. Fix: use reduction='mean', or wrap a reduction='none' loss "
                 "in hapi_autoloss.TopKLoss."
             )
-        value = value.reshape([])
+        if value.ndim:
+            value = value.reshape([])
         return value if value.dtype == paddle.float32 else value.astype("float32")
 
     def forward(self, *tensors: paddle.Tensor) -> paddle.Tensor:
