@@ -307,9 +307,9 @@ class AutoWeight(paddle.nn.Layer):
                 f"task '{name}' got tensors with different batch sizes {shapes}. Fix: the "
                 "routing (which output goes with which label) or the data loader."
             )
-        if kind != "regression" or len(args) != 2:
+        if kind != "regression" or len(args) != 2 or len(shapes) != 2:
             return
-        out, label = args
+        out = args[0]
         if out.dtype not in _FLOATS:
             raise TypeError(
                 f"task '{name}' is a regression task but its output is {out.dtype}. Fix: make "

@@ -1,0 +1,193 @@
+"""Study 1: multi-task learning on real images ("MultiDigits"), fixed vs learned loss weights.
+
+Two of sklearn's 8×8 digits side by side make one 8×16 image. Three tasks share a small conv
+trunk: classify the left digit, classify the right digit, and regress the sum of the two
+digits (0-18, in raw units, so its MSE starts ~40× larger than a cross-entropy: the scale
+mismatch that loss weighting is meant to fix).
+
+Methods (one AutoWeight each, trained with model.fit + AutoWeightCallback):
+  equal            1·CE_left + 1·CE_right + 1·MSE_sum
+  fixed grid       1·CE_left + 1·CE_right + w·MSE_sum, w in {0.01, 0.03, 0.1, 0.3, 1};
+                   the w with the lowest validation "norm. error" is picked per seed and its
+                   test numbers reported (w = 1 is the equal run, reused)
+  kendall, liebel, dwa, rlw, gls, imtl_l   AutoWeight defaults
+
+norm. error = mean of (1 − acc_left)/0.9, (1 − acc_right)/0.9, RMSE/std(sum): each error
+relative to a constant predictor (0 perfect, 1 chance). It is the validation criterion for the
+grid and a one-number summary on test.
+
+    python scripts/study_multitask.py              # 5 seeds, 7-10 min on 2 cores
+    python scripts/study_multitask.py --quick      # smoke test
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import _study
+import numpy as np
+import paddle
+
+from hapi_autoloss import AutoWeight
+from hapi_autoloss.callbacks import AutoWeightCallback
+
+GRID = (0.01, 0.03, 0.1, 0.3, 1.0)  # weight of the regression task; fixed before any run
+LEARNED = ("kendall", "liebel", "dwa", "rlw", "gls", "imtl_l")
+ROWS = ("equal", "fixed (best of grid)", *LEARNED)
+EPOCHS, QUICK_EPOCHS = 20, 2
+LR, BATCH = 1e-3, 64
+SIZES = {"full": (3000, 1000, 1000), "quick": (256, 128, 128)}  # train, val, test pairs
+CHANCE_ERROR = 0.9  # 10 balanced classes
+
+
+def multidigits(seed: int, sizes: tuple[int, int, int]) -> dict[str, tuple[np.ndarray, ...]]:
+    """Pairs of digits; the digit images are split 60/20/20 first, so no image is in two splits."""
+    from sklearn.model_selection import train_test_split
+
+    x, y = _study.load_digits()
+    idx = np.arange(len(y))
+    train, rest = train_test_split(idx, test_size=0.4, stratify=y, random_state=seed)
+    val, test = train_test_split(rest, test_size=0.5, stratify=y[rest], random_state=seed)
+    rng = np.random.default_rng(seed)
+    out = {}
+    for name, pool, n in zip(("train", "val", "test"), (train, val, test), sizes):
+        a, b = rng.choice(pool, n), rng.choice(pool, n)
+        image = np.concatenate([x[a], x[b]], axis=2)[:, None]  # [n, 1, 8, 16]
+        total = (y[a] + y[b]).astype("float32")[:, None]  # [n, 1], as the regression output
+        out[name] = (image.astype("float32"), y[a], y[b], total)
+    return out
+
+
+class MultiDigitNet(paddle.nn.Layer):
+    """Shared trunk (2 conv + pool + 64-unit FC) and three linear heads."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        nn = paddle.nn
+        self.trunk = nn.Sequential(
+            nn.Conv2D(1, 16, 3, padding=1), nn.ReLU(),
+            nn.Conv2D(16, 32, 3, padding=1), nn.ReLU(),
+            nn.MaxPool2D(2), nn.Flatten(),
+            nn.Linear(32 * 4 * 8, 64), nn.ReLU(),
+        )  # fmt: skip
+        self.left = nn.Linear(64, 10)
+        self.right = nn.Linear(64, 10)
+        self.total = nn.Linear(64, 1)
+
+    def forward(self, x: paddle.Tensor) -> list[paddle.Tensor]:
+        z = self.trunk(x)
+        return [self.left(z), self.right(z), self.total(z)]
+
+
+def make_loss(method: str, seed: int, w_reg: float | None = None) -> AutoWeight:
+    losses = {"left": paddle.nn.CrossEntropyLoss(), "right": paddle.nn.CrossEntropyLoss(), "sum": paddle.nn.MSELoss()}
+    if method == "fixed":
+        return AutoWeight(losses, method="fixed", weights=[1.0, 1.0, float(w_reg)])
+    if method == "kendall":
+        return AutoWeight(losses, method="kendall", task_types=["classification", "classification", "regression"])
+    if method == "rlw":
+        return AutoWeight(losses, method="rlw", seed=seed)
+    return AutoWeight(losses, method=method)
+
+
+def scores(net: paddle.nn.Layer, split: tuple[np.ndarray, ...], target_std: float) -> dict[str, float]:
+    image, left, right, total = split
+    out_l, out_r, out_t = _study.predict(net, image)
+    acc_l = float((out_l.argmax(1) == left).mean())
+    acc_r = float((out_r.argmax(1) == right).mean())
+    rmse = float(np.sqrt(((out_t - total) ** 2).mean()))
+    norm = ((1 - acc_l) / CHANCE_ERROR + (1 - acc_r) / CHANCE_ERROR + rmse / target_std) / 3
+    return {"acc_left": acc_l, "acc_right": acc_r, "rmse": rmse, "norm_error": norm}
+
+
+def job(method: str, seed: int, w_reg: float | None, epochs: int, quick: bool) -> dict:
+    data = multidigits(seed, SIZES["quick" if quick else "full"])
+    _study.seed_everything(seed)
+    net = MultiDigitNet()
+    model = paddle.Model(net)
+    loss = make_loss(method, seed, w_reg)
+    model.prepare(paddle.optimizer.Adam(LR, parameters=model.parameters()), loss)
+    _study.fit(model, _study.ArrayDataset(*data["train"]), epochs, BATCH, callbacks=[AutoWeightCallback()])
+    target_std = float(data["train"][3].std())
+    return {
+        "method": method,
+        "seed": seed,
+        "w_reg": w_reg,
+        "val": scores(net, data["val"], target_std),
+        **scores(net, data["test"], target_std),
+        "weights": loss.weights(),
+    }
+
+
+def main(argv: list[str] | None = None) -> str:
+    args = _study.resolve(_study.parser(__doc__ or "", EPOCHS).parse_args(argv), EPOCHS, QUICK_EPOCHS)
+    _study.header(
+        "Study 1: MultiDigits (left digit, right digit, sum of digits)",
+        args,
+        f"trunk 2×conv+FC64, 3 heads; Adam lr {LR}, batch {BATCH}, {args.epochs} epochs, last epoch evaluated; "
+        f"pairs train/val/test {SIZES['quick' if args.quick else 'full']}",
+    )
+    start = time.perf_counter()
+    seeds = range(args.seeds)
+    jobs = [("fixed", s, w, args.epochs, args.quick) for s in seeds for w in GRID]
+    jobs += [(m, s, None, args.epochs, args.quick) for s in seeds for m in LEARNED]
+    results = _study.run_jobs(job, jobs, args.workers)
+
+    rows_by_method: dict[str, list[dict]] = {m: [] for m in ROWS}
+    chosen = []
+    for s in seeds:
+        grid = [r for r in results if r["method"] == "fixed" and r["seed"] == s]
+        rows_by_method["equal"].append(next(r for r in grid if r["w_reg"] == 1.0))
+        best = min(grid, key=lambda r: r["val"]["norm_error"])
+        rows_by_method["fixed (best of grid)"].append(best)
+        chosen.append(best["w_reg"])
+        for m in LEARNED:
+            rows_by_method[m].extend(r for r in results if r["method"] == m and r["seed"] == s)
+
+    flat = [{**r, "method": m} for m, rs in rows_by_method.items() for r in rs]
+    table_rows = []
+    for m in ROWS:
+        rs = rows_by_method[m]
+        table_rows.append([
+            m,
+            _study.mean_std([r["acc_left"] for r in rs]),
+            _study.mean_std([r["acc_right"] for r in rs]),
+            _study.mean_std([r["rmse"] for r in rs]),
+            _study.mean_std([r["norm_error"] for r in rs]),
+            "—" if m == "equal" else _study.wins(flat, m, "equal", "norm_error", higher_is_better=False),
+            "—" if m.startswith("fixed") else _study.wins(flat, m, "fixed (best of grid)", "norm_error", False),
+            str(len(GRID)) if m.startswith("fixed") else "1",
+            f"{np.mean([r['seconds'] for r in rs]):.1f}",
+        ])  # fmt: skip
+    table = _study.markdown_table(  # "beats": lower norm. error than that row on the same seed
+        ["method", "acc left ↑", "acc right ↑", "RMSE sum ↓", "norm. error ↓", "beats equal", "beats grid", "runs",
+         "s/run"],
+        table_rows,
+    )
+    print(table)
+    print(f"\nfixed grid: regression weight chosen on validation per seed: {chosen}")
+    for m in LEARNED:
+        w = np.mean([list(r["weights"].values()) for r in rows_by_method[m]], axis=0)
+        print(f"final weights {m:<8} left/right/sum: " + " / ".join(f"{v:.3g}" for v in w))
+    wall = time.perf_counter() - start
+    print(f"\nwall time: {wall:.0f} s ({len(jobs)} runs)")
+
+    path = os.path.join(args.out, "study_multitask.png")
+    _study.bar_panels(
+        path,
+        list(ROWS),
+        [
+            ("test accuracy, left digit", [[r["acc_left"] for r in rows_by_method[m]] for m in ROWS]),
+            ("test accuracy, right digit", [[r["acc_right"] for r in rows_by_method[m]] for m in ROWS]),
+            ("test RMSE, sum of digits", [[r["rmse"] for r in rows_by_method[m]] for m in ROWS]),
+            ("test norm. error (lower is better)", [[r["norm_error"] for r in rows_by_method[m]] for m in ROWS]),
+        ],
+        f"MultiDigits, {args.seeds} seeds, {args.epochs} epochs (bars: mean ± std, dots: seeds)",
+    )
+    print(f"plot: {path}")
+    return table
+
+
+if __name__ == "__main__":
+    main()
