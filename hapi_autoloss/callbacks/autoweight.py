@@ -92,7 +92,7 @@ class AutoWeightCallback(Callback):
         return out
 
     def _before_update(self, loss: paddle.Tensor) -> bool:
-        if math.isfinite(loss.item()):  # one scalar read, no extra kernel
+        if math.isfinite(float(loss.item())):  # one scalar read, no extra kernel
             return True
         bad = [
             f"task '{task}' = {value}"
