@@ -6,6 +6,7 @@ import math
 import warnings
 from typing import Any
 
+import numpy as np
 import paddle
 from paddle.callbacks import Callback
 
@@ -92,7 +93,7 @@ class AutoWeightCallback(Callback):
         return out
 
     def _before_update(self, loss: paddle.Tensor) -> bool:
-        if math.isfinite(float(loss.item())):  # one scalar read, no extra kernel
+        if np.isfinite(loss.numpy()).all():  # one scalar read, no extra kernel
             return True
         bad = [
             f"task '{task}' = {value}"
