@@ -216,6 +216,16 @@ def _uses_groups(opt: Any) -> bool:
     return bool(plist) and isinstance(plist[0], dict)
 
 
+def _finite_everywhere(loss: paddle.Tensor, nranks: int) -> bool:
+    """Whether the loss is finite on every rank (one scalar read, one tiny all-reduce)."""
+    finite = bool(np.isfinite(loss.numpy()).all())
+    if nranks <= 1:
+        return finite
+    flag = paddle.to_tensor([1 if finite else 0], dtype="int32")
+    paddle.distributed.all_reduce(flag, op=paddle.distributed.ReduceOp.MIN)
+    return bool(flag.numpy()[0])
+
+
 def _wrap_minimize(opt: Any, params: list[Any], nranks: int) -> None:
     """Fix what hapi's ``optimizer.minimize(loss)`` call misses, right before an update.
 
@@ -230,9 +240,12 @@ def _wrap_minimize(opt: Any, params: list[Any], nranks: int) -> None:
     original = opt.minimize
 
     def minimize(*args: Any, **kwargs: Any) -> Any:
-        guard = getattr(opt, "_autoloss_before_update", None)
-        if guard is not None and args and not guard(args[0]):
-            opt.clear_grad()  # skip this update entirely
+        handler = getattr(opt, "_autoloss_on_nonfinite", None)
+        if handler is not None and args and not _finite_everywhere(args[0], nranks):
+            # Raises (nothing updated), or returns: skip this update entirely. Every
+            # rank gets here together, so no rank waits in a collective for another.
+            handler(args[0], not bool(np.isfinite(args[0].numpy()).all()))
+            opt.clear_grad()
             for p in opt._autoloss_sync:
                 p.clear_gradient()
             return [], []
@@ -267,15 +280,17 @@ def _wrap_save(model: Any) -> None:
 def attach(
     model: Any,
     lr_scale: float = 1.0,
-    before_update: Callable[[paddle.Tensor], bool] | None = None,
+    on_nonfinite: Callable[[paddle.Tensor, bool], None] | None = None,
 ) -> list[Any]:
     """Make ``model.fit`` train the parameters of ``model``'s loss correctly.
 
     Idempotent: calling it again (a second ``fit``) adds nothing twice. Returns the
     loss's trainable parameters. ``AutoWeightCallback`` calls it at train begin; call
     it yourself only when you drive ``model.train_batch`` by hand.
-    ``before_update(loss)`` runs before each optimizer update; when it returns
-    False the update is skipped and every gradient cleared.
+    With ``on_nonfinite``, the loss is checked before each update (on every rank);
+    if it is not finite somewhere, ``on_nonfinite(loss, here)`` is called (``here``:
+    on this rank) and either raises, or returns to skip the update and clear every
+    gradient.
 
     Example::
 
@@ -307,8 +322,8 @@ def attach(
     _inject(opt, params, lr_scale)
     _wrap_clear_gradients(model.network, params)
     _wrap_minimize(opt, params, world()[1])
-    if before_update is not None:
-        opt._autoloss_before_update = before_update
+    if on_nonfinite is not None:
+        opt._autoloss_on_nonfinite = on_nonfinite
     _wrap_save(model)
     _ATTACHED.add(loss)
     return params

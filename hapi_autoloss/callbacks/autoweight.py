@@ -6,7 +6,6 @@ import math
 import warnings
 from typing import Any
 
-import numpy as np
 import paddle
 from paddle.callbacks import Callback
 
@@ -72,7 +71,7 @@ class AutoWeightCallback(Callback):
         self._step = 0
 
     def on_train_begin(self, logs: Any = None) -> None:
-        params = _hapi.attach(self.model, lr_scale=self.lr_scale, before_update=self._before_update)
+        params = _hapi.attach(self.model, lr_scale=self.lr_scale, on_nonfinite=self._on_nonfinite)
         self._weighting = list(_hapi.iter_layers(self.model, AutoWeight))
         if not self._weighting and not params:
             warnings.warn(
@@ -92,16 +91,17 @@ class AutoWeightCallback(Callback):
             out.update({f"weight_{k}": v for k, v in weights.items()})
         return out
 
-    def _before_update(self, loss: paddle.Tensor) -> bool:
-        if np.isfinite(loss.numpy()).all():  # one scalar read, no extra kernel
-            return True
+    def _on_nonfinite(self, loss: paddle.Tensor, here: bool) -> None:
         bad = [
             f"task '{task}' = {value}"
             for aw in self._weighting
             for task, value in aw.last_losses().items()
             if not math.isfinite(value)
         ]
-        where = ", ".join(bad) or f"the total loss = {float(loss)}"
+        if not here:
+            where = "on another rank"
+        else:
+            where = ", ".join(bad) or f"the total loss = {float(loss)}"
         if self.on_nonfinite == "raise":
             raise FloatingPointError(
                 f"Non-finite loss at epoch {self._epoch}, step {self._step}: {where}. No "
@@ -110,7 +110,6 @@ class AutoWeightCallback(Callback):
                 "to skip such steps."
             )
         self.skipped += 1
-        return False
 
     def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
         self._epoch = epoch
