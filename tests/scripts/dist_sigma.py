@@ -19,6 +19,7 @@ from helpers import NaiveUncertaintyLoss, TwoTaskData, build_model, kendall_loss
 
 from hapi_autoloss.callbacks import AutoWeightCallback
 
+
 class RankZeroNaN(TwoTaskData):
     def __getitem__(self, i):
         x, y1, y2 = super().__getitem__(i)
