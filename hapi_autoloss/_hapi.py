@@ -124,7 +124,7 @@ def check_attached(layer: paddle.nn.Layer, needed: bool) -> None:
         "dwa its epoch averages), so its weights would stay frozen or drift. Fix: pass "
         "hapi_autoloss.callbacks.AutoWeightCallback() in "
         "model.fit(callbacks=[...]), or call hapi_autoloss.attach(model) before "
-        "model.train_batch(...)."
+        "model.train_batch(...) (and, for dwa, loss.end_epoch() after each epoch)."
     )
 
 
@@ -216,9 +216,15 @@ def _uses_groups(opt: Any) -> bool:
     return bool(plist) and isinstance(plist[0], dict)
 
 
-def _finite_everywhere(loss: paddle.Tensor, nranks: int) -> bool:
-    """Whether the loss is finite on every rank (one scalar read, one tiny all-reduce)."""
-    finite = bool(np.isfinite(loss.numpy()).all())
+def _finite(loss: paddle.Tensor, params: list[Any]) -> bool:
+    """Whether the loss and the loss parameters' gradients are finite (one small read)."""
+    values = [loss.reshape([-1]).astype("float32")]
+    values += [p.grad.reshape([-1]).astype("float32") for p in params if p.grad is not None]
+    return bool(np.isfinite(paddle.concat(values).numpy()).all())
+
+
+def _agree(finite: bool, nranks: int) -> bool:
+    """True when every rank's step is finite (one tiny all-reduce under the launcher)."""
     if nranks <= 1:
         return finite
     flag = paddle.to_tensor([1 if finite else 0], dtype="int32")
@@ -241,19 +247,24 @@ def _wrap_minimize(opt: Any, params: list[Any], nranks: int) -> None:
 
     def minimize(*args: Any, **kwargs: Any) -> Any:
         handler = getattr(opt, "_autoloss_on_nonfinite", None)
-        if handler is not None and args and not _finite_everywhere(args[0], nranks):
-            # Raises (nothing updated), or returns: skip this update entirely. Every
-            # rank gets here together, so no rank waits in a collective for another.
-            handler(args[0], not bool(np.isfinite(args[0].numpy()).all()))
-            opt.clear_grad()
-            for p in opt._autoloss_sync:
-                p.clear_gradient()
-            return [], []
+        if handler is not None and args:
+            # σ's gradient holds every accumulated micro-batch's task losses, so a NaN
+            # from a batch that did not update shows up here too.
+            here = _finite(args[0], opt._autoloss_sync)
+            if not _agree(here, nranks):
+                try:  # raise (nothing updated) or return: skip this update entirely
+                    handler(args[0], not here)
+                finally:  # never leave the bad gradients for a later step
+                    opt.clear_grad()
+                    for p in opt._autoloss_sync:
+                        p.clear_gradient()
+                return [], []
         if nranks > 1:
             for p in opt._autoloss_sync:
+                # every rank reduces every parameter, gradient or not: no rank waits
+                grad = p.grad if p.grad is not None else paddle.zeros_like(p)
+                paddle.distributed.all_reduce(grad)
                 if p.grad is not None:
-                    grad = p.grad
-                    paddle.distributed.all_reduce(grad)
                     p.grad.set_value(grad / nranks)
         if _uses_groups(opt):
             opt.step()
@@ -269,6 +280,9 @@ def _wrap_save(model: Any) -> None:
     original = model.save
 
     def save(path: str, training: bool = True) -> None:
+        if training and world()[0] == 0 and os.path.exists(path + STATE_SUFFIX):
+            # Overwriting a checkpoint: until ours is rewritten, it is not complete.
+            os.remove(path + STATE_SUFFIX)
         original(path, training)
         if training and world()[0] == 0:
             save_state(model, path)
@@ -325,7 +339,7 @@ def attach(
     if on_nonfinite is not None:
         opt._autoloss_on_nonfinite = on_nonfinite
     _wrap_save(model)
-    _ATTACHED.add(loss)
+    _ATTACHED.update([loss, *loss.sublayers()])
     return params
 
 
@@ -354,6 +368,10 @@ def register_state(model: Any, key: str, obj: Stateful) -> None:
     """
     _wrap_save(model)
     registry = _STATEFUL.setdefault(model, {})
+    # Callbacks of an earlier fit are done: hapi gives each fit a new params dict.
+    current = getattr(obj, "params", None)
+    for stale in [k for k, o in registry.items() if getattr(o, "params", None) is not current]:
+        del registry[stale]
     base, n = key, 1
     while key in registry and registry[key] is not obj:
         n += 1
@@ -472,6 +490,10 @@ def _restore_optimizer_state(
             existing = opt._accumulators.get(acc_name, {}).get(p.name)
             if existing is not None:
                 existing.set_value(value)
+                continue
+            if not opt._accumulators_holder:
+                # No optimizer state was loaded (model.load(reset_optimizer=True), or no
+                # model.load): σ's moments start fresh like everyone else's.
                 continue
             # model.load() put the saving run's copy under the old name; drop it.
             old = old_names.get(sname, p.name)

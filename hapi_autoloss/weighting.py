@@ -21,7 +21,9 @@ equal      L                                                      --
 =========  =====================================================  ==========================
 
 s (or c) is clamped in the forward pass to ``clamp`` so e^(−s) cannot overflow:
-by default s ∈ [−10, 10] (σ from 0.0067 to 148) and c ∈ [0.01, 100].
+by default s ∈ [−10, 10] (σ from 0.0067 to 148) and c ∈ [0.01, 100]. The clamp is
+straight-through: beyond a bound the gradient is the one at the bound, so s is
+pulled back rather than frozen there.
 """
 
 from __future__ import annotations
@@ -368,7 +370,9 @@ class AutoWeight(paddle.nn.Layer):
         if method in ("fixed", "dwa", "rlw"):
             return (values * self._plain_weights()).sum()
         assert self.s is not None and self.clamp is not None
-        p = paddle.clip(self.s, *self.clamp)
+        # Straight-through clamp: the value is clamped, the gradient always flows, so
+        # an s that momentum carried past a bound is pulled back instead of frozen.
+        p = self.s + (paddle.clip(self.s, *self.clamp) - self.s).detach()
         if method == "liebel":
             c2 = p * p
             return (values / (2.0 * c2) + paddle.log1p(c2)).sum()

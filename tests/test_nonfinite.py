@@ -71,3 +71,27 @@ def test_skip_drops_the_update_and_counts_it():
 def test_unknown_policy():
     with pytest.raises(ValueError, match="'raise' or 'skip'"):
         AutoWeightCallback(on_nonfinite="ignore")
+
+
+def test_a_nan_in_an_accumulated_batch_that_does_not_update_is_caught():
+    loss = kendall_loss()
+    model = build_model(loss)
+    with pytest.raises(FloatingPointError, match="step 5: a non-finite gradient from a batch accumulated"):
+        # BAD_BATCH = 3 does not update with accumulate 3: its NaN sits in the gradient
+        # until batch 5 updates, and is caught there.
+        model.fit(PoisonedData(), epochs=1, batch_size=16, shuffle=False, verbose=0,
+                  accumulate_grad_batches=3, callbacks=[AutoWeightCallback()])
+    assert np.all(np.isfinite(loss.s.numpy()))
+    assert np.all(np.isfinite(model.network.trunk.weight.numpy()))
+
+
+def test_after_a_raise_no_bad_gradient_is_left_for_the_next_fit():
+    loss = kendall_loss()
+    model = build_model(loss)
+    with pytest.raises(FloatingPointError):
+        model.fit(PoisonedData(), epochs=1, batch_size=16, shuffle=False, verbose=0,
+                  callbacks=[AutoWeightCallback()])
+    model.fit(TwoTaskData(96), epochs=1, batch_size=16, shuffle=False, verbose=0,
+              callbacks=[AutoWeightCallback()])
+    assert np.all(np.isfinite(loss.s.numpy()))
+    assert np.all(np.isfinite(model.network.trunk.weight.numpy()))

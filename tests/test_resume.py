@@ -75,3 +75,51 @@ def test_latest_checkpoint_skips_half_written_ones(tmp_path):
     os.remove(save_dir / "final.autoloss")
     (save_dir / "7.pdparams").write_bytes(b"killed while saving")  # no .autoloss: incomplete
     assert hapi_autoloss.latest_checkpoint(str(save_dir)) == str(save_dir / "2")
+
+
+def test_load_state_after_a_reset_optimizer_load_trains(tmp_path):
+    loss = kendall_loss()
+    model = build_model(loss)
+    model.fit(TwoTaskData(32), epochs=1, batch_size=16, verbose=0, callbacks=[AutoWeightCallback()])
+    model.save(str(tmp_path / "m"))
+    fresh = kendall_loss()
+    other = build_model(fresh)
+    other.load(str(tmp_path / "m"), reset_optimizer=True)
+    hapi_autoloss.load_state(other, str(tmp_path / "m"))
+    np.testing.assert_array_equal(fresh.s.numpy(), loss.s.numpy())
+    other.fit(TwoTaskData(32), epochs=1, batch_size=16, verbose=0, callbacks=[AutoWeightCallback()])
+    assert not np.array_equal(fresh.s.numpy(), loss.s.numpy())
+
+
+def test_only_the_callbacks_of_the_last_fit_are_saved(tmp_path):
+    import paddle
+
+    from hapi_autoloss import AutoWeight, TopKLoss
+    from hapi_autoloss.callbacks import TopKScheduler
+
+    loss = AutoWeight({"y1": TopKLoss(paddle.nn.MSELoss(reduction="none"), ratio=1.0),
+                       "y2": paddle.nn.MSELoss()}, method="kendall", task_types=["regression"] * 2)
+    model = build_model(loss)
+    for _ in range(2):  # a new scheduler for each fit
+        model.fit(TwoTaskData(32), epochs=2, batch_size=16, verbose=0,
+                  callbacks=[AutoWeightCallback(), TopKScheduler(start=1.0, end=0.5)])
+    model.save(str(tmp_path / "m"))
+    saved = paddle.load(str(tmp_path / "m") + ".autoloss")
+    assert list(saved["callbacks"]) == ["TopKScheduler"]
+
+
+def test_a_nested_autoweight_is_attached_too():
+    import paddle
+
+    class Wrapper(paddle.nn.Layer):
+        def __init__(self):
+            super().__init__()
+            self.inner = kendall_loss()
+
+        def forward(self, *tensors):
+            return self.inner(*tensors)
+
+    wrapper = Wrapper()
+    model = build_model(wrapper)
+    model.fit(TwoTaskData(32), epochs=1, batch_size=16, verbose=0, callbacks=[AutoWeightCallback()])
+    assert np.abs(wrapper.inner.s.numpy()).min() > 0

@@ -35,6 +35,9 @@ class AutoWeightCallback(Callback):
     ``"skip"`` the step's update is dropped and ``nonfinite_skipped`` in
     ``logs`` counts the skips.
 
+    List it before an explicit ``ModelCheckpoint`` in ``callbacks`` (hapi appends
+    its own after yours), so a checkpoint holds the epoch dwa has just closed.
+
     Args:
         lr_scale: multiplies the optimizer's learning rate for the loss's
             parameters; > 0.
@@ -100,8 +103,12 @@ class AutoWeightCallback(Callback):
         ]
         if not here:
             where = "on another rank"
+        elif bad:
+            where = ", ".join(bad)
+        elif not math.isfinite(float(loss)):
+            where = f"the total loss = {float(loss)}"
         else:
-            where = ", ".join(bad) or f"the total loss = {float(loss)}"
+            where = "a non-finite gradient from a batch accumulated since the last update"
         if self.on_nonfinite == "raise":
             raise FloatingPointError(
                 f"Non-finite loss at epoch {self._epoch}, step {self._step}: {where}. No "
