@@ -172,14 +172,29 @@ def _inject(opt: Any, params: list[Any], lr_scale: float) -> None:
 
             apply_decay._autoloss_skip = set(names)  # type: ignore[attr-defined]
             opt._apply_decay_param_fun = apply_decay
+    # Lamb: its own switch takes the parameter; groups re-read it from their dict.
+    if hasattr(opt, "_exclude_from_weight_decay_fn"):
+        ids = {id(p) for p in params}
+        for holder, key in ((opt, "_exclude_from_weight_decay_fn"),
+                            (opt._default_dict, "exclude_from_weight_decay_fn")):
+            prev = holder[key] if isinstance(holder, dict) else getattr(holder, key)
+
+            def exclude(param: Any, _prev: Any = prev) -> bool:
+                return id(param) in ids or (_prev is not None and bool(_prev(param)))
+
+            if isinstance(holder, dict):
+                holder[key] = exclude
+            else:
+                setattr(holder, key, exclude)
     owned = {id(p) for p in _optimizer_params(opt)}
     new = [p for p in params if id(p) not in owned]
     if not new:
         return
     if _uses_groups(opt):
-        opt._add_param_group(
-            {"params": new, "weight_decay": 0.0, "learning_rate": float(lr_scale)}
-        )
+        group = {"params": new, "weight_decay": 0.0, "learning_rate": float(lr_scale)}
+        if "lamb_weight_decay" in opt._default_dict:
+            group["lamb_weight_decay"] = 0.0
+        opt._add_param_group(group)
     else:
         # Flat list: _param_groups is the same list object as _parameter_list.
         opt._parameter_list.extend(new)

@@ -16,6 +16,10 @@ Y_SPECS = [
 ]
 
 
+OPTIMIZERS = {"adam": paddle.optimizer.Adam, "adamw": paddle.optimizer.AdamW, "sgd": paddle.optimizer.SGD,
+              "lamb": paddle.optimizer.Lamb}
+
+
 class TwoTaskData(paddle.io.Dataset):
     """x in R^3; y1 = x·a + 2·noise, y2 = x·b + 0.3·noise (fixed seed)."""
 
@@ -75,7 +79,7 @@ def build_model(loss: paddle.nn.Layer, seed: int = 0, opt: str = "adam", lr: flo
     net = TwoTaskNet()
     model = paddle.Model(net, inputs=X_SPEC, labels=Y_SPECS)
     params: list = list(model.parameters()) + list(extra_params)
-    cls = {"adam": paddle.optimizer.Adam, "adamw": paddle.optimizer.AdamW, "sgd": paddle.optimizer.SGD}[opt]
+    cls = OPTIMIZERS[opt]
     model.prepare(cls(learning_rate=lr, parameters=params, **opt_kwargs), loss)
     return model
 
@@ -87,10 +91,12 @@ def reference_sigma(steps_data: TwoTaskData, epochs: int, batch_size: int, seed:
     paddle.seed(seed)
     net = TwoTaskNet()
     loss = kendall_loss()
-    cls = {"adam": paddle.optimizer.Adam, "adamw": paddle.optimizer.AdamW, "sgd": paddle.optimizer.SGD}[opt]
+    cls = OPTIMIZERS[opt]
     groups = [{"params": net.parameters()}, {"params": loss.parameters()}]
     if not decay_sigma:
         groups[1]["weight_decay"] = 0.0
+        if opt == "lamb":
+            groups[1]["lamb_weight_decay"] = 0.0
     optimizer = cls(learning_rate=lr, parameters=groups, **opt_kwargs)
     n_batches = -(-len(steps_data) // batch_size)
     for _ in range(epochs):

@@ -191,3 +191,13 @@ def test_dwa_gets_its_epoch_averages_from_the_callback():
         expected = 2 * np.exp(r / 2) / np.exp(r / 2).sum()
         np.testing.assert_allclose(list(weights.values()), expected, rtol=1e-5)
         assert abs(weights["y1"] - 1.0) > 1e-4
+
+
+def test_lamb_weight_decay_does_not_reach_sigma():
+    ref_s, _ = reference_sigma(DATA, epochs=2, batch_size=16, opt="lamb", lamb_weight_decay=0.5)
+    decayed, _ = reference_sigma(DATA, epochs=2, batch_size=16, opt="lamb", lamb_weight_decay=0.5,
+                                 decay_sigma=True)
+    assert np.abs(decayed - ref_s).max() > 1e-4  # what the naive way gets
+    loss = kendall_loss()
+    fit(build_model(loss, opt="lamb", lamb_weight_decay=0.5), epochs=2, callbacks=[AutoWeightCallback()])
+    np.testing.assert_allclose(loss.s.numpy(), ref_s, rtol=1e-5, atol=1e-6)
