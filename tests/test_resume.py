@@ -37,11 +37,17 @@ def test_sigma_and_its_adam_moments_survive_a_fresh_process(tmp_path):
         np.testing.assert_array_equal(resumed[key], full[key])
 
 
-def test_naive_save_and_load_lose_sigma(tmp_path):
+def train_and_save(path, n=96):
+    """A model trained one epoch with σ learned and saved at ``path``; its loss."""
     loss = kendall_loss()
     model = build_model(loss)
-    model.fit(TwoTaskData(96), epochs=1, batch_size=16, verbose=0, callbacks=[AutoWeightCallback()])
-    model.save(str(tmp_path / "m"))
+    model.fit(TwoTaskData(n), epochs=1, batch_size=16, verbose=0, callbacks=[AutoWeightCallback()])
+    model.save(str(path))
+    return loss
+
+
+def test_naive_save_and_load_lose_sigma(tmp_path):
+    loss = train_and_save(tmp_path / "m")
     fresh = kendall_loss()
     other = build_model(fresh)
     other.load(str(tmp_path / "m"))
@@ -54,10 +60,7 @@ def test_load_state_errors(tmp_path):
     model = build_model(kendall_loss())
     with pytest.raises(FileNotFoundError, match="same path prefix"):
         hapi_autoloss.load_state(model, str(tmp_path / "missing"))
-    loss = kendall_loss()
-    trained = build_model(loss)
-    trained.fit(TwoTaskData(32), epochs=1, batch_size=16, verbose=0, callbacks=[AutoWeightCallback()])
-    trained.save(str(tmp_path / "m"))
+    train_and_save(tmp_path / "m", n=32)
     other = build_model(hapi_autoloss.AutoWeight([lambda o, y: o.mean()], method="liebel",
                                                  routing=[(0, 2)]))
     with pytest.raises(ValueError, match="build the same loss"):
@@ -78,10 +81,7 @@ def test_latest_checkpoint_skips_half_written_ones(tmp_path):
 
 
 def test_load_state_after_a_reset_optimizer_load_trains(tmp_path):
-    loss = kendall_loss()
-    model = build_model(loss)
-    model.fit(TwoTaskData(32), epochs=1, batch_size=16, verbose=0, callbacks=[AutoWeightCallback()])
-    model.save(str(tmp_path / "m"))
+    loss = train_and_save(tmp_path / "m", n=32)
     fresh = kendall_loss()
     other = build_model(fresh)
     other.load(str(tmp_path / "m"), reset_optimizer=True)
