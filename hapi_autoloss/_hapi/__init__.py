@@ -1,0 +1,60 @@
+"""The one place that touches the internals of ``paddle.Model`` (hapi).
+
+Checked against paddlepaddle 3.3.1 (``paddle/hapi/model.py``, ``paddle/hapi/callbacks.py``,
+``paddle/optimizer/*.py``). Every other module goes through the names exported here,
+so a change in hapi is fixed in this package. What hapi gets wrong for a loss that
+owns parameters, and where we fix it:
+
+1. The optimizer was built from ``model.parameters()``, the network's only.
+   -> ``optimizer.attach`` adds the loss's parameters to ``model._optimizer`` (flat
+   list or a complete param group), with no weight decay and no clipping.
+2. ``train_batch`` clears only ``model.network``'s gradients after an update.
+   -> ``attach`` makes ``network.clear_gradients`` clear them too; hapi calls it
+   exactly after each real update, in the AMP path as well.
+3. Under ``paddle.distributed.launch`` hapi wraps only the network in DataParallel.
+   -> ``attach`` averages the loss's gradients over ranks right before ``minimize``.
+4. ``Model.save`` / ``Model.load`` cover the network and the optimizer only.
+   -> ``state.wrap_save`` makes ``model.save`` also write ``<path>.autoloss``;
+   ``state.load_state`` reads it.
+5. ``fit`` has no initial epoch. -> ``progress`` counts epochs and steps across
+   runs and lets a restored run skip the epochs it has done.
+"""
+
+from .model import (
+    callback_list_of,
+    check_attached,
+    iter_layers,
+    loss_layer,
+    loss_parameters,
+    metric_names,
+    optimizer_of,
+    require_dynamic_mode,
+    show_in_progress_bar,
+    world,
+)
+from .optimizer import attach, average_over_ranks
+from .progress import progress, skip_done_epochs
+from .state import STATE_SUFFIX, checkpoint_info, load_state, read_state, register_state, save_state
+
+__all__ = [
+    "STATE_SUFFIX",
+    "attach",
+    "average_over_ranks",
+    "callback_list_of",
+    "check_attached",
+    "checkpoint_info",
+    "iter_layers",
+    "load_state",
+    "loss_layer",
+    "loss_parameters",
+    "metric_names",
+    "optimizer_of",
+    "progress",
+    "read_state",
+    "register_state",
+    "require_dynamic_mode",
+    "save_state",
+    "show_in_progress_bar",
+    "skip_done_epochs",
+    "world",
+]

@@ -1,0 +1,128 @@
+"""Reading a ``paddle.Model`` (hapi): its loss, optimizer, ranks and call stack.
+
+Checked against paddlepaddle 3.3.1 (``paddle/hapi/model.py``, ``paddle/hapi/callbacks.py``).
+"""
+
+from __future__ import annotations
+
+import sys
+import weakref
+from collections.abc import Iterator
+from types import FrameType
+from typing import Any
+
+import paddle
+
+# Loss layers whose parameters an optimizer of a hapi Model now owns (see optimizer.attach).
+ATTACHED: weakref.WeakSet[paddle.nn.Layer] = weakref.WeakSet()
+
+
+def world() -> tuple[int, int]:
+    """(rank, number of ranks) of this process, 1 rank outside the launcher."""
+    env = paddle.distributed.ParallelEnv()
+    return int(env.rank), max(1, int(env.world_size))
+
+
+def require_dynamic_mode() -> None:
+    if not paddle.in_dynamic_mode():
+        raise RuntimeError(
+            "hapi-autoloss needs PaddlePaddle's dynamic graph mode, but static mode is on. "
+            "Fix: remove paddle.enable_static() (or call paddle.disable_static()) before "
+            "building the paddle.Model."
+        )
+
+
+def loss_layer(model: Any) -> paddle.nn.Layer | None:
+    """The loss given to ``model.prepare``, if it is a Layer."""
+    loss = getattr(model, "_loss", None)
+    return loss if isinstance(loss, paddle.nn.Layer) else None
+
+
+def optimizer_of(model: Any) -> Any:
+    return getattr(model, "_optimizer", None)
+
+
+def metric_names(model: Any) -> list[str]:
+    """The names hapi puts in ``logs`` for the loss and metrics (``'loss'`` first)."""
+    names = getattr(model, "_metrics_name", None)
+    return list(names()) if callable(names) else ["loss"]
+
+
+def iter_layers(model: Any, cls: type) -> Iterator[Any]:
+    """Every instance of ``cls`` inside the model's loss, the loss itself included."""
+    root = loss_layer(model)
+    if root is None:
+        return
+    for layer in [root, *root.sublayers()]:
+        if isinstance(layer, cls):
+            yield layer
+
+
+def loss_parameters(model: Any) -> list[Any]:
+    """The trainable parameters found anywhere in the model's loss."""
+    root = loss_layer(model)
+    if root is None:
+        return []
+    return [p for p in root.parameters() if not p.stop_gradient]
+
+
+def called_from_hapi_train(max_depth: int = 12) -> bool:
+    """True when a caller up the stack is hapi's ``DynamicGraphAdapter.train_batch``."""
+    frame: FrameType | None = sys._getframe(1)
+    for _ in range(max_depth):
+        if frame is None:
+            return False
+        if frame.f_code.co_name == "train_batch" and frame.f_globals.get(
+            "__name__"
+        ) == "paddle.hapi.model":
+            return True
+        frame = frame.f_back
+    return False
+
+
+def callback_list_of(callback: Any, max_depth: int = 12) -> Any:
+    """hapi's ``CallbackList`` that is calling ``callback`` right now, or None.
+
+    ``fit`` keeps it in a local; its ``_call`` / ``set_params`` frames hold it as ``self``.
+    """
+    from paddle.hapi.callbacks import CallbackList
+
+    frame: FrameType | None = sys._getframe(1)
+    for _ in range(max_depth):
+        if frame is None:
+            return None
+        owner = frame.f_locals.get("self")
+        if isinstance(owner, CallbackList) and any(c is callback for c in owner.callbacks):
+            return owner
+        frame = frame.f_back
+    return None
+
+
+def check_attached(layer: paddle.nn.Layer, needed: bool) -> None:
+    """Raise if ``layer`` trains inside hapi without the callback it ``needed``.
+
+    Called from a loss's forward. Costs a few stack-frame reads until attached.
+    """
+    if not needed or layer in ATTACHED:
+        return
+    if not paddle.is_grad_enabled() or not called_from_hapi_train():
+        return
+    raise RuntimeError(
+        f"{type(layer).__name__} learns during training, but paddle.Model's optimizer "
+        "does not update its parameters and hapi never clears their gradients (nor feeds "
+        "dwa its epoch averages), so its weights would stay frozen or drift. Fix: pass "
+        "hapi_autoloss.callbacks.AutoWeightCallback() in "
+        "model.fit(callbacks=[...]), or call hapi_autoloss.attach(model) before "
+        "model.train_batch(...) (and, for dwa, loss.end_epoch() after each epoch)."
+    )
+
+
+def show_in_progress_bar(params: Any, keys: list[str]) -> None:
+    """Make hapi's ProgBarLogger print ``keys`` from ``logs``.
+
+    ProgBarLogger prints the keys listed in ``params['metrics']``, a list it holds by
+    reference, so extending it in place works whatever the callbacks' order.
+    """
+    metrics = params.get("metrics")
+    if isinstance(metrics, list):
+        metrics.extend(k for k in keys if k not in metrics)

@@ -1,0 +1,251 @@
+"""Making hapi's optimizer train the loss's parameters (σ), and nothing else about it change.
+
+Checked against paddlepaddle 3.3.1 (``paddle/optimizer/*.py``, ``paddle/hapi/model.py``).
+The rule, for every optimizer, flat or grouped: σ gets the optimizer's update with
+learning rate × ``lr_scale``, no weight decay (coupled or decoupled) and no gradient
+clipping; the network's update is exactly the plain optimizer's.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+import paddle
+
+from .model import ATTACHED, loss_layer, loss_parameters, optimizer_of, require_dynamic_mode, world
+from .state import OWNER, wrap_save
+
+# Keys Paddle's grouped ``step`` reads from every group (``_apply_optimize``).
+_GROUP_KEYS = ("params", "grad_clip")
+
+
+def uses_groups(opt: Any) -> bool:
+    plist = opt._parameter_list or []
+    return bool(plist) and isinstance(plist[0], dict)
+
+
+def optimizer_params(opt: Any) -> list[Any]:
+    if uses_groups(opt):
+        return [p for group in opt._param_groups for p in group["params"]]
+    return list(opt._parameter_list or [])
+
+
+def _skip_decoupled_decay(opt: Any, params: list[Any]) -> None:
+    """AdamW and Lamb decay by their own switches, which a parameter's regularizer does not reach."""
+    if hasattr(opt, "_apply_decay_param_fun"):  # AdamW: by name
+        names = {p.name for p in params}
+        previous = opt._apply_decay_param_fun
+        if getattr(previous, "_autoloss_skip", None) is not None:
+            previous._autoloss_skip.update(names)
+        else:
+
+            def apply_decay(name: str, _prev: Any = previous) -> bool:
+                if name in apply_decay._autoloss_skip:  # type: ignore[attr-defined]
+                    return False
+                return True if _prev is None else bool(_prev(name))
+
+            apply_decay._autoloss_skip = set(names)  # type: ignore[attr-defined]
+            opt._apply_decay_param_fun = apply_decay
+    if hasattr(opt, "_exclude_from_weight_decay_fn"):  # Lamb: by parameter; groups re-read their dict
+        ids = {id(p) for p in params}
+        for holder, key in ((opt, "_exclude_from_weight_decay_fn"),
+                            (opt._default_dict, "exclude_from_weight_decay_fn")):
+            prev = holder[key] if isinstance(holder, dict) else getattr(holder, key)
+
+            def exclude(param: Any, _prev: Any = prev) -> bool:
+                return id(param) in ids or (_prev is not None and bool(_prev(param)))
+
+            if isinstance(holder, dict):
+                holder[key] = exclude
+            else:
+                setattr(holder, key, exclude)
+
+
+def _inject(opt: Any, params: list[Any], lr_scale: float) -> None:
+    """Make ``opt`` update ``params`` by the rule above.
+
+    Parameters the user already put in the optimizer (as seed 000 does) are not
+    added twice, but they lose their weight decay and clipping too.
+    """
+    for p in params:
+        # Coupled decay (Adam, SGD, Momentum...): a parameter's own regularizer wins
+        # over the optimizer's and its group's, so an explicit zero switches it off.
+        p.regularizer = paddle.regularizer.L2Decay(0.0)
+        p.optimize_attr["learning_rate"] = float(lr_scale)
+        p.need_clip = False  # every ClipGrad* skips it: the network's global norm stays the network's
+    _skip_decoupled_decay(opt, params)
+    owned = {id(p) for p in optimizer_params(opt)}
+    new = [p for p in params if id(p) not in owned]
+    if not new:
+        return
+    if uses_groups(opt):
+        # Complete, as Paddle's constructor would have made it: a group added later only
+        # gets the subclass's _default_dict, which lacks 'grad_clip' for all but SGD and
+        # AdamW, and Paddle's step then calls [] (the 0.1 crash, after updating the user's groups).
+        group = {"params": new, "weight_decay": 0.0, "learning_rate": float(lr_scale), "grad_clip": None}
+        if "lamb_weight_decay" in opt._default_dict:
+            group["lamb_weight_decay"] = 0.0
+        opt._add_param_group(group)
+    else:
+        # Flat list: _param_groups is the same list object as _parameter_list.
+        opt._parameter_list.extend(new)
+
+
+def check_groups(opt: Any) -> None:
+    """Refuse, before any update, a param group Paddle's ``step`` would fail on midway."""
+    if not uses_groups(opt):
+        return
+    for i, group in enumerate(opt._param_groups):
+        missing = [k for k in _GROUP_KEYS if k not in group]
+        clip = group.get("grad_clip")
+        if missing or not (clip is None or callable(clip)):
+            problem = f"lacks {missing}" if missing else f"has grad_clip={clip!r}, which is not callable"
+            raise TypeError(
+                f"{type(opt).__name__}'s param group {i} {problem}, so its step() would fail after "
+                "updating the groups before it (Paddle's _add_param_group on a built optimizer "
+                "leaves 'grad_clip' out for most optimizers). Fix: give every group in "
+                "parameters=[...] when you build the optimizer."
+            )
+
+
+def _wrap_clear_gradients(network: Any, params: list[Any]) -> None:
+    """Make hapi's ``network.clear_gradients()`` clear the loss's gradients too."""
+    if _track(network, "_autoloss_params", params):
+        return
+    original = network.clear_gradients
+
+    def clear_gradients(*args: Any, **kwargs: Any) -> Any:
+        out = original(*args, **kwargs)
+        for p in network._autoloss_params:
+            p.clear_gradient()
+        return out
+
+    network.clear_gradients = clear_gradients
+
+
+def _track(obj: Any, attr: str, params: list[Any]) -> bool:
+    """Keep ``params`` in ``obj.<attr>``; True if ``obj`` was wrapped already."""
+    current = getattr(obj, attr, None)
+    if current is None:
+        setattr(obj, attr, list(params))
+        return False
+    known = {id(p) for p in current}
+    current.extend(p for p in params if id(p) not in known)
+    return True
+
+
+def _finite(loss: paddle.Tensor, params: list[Any]) -> bool:
+    """Whether the loss and the loss parameters' gradients are finite (one small read)."""
+    values = [loss.reshape([-1]).astype("float32")]
+    values += [p.grad.reshape([-1]).astype("float32") for p in params if p.grad is not None]
+    return bool(np.isfinite(paddle.concat(values).numpy()).all())
+
+
+def _agree(finite: bool, nranks: int) -> bool:
+    """True when every rank's step is finite (one tiny all-reduce under the launcher)."""
+    if nranks <= 1:
+        return finite
+    flag = paddle.to_tensor([1 if finite else 0], dtype="int32")
+    paddle.distributed.all_reduce(flag, op=paddle.distributed.ReduceOp.MIN)
+    return bool(flag.numpy()[0])
+
+
+def average_over_ranks(params: list[Any], nranks: int) -> None:
+    """Each gradient becomes its mean over ranks; every rank reduces every parameter, so none waits."""
+    if nranks <= 1:
+        return
+    for p in params:
+        grad = p.grad if p.grad is not None else paddle.zeros_like(p)
+        paddle.distributed.all_reduce(grad)
+        if p.grad is not None:
+            p.grad.set_value(grad / nranks)
+
+
+def _wrap_minimize(opt: Any, params: list[Any], nranks: int) -> None:
+    """Fix what hapi's ``optimizer.minimize(loss)`` call misses, right before an update.
+
+    - Under DataParallel, average the loss's gradients over ranks (DataParallel
+      only averages the network's).
+    - In paddle 3.3.1 ``minimize`` fails on an optimizer built from param groups
+      (``get_all_grads`` gets dicts), so hapi cannot train one at all; ``step``
+      handles groups and does the same update in dynamic mode.
+    """
+    if _track(opt, "_autoloss_sync", params):
+        return
+    original = opt.minimize
+
+    def minimize(*args: Any, **kwargs: Any) -> Any:
+        handler = getattr(opt, "_autoloss_on_nonfinite", None)
+        if handler is not None and args:
+            # σ's gradient holds every accumulated micro-batch's task losses, so a NaN
+            # from a batch that did not update shows up here too.
+            here = _finite(args[0], opt._autoloss_sync)
+            if not _agree(here, nranks):
+                try:  # raise (nothing updated) or return: skip this update entirely
+                    handler(args[0], not here)
+                finally:  # never leave the bad gradients for a later step
+                    opt.clear_grad()
+                    for p in opt._autoloss_sync:
+                        p.clear_gradient()
+                return [], []
+        average_over_ranks(opt._autoloss_sync, nranks)
+        if uses_groups(opt):
+            opt.step()
+            return [], []
+        return original(*args, **kwargs)
+
+    opt.minimize = minimize
+
+
+def attach(
+    model: Any,
+    lr_scale: float = 1.0,
+    on_nonfinite: Callable[[paddle.Tensor, bool], None] | None = None,
+) -> list[Any]:
+    """Make ``model.fit`` train the parameters of ``model``'s loss correctly.
+
+    Idempotent: calling it again (a second ``fit``) adds nothing twice. Returns the
+    loss's trainable parameters. ``AutoWeightCallback`` calls it at train begin; call
+    it yourself only when you drive ``model.train_batch`` by hand.
+    With ``on_nonfinite``, the loss is checked before each update (on every rank);
+    if it is not finite somewhere, ``on_nonfinite(loss, here)`` is called (``here``:
+    on this rank) and either raises, or returns to skip the update and clear every
+    gradient.
+
+    Example::
+
+        model.prepare(opt, loss=AutoWeight([mse, mse], method="liebel"))
+        hapi_autoloss.attach(model)
+        model.train_batch([x], [y1, y2])
+    """
+    require_dynamic_mode()
+    loss = loss_layer(model)
+    if loss is None:
+        return []
+    opt = optimizer_of(model)
+    if opt is None:
+        raise RuntimeError(
+            "paddle.Model has no optimizer, so the loss's weights cannot learn. "
+            "Fix: call model.prepare(optimizer, loss=...) with an optimizer before fit."
+        )
+    if not lr_scale > 0:
+        raise ValueError(f"lr_scale must be > 0, got {lr_scale!r}.")
+    owner = OWNER.get(loss)
+    if owner is not None and owner is not model:
+        raise RuntimeError(
+            f"This {type(loss).__name__} is already trained by another paddle.Model; one "
+            "instance would mix two models' gradients and checkpoints. Fix: build one "
+            "loss instance per model."
+        )
+    OWNER[loss] = model
+    params = loss_parameters(model)
+    _inject(opt, params, lr_scale)
+    check_groups(opt)
+    _wrap_clear_gradients(model.network, params)
+    _wrap_minimize(opt, params, world()[1])
+    if on_nonfinite is not None:
+        opt._autoloss_on_nonfinite = on_nonfinite
+    wrap_save(model)
+    ATTACHED.update([loss, *loss.sublayers()])
+    return params

@@ -1,0 +1,239 @@
+"""Checkpoints: what ``model.save`` misses, written to ``<path>.autoloss`` and read back.
+
+Checked against paddlepaddle 3.3.1 (``Model.save`` / ``Model.load``, ``Optimizer.set_state_dict``).
+The file holds the loss's tensors and Python-side state, σ's optimizer moments, the
+stateful callbacks' positions and the run's progress (epochs and train steps done).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import weakref
+from typing import Any, Protocol
+
+import numpy as np
+import paddle
+
+from .model import loss_layer, optimizer_of, require_dynamic_mode, world
+from .progress import progress, set_progress, track_progress
+
+STATE_SUFFIX = ".autoloss"
+_FORMAT_VERSION = 2
+
+# One loss layer belongs to one model: two models sharing it would train it twice.
+OWNER: weakref.WeakKeyDictionary[paddle.nn.Layer, Any] = weakref.WeakKeyDictionary()
+# Per model: stateful objects saved with each checkpoint, and states read by
+# load_state() that wait for their object to register.
+_STATEFUL: weakref.WeakKeyDictionary[Any, dict[str, Any]] = weakref.WeakKeyDictionary()
+_PENDING: weakref.WeakKeyDictionary[Any, dict[str, Any]] = weakref.WeakKeyDictionary()
+
+
+class Stateful(Protocol):
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def set_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+def wrap_save(model: Any) -> None:
+    """Make ``model.save`` also write ``<path>.autoloss``, last and atomically."""
+    track_progress(model)
+    if getattr(model, "_autoloss_save_wrapped", False):
+        return
+    original = model.save
+
+    def save(path: str, training: bool = True) -> None:
+        if training and world()[0] == 0 and os.path.exists(path + STATE_SUFFIX):
+            # Overwriting a checkpoint: until ours is rewritten, it is not complete.
+            os.remove(path + STATE_SUFFIX)
+        original(path, training)
+        if training and world()[0] == 0:
+            save_state(model, path)
+
+    model.save = save
+    model._autoloss_save_wrapped = True
+
+
+def register_state(model: Any, key: str, obj: Stateful) -> None:
+    """Save ``obj.state_dict()`` with every ``model.save``; restore a loaded state now.
+
+    A second object under the same key (two exporters of one class) gets
+    ``key#2``, and so on, in the order the callbacks start.
+    """
+    wrap_save(model)
+    registry = _STATEFUL.setdefault(model, {})
+    # Callbacks of an earlier fit are done: hapi gives each fit a new params dict.
+    current = getattr(obj, "params", None)
+    for stale in [k for k, o in registry.items() if getattr(o, "params", None) is not current]:
+        del registry[stale]
+    base, n = key, 1
+    while key in registry and registry[key] is not obj:
+        n += 1
+        key = f"{base}#{n}"
+    registry[key] = obj
+    pending = _PENDING.get(model, {})
+    if key in pending:
+        obj.set_state_dict(pending.pop(key))
+
+
+def _layers_with_state(loss: paddle.nn.Layer | None) -> dict[str, Any]:
+    """{structured name: layer} for the loss's layers that keep Python-side state, root first."""
+    if loss is None:
+        return {}
+    pairs = [("", loss), *loss.named_sublayers()]
+    return {name: layer for name, layer in pairs if callable(getattr(layer, "checkpoint_state", None))}
+
+
+def _optimizer_state_of(opt: Any, params: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """{structured name: {accumulator: ndarray}} for the loss's parameters."""
+    out: dict[str, dict[str, Any]] = {}
+    accumulators = getattr(opt, "_accumulators", {}) if opt is not None else {}
+    for sname, p in params.items():
+        for acc_name, per_param in accumulators.items():
+            var = per_param.get(p.name)
+            if var is not None:
+                out.setdefault(sname, {})[acc_name] = var.numpy()
+    return out
+
+
+def save_state(model: Any, path: str) -> str:
+    """Write ``<path>.autoloss`` atomically and return its file name."""
+    loss = loss_layer(model)
+    named = dict(loss.named_parameters()) if loss is not None else {}
+    tensors = loss.state_dict() if loss is not None else {}
+    state = {
+        "format": _FORMAT_VERSION,
+        "progress": progress(model),
+        "loss": {k: v.numpy() for k, v in tensors.items()},
+        "layers": {k: layer.checkpoint_state() for k, layer in _layers_with_state(loss).items()},
+        "optimizer": _optimizer_state_of(optimizer_of(model), named),
+        "names": {k: v.name for k, v in named.items()},
+        "callbacks": {k: obj.state_dict() for k, obj in _STATEFUL.get(model, {}).items()},
+    }
+    target = path + STATE_SUFFIX
+    folder = os.path.dirname(os.path.abspath(target))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".autoloss-")
+    os.close(fd)
+    try:
+        paddle.save(state, tmp)  # type: ignore[arg-type]
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return target
+
+
+def read_state(path: str) -> dict[str, Any]:
+    """The raw content of ``<path>.autoloss``, with a clear error when it is missing."""
+    target = path + STATE_SUFFIX
+    if not os.path.exists(target):
+        raise FileNotFoundError(
+            f"{target} does not exist, so the loss weights (σ) cannot be restored. It is "
+            "written by model.save() once AutoWeightCallback (or hapi_autoloss.attach) "
+            "has run. Fix: pass the same path prefix you gave model.load()."
+        )
+    return paddle.load(target)  # type: ignore[return-value]
+
+
+def checkpoint_info(path: str) -> dict[str, int]:
+    """``{'epoch': epochs done, 'step': train steps done}`` of the run when ``model.save(path)``
+    wrote it, counted from the run's very start across resumes (never from file names).
+
+    Example::
+
+        path = hapi_autoloss.latest_checkpoint("ckpt")
+        hapi_autoloss.checkpoint_info(path)   # {'epoch': 3, 'step': 18}
+    """
+    saved = read_state(path).get("progress") or {}
+    return {"epoch": int(saved.get("epoch", 0)), "step": int(saved.get("step", 0))}
+
+
+def load_state(model: Any, path: str) -> dict[str, Any]:
+    """Restore what ``model.save(path)`` wrote beside the network: σ bit-exact, σ's
+    optimizer moments, the loss's own state (k of every TopKLoss, rlw's random
+    stream), the callbacks' positions and the run's progress. Call it after
+    ``model.load(path)``; ``model.evaluate`` then already uses the restored k.
+
+    A checkpoint of another loss (other method, other task names or order) is
+    refused with an error naming both, before anything is changed.
+
+    Example::
+
+        model.load("checkpoints/3")
+        hapi_autoloss.load_state(model, "checkpoints/3")
+        model.fit(train_data, epochs=2, callbacks=[AutoWeightCallback(), TopKScheduler()])
+    """
+    require_dynamic_mode()
+    target = path + STATE_SUFFIX
+    state = read_state(path)
+    loss = loss_layer(model)
+    named = dict(loss.named_parameters()) if loss is not None else {}
+    tensors = loss.state_dict() if loss is not None else {}
+    layers = _layers_with_state(loss)
+    saved_layers = state.get("layers", {})
+    for name, layer in layers.items():  # validates before it sets: a mismatch changes nothing
+        if name in saved_layers:
+            layer.check_checkpoint_state(saved_layers[name], target)
+    saved = state.get("loss", {})
+    if set(saved) != set(tensors):
+        raise ValueError(
+            f"{target} holds loss state {sorted(saved)}, but this model's loss has "
+            f"{sorted(tensors)}. Fix: build the same loss (same tasks and method) as the "
+            "run that saved it."
+        )
+    for name, value in saved.items():
+        if tuple(tensors[name].shape) != tuple(np.shape(value)):
+            raise ValueError(
+                f"Loss state {name} has shape {list(tensors[name].shape)} here but "
+                f"{list(np.shape(value))} in {target}. Fix: build the same loss."
+            )
+    for name, value in saved.items():
+        tensor = tensors[name]
+        tensor.set_value(np.asarray(value).astype(tensor.numpy().dtype))
+    for name, layer in layers.items():
+        if name in saved_layers:
+            layer.set_checkpoint_state(saved_layers[name])
+    # σ's moments wait in the optimizer's holder until AutoWeightCallback adds σ.
+    _restore_optimizer_state(
+        optimizer_of(model), named, state.get("optimizer", {}), state.get("names", {})
+    )
+    set_progress(model, state.get("progress") or {})
+    _PENDING[model] = dict(state.get("callbacks", {}))
+    for key, obj in _STATEFUL.get(model, {}).items():
+        if key in _PENDING[model]:
+            obj.set_state_dict(_PENDING[model].pop(key))
+    return state
+
+
+def _restore_optimizer_state(
+    opt: Any,
+    named: dict[str, Any],
+    saved: dict[str, dict[str, Any]],
+    old_names: dict[str, str],
+) -> None:
+    """Put σ's moments where Paddle's optimizer will pick them up.
+
+    Paddle keys accumulators by ``<param.name>_<accumulator>_0``; parameter names
+    depend on construction order, so we key them by structured name in our file
+    and rename them to this process's names here.
+    """
+    if opt is None or not saved:
+        return
+    for sname, accs in saved.items():
+        p = named.get(sname)
+        if p is None:
+            continue
+        for acc_name, value in accs.items():
+            existing = opt._accumulators.get(acc_name, {}).get(p.name)
+            if existing is not None:
+                existing.set_value(value)
+                continue
+            if not opt._accumulators_holder:
+                # No optimizer state was loaded (model.load(reset_optimizer=True), or no
+                # model.load): σ's moments start fresh like everyone else's.
+                continue
+            # model.load() put the saving run's copy under the old name; drop it.
+            old = old_names.get(sname, p.name)
+            opt._accumulators_holder.pop(f"{old}_{acc_name}_0", None)
+            opt._accumulators_holder[f"{p.name}_{acc_name}_0"] = value
