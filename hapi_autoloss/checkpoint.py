@@ -1,34 +1,29 @@
-"""Finding the checkpoint to resume from."""
+"""Finding the checkpoint to resume from, and what it holds."""
 
 from __future__ import annotations
 
-import os
+from ._hapi import checkpoint_info, newest_checkpoint
 
-from ._hapi import STATE_SUFFIX
+__all__ = ["checkpoint_info", "latest_checkpoint"]
 
 
 def latest_checkpoint(save_dir: str) -> str | None:
-    """The path prefix of the newest complete checkpoint in ``save_dir``, or None.
+    """The path prefix of the complete checkpoint in ``save_dir`` that is furthest into
+    training, or None.
 
     ``model.save`` writes ``<prefix>.autoloss`` last, atomically, after hapi's
     ``.pdparams`` and ``.pdopt``; a process killed while saving leaves no
-    ``.autoloss`` for that prefix, so the previous checkpoint is returned. Newest
-    means last written, which also works when a resumed run numbers its epochs
-    from 0 again (hapi's ``fit`` has no ``initial_epoch``).
+    ``.autoloss`` for that prefix, so an earlier checkpoint is returned. "Furthest"
+    is read from the train steps stored in each ``.autoloss`` (ties: the last
+    written), never from file names: hapi's ``final`` and ``EarlyStopping``'s
+    ``best_model`` are ranked like the numbered ones. How far a checkpoint is:
+    :func:`checkpoint_info`.
 
     Example::
 
-        path = hapi_autoloss.latest_checkpoint("checkpoints")   # e.g. "checkpoints/2"
+        path = hapi_autoloss.latest_checkpoint("checkpoints")   # e.g. "checkpoints/final"
         model.load(path)
         hapi_autoloss.load_state(model, path)
+        hapi_autoloss.checkpoint_info(path)                     # {'epoch': 5, 'step': 30}
     """
-    if not os.path.isdir(save_dir):
-        return None
-    found = []
-    for name in os.listdir(save_dir):
-        if not name.endswith(STATE_SUFFIX):
-            continue
-        prefix = os.path.join(save_dir, name[: -len(STATE_SUFFIX)])
-        if os.path.exists(prefix + ".pdparams"):
-            found.append((os.stat(os.path.join(save_dir, name)).st_mtime_ns, prefix))
-    return max(found)[1] if found else None
+    return newest_checkpoint(save_dir)

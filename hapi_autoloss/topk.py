@@ -169,6 +169,17 @@ class TopKLoss(paddle.nn.Layer):
     def ratio(self, value: float) -> None:
         self._ratio = validate_ratio(value)
 
+    def checkpoint_state(self) -> dict[str, Any]:
+        """What ``model.save`` keeps besides tensors: the current ratio."""
+        return {"ratio": self._ratio}
+
+    def check_checkpoint_state(self, state: dict[str, Any], source: str) -> None:
+        validate_ratio(state.get("ratio", self._ratio), f"ratio saved in {source}")
+
+    def set_checkpoint_state(self, state: dict[str, Any]) -> None:
+        """Restore the ratio, so ``model.evaluate`` after ``load_state`` keeps the right k."""
+        self.ratio = state.get("ratio", self._ratio)
+
     def extra_repr(self) -> str:
         return (
             f"ratio={self._ratio}, per={self.per}, ignore_index={self.ignore_index}, "

@@ -480,5 +480,30 @@ class AutoWeight(paddle.nn.Layer):
             return {}
         return dict(zip(self.task_names, map(float, self._seen["last"].numpy())))
 
+    # ------------------------------------------------------------ checkpoints
+
+    def checkpoint_state(self) -> dict[str, object]:
+        """What ``model.save`` keeps besides tensors: the method and tasks (to refuse a
+        mismatched checkpoint) and rlw's random stream."""
+        return {"method": self.method, "tasks": list(self.task_names),
+                "rng": self._rng.bit_generator.state, "rlw_last": [float(w) for w in self._rlw_last]}
+
+    def check_checkpoint_state(self, state: dict, source: str) -> None:
+        """Raise, changing nothing, if ``state`` was saved by another method or other tasks."""
+        method, tasks = state.get("method", self.method), list(state.get("tasks", self.task_names))
+        if method != self.method or tasks != self.task_names:
+            raise ValueError(
+                f"{source} was written by AutoWeight(method={method!r}, tasks={tasks}), but this "
+                f"loss is AutoWeight(method={self.method!r}, tasks={self.task_names}); loading it "
+                "would read one task's (or method's) weights as another's. Fix: build the loss with "
+                "the method and the task names, in order, of the run that saved it."
+            )
+
+    def set_checkpoint_state(self, state: dict) -> None:
+        if "rng" in state:
+            self._rng.bit_generator.state = state["rng"]
+        if "rlw_last" in state:
+            self._rlw_last = np.asarray(state["rlw_last"], dtype=np.float64)
+
     def extra_repr(self) -> str:
         return f"method={self.method}, tasks={self.task_names}"

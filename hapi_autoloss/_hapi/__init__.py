@@ -34,7 +34,15 @@ from .model import (
 )
 from .optimizer import attach, average_over_ranks
 from .progress import progress, skip_done_epochs
-from .state import STATE_SUFFIX, checkpoint_info, load_state, read_state, register_state, save_state
+from .state import (
+    STATE_SUFFIX,
+    checkpoint_info,
+    load_state,
+    newest_checkpoint,
+    read_state,
+    register_state,
+    save_state,
+)
 
 __all__ = [
     "STATE_SUFFIX",
@@ -48,6 +56,7 @@ __all__ = [
     "loss_layer",
     "loss_parameters",
     "metric_names",
+    "newest_checkpoint",
     "optimizer_of",
     "progress",
     "read_state",

@@ -46,7 +46,7 @@ def track_progress(model: Any) -> None:
         if skip is not None and skip["skipping"]:
             return {}
         if mode == "train" and skip is not None and skip.get("sampler_epoch") is not None:
-            sampler = getattr(data_loader, "batch_sampler", None)
+            sampler: Any = getattr(data_loader, "batch_sampler", None)
             if callable(getattr(sampler, "set_epoch", None)):
                 # DistributedBatchSampler shuffles with RandomState(epoch), epoch counted
                 # per iteration from 0 in every fit: put it where the first run was.

@@ -149,6 +149,21 @@ def checkpoint_info(path: str) -> dict[str, int]:
     return {"epoch": int(saved.get("epoch", 0)), "step": int(saved.get("step", 0))}
 
 
+def newest_checkpoint(save_dir: str) -> str | None:
+    """The path prefix of the complete checkpoint in ``save_dir`` that is furthest into
+    training (most steps, then epochs, then the last written), or None."""
+    if not os.path.isdir(save_dir):
+        return None
+    found = []
+    for name in os.listdir(save_dir):
+        prefix = os.path.join(save_dir, name[: -len(STATE_SUFFIX)])
+        if not name.endswith(STATE_SUFFIX) or not os.path.exists(prefix + ".pdparams"):
+            continue
+        info = checkpoint_info(prefix)
+        found.append((info["step"], info["epoch"], os.stat(prefix + STATE_SUFFIX).st_mtime_ns, prefix))
+    return max(found)[-1] if found else None
+
+
 def load_state(model: Any, path: str) -> dict[str, Any]:
     """Restore what ``model.save(path)`` wrote beside the network: σ bit-exact, σ's
     optimizer moments, the loss's own state (k of every TopKLoss, rlw's random

@@ -1,9 +1,17 @@
 """Callbacks for ``paddle.Model.fit``, one concern each."""
 
 from .autoweight import AutoWeightCallback
+from .backup import BackupAndRestore
 from .progress import TqdmProgressBar
 from .tensorboard import TensorBoardExport
 from .topk_scheduler import TopKScheduler
 from .visualdl import VisualDLExport
 
-__all__ = ["AutoWeightCallback", "TensorBoardExport", "TopKScheduler", "TqdmProgressBar", "VisualDLExport"]
+__all__ = [
+    "AutoWeightCallback",
+    "BackupAndRestore",
+    "TensorBoardExport",
+    "TopKScheduler",
+    "TqdmProgressBar",
+    "VisualDLExport",
+]

@@ -63,7 +63,7 @@ else:
     path = hapi_autoloss.latest_checkpoint(os.path.join(run_dir, "ckpt"))
     model.load(path)
     hapi_autoloss.load_state(model, path)
-    done = int(os.path.basename(path)) + 1  # ModelCheckpoint names a checkpoint by its epoch
+    done = hapi_autoloss.checkpoint_info(path)["epoch"]  # epochs done, stored in the checkpoint
     model.fit(data, epochs=EPOCHS - done, save_dir=os.path.join(run_dir, f"ckpt-resumed-{done}"),
               save_freq=1, callbacks=callbacks(), **fit)
 topk = loss.losses[0]

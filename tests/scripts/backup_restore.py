@@ -1,0 +1,69 @@
+"""Driver for test_backup.py: the same training script, run as a user would.
+
+    backup_restore.py OUT run   [kill]   # train 5 epochs with BackupAndRestore(OUT/backup)
+    backup_restore.py OUT full           # the same, uninterrupted, in its own folder
+
+With ``kill`` the process SIGKILLs itself in the middle of epoch 3. shuffle=True, a
+dropout layer, AutoWeight (kendall) around a TopKLoss, TopKScheduler, TensorBoardExport
+and an lr schedule: everything a resume can get wrong. Final σ, k and network weights
+go to OUT/<mode>.npz.
+"""
+
+import os
+import signal
+import sys
+
+import numpy as np
+import paddle
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from helpers import X_SPEC, Y_SPECS, TwoTaskData, TwoTaskNet
+
+from hapi_autoloss import AutoWeight, TopKLoss
+from hapi_autoloss.callbacks import AutoWeightCallback, BackupAndRestore, TensorBoardExport, TopKScheduler
+
+EPOCHS, BATCH, KILL_AT = 5, 16, (2, 3)
+out, mode = sys.argv[1], sys.argv[2]
+kill = sys.argv[3:] == ["kill"]
+method = os.environ.get("METHOD", "kendall")
+run_dir = os.path.join(out, mode)
+
+
+class DropNet(TwoTaskNet):
+    def __init__(self):
+        super().__init__()
+        self.drop = paddle.nn.Dropout(0.3)
+
+    def forward(self, x):
+        z = self.drop(paddle.tanh(self.trunk(x)))
+        return [self.h1(z), self.h2(z)]
+
+
+class KillMidEpoch(paddle.callbacks.Callback):
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, step, logs=None):
+        if (self.epoch, step) == KILL_AT:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+paddle.seed(0)
+net = DropNet()
+kwargs = {"task_types": ["regression", "regression"]} if method == "kendall" else {"seed": 3}
+loss = AutoWeight({"y1": TopKLoss(paddle.nn.MSELoss(reduction="none"), ratio=1.0), "y2": paddle.nn.MSELoss()},
+                  method=method, **kwargs)
+model = paddle.Model(net, inputs=X_SPEC, labels=Y_SPECS)
+lr = paddle.optimizer.lr.StepDecay(0.05, step_size=7, gamma=0.7)
+model.prepare(paddle.optimizer.Adam(lr, parameters=model.parameters()), loss)
+callbacks = [AutoWeightCallback(), TopKScheduler(start=1.0, end=0.2, by="step"),
+             TensorBoardExport(os.path.join(run_dir, "logs"))]
+if mode == "run":
+    callbacks.insert(1, BackupAndRestore(os.path.join(run_dir, "backup")))
+if kill:
+    callbacks.append(KillMidEpoch())
+model.fit(TwoTaskData(96), epochs=EPOCHS, batch_size=BATCH, shuffle=True, verbose=0,
+          save_dir=os.path.join(run_dir, "ckpt"), callbacks=callbacks)
+np.savez(os.path.join(out, f"{mode}.npz"), s=loss.s.numpy() if loss.s is not None else np.zeros(1),
+         k=np.float64(loss.losses[0].ratio), w=net.trunk.weight.numpy(), h=net.h1.weight.numpy(),
+         lr=np.float64(model._optimizer.get_lr()), rlw=np.asarray(list(loss.weights().values())))

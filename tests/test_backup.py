@@ -1,0 +1,80 @@
+"""BackupAndRestore: kill -9 mid-epoch, start the same script again, get the uninterrupted
+run bit for bit, with shuffle=True, dropout and an lr schedule; a finished run does nothing."""
+
+import os
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+import hapi_autoloss
+from hapi_autoloss.callbacks import BackupAndRestore
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(ROOT, "tests", "scripts", "backup_restore.py")
+STEPS = 5 * 6  # epochs × batches
+
+
+def run(out, *args, method="kendall"):
+    env = dict(os.environ, PYTHONPATH=ROOT, METHOD=method)
+    return subprocess.run([sys.executable, SCRIPT, str(out), *args], env=env, capture_output=True,
+                          text=True, timeout=600)
+
+
+def scalars(log_dir):
+    acc = EventAccumulator(str(log_dir), size_guidance={"scalars": 0})
+    acc.Reload()
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+def crash_and_restart(tmp_path, method):
+    full = run(tmp_path, "full", method=method)
+    assert full.returncode == 0, full.stderr[-3000:]
+    crash = run(tmp_path, "run", "kill", method=method)
+    assert crash.returncode == -signal.SIGKILL, crash.stderr[-3000:]
+    assert not (tmp_path / "run.npz").exists()
+    info = hapi_autoloss.checkpoint_info(hapi_autoloss.latest_checkpoint(str(tmp_path / "run" / "backup")))
+    assert info == {"epoch": 2, "step": 12}  # killed in epoch 3: two epochs backed up
+    again = run(tmp_path, "run", method=method)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "restored" in again.stdout and "after epoch 2; training epochs 3..5" in again.stdout
+    return np.load(tmp_path / "full.npz"), np.load(tmp_path / "run.npz")
+
+
+@pytest.mark.parametrize("method", ["kendall", "rlw"])
+def test_kill_9_then_the_same_script_equals_an_uninterrupted_run(tmp_path, method):
+    full, resumed = crash_and_restart(tmp_path, method)
+    assert 0.2 <= float(full["k"]) < 1.0
+    for key in ("s", "k", "w", "h", "lr", "rlw"):
+        np.testing.assert_array_equal(resumed[key], full[key], err_msg=key)
+    if method == "kendall":
+        want, got = scalars(tmp_path / "full" / "logs"), scalars(tmp_path / "run" / "logs")
+        assert set(got) == set(want) and "autoloss/sigma/y1" in got
+        for tag, points in want.items():
+            assert [s for s, _ in got[tag]] == [s for s, _ in points], tag  # every step once
+            np.testing.assert_array_equal([v for _, v in got[tag]], [v for _, v in points], err_msg=tag)
+        assert [s for s, _ in want["train/loss"]] == list(range(1, STEPS + 1))
+
+
+def test_a_finished_run_started_again_trains_nothing_and_says_so(tmp_path):
+    first = run(tmp_path, "run")
+    assert first.returncode == 0, first.stderr[-3000:]
+    done = np.load(tmp_path / "run.npz")
+    again = run(tmp_path, "run")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "has finished (5 epochs done), so this fit trains nothing" in again.stderr
+    for key in ("s", "k", "w", "h", "lr"):
+        np.testing.assert_array_equal(np.load(tmp_path / "run.npz")[key], done[key], err_msg=key)
+    steps = [s for s, _ in scalars(tmp_path / "run" / "logs")["train/loss"]]
+    assert steps == list(range(1, STEPS + 1))
+
+
+def test_bad_backup_dir(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(NotADirectoryError, match="is a file, not a folder. Fix"):
+        BackupAndRestore(tmp_path / "file")
+    with pytest.raises(ValueError, match="needs a local folder.*Fix"):
+        BackupAndRestore("hdfs://x/y")
