@@ -495,8 +495,8 @@ class AutoWeight(paddle.nn.Layer):
             raise ValueError(
                 f"{source} was written by AutoWeight(method={method!r}, tasks={tasks}), but this "
                 f"loss is AutoWeight(method={self.method!r}, tasks={self.task_names}); loading it "
-                "would read one task's (or method's) weights as another's. Fix: build the loss with "
-                "the method and the task names, in order, of the run that saved it."
+                "would read one task's (or method's) weights as another's. Fix: build the same loss "
+                "(that method, those task names in that order) as the run that saved it."
             )
 
     def set_checkpoint_state(self, state: dict) -> None:

@@ -1,0 +1,98 @@
+"""load_state is complete (k is back before any fit) and refuses a checkpoint of another loss;
+the README's manual resume recipe works on every checkpoint hapi writes."""
+
+import os
+
+import numpy as np
+import paddle
+import pytest
+from helpers import TwoTaskData, build_model, kendall_loss
+
+import hapi_autoloss
+from hapi_autoloss import AutoWeight, TopKLoss
+from hapi_autoloss.callbacks import AutoWeightCallback, TopKScheduler
+
+DATA = TwoTaskData(96)
+EVAL = TwoTaskData(48, seed=1)
+
+
+def topk_loss(ratio=1.0):
+    return AutoWeight({"y1": TopKLoss(paddle.nn.MSELoss(reduction="none"), ratio=ratio), "y2": paddle.nn.MSELoss()},
+                      method="kendall", task_types=["regression", "regression"])
+
+
+def test_evaluate_after_load_state_uses_the_restored_k(tmp_path):
+    loss = topk_loss()
+    model = build_model(loss)
+    model.fit(DATA, epochs=3, batch_size=16, verbose=0,
+              callbacks=[AutoWeightCallback(), TopKScheduler(start=1.0, end=0.25)])
+    assert loss.losses[0].ratio == 0.25
+    model.save(str(tmp_path / "m"))
+    want = model.evaluate(EVAL, batch_size=48, verbose=0)["loss"]
+
+    fresh = topk_loss()  # constructed at ratio 1.0
+    other = build_model(fresh)
+    other.load(str(tmp_path / "m"))
+    naive = other.evaluate(EVAL, batch_size=48, verbose=0)["loss"]
+    hapi_autoloss.load_state(other, str(tmp_path / "m"))
+    assert fresh.losses[0].ratio == 0.25
+    got = other.evaluate(EVAL, batch_size=48, verbose=0)["loss"]
+    np.testing.assert_array_equal(got, want)
+    assert abs(float(naive[0]) - float(want[0])) > 1e-3  # the wrong k gives another loss
+
+
+@pytest.mark.parametrize("other", [
+    dict(method="liebel"),
+    dict(method="kendall", names=("y2", "y1")),
+    dict(method="kendall", names=("depth", "seg")),
+], ids=["method", "task-order", "task-names"])
+def test_a_checkpoint_of_another_loss_is_refused_naming_both(tmp_path, other):
+    loss = kendall_loss()
+    model = build_model(loss)
+    model.fit(DATA, epochs=1, batch_size=16, verbose=0, callbacks=[AutoWeightCallback()])
+    model.save(str(tmp_path / "m"))
+    names = other.get("names", ("y1", "y2"))
+    kwargs = {"task_types": ["regression"] * 2} if other["method"] == "kendall" else {}
+    wrong = AutoWeight({n: paddle.nn.MSELoss() for n in names}, method=other["method"], **kwargs)
+    target = build_model(wrong)
+    before = wrong.s.numpy().copy()
+    with pytest.raises(ValueError) as err:
+        hapi_autoloss.load_state(target, str(tmp_path / "m"))
+    message = str(err.value)
+    assert "AutoWeight(method='kendall', tasks=['y1', 'y2'])" in message
+    assert f"AutoWeight(method={other['method']!r}, tasks={list(names)})" in message
+    assert "Fix: build the same loss" in message
+    np.testing.assert_array_equal(wrong.s.numpy(), before)  # nothing was loaded
+
+
+def test_manual_recipe_on_final_and_best_model(tmp_path):
+    """latest_checkpoint may return hapi's 'final' or EarlyStopping's 'best_model':
+    the README recipe reads the epochs done from the file, never from its name."""
+    # hapi's model.load matches optimizer state by parameter name: build both models under
+    # fresh names, as two processes would (a same-process load fails in plain hapi too).
+    with paddle.utils.unique_name.guard():
+        loss = kendall_loss()
+        model = build_model(loss)
+        stop = paddle.callbacks.EarlyStopping("loss", mode="min", patience=10, save_best_model=True)
+        model.fit(DATA, eval_data=EVAL, epochs=3, batch_size=16, verbose=0, save_dir=str(tmp_path / "ck"),
+                  callbacks=[AutoWeightCallback(), stop])
+    files = set(os.listdir(tmp_path / "ck"))
+    assert {"final.autoloss", "best_model.autoloss", "2.autoloss"} <= files
+    path = hapi_autoloss.latest_checkpoint(str(tmp_path / "ck"))
+    assert os.path.basename(path) in ("final", "2")  # furthest into training
+    for name, epoch in (("final", 3), ("2", 3), ("0", 1)):
+        assert hapi_autoloss.checkpoint_info(str(tmp_path / "ck" / name)) == {"epoch": epoch, "step": 6 * epoch}
+    assert hapi_autoloss.checkpoint_info(str(tmp_path / "ck" / "best_model"))["epoch"] in (1, 2, 3)
+
+    # The README's steps, verbatim but for the names.
+    EPOCHS = 5
+    with paddle.utils.unique_name.guard():  # accumulator names too, created in fit
+        fresh = kendall_loss()
+        resumed = build_model(fresh)
+        path = hapi_autoloss.latest_checkpoint(str(tmp_path / "ck"))
+        resumed.load(path)
+        hapi_autoloss.load_state(resumed, path)
+        done = hapi_autoloss.checkpoint_info(path)["epoch"]
+        resumed.fit(DATA, epochs=EPOCHS - done, batch_size=16, verbose=0, save_dir=str(tmp_path / f"ck-{done}"),
+                    callbacks=[AutoWeightCallback()])
+    assert hapi_autoloss.checkpoint_info(str(tmp_path / f"ck-{done}" / "final")) == {"epoch": 5, "step": 30}
