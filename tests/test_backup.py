@@ -74,7 +74,7 @@ def test_a_finished_run_started_again_trains_nothing_and_says_so(tmp_path):
 
 def test_bad_backup_dir(tmp_path):
     (tmp_path / "file").write_text("x")
-    with pytest.raises(NotADirectoryError, match="is a file, not a folder. Fix"):
+    with pytest.raises(NotADirectoryError, match=r"is a file, not a folder\. Fix"):
         BackupAndRestore(tmp_path / "file")
-    with pytest.raises(ValueError, match="needs a local folder.*Fix"):
+    with pytest.raises(ValueError, match=r"needs a local folder.*Fix"):
         BackupAndRestore("hdfs://x/y")
