@@ -109,8 +109,9 @@ class BackupAndRestore(Callback):
             return
         saved = _hapi.read_state(path)
         mine = saved.get("callbacks", {}).get(STATE_KEY, {})
-        self.model.load(path)
-        _hapi.load_state(self.model, path)
+        model: Any = self.model
+        model.load(path)
+        _hapi.load_state(model, path)
         if mine.get("rng") is not None:
             _set_rng_state(mine["rng"])
         self.serial = int(mine.get("serial", 0))
@@ -153,7 +154,8 @@ class BackupAndRestore(Callback):
         """One complete ``model.save``, then the older backups go."""
         self.serial += 1
         prefix = os.path.join(self.backup_dir, f"{PREFIX}{self.serial}")
-        self.model.save(prefix)
+        model: Any = self.model
+        model.save(prefix)
         if _hapi.world()[0] != 0:
             return
         keep = os.path.basename(prefix)
