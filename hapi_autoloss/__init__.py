@@ -1,12 +1,12 @@
 """hapi-autoloss: learned loss weights and hard-example mining for ``paddle.Model``."""
 
 from ._hapi import attach, load_state
+from ._version import __version__
 from .checkpoint import checkpoint_info, latest_checkpoint
 from .losses import DiceLoss
 from .topk import TopKLoss
 from .weighting import AutoWeight
 
-__version__ = "0.1.0"
 __all__ = [
     "AutoWeight",
     "DiceLoss",

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import paddle
 
 from hapi_autoloss import AutoWeight
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Set by paddle.distributed.launch: a child process that inherits them takes itself for a rank.
+LAUNCH_KEYS = ("PADDLE_TRAINER_ID", "PADDLE_TRAINERS_NUM", "PADDLE_TRAINER_ENDPOINTS")
 
 X_SPEC = [paddle.static.InputSpec([None, 3], "float32", "x")]
 Y_SPECS = [
@@ -84,13 +92,11 @@ def build_model(loss: paddle.nn.Layer, seed: int = 0, opt: str = "adam", lr: flo
     return model
 
 
-def reference_sigma(steps_data: TwoTaskData, epochs: int, batch_size: int, seed: int = 0,
+def train_reference(net: paddle.nn.Layer, loss: AutoWeight, steps_data: TwoTaskData, epochs: int, batch_size: int,
                     lr: float = 0.05, opt: str = "adam", accumulate: int = 1, decay_sigma: bool = False,
-                    **opt_kwargs):
-    """The right answer: a hand-written Paddle loop with σ in its own no-decay group."""
-    paddle.seed(seed)
-    net = TwoTaskNet()
-    loss = kendall_loss()
+                    **opt_kwargs) -> None:
+    """Trains ``net`` and ``loss`` in place with a hand-written Paddle loop, σ in its own no-decay group,
+    a fresh optimizer, batches in order (what ``fit(shuffle=False)`` must match)."""
     cls = OPTIMIZERS[opt]
     groups = [{"params": net.parameters()}, {"params": loss.parameters()}]
     if not decay_sigma:
@@ -106,4 +112,83 @@ def reference_sigma(steps_data: TwoTaskData, epochs: int, batch_size: int, seed:
             if (step + 1) % accumulate == 0 or step + 1 == n_batches:
                 optimizer.step()
                 optimizer.clear_grad()
+
+
+def reference_sigma(steps_data: TwoTaskData, epochs: int, batch_size: int, seed: int = 0,
+                    lr: float = 0.05, opt: str = "adam", accumulate: int = 1, decay_sigma: bool = False,
+                    **opt_kwargs):
+    """The right answer: a hand-written Paddle loop with σ in its own no-decay group."""
+    paddle.seed(seed)
+    net = TwoTaskNet()
+    loss = kendall_loss()
+    train_reference(net, loss, steps_data, epochs, batch_size, lr=lr, opt=opt, accumulate=accumulate,
+                    decay_sigma=decay_sigma, **opt_kwargs)
     return loss.s.numpy().copy(), net
+
+
+def identity(out, _label):
+    """A 'loss' equal to its input: d total / d input is the weight the task gets."""
+    return out
+
+
+def feed_losses(aw: AutoWeight, values: Sequence[float], grad: bool = True) -> tuple[paddle.Tensor, np.ndarray | None]:
+    """Feeds one 0-d float32 loss value per task through ``aw`` (built with ``identity`` losses).
+
+    Returns the total and d total / d L_i as numpy (None when ``grad`` is False).
+    Example: ``total, dl = feed_losses(AutoWeight([identity] * 2, method="equal"), [0.5, 2.0])``.
+    """
+    leaves = [paddle.to_tensor(np.float32(v), stop_gradient=not grad) for v in values]
+    labels = [paddle.zeros([]) for _ in values]
+    total = aw(*leaves, *labels)
+    if not grad:
+        return total, None
+    total.backward()
+    return total, np.array([float(t.grad) for t in leaves])
+
+
+def run_python(*args: str, cwd: str | os.PathLike | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    """``python *args`` in a fresh process that imports this checkout (PYTHONPATH=ROOT), as no rank of any job."""
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    for key in LAUNCH_KEYS:
+        env.pop(key, None)
+    return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def launch_two_ranks(script: str, *args: str, log_dir: str | os.PathLike, cwd: str | os.PathLike,
+                     timeout: float = 600) -> tuple[subprocess.CompletedProcess, str]:
+    """A real 2-process ``paddle.distributed.launch`` (CPU, gloo) of ``script *args``.
+
+    Returns the launcher's process and every worker log under ``log_dir`` joined (for failure messages).
+    """
+    proc = run_python("-m", "paddle.distributed.launch", "--nproc_per_node", "2", "--log_dir", str(log_dir),
+                      script, *args, cwd=cwd, timeout=timeout)
+    names = sorted(os.listdir(log_dir)) if os.path.isdir(log_dir) else []
+    return proc, "".join(Path(log_dir, name).read_text() for name in names)
+
+
+def tb_read(log_dir) -> dict[str, list[tuple[int, float]]]:
+    """Every tag in ``log_dir`` as TensorBoard's own reader gives it: (step, value); text tags get value 0."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(log_dir), size_guidance={"scalars": 0, "tensors": 0})
+    acc.Reload()
+    out = {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+    out.update({tag: [(e.step, 0.0) for e in acc.Tensors(tag)] for tag in acc.Tags()["tensors"]})
+    return out
+
+
+def vdl_read(log_dir) -> dict[str, list[tuple[int, float]]]:
+    """What VisualDL shows for the folder: its newest record file (LogReader.logs()); text tags get value 0."""
+    from visualdl import LogReader
+
+    runs = LogReader(logdir=str(log_dir)).logs(update=True)
+    reader = LogReader(file_path=os.path.join(str(log_dir), runs[str(log_dir)]))
+    tags = reader.get_tags()
+    out = {tag: [(v.id, v.value) for v in reader.get_data("scalar", tag)] for tag in tags.get("scalar", [])}
+    out.update({tag: [(v.id, 0.0) for v in reader.get_data("text", tag)] for tag in tags.get("text", [])})
+    return out
+
+
+def final_lines(text: str) -> list[str]:
+    """What a terminal shows at the end of a tqdm output: the last redraw of each line."""
+    return [line.split("\r")[-1] for line in text.split("\n") if line.strip()]

@@ -5,32 +5,40 @@ from __future__ import annotations
 import io
 import json
 import os
-import subprocess
 import sys
 import textwrap
 
 import numpy as np
 import paddle
 import pytest
-from helpers import X_SPEC, Y_SPECS, TwoTaskData, TwoTaskNet, kendall_loss
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-from visualdl import LogReader
+from helpers import (
+    ROOT,
+    X_SPEC,
+    Y_SPECS,
+    TwoTaskData,
+    TwoTaskNet,
+    final_lines,
+    kendall_loss,
+    launch_two_ranks,
+    run_python,
+    tb_read,
+    vdl_read,
+)
 
 import hapi_autoloss
-from hapi_autoloss import AutoWeight
-from hapi_autoloss.callbacks import AutoWeightCallback, TensorBoardExport, TqdmProgressBar, VisualDLExport
+from hapi_autoloss import AutoWeight, TopKLoss
+from hapi_autoloss.callbacks import (
+    AutoWeightCallback,
+    TensorBoardExport,
+    TopKScheduler,
+    TqdmProgressBar,
+    VisualDLExport,
+)
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 6  # TwoTaskData(96) in batches of 16
 TASK_TAGS = [f"autoloss/{kind}/{task}" for kind in ("sigma", "weight", "loss") for task in ("y1", "y2")]
 TRAIN_TAGS = ["train/loss", "train/mae", "lr", *TASK_TAGS]
 EVAL_TAGS = ["eval/loss", "eval/mae"]
-
-try:
-    from hapi_autoloss.callbacks import TopKScheduler
-    from hapi_autoloss.topk import TopKLoss
-except ImportError:  # written in parallel; the tests below use it once it exists
-    TopKLoss = TopKScheduler = None
 
 
 class MAE(paddle.metric.Metric):
@@ -59,7 +67,7 @@ class MAE(paddle.metric.Metric):
 
 
 def make_loss(topk: bool = True):
-    if topk and TopKLoss is not None:
+    if topk:
         return AutoWeight({"y1": TopKLoss(paddle.nn.MSELoss(reduction="none"), ratio=1.0),
                            "y2": paddle.nn.MSELoss()},
                           method="kendall", task_types=["regression", "regression"])
@@ -75,29 +83,8 @@ def make_model(loss=None, lr: float = 0.05, seed: int = 0) -> paddle.Model:
 
 
 def all_callbacks(log_dir, **kw):
-    cbs = [AutoWeightCallback(), TensorBoardExport(log_dir, **kw), VisualDLExport(log_dir, **kw),
-           TqdmProgressBar(file=io.StringIO())]
-    if TopKScheduler is not None:
-        cbs.insert(1, TopKScheduler(start=1.0, end=0.5))
-    return cbs
-
-
-def tb_read(log_dir) -> dict[str, list[tuple[int, float]]]:
-    acc = EventAccumulator(str(log_dir), size_guidance={"scalars": 0, "tensors": 0})
-    acc.Reload()
-    out = {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
-    out.update({tag: [(e.step, 0.0) for e in acc.Tensors(tag)] for tag in acc.Tags()["tensors"]})
-    return out
-
-
-def vdl_read(log_dir) -> dict[str, list[tuple[int, float]]]:
-    """What VisualDL shows for the folder: its newest record file (LogReader.logs())."""
-    runs = LogReader(logdir=str(log_dir)).logs(update=True)
-    reader = LogReader(file_path=os.path.join(str(log_dir), runs[str(log_dir)]))
-    tags = reader.get_tags()
-    out = {tag: [(v.id, v.value) for v in reader.get_data("scalar", tag)] for tag in tags.get("scalar", [])}
-    out.update({tag: [(v.id, 0.0) for v in reader.get_data("text", tag)] for tag in tags.get("text", [])})
-    return out
+    return [AutoWeightCallback(), TopKScheduler(start=1.0, end=0.5), TensorBoardExport(log_dir, **kw),
+            VisualDLExport(log_dir, **kw), TqdmProgressBar(file=io.StringIO())]
 
 
 def steps(points):
@@ -115,23 +102,24 @@ def test_fit_with_every_callback_writes_every_tag(tmp_path, read):
     model.fit(TwoTaskData(96), TwoTaskData(32, seed=1), epochs=2, batch_size=16, verbose=1,
               callbacks=all_callbacks(tmp_path / "logs"))
     points = read(tmp_path / "logs")
-    expected = TRAIN_TAGS + (["topk/ratio"] if TopKLoss is not None else [])
+    # The configuration is text: TensorBoard files it under a plugin suffix, VisualDL does not.
+    config = "autoloss/config/text_summary" if read is tb_read else "autoloss/config"
+    expected = [*TRAIN_TAGS, "topk/ratio"]
+    assert sorted(points) == sorted([*expected, *EVAL_TAGS, config])  # each tag, nothing else
     for tag in expected:
-        assert tag in points, f"{tag} missing; got {sorted(points)}"
         assert steps(points[tag]) == list(range(1, 2 * STEPS + 1)), tag
     for tag in EVAL_TAGS:
         assert steps(points[tag]) == [STEPS, 2 * STEPS], tag
     for tag, pts in points.items():
         assert_strictly_increasing(pts, tag)
-    config = [t for t in points if t.startswith("autoloss/config")]
-    assert len(config) == 1 and steps(points[config[0]]) == [0]
+    assert steps(points[config]) == [0]
     # The values are the real ones: σ as the loss layer holds it after the last step.
     sigma = model._loss.sigmas()
     assert points["autoloss/sigma/y1"][-1][1] == pytest.approx(sigma["y1"], rel=1e-6)
-    assert points["lr"][0][1] == pytest.approx(0.05)
-    if TopKLoss is not None:
-        assert points["topk/ratio"][0][1] == pytest.approx(1.0)
-        assert points["topk/ratio"][-1][1] < 1.0
+    assert points["autoloss/sigma/y2"][-1][1] == pytest.approx(sigma["y2"], rel=1e-6)
+    assert [v for _, v in points["lr"]] == pytest.approx([0.05] * 2 * STEPS)
+    # TopKScheduler(start=1.0, end=0.5) by epoch over 2 epochs: epoch 1 at 1.0, epoch 2 at 0.5.
+    assert [v for _, v in points["topk/ratio"]] == pytest.approx([1.0] * STEPS + [0.5] * STEPS)
 
 
 def test_every_n_steps_and_eval_only_in_fit(tmp_path):
@@ -219,8 +207,7 @@ def test_points_survive_the_process_dying(tmp_path):
                   callbacks=[Die(), AutoWeightCallback(), TensorBoardExport({str(tmp_path)!r}),
                              VisualDLExport({str(tmp_path)!r})])
     """)
-    env = dict(os.environ, PYTHONPATH=ROOT)
-    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    proc = run_python("-c", code, timeout=120)
     assert proc.returncode == 7, proc.stderr[-3000:]
     for read in (tb_read, vdl_read):
         points = read(tmp_path)
@@ -329,29 +316,27 @@ def test_missing_visualdl_names_the_extra(monkeypatch):
 @pytest.mark.distributed
 def test_only_rank_0_writes(tmp_path):
     script = os.path.join(ROOT, "tests", "scripts", "dist_export.py")
-    env = dict(os.environ, PYTHONPATH=ROOT)
-    for key in ("PADDLE_TRAINER_ID", "PADDLE_TRAINERS_NUM", "PADDLE_TRAINER_ENDPOINTS"):
-        env.pop(key, None)
-    cmd = [sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", "2",
-           "--log_dir", str(tmp_path / "launch"), script, str(tmp_path)]
-    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    launch = tmp_path / "launch"
-    logs = "".join((launch / f).read_text() for f in os.listdir(launch)) if launch.exists() else ""
+    proc, logs = launch_two_ranks(script, str(tmp_path), log_dir=tmp_path / "launch", cwd=tmp_path, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:] + logs[-4000:]
 
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
-    assert ranks[0]["files"] and ranks[1]["files"] == [None, None]
-    assert ranks[0]["step"] == ranks[1]["step"] == 16  # both count; 8 batches per rank per epoch
     files = sorted(os.listdir(tmp_path / "logs"))
-    assert len([f for f in files if "tfevents" in f]) == 1 and len([f for f in files if "vdlrecords" in f]) == 1
+    # One TensorBoard and one VisualDL file, both opened by rank 0; rank 1 opened none.
+    assert len(files) == 2 and "tfevents" in files[0] and "vdlrecords" in files[1], files
+    assert ranks[0]["files"] == [str(tmp_path / "logs" / f) for f in files]
+    assert ranks[1]["files"] == [None, None]
+    assert ranks[0]["step"] == ranks[1]["step"] == 16  # both count; 8 batches per rank per epoch
     for read in (tb_read, vdl_read):
         points = read(tmp_path / "logs")
         for tag in ["train/loss", "lr", *TASK_TAGS]:
             assert steps(points[tag]) == list(range(1, 17)), (read.__name__, tag)
-    # The progress bar: rank 0 draws, rank 1 is silent.
-    assert "Epoch 2/2" in (tmp_path / "bar0.txt").read_text()
+    # The progress bar: rank 0 draws both epochs to their 8 steps and the final σ, rank 1 is silent.
+    done = [line for line in final_lines((tmp_path / "bar0.txt").read_text()) if "| 8/8 [" in line]
+    assert [line.split(":")[0] for line in done] == ["Epoch 1/2", "Epoch 2/2"]
+    sigma = np.exp(np.array(ranks[0]["sigma"]) / 2)  # kendall: s = log σ²
+    assert done[-1].endswith(f"σ_y1={sigma[0]:.4g}, σ_y2={sigma[1]:.4g}]"), done[-1]
     assert (tmp_path / "bar1.txt").read_text() == ""
-    np.testing.assert_allclose(ranks[0]["sigma"], ranks[1]["sigma"])
+    np.testing.assert_array_equal(ranks[0]["sigma"], ranks[1]["sigma"])  # bit for bit
 
 
 def test_visualdl_resume_copes_with_a_record_cut_short(tmp_path):

@@ -5,18 +5,15 @@ from __future__ import annotations
 import io
 import re
 
+import numpy as np
 import paddle
 import pytest
-from helpers import TwoTaskData, build_model, kendall_loss
+from helpers import TwoTaskData, build_model, final_lines, kendall_loss
 
-from hapi_autoloss import AutoWeight
-from hapi_autoloss.callbacks import AutoWeightCallback, TqdmProgressBar
+from hapi_autoloss import AutoWeight, TopKLoss
+from hapi_autoloss.callbacks import AutoWeightCallback, TopKScheduler, TqdmProgressBar
 
-try:
-    from hapi_autoloss.callbacks import TopKScheduler
-    from hapi_autoloss.topk import TopKLoss
-except ImportError:  # written in parallel
-    TopKLoss = TopKScheduler = None
+SIGMAS = ["σ_y1", "σ_y2"]
 
 
 def fit(bar, verbose=1, epochs=2, eval_data=True, loss=None, extra=()):
@@ -26,30 +23,50 @@ def fit(bar, verbose=1, epochs=2, eval_data=True, loss=None, extra=()):
     return model
 
 
-def final_lines(text: str) -> list[str]:
-    """What a terminal shows at the end: the last redraw of each line."""
-    return [line.split("\r")[-1] for line in text.split("\n") if line.strip()]
+def parse(line: str) -> tuple[str, str, dict[str, str]]:
+    """A finished bar line, e.g. 'Epoch 1/2: 100%|###| 6/6 [00:00<00:00, 300step/s, loss=0.93, σ_y1=1.1]',
+    as ('Epoch 1/2', '6/6', {'loss': '0.93', 'σ_y1': '1.1'})."""
+    desc = line.split(":")[0]
+    count = re.search(r"\| (\d+/\d+) \[", line).group(1)
+    inside = line[line.rindex("[") + 1:].rstrip("]").split(", ")  # elapsed<left, rate, postfix...
+    return desc, count, dict(item.split("=", 1) for item in inside if "=" in item)
+
+
+def fmt(value: float) -> str:
+    return f"{value:.4g}"  # how the bar writes every value
+
+
+class LastLosses(paddle.callbacks.Callback):
+    """The loss hapi logged at each epoch's last step and at each evaluation's end."""
+
+    def __init__(self):
+        self.train, self.eval = [], []
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.train.append(float(np.ravel(logs["loss"])[0]))
+
+    def on_eval_end(self, logs=None):
+        self.eval.append(float(np.ravel(logs["loss"])[0]))
 
 
 def test_bars_show_loss_sigma_and_replace_hapis_bar(capsys):
-    out = io.StringIO()
-    model = fit(TqdmProgressBar(file=out))
-    lines = final_lines(out.getvalue())
-    epochs = [line for line in lines if line.startswith("Epoch")]
-    evals = [line for line in lines if line.startswith("Eval")]
-    assert [line.split(":")[0] for line in epochs] == ["Epoch 1/2", "Epoch 2/2"]
-    assert len(evals) == 2
+    out, losses = io.StringIO(), LastLosses()
+    model = fit(TqdmProgressBar(file=out), extra=[losses])
+    bars = [parse(line) for line in final_lines(out.getvalue())]
+    assert [(desc, count) for desc, count, _ in bars] == [
+        ("Epoch 1/2", "6/6"), ("Eval", "2/2"), ("Epoch 2/2", "6/6"), ("Eval", "2/2")]
+    for _, _, values in bars:
+        assert list(values) == ["loss", *SIGMAS]  # weights only with show_weights=True
+    epochs, evals = [v for _, _, v in bars[0::2]], [v for _, _, v in bars[1::2]]
+    assert [v["loss"] for v in epochs] == [fmt(x) for x in losses.train]
+    assert [v["loss"] for v in evals] == [fmt(x) for x in losses.eval]
+    # The eval bar shows σ as the epoch before it ended; the last one is σ now.
+    for epoch, evaluation in zip(epochs, evals):
+        assert [evaluation[k] for k in SIGMAS] == [epoch[k] for k in SIGMAS]
     sigma = model._loss.sigmas()
-    for line in epochs + evals:
-        assert "6/6" in line or "2/2" in line
-        assert "loss=" in line and "σ_y1=" in line and "σ_y2=" in line
-        assert "w_y1" not in line  # weights only with show_weights=True
-    # The last epoch line shows σ as the epoch ended.
-    assert f"σ_y1={sigma['y1']:.4g}" in epochs[-1]
-    # hapi's own ProgBarLogger was not added: none of its lines on stdout.
-    captured = capsys.readouterr()
-    assert "step 6/6" not in captured.out and "Epoch 1/2" not in captured.out
-    assert "Eval begin" not in captured.out
+    assert [epochs[-1][k] for k in SIGMAS] == [fmt(sigma["y1"]), fmt(sigma["y2"])]
+    # hapi's own ProgBarLogger was not added: none of its lines ("Epoch 1/2", "step 6/6", "Eval begin...") on stdout.
+    assert capsys.readouterr().out == ""
 
 
 def test_default_output_is_stderr_like_tqdm(capsys):
@@ -74,14 +91,18 @@ def test_verbose_2_prints_plain_lines_every_log_freq_steps():
     text = out.getvalue()
     assert "\r" not in text  # plain lines, fit for log files
     lines = [line for line in text.splitlines() if line]
-    assert [re.search(r"\| (\d+/6) \[", line).group(1) for line in lines] == ["2/6", "4/6", "6/6"]
-    assert all("loss=" in line and "σ_y1=" in line for line in lines)
+    bars = [parse(line) for line in lines]
+    assert [(desc, count) for desc, count, _ in bars] == [("Epoch 1/1", f"{n}/6") for n in (2, 4, 6)]
+    assert all(list(values) == ["loss", *SIGMAS] for _, _, values in bars)
 
 
 def test_show_weights():
     out = io.StringIO()
-    fit(TqdmProgressBar(show_weights=True, file=out), epochs=1, eval_data=False)
-    assert "w_y1=" in final_lines(out.getvalue())[-1]
+    model = fit(TqdmProgressBar(show_weights=True, file=out), epochs=1, eval_data=False)
+    _, _, values = parse(final_lines(out.getvalue())[-1])
+    assert list(values) == ["loss", *SIGMAS, "w_y1", "w_y2"]
+    weights = model._loss.weights()
+    assert [values["w_y1"], values["w_y2"]] == [fmt(weights["y1"]), fmt(weights["y2"])]
 
 
 def test_plain_loss_without_autoweight():
@@ -89,8 +110,9 @@ def test_plain_loss_without_autoweight():
     paddle.seed(0)
     model = build_model(AutoWeight([paddle.nn.MSELoss(), paddle.nn.MSELoss()], method="equal"))
     model.fit(TwoTaskData(32), epochs=1, batch_size=16, verbose=1, callbacks=[TqdmProgressBar(file=out)])
-    last = final_lines(out.getvalue())[-1]
-    assert "2/2" in last and "loss=" in last and "σ_" not in last
+    (last,) = final_lines(out.getvalue())
+    desc, count, values = parse(last)
+    assert (desc, count, list(values)) == ("Epoch 1/1", "2/2", ["loss"])  # no σ without AutoWeightCallback
 
 
 def test_evaluate_and_predict_bars():
@@ -98,19 +120,21 @@ def test_evaluate_and_predict_bars():
     model = fit(TqdmProgressBar(file=io.StringIO()), epochs=1, eval_data=False)
     model.evaluate(TwoTaskData(32, seed=1), batch_size=16, verbose=1, callbacks=[TqdmProgressBar(file=out)])
     model.predict(TwoTaskData(32, seed=1), batch_size=16, verbose=1, callbacks=[TqdmProgressBar(file=out)])
-    lines = final_lines(out.getvalue())
-    assert lines[0].startswith("Eval") and "2/2" in lines[0] and "loss=" in lines[0]
-    assert lines[-1].startswith("Predict") and "2/2" in lines[-1]
+    bars = [parse(line) for line in final_lines(out.getvalue())]
+    assert [(desc, count, list(values)) for desc, count, values in bars] == [
+        ("Eval", "2/2", ["loss"]), ("Predict", "2/2", [])]
 
 
-@pytest.mark.skipif(TopKLoss is None, reason="hapi_autoloss.topk not available yet")
 def test_topk_ratio_is_shown_as_k():
     out = io.StringIO()
     loss = AutoWeight({"y1": TopKLoss(paddle.nn.MSELoss(reduction="none")), "y2": paddle.nn.MSELoss()},
                       method="kendall", task_types=["regression", "regression"])
     fit(TqdmProgressBar(file=out), loss=loss, extra=[TopKScheduler(start=1.0, end=0.5)])
-    epochs = [line for line in final_lines(out.getvalue()) if line.startswith("Epoch")]
-    assert all("k=" in line for line in epochs)
+    bars = [parse(line) for line in final_lines(out.getvalue())]
+    # epoch 1 (and its eval) at start=1, epoch 2 at end=0.5
+    assert [(desc, values["k"]) for desc, _, values in bars] == [
+        ("Epoch 1/2", "1"), ("Eval", "1"), ("Epoch 2/2", "0.5"), ("Eval", "0.5")]
+    assert all(list(values) == ["loss", *SIGMAS, "k"] for _, _, values in bars)
 
 
 def test_bad_arguments():
