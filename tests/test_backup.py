@@ -3,31 +3,24 @@ run bit for bit, with shuffle=True, dropout and an lr schedule; a finished run d
 
 import os
 import signal
-import subprocess
-import sys
 
 import numpy as np
 import pytest
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from helpers import ROOT, run_python, tb_read
 
 import hapi_autoloss
 from hapi_autoloss.callbacks import BackupAndRestore
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "tests", "scripts", "backup_restore.py")
 STEPS = 5 * 6  # epochs × batches
 
 
 def run(out, *args, method="kendall"):
-    env = dict(os.environ, PYTHONPATH=ROOT, METHOD=method)
-    return subprocess.run([sys.executable, SCRIPT, str(out), *args], env=env, capture_output=True,
-                          text=True, timeout=600)
+    return run_python(SCRIPT, str(out), *args, method, timeout=600)
 
 
 def scalars(log_dir):
-    acc = EventAccumulator(str(log_dir), size_guidance={"scalars": 0})
-    acc.Reload()
-    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+    return {tag: points for tag, points in tb_read(log_dir).items() if tag != "autoloss/config/text_summary"}
 
 
 def crash_and_restart(tmp_path, method):

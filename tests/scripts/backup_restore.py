@@ -1,31 +1,30 @@
 """Driver for test_backup.py: the same training script, run as a user would.
 
-    backup_restore.py OUT run   [kill]   # train 5 epochs with BackupAndRestore(OUT/backup)
-    backup_restore.py OUT full           # the same, uninterrupted, in its own folder
+    backup_restore.py OUT run  [kill] METHOD   # 5 epochs with BackupAndRestore(OUT/run/backup)
+    backup_restore.py OUT full        METHOD   # the same, uninterrupted, in its own folder
 
-With ``kill`` the process SIGKILLs itself in the middle of epoch 3. shuffle=True, a
+METHOD is kendall or rlw. With ``kill`` the process SIGKILLs itself in the middle of epoch 3. shuffle=True, a
 dropout layer, AutoWeight (kendall) around a TopKLoss, TopKScheduler, TensorBoardExport
 and an lr schedule: everything a resume can get wrong. Final σ, k and network weights
 go to OUT/<mode>.npz.
 """
 
 import os
-import signal
 import sys
 
 import numpy as np
 import paddle
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from helpers import X_SPEC, Y_SPECS, TwoTaskData, TwoTaskNet
+from helpers import X_SPEC, Y_SPECS, KillAt, TwoTaskData, TwoTaskNet
 
 from hapi_autoloss import AutoWeight, TopKLoss
 from hapi_autoloss.callbacks import AutoWeightCallback, BackupAndRestore, TensorBoardExport, TopKScheduler
 
 EPOCHS, BATCH, KILL_AT = 5, 16, (2, 3)
 out, mode = sys.argv[1], sys.argv[2]
-kill = sys.argv[3:] == ["kill"]
-method = os.environ.get("METHOD", "kendall")
+kill = "kill" in sys.argv[3:]
+method = sys.argv[-1]
 run_dir = os.path.join(out, mode)
 
 
@@ -38,14 +37,6 @@ class DropNet(TwoTaskNet):
         z = self.drop(paddle.tanh(self.trunk(x)))
         return [self.h1(z), self.h2(z)]
 
-
-class KillMidEpoch(paddle.callbacks.Callback):
-    def on_epoch_begin(self, epoch, logs=None):
-        self.epoch = epoch
-
-    def on_train_batch_end(self, step, logs=None):
-        if (self.epoch, step) == KILL_AT:
-            os.kill(os.getpid(), signal.SIGKILL)
 
 
 paddle.seed(0)
@@ -61,7 +52,7 @@ callbacks = [AutoWeightCallback(), TopKScheduler(start=1.0, end=0.2, by="step"),
 if mode == "run":
     callbacks.insert(1, BackupAndRestore(os.path.join(run_dir, "backup")))
 if kill:
-    callbacks.append(KillMidEpoch())
+    callbacks.append(KillAt(*KILL_AT))
 model.fit(TwoTaskData(96), epochs=EPOCHS, batch_size=BATCH, shuffle=True, verbose=0,
           save_dir=os.path.join(run_dir, "ckpt"), callbacks=callbacks)
 np.savez(os.path.join(out, f"{mode}.npz"), s=loss.s.numpy() if loss.s is not None else np.zeros(1),

@@ -10,14 +10,13 @@ weights to OUT/<mode>.npz.
 """
 
 import os
-import signal
 import sys
 
 import numpy as np
 import paddle
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from helpers import TwoTaskData, build_model
+from helpers import KillAt, TwoTaskData, build_model
 
 import hapi_autoloss
 from hapi_autoloss import AutoWeight, TopKLoss
@@ -28,14 +27,6 @@ mode, out = sys.argv[1], sys.argv[2]
 run_dir = os.path.join(out, "full" if mode == "full" else "crashed")
 log_dir = os.path.join(run_dir, "logs")
 
-
-class KillMidEpoch(paddle.callbacks.Callback):
-    def on_epoch_begin(self, epoch, logs=None):
-        self.epoch = epoch
-
-    def on_train_batch_end(self, step, logs=None):
-        if (self.epoch, step) == KILL_AT:
-            os.kill(os.getpid(), signal.SIGKILL)
 
 
 def build():
@@ -55,7 +46,7 @@ model, loss = build()
 data = TwoTaskData(96)
 fit = dict(batch_size=BATCH, shuffle=False, verbose=0)
 if mode in ("full", "crash"):
-    extra = [KillMidEpoch()] if mode == "crash" else []
+    extra = [KillAt(*KILL_AT)] if mode == "crash" else []
     model.fit(data, epochs=EPOCHS, save_dir=os.path.join(run_dir, "ckpt"), save_freq=1,
               callbacks=callbacks() + extra, **fit)
 else:
