@@ -223,6 +223,13 @@ def test_two_process_plain_loop_keeps_sigma_identical(tmp_path):
     np.testing.assert_allclose(synced[0]["w"], single["w"], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.distributed
+def test_a_rank_without_sigmas_gradient_takes_the_mean_of_the_others(tmp_path):
+    out, _, _ = run(tmp_path, "missing", os.path.join(ROOT, "tests", "scripts", "dist_plain.py"), "OUT", "missing")
+    ranks = [np.load(out / f"rank{r}.npz") for r in (0, 1)]
+    np.testing.assert_array_equal(ranks[0]["s"], ranks[1]["s"])
+
+
 def sigmas_printed(text, word="sigmas"):
     return [ast.literal_eval(m) for m in re.findall(rf"^{word} (\{{.*\}})$", text, re.M)]
 

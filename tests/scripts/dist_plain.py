@@ -1,10 +1,11 @@
 """A plain training loop, under `python -m paddle.distributed.launch --nproc_per_node 2` or alone.
 
-    dist_plain.py OUT_DIR naive|synced
+    dist_plain.py OUT_DIR naive|synced|missing
 
 Every step takes the next 32 rows of TwoTaskData; with N ranks, rank k trains on its
 32/N of them through paddle.DataParallel(net). AdamW(weight_decay=0.5) is built from
 param_groups. "synced" calls sync_gradients(loss) after backward, "naive" does not.
+"missing" syncs too, but rank 1's first step leaves σ out of its loss (σ has no gradient there).
 Writes σ and a network weight to OUT_DIR/rank<k>.npz.
 """
 
@@ -31,12 +32,15 @@ opt = paddle.optimizer.AdamW(learning_rate=0.05, parameters=param_groups(net, lo
 model = paddle.DataParallel(net) if nranks > 1 else net
 data = TwoTaskData(128)
 share = 32 // nranks
-for _epoch in range(3):
-    for x, y1, y2 in data.batches(32):
+for epoch in range(3):
+    for step, (x, y1, y2) in enumerate(data.batches(32)):
         mine = slice(rank * share, (rank + 1) * share)
         o1, o2 = model(x[mine])
-        loss(o1, o2, y1[mine], y2[mine]).backward()
-        if mode == "synced":
+        if mode == "missing" and rank == 1 and epoch == step == 0:
+            (((o1 - y1[mine]) ** 2).mean() + ((o2 - y2[mine]) ** 2).mean()).backward()
+        else:
+            loss(o1, o2, y1[mine], y2[mine]).backward()
+        if mode != "naive":
             sync_gradients(loss)
         opt.step()
         opt.clear_grad()
