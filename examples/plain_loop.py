@@ -6,8 +6,7 @@ import os
 import numpy as np
 import paddle
 
-from hapi_autoloss import AutoWeight
-from hapi_autoloss.loop import param_groups, sync_gradients
+from hapi_autoloss import AutoWeight, param_groups, sync_gradients
 
 rng = np.random.default_rng(0)
 x = rng.standard_normal((512, 3)).astype("float32")

@@ -3,6 +3,7 @@
 from ._hapi import attach, load_state
 from ._version import __version__
 from .checkpoint import checkpoint_info, latest_checkpoint
+from .loop import param_groups, sync_gradients
 from .losses import DiceLoss
 from .topk import TopKLoss
 from .weighting import AutoWeight
@@ -16,4 +17,6 @@ __all__ = [
     "checkpoint_info",
     "latest_checkpoint",
     "load_state",
+    "param_groups",
+    "sync_gradients",
 ]

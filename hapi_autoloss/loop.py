@@ -29,6 +29,7 @@ from typing import Any, Union
 import paddle
 
 from . import _hapi
+from ._dist import average_gradients
 
 Params = Union[paddle.nn.Layer, Sequence[Any]]
 
@@ -168,19 +169,4 @@ def sync_gradients(loss_or_params: Params) -> None:
         sync_gradients(loss_fn)
         opt.step()
     """
-    params = _trainable(loss_or_params, "loss_or_params")
-    _rank, nranks = _hapi.world()
-    if nranks <= 1 or not params:
-        return
-    # How many ranks hold each gradient: a rank without one adopts the mean only if
-    # another rank had one, so every rank ends with the same gradient or none.
-    held = paddle.to_tensor([0 if p.grad is None else 1 for p in params], dtype="int32")
-    paddle.distributed.all_reduce(held)
-    for i, p in enumerate(params):
-        grad = p.grad
-        total = paddle.zeros_like(p) if grad is None else grad.clone()
-        paddle.distributed.all_reduce(total)
-        if grad is not None:
-            grad.set_value(total / nranks)
-        elif int(held[i]) > 0:
-            p.grad = total / nranks
+    average_gradients(_trainable(loss_or_params, "loss_or_params"), _hapi.world()[1])

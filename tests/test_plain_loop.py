@@ -258,3 +258,9 @@ def test_readme_example_under_the_launcher_gives_one_sigma(tmp_path):
     ranks = [sigmas_printed(logs[f"workerlog.{r}"]) for r in (0, 1)]
     assert len(ranks[0]) == 1 and ranks[0] == ranks[1]
     assert ranks[0][0]["y1"] == pytest.approx(2.0, rel=0.1)
+
+
+def test_readme_shows_the_plain_loop_example_verbatim():
+    readme = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    block = readme.split("## Your own training loop", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    assert block == open(os.path.join(ROOT, "examples", "plain_loop.py"), encoding="utf-8").read()

@@ -32,7 +32,7 @@ from .model import (
     show_in_progress_bar,
     world,
 )
-from .optimizer import attach, average_over_ranks
+from .optimizer import attach
 from .progress import progress, skip_done_epochs
 from .state import (
     STATE_SUFFIX,
@@ -47,7 +47,6 @@ from .state import (
 __all__ = [
     "STATE_SUFFIX",
     "attach",
-    "average_over_ranks",
     "callback_list_of",
     "check_attached",
     "checkpoint_info",

@@ -13,6 +13,7 @@ from typing import Any, Callable
 import numpy as np
 import paddle
 
+from .._dist import average_gradients
 from .model import ATTACHED, loss_layer, loss_parameters, optimizer_of, require_dynamic_mode, world
 from .state import OWNER, wrap_save
 
@@ -151,17 +152,6 @@ def _agree(finite: bool, nranks: int) -> bool:
     return bool(flag.numpy()[0])
 
 
-def average_over_ranks(params: list[Any], nranks: int) -> None:
-    """Each gradient becomes its mean over ranks; every rank reduces every parameter, so none waits."""
-    if nranks <= 1:
-        return
-    for p in params:
-        grad = p.grad if p.grad is not None else paddle.zeros_like(p)
-        paddle.distributed.all_reduce(grad)
-        if p.grad is not None:
-            p.grad.set_value(grad / nranks)
-
-
 def _wrap_minimize(opt: Any, params: list[Any], nranks: int) -> None:
     """Fix what hapi's ``optimizer.minimize(loss)`` call misses, right before an update.
 
@@ -189,7 +179,7 @@ def _wrap_minimize(opt: Any, params: list[Any], nranks: int) -> None:
                     for p in opt._autoloss_sync:
                         p.clear_gradient()
                 return [], []
-        average_over_ranks(opt._autoloss_sync, nranks)
+        average_gradients(opt._autoloss_sync, nranks)
         if uses_groups(opt):
             opt.step()
             return [], []
