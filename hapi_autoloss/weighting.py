@@ -131,6 +131,14 @@ class AutoWeight(paddle.nn.Layer):
     The forward returns a 0-d float32 tensor, computed in float32 whatever the
     inputs' dtype. Train it through ``model.fit(..., callbacks=[AutoWeightCallback()])``.
 
+    Reading: ``sigmas()``/``weights()`` are the values now (after the last update);
+    ``used()`` the ones the last training step's forward used (σ before its update):
+    what hapi's progress line, ``TqdmProgressBar`` and the exporters show per step.
+
+    Under ``paddle.distributed.launch``: dwa averages the epoch's losses over every
+    rank's batches, and rlw draws the same weights on every rank (also with
+    ``seed=None``), so every rank trains with the same weights.
+
     Example::
 
         loss = AutoWeight({"y1": paddle.nn.MSELoss(), "y2": paddle.nn.MSELoss()},
