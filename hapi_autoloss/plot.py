@@ -35,6 +35,9 @@ PANELS = (
     ("top-k ratio k", "topk/ratio"),
 )
 
+FIGSIZE = (11.0, 7.5)  # inches; the PNG is FIGSIZE × DPI pixels
+DPI = 120
+
 Series = dict[str, tuple[list[int], list[float]]]
 
 
@@ -104,6 +107,26 @@ def _read_visualdl(log_dir: str) -> Series:
     return out
 
 
+def _holds_our_tags(folder: str, reader: str) -> bool:
+    """Whether ``folder`` holds logs ``plot_curves`` can draw (a tag of a panel).
+
+    Logs it cannot read (their reader is not installed) count, so the hint still
+    names them; a foreign TensorBoard run does not.
+    """
+    if not os.path.isdir(folder):
+        return False
+    has_tb, has_vdl = bool(_files(folder, "tfevents")), bool(_files(folder, "vdlrecords"))
+    if not {"tensorboard": has_tb, "visualdl": has_vdl, "auto": has_tb or has_vdl}[reader]:
+        return False  # checked first: read_scalars would look one level deeper again
+    try:
+        tags = read_scalars(folder, reader)
+    except MissingDependencyError:
+        return True
+    except PlotError:
+        return False
+    return any(tag.startswith(prefix) for tag in tags for _, prefix in PANELS)
+
+
 def read_scalars(log_dir: str | os.PathLike[str], reader: str = "auto") -> Series:
     """Every scalar tag in ``log_dir`` as ``{tag: (steps, values)}``.
 
@@ -123,13 +146,11 @@ def read_scalars(log_dir: str | os.PathLike[str], reader: str = "auto") -> Serie
     missing = {"tensorboard": not has_tb, "visualdl": not has_vdl, "auto": not (has_tb or has_vdl)}[reader]
     if missing:
         kind = {"tensorboard": "TensorBoard", "visualdl": "VisualDL"}.get(reader, "TensorBoard or VisualDL")
-        subdirs = sorted(
-            n for n in os.listdir(log_dir)
-            if os.path.isdir(os.path.join(log_dir, n))
-            and (_files(os.path.join(log_dir, n), "tfevents") or _files(os.path.join(log_dir, n), "vdlrecords"))
-        )
+        subdirs = [n for n in sorted(os.listdir(log_dir)) if _holds_our_tags(os.path.join(log_dir, n), reader)]
         if subdirs:
-            hint = f"Fix: pass one run folder, e.g. {os.path.join(log_dir, subdirs[0])}."
+            runs = ", ".join(os.path.join(log_dir, n) for n in subdirs[:3]) + (", ..." if len(subdirs) > 3 else "")
+            example = os.path.join(log_dir, subdirs[0])
+            hint = f"Its subfolders hold runs: {runs}. Fix: pass one run folder, e.g. {example}."
         elif not os.listdir(log_dir):
             hint = "It is empty. Fix: train with TensorBoardExport(log_dir) or VisualDLExport(log_dir) first."
         else:
@@ -178,7 +199,7 @@ def plot_curves(
         raise MissingDependencyError(f"Plotting needs matplotlib ({err}). Fix: {INSTALL_HINT}.") from err
 
     output = os.fspath(output) if output is not None else os.path.join(log_dir, "curves.png")
-    fig = Figure(figsize=(11, 7.5), dpi=120, layout="constrained")
+    fig = Figure(figsize=FIGSIZE, dpi=DPI, layout="constrained")
     fig.suptitle(title if title is not None else os.path.basename(os.path.normpath(log_dir)) or log_dir)
     for ax, (name, prefix), (_, lines) in zip(fig.subplots(2, 2).flat, PANELS, panels):
         _draw(ax, name, prefix, lines)

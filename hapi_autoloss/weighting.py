@@ -124,9 +124,20 @@ class AutoWeight(paddle.nn.Layer):
         init: initial s (default 0, i.e. σ = 1) or c (default 1).
         temperature: dwa's temperature T (default 2, as in the paper).
         seed: seeds rlw's draws (its own numpy generator); None draws fresh ones.
+            Under ``paddle.distributed.launch`` every rank draws the same weights
+            either way (with None, rank 0's seed is broadcast at the first
+            training forward).
 
     The forward returns a 0-d float32 tensor, computed in float32 whatever the
     inputs' dtype. Train it through ``model.fit(..., callbacks=[AutoWeightCallback()])``.
+
+    Reading: ``sigmas()``/``weights()`` are the values now (after the last update);
+    ``used()`` the ones the last training step's forward used (σ before its update):
+    what hapi's progress line, ``TqdmProgressBar`` and the exporters show per step.
+
+    Under ``paddle.distributed.launch``: dwa averages the epoch's losses over every
+    rank's batches, and rlw draws the same weights on every rank (also with
+    ``seed=None``), so every rank trains with the same weights.
 
     Example::
 
@@ -178,7 +189,9 @@ class AutoWeight(paddle.nn.Layer):
         self.register_buffer("epochs_seen", paddle.zeros([], dtype="int64"))
         # rlw: its own generator, so drawing weights never shifts paddle's random stream.
         self._rng = np.random.default_rng(seed)
-        self._rlw_last = np.full(n, 1.0 / n)
+        self._rlw_last = np.full(n, 1.0 / n)  # the last training forward's draw
+        self._rlw_next: np.ndarray | None = None  # drawn early by snapshot(), used next
+        self._seed_shared = seed is not None  # an explicit seed is the same on every rank
 
         self.clamp: tuple[float, float] | None = None
         self.s: paddle.Tensor | None = None
@@ -351,6 +364,9 @@ class AutoWeight(paddle.nn.Layer):
         values = paddle.stack(raw)
         last = values.detach()
         self._seen["last"] = last
+        if paddle.is_grad_enabled():  # a training forward: what used() reports
+            self._seen["train_last"] = last
+            self._seen.pop("dwa_used", None)
         if self.method == "dwa" and paddle.is_grad_enabled():  # epoch average, no host sync
             finite = paddle.isfinite(last)  # a skipped non-finite step must not count
             kept = paddle.where(finite, last, paddle.zeros_like(last))
@@ -373,6 +389,8 @@ class AutoWeight(paddle.nn.Layer):
         # Straight-through clamp: the value is clamped, the gradient always flows, so
         # an s that momentum carried past a bound is pulled back instead of frozen.
         p = self.s + (paddle.clip(self.s, *self.clamp) - self.s).detach()
+        if paddle.is_grad_enabled():
+            self._seen["p"] = p.detach()  # the exact s this forward used, read by used()
         if method == "liebel":
             c2 = p * p
             return (values / (2.0 * c2) + paddle.log1p(c2)).sum()
@@ -393,19 +411,66 @@ class AutoWeight(paddle.nn.Layer):
             return self.dwa_weights
         if self.method == "rlw":
             if paddle.is_grad_enabled():
-                z = self._rng.standard_normal(len(self.task_names))
-                self._rlw_last = np.exp(z - z.max()) / np.exp(z - z.max()).sum()
-                return paddle.to_tensor(self._rlw_last, dtype="float32")
+                self.share_seed()
+                drawn = self._rlw_next if self._rlw_next is not None else self._draw()
+                self._rlw_next, self._rlw_last = None, drawn
+                return paddle.to_tensor(drawn, dtype="float32")
             # evaluation: the expected weight, so eval losses are comparable
             return self._const("rlw_mean", [1.0 / len(self.task_names)] * len(self.task_names))
         assert self._fixed is not None
         return self._const("fixed", self._fixed)
 
+    def _draw(self) -> np.ndarray:
+        z = self._rng.standard_normal(len(self.task_names))
+        e = np.exp(z - z.max())
+        return e / e.sum()
+
+    def share_seed(self) -> None:
+        """rlw, ``seed=None``, under ``paddle.distributed.launch``: every rank takes
+        rank 0's seed, so every rank draws the same weights.
+
+        A collective (every rank must call it), done once; the first training
+        forward calls it. Does nothing for other methods, an explicit seed or a
+        single process.
+        """
+        if self._seed_shared:
+            return
+        self._seed_shared = True
+        rank, nranks = _hapi.world()
+        if self.method != "rlw" or nranks <= 1:
+            return
+        seed = int(self._rng.integers(0, 2**62)) if rank == 0 else 0
+        shared = paddle.to_tensor([seed], dtype="int64")
+        paddle.distributed.broadcast(shared, src=0)
+        self._rng = np.random.default_rng(int(shared.numpy()[0]))
+        self._rlw_next = None  # drawn from this rank's own seed: not the shared stream
+
+    def _reduce_epoch(self) -> None:
+        """dwa under the launcher: this epoch's sums and counts over every rank's
+        batches (one all-reduce; a rank without batches adds zeros)."""
+        n = len(self.task_names)
+        ran = "sum" in self._seen
+        zeros = paddle.zeros([n], dtype="float32")
+        packed = paddle.concat([
+            self._seen.get("sum", zeros), self._seen.get("count", zeros),
+            paddle.to_tensor([1.0 if ran else 0.0], dtype="float32"),
+        ])
+        paddle.distributed.all_reduce(packed)
+        self._seen.pop("sum", None)
+        self._seen.pop("count", None)
+        if float(packed[2 * n]) > 0:  # some rank trained this epoch
+            self._seen.update(sum=packed[:n], count=packed[n:2 * n])
+
     def end_epoch(self) -> None:
         """Close a training epoch: dwa's weights for the next epoch come from its
-        average losses. ``AutoWeightCallback`` calls this at every epoch end."""
+        average losses, over every rank's batches under ``paddle.distributed.launch``
+        (a collective there: every rank calls it). ``AutoWeightCallback`` calls this
+        at every epoch end."""
+        if self.method == "dwa" and _hapi.world()[1] > 1:
+            self._reduce_epoch()
         if "sum" not in self._seen:
             return  # no training forward this epoch
+        self._seen["dwa_used"] = self.dwa_weights.clone()  # used() = this epoch's weights
         average = self._seen.pop("sum") / paddle.clip(self._seen.pop("count"), min=1.0)
         self.dwa_history.set_value(paddle.stack([self.dwa_history[1], average]))
         self.epochs_seen.set_value(self.epochs_seen + 1)
@@ -415,6 +480,10 @@ class AutoWeight(paddle.nn.Layer):
             self.dwa_weights.set_value(n * paddle.nn.functional.softmax(ratio / self.temperature))
 
     # ------------------------------------------------------------ reading
+    #
+    # Shown values, one definition: a training step shows the σ and weights its own
+    # forward pass used (s before that step's update). used() reads them after the
+    # step; snapshot() gives them before it, for AutoWeightCallback's logs.
 
     def _clamped(self) -> np.ndarray | None:
         """s (or c) clamped, in float64 (one device read)."""
@@ -422,15 +491,49 @@ class AutoWeight(paddle.nn.Layer):
             return None
         return np.clip(self.s.numpy().astype(np.float64), *self.clamp)
 
+    def used(self) -> tuple[dict[str, float], dict[str, float]]:
+        """``(σ, weights)`` the last training forward used, from one device read.
+
+        s before that step's update, dwa's weights of that epoch, rlw's draw, gls's
+        gradient at that batch's losses. Before any training forward, the current
+        values. The exporters log these at each step.
+
+        Example::
+
+            model.train_batch([x], [y1, y2])
+            loss.used()   # ({'y1': 1.0, 'y2': 1.0}, {'y1': 0.5, 'y2': 0.5}): s before the update
+        """
+        p = self._seen["p"].numpy().astype(np.float64) if "p" in self._seen else self._clamped()
+        weights = self._weights(p, "train_last")
+        if "dwa_used" in self._seen:
+            weights = self._named(self._seen["dwa_used"].numpy().astype(np.float64))
+        return self._sigmas(p), weights
+
     def snapshot(self) -> tuple[dict[str, float], dict[str, float]]:
-        """``(sigmas(), weights())`` from a single device read, for per-step logging."""
+        """``(σ, weights)`` the next training forward will use, from one device read.
+
+        ``(sigmas(), weights())``, except: rlw draws the next step's weights now
+        (its sequence of draws is the same whether or not anyone looks), and gls
+        gives the last training forward's gradient (the next one depends on losses
+        not computed yet). ``AutoWeightCallback`` puts these into ``logs`` at each
+        batch's begin, so they are the values that batch trains with.
+        """
         p = self._clamped()
-        return self._sigmas(p), self._weights(p)
+        weights = self._weights(p, "train_last")
+        if self.method == "rlw" and (self._seed_shared or _hapi.world()[1] <= 1):
+            if self._rlw_next is None:
+                self._rlw_next = self._draw()
+            weights = self._named(self._rlw_next)
+        return self._sigmas(p), weights
 
     def sigmas(self) -> dict[str, float]:
-        """σ per task: e^(s/2) for kendall and simple, c for liebel, e^(−s/2) for
-        imtl_l (so its weight is 1/σ²); {} for methods that learn nothing."""
+        """σ per task now (after the last update): e^(s/2) for kendall and simple,
+        c for liebel, e^(−s/2) for imtl_l (so its weight is 1/σ²); {} for methods
+        that learn nothing."""
         return self._sigmas(self._clamped())
+
+    def _named(self, values: np.ndarray) -> dict[str, float]:
+        return dict(zip(self.task_names, map(float, values)))
 
     def _sigmas(self, p: np.ndarray | None) -> dict[str, float]:
         if p is None:
@@ -441,17 +544,28 @@ class AutoWeight(paddle.nn.Layer):
             sig = np.exp(-p / 2.0)
         else:
             sig = np.exp(p / 2.0)
-        return dict(zip(self.task_names, map(float, sig)))
+        return self._named(sig)
 
     def weights(self) -> dict[str, float]:
-        """The factor each task's loss is multiplied by in the total, per task.
+        """The factor each task's loss is multiplied by in the total, per task, now
+        (after the last update; rlw: its last draw).
 
         For gls, whose total is not a weighted sum, it is the gradient
-        d total / d L_i = total / (n·L_i) at the last forward.
+        d total / d L_i at the last forward: total / (n·L_i), and 0 for a loss
+        below the floor ``GLS_FLOOR`` (where the clip stops the gradient).
         """
-        return self._weights(self._clamped())
+        return self._weights(self._clamped(), "last")
 
-    def _weights(self, p: np.ndarray | None) -> dict[str, float]:
+    def _gls_gradient(self, values: np.ndarray) -> np.ndarray:
+        """d total / d L_i of ``combine`` for gls, in float64, as paddle computes it:
+        ``clip(L, min=floor)`` passes the gradient where L >= floor (in float32)."""
+        floor = float(np.float32(GLS_FLOOR))
+        values = values.astype(np.float64)
+        kept = np.maximum(values, floor)
+        total = np.exp(np.log(kept).mean())
+        return np.where(values >= floor, total / (len(values) * kept), 0.0)
+
+    def _weights(self, p: np.ndarray | None, last: str) -> dict[str, float]:
         n = len(self.task_names)
         if self.method == "liebel" and p is not None:
             w = 1.0 / (2.0 * p * p)
@@ -467,12 +581,11 @@ class AutoWeight(paddle.nn.Layer):
             w = self.dwa_weights.numpy().astype(np.float64)
         elif self.method == "rlw":
             w = self._rlw_last
-        elif self.method == "gls" and "last" in self._seen:
-            values = np.maximum(self._seen["last"].numpy().astype(np.float64), GLS_FLOOR)
-            w = np.exp(np.log(values).mean()) / (n * values)
+        elif self.method == "gls" and last in self._seen:
+            w = self._gls_gradient(self._seen[last].numpy())
         else:
             w = np.ones(n)
-        return dict(zip(self.task_names, map(float, w)))
+        return self._named(w)
 
     def last_losses(self) -> dict[str, float]:
         """The raw (unweighted) per-task losses of the last forward; {} before one."""

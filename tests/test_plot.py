@@ -14,11 +14,21 @@ from tensorboardX import SummaryWriter
 
 from hapi_autoloss import AutoWeight, TopKLoss
 from hapi_autoloss.callbacks import AutoWeightCallback, TensorBoardExport, TopKScheduler, VisualDLExport
-from hapi_autoloss.plot import LogDirNotFoundError, NoKnownTagsError, NoLogsError, main, plot_curves, read_scalars
+from hapi_autoloss.plot import (
+    DPI,
+    FIGSIZE,
+    LogDirNotFoundError,
+    NoKnownTagsError,
+    NoLogsError,
+    main,
+    plot_curves,
+    read_scalars,
+)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-WIDTH, HEIGHT = 1320, 900  # 11 x 7.5 inches at 120 dpi
+# The PNG is the figure's size in inches times its dpi, as the plot module sets them.
+WIDTH, HEIGHT = round(FIGSIZE[0] * DPI), round(FIGSIZE[1] * DPI)
 
 
 @pytest.fixture(scope="module")
@@ -106,6 +116,35 @@ def test_missing_empty_and_foreign_logdirs(tmp_path, capsys):
 def test_parent_folder_of_runs_is_pointed_to_a_run(logdir):
     with pytest.raises(NoLogsError, match="pass one run folder"):
         plot_curves(logdir.parent)
+
+
+def foreign_run(folder):
+    """A TensorBoard run that is not ours: other tags only."""
+    with SummaryWriter(str(folder)) as writer:
+        for step in range(3):
+            writer.add_scalar("accuracy", 0.5 + step / 10, step)
+
+
+def test_parent_folder_suggests_only_runs_with_our_tags(logdir, tmp_path):
+    parent = tmp_path / "parent"
+    foreign_run(parent / "a_foreign")  # sorts first
+    (parent / "b_empty").mkdir(parents=True)
+    ours = parent / "c_ours"
+    ours.mkdir()
+    for f in logdir.iterdir():
+        if "tfevents" in f.name:
+            (ours / f.name).write_bytes(f.read_bytes())
+    with pytest.raises(NoLogsError) as err:
+        plot_curves(parent)
+    message = str(err.value)
+    assert f"Fix: pass one run folder, e.g. {ours}." in message
+    assert "a_foreign" not in message and "b_empty" not in message
+    # Only foreign runs: nothing to suggest.
+    only_foreign = tmp_path / "only_foreign"
+    foreign_run(only_foreign / "run1")
+    with pytest.raises(NoLogsError) as err:
+        plot_curves(only_foreign)
+    assert "run1" not in str(err.value) and "Fix: train with TensorBoardExport" in str(err.value)
 
 
 def test_only_visualdl_logs_and_wrong_reader(tmp_path):

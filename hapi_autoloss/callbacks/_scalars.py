@@ -5,6 +5,18 @@ how to open its file and how to append records to it (:class:`ScalarFile`).
 
 Design decisions (the issue was silent on them):
 
+- **What a train point shows**: the σ and task weights that step's own forward
+  pass used, i.e. σ *before* that step's update (``AutoWeight.used()``), the same
+  values hapi's progress line and ``TqdmProgressBar`` show for that step (put into
+  ``logs`` by ``AutoWeightCallback``). ``autoloss/loss/<task>`` is that forward's
+  raw loss. After the last step, ``AutoWeight.sigmas()`` is one update further.
+- **eval/loss** = the mean over the whole evaluation set, each batch's loss
+  weighted by its size (hapi's own logs at eval end carry only the last batch's
+  loss). Under the launcher it is rank 0's share of the set. Metrics (``eval/acc``...)
+  are hapi's, accumulated over the set by the Metric.
+- **An epoch without a train batch** (empty data, ``drop_last=True`` with a batch
+  larger than the data) raises a ``ValueError`` saying so, at train begin when
+  the loader's length is known, else at that epoch's end.
 - **Step** = the global train step: the number of train batches done since the
   very first run, this one included, so the first point is at step 1. It is
   saved with ``model.save`` and restored by ``hapi_autoloss.load_state``, so it
@@ -39,6 +51,7 @@ from paddle.callbacks import Callback
 from .. import _hapi
 from ..topk import TopKLoss
 from ..weighting import AutoWeight
+from ._checks import check_epoch_had_batches, check_has_batches
 
 TEXT_TAG = "autoloss/config"
 # model -> (the batch's 'loss' list, global step, values read): see _train_values.
@@ -158,6 +171,9 @@ class ScalarExport(Callback):
         self._warned_eval = False
         self._metrics: list[str] = []
         self._eval_metrics: list[str] = ["loss"]
+        self._batches = 0  # train batches seen in this epoch
+        self._eval_sum = 0.0  # Σ batch loss · batch size over this evaluation
+        self._eval_count = 0
         # Per AutoWeight: {task: (sigma tag, weight tag, loss tag)}, built once per fit.
         self._weighting: list[tuple[AutoWeight, dict[str, tuple[str, str, str]]]] = []
         self._topk: list[Any] = []
@@ -191,6 +207,7 @@ class ScalarExport(Callback):
         return _hapi.world()[0] == 0
 
     def on_train_begin(self, logs: Any = None) -> None:
+        check_has_batches(self.params)
         _hapi.register_state(self.model, type(self).__name__, self)  # may restore the step
         self._close()  # a previous fit that raised may have left its file open
         self._in_fit = True
@@ -205,8 +222,12 @@ class ScalarExport(Callback):
         self.file.write_text(self.global_step, TEXT_TAG, self._config_text(), time.time())
         self.file.flush()
 
+    def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
+        self._batches = 0
+
     def on_train_batch_end(self, step: int, logs: Any = None) -> None:
         self.global_step += 1
+        self._batches += 1
         if self.file is None or self.global_step % self.every_n_steps:
             return
         # Read everything now (logs is hapi's shared, mutable dict): floats, not refs.
@@ -215,13 +236,23 @@ class ScalarExport(Callback):
         self.file.flush()
 
     def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
-        self.epoch += 1
         if self.file is not None:
             self.file.flush()
+        check_epoch_had_batches(epoch, self._batches)
+        self.epoch += 1
 
     def on_eval_begin(self, logs: Any = None) -> None:
         metrics = (logs or {}).get("metrics")
         self._eval_metrics = list(metrics) if isinstance(metrics, (list, tuple)) else ["loss"]
+        self._eval_sum, self._eval_count = 0.0, 0
+
+    def on_eval_batch_end(self, step: int, logs: Any = None) -> None:
+        if self.file is None or not logs:
+            return
+        loss, size = _scalar(logs.get("loss")), logs.get("batch_size")
+        if loss is not None and isinstance(size, numbers.Integral) and int(size) > 0:
+            self._eval_sum += loss * int(size)
+            self._eval_count += int(size)
 
     def on_eval_end(self, logs: Any = None) -> None:
         if not self._in_fit:
@@ -238,6 +269,10 @@ class ScalarExport(Callback):
         values: dict[str, float] = {}
         logs = logs or {}
         for name in self._eval_metrics:
+            if name == "loss":  # the set's mean, not hapi's last batch
+                if self._eval_count:
+                    values["eval/loss"] = self._eval_sum / self._eval_count
+                continue
             value = _scalar(logs.get(name))
             if value is not None:
                 values[f"eval/{name}"] = value
@@ -290,10 +325,10 @@ class ScalarExport(Callback):
             value = _scalar(logs.get(name))
             if value is not None:
                 values[f"train/{name}"] = value
-        # σ and the weights after this step's update; reading them syncs the device,
-        # which is why this runs on written steps only.
+        # σ and the weights this step's forward used (before its update), as hapi's
+        # logs show them; reading syncs the device, so only on written steps.
         for aw, tags in self._weighting:
-            for kind, read in enumerate((*aw.snapshot(), aw.last_losses())):
+            for kind, read in enumerate((*aw.used(), aw.last_losses())):
                 for task, value in read.items():
                     if task in tags:
                         values[tags[task][kind]] = float(value)

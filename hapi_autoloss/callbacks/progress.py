@@ -9,6 +9,7 @@ from paddle.callbacks import ProgBarLogger
 from tqdm import tqdm
 
 from .. import _hapi
+from ._checks import check_epoch_had_batches, check_has_batches
 from ._scalars import _scalar
 
 
@@ -46,9 +47,15 @@ class TqdmProgressBar(ProgBarLogger):
     Shows the loss, the metrics, σ per task (``σ_<task>``, from
     ``AutoWeightCallback``) and the kept top-k ratio (``k``, from
     ``TopKScheduler``): every key listed in ``params['metrics']``, which those
-    callbacks extend. The eval bar shows the eval loss and metrics plus σ and k
-    as the last train step left them. Being a ``ProgBarLogger``, it stops hapi
-    from adding its own bar. Silent on every rank but 0.
+    callbacks extend.
+
+    What a step shows: the σ, weights and k that step's own forward pass used,
+    i.e. σ *before* that step's update, the same values hapi's progress line and
+    the exporters (``TensorBoardExport``, ``VisualDLExport``) show for that step.
+    An epoch's final line is its last step's; the eval bar shows the eval loss and
+    metrics plus σ and k of the last train step. Being a ``ProgBarLogger``, it
+    stops hapi from adding its own bar. Silent on every rank but 0. Training data
+    that gives no batch raises a ``ValueError`` saying so.
 
     Values are copied at each step's end and formatted only when tqdm redraws
     (every ``mininterval`` seconds): about 10 µs a step.
@@ -99,6 +106,7 @@ class TqdmProgressBar(ProgBarLogger):
         self._eval: dict[str, float] = {}
         self._eval_keys: list[str] = ["loss"]
         self._count = 0
+        self._batches = 0  # train batches in this epoch, on every rank
         self._keys: list[str] = []
 
     # ------------------------------------------------------------ helpers
@@ -177,12 +185,14 @@ class TqdmProgressBar(ProgBarLogger):
     # ------------------------------------------------------------ train
 
     def on_train_begin(self, logs: Any = None) -> None:
+        check_has_batches(self.params)
         self._close()
         self.epochs = self.params.get("epochs")
         self._train = {}
 
     def on_epoch_begin(self, epoch: int | None = None, logs: Any = None) -> None:
         self.epoch = epoch
+        self._batches = 0
         if not self._on():
             return
         self._keys = self._train_keys()  # complete now: every on_train_begin has run
@@ -193,15 +203,17 @@ class TqdmProgressBar(ProgBarLogger):
         pass  # hapi's timers are not needed: tqdm measures the rate
 
     def on_train_batch_end(self, step: int, logs: Any = None) -> None:
+        self._batches += 1
         if self._bar is None:
             return
         self._copy(logs, self._keys, self._train)
         self._step()
 
     def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
-        if self._bar is not None:
-            self._copy(logs, self._keys, self._train)  # σ as the epoch ends
+        # No copy here: logs may hold σ after the last update by now; the final line
+        # shows the last step's values, like every other line.
         self._close()
+        check_epoch_had_batches(epoch, self._batches)
 
     def on_train_end(self, logs: Any = None) -> None:
         self._close()

@@ -72,13 +72,16 @@ class TensorBoardExport(ScalarExport):
     first batch, continued after a resume):
 
     - ``train/loss``, ``train/<metric>`` every ``every_n_steps`` train steps;
-    - ``autoloss/sigma/<task>``, ``autoloss/weight/<task>`` (after the step's
-      update) and ``autoloss/loss/<task>`` (the raw, unweighted loss) from every
+    - ``autoloss/sigma/<task>``, ``autoloss/weight/<task>``: the values the step's
+      own forward pass used (σ before that step's update), as hapi's progress
+      line and ``TqdmProgressBar`` show them for that step; and
+      ``autoloss/loss/<task>`` (the raw, unweighted loss), from every
       ``AutoWeight`` in the loss;
     - ``topk/ratio``: the kept fraction of each ``TopKLoss`` (a second one is
       ``topk/ratio/1``...);
     - ``lr``: the optimizer's learning rate;
-    - ``eval/loss``, ``eval/<metric>`` after each evaluation of ``fit(eval_data=...)``;
+    - ``eval/loss`` (the mean over the evaluation set, each batch weighted by its
+      size) and ``eval/<metric>`` after each evaluation of ``fit(eval_data=...)``;
     - ``autoloss/config`` (text): the AutoWeight and TopKLoss settings, once per run.
 
     Only rank 0 of ``paddle.distributed.launch`` writes. Each written step is on
@@ -87,7 +90,8 @@ class TensorBoardExport(ScalarExport):
     ``model.load`` + ``hapi_autoloss.load_state`` the run carries on from it and
     the points after the checkpoint are replaced, not duplicated. A fresh run
     (step 0) replaces an earlier run's curves in the same ``log_dir``: use one
-    folder per experiment.
+    folder per experiment. Training data that gives no batch raises a
+    ``ValueError`` saying so.
 
     Args:
         log_dir: the folder (created if needed). Open it with

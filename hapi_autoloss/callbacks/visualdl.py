@@ -114,8 +114,10 @@ class VisualDLExport(ScalarExport):
     Same tags, steps, rank and durability rules as ``TensorBoardExport``:
 
     - ``train/loss``, ``train/<metric>`` every ``every_n_steps`` train steps;
-    - ``autoloss/sigma/<task>``, ``autoloss/weight/<task>``, ``autoloss/loss/<task>``;
-    - ``topk/ratio``, ``lr``, ``eval/loss``, ``eval/<metric>``;
+    - ``autoloss/sigma/<task>``, ``autoloss/weight/<task>`` (the values the step's
+      forward used: σ before that step's update), ``autoloss/loss/<task>``;
+    - ``topk/ratio``, ``lr``, ``eval/loss`` (the set's mean, batches weighted by
+      size), ``eval/<metric>``;
     - ``autoloss/config`` (text), once per run.
 
     VisualDL shows only a folder's newest record file and cannot purge, so a

@@ -1,0 +1,76 @@
+"""Real 2-process `paddle.distributed.launch` runs (CPU, gloo): dwa and rlw agree across ranks."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(ROOT, "tests", "scripts", "dist_methods.py")
+
+
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory):
+    out = tmp_path_factory.mktemp("dist_methods")
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    for key in ("PADDLE_TRAINER_ID", "PADDLE_TRAINERS_NUM", "PADDLE_TRAINER_ENDPOINTS"):
+        env.pop(key, None)
+    cmd = [sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", "2",
+           "--log_dir", str(out / "log"), SCRIPT, str(out)]
+    proc = subprocess.run(cmd, cwd=out, env=env, capture_output=True, text=True, timeout=600)
+    logs = "".join((out / "log" / f).read_text() for f in os.listdir(out / "log")) if (out / "log").exists() else ""
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:] + logs[-4000:]
+    return [np.load(out / f"rank{r}.npz") for r in (0, 1)]
+
+
+def dwa_weights(averages, temperature=2.0):
+    """DWA's formula in float64: weights after each epoch from the epoch averages."""
+    out = [np.ones(averages.shape[1])]
+    for e in range(1, len(averages)):
+        z = (averages[e] / averages[e - 1]) / temperature
+        out.append(len(z) * np.exp(z - z.max()) / np.exp(z - z.max()).sum())
+    return np.array(out)
+
+
+@pytest.mark.distributed
+def test_dwa_averages_over_every_ranks_batches(ranks):
+    np.testing.assert_array_equal(ranks[0]["dwa_epoch_weights"], ranks[1]["dwa_epoch_weights"])
+    np.testing.assert_array_equal(ranks[0]["dwa_used"], ranks[1]["dwa_used"])
+    # The average over the whole data: both ranks' batches (epochs, batches, tasks).
+    losses = np.concatenate([r["dwa_losses"].astype(np.float64) for r in ranks], axis=1)
+    assert losses.shape == (4, 14, 2)
+    expected = dwa_weights(losses.mean(axis=1))
+    np.testing.assert_allclose(ranks[0]["dwa_epoch_weights"], expected, rtol=1e-6)
+    # What a rank alone would compute is measurably different: the reduction matters.
+    for r in ranks:
+        alone = dwa_weights(r["dwa_losses"].astype(np.float64).mean(axis=1))
+        assert np.abs(alone - expected).max() > 1e-2
+    # Each step trained with its epoch's weights, the ones hapi's logs showed.
+    per_step = np.repeat(expected, 7, axis=0)
+    np.testing.assert_allclose(ranks[0]["dwa_used"][7:], per_step[:-7], rtol=1e-6)
+    np.testing.assert_array_equal(ranks[0]["dwa_logged"], ranks[0]["dwa_used"])
+
+
+@pytest.mark.distributed
+def test_dwa_rank_without_batches_joins_the_reduction(ranks):
+    # Epoch 1: only rank 0 trains, (1, 4) and (3, 2); epoch 2: only rank 1, (0.5, 6);
+    # epoch 3: nobody, so it is not counted.
+    for r in ranks:
+        np.testing.assert_allclose(r["bare_history"], [[2.0, 3.0], [0.5, 6.0]], rtol=1e-7)
+        assert int(r["bare_epochs"]) == 2
+        np.testing.assert_allclose(r["bare_weights"], dwa_weights(np.array([[2.0, 3.0], [0.5, 6.0]]))[1], rtol=1e-6)
+
+
+@pytest.mark.distributed
+def test_rlw_without_seed_draws_the_same_weights_on_every_rank(ranks):
+    used = [r["rlw_used"] for r in ranks]
+    assert used[0].shape == (14, 2)
+    np.testing.assert_array_equal(used[0], used[1])
+    np.testing.assert_allclose(used[0].sum(axis=1), 1.0, rtol=1e-12)
+    assert len({tuple(np.round(w, 12)) for w in used[0]}) == 14  # a fresh draw every step
+    # hapi's logs carry the draw each step trains with. Step 0 excepted: its logs are
+    # set before the first forward, where the ranks agree on a seed.
+    for r in ranks:
+        np.testing.assert_array_equal(r["rlw_logged"][1:], r["rlw_used"][1:])
