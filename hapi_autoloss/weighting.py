@@ -597,9 +597,10 @@ class AutoWeight(paddle.nn.Layer):
 
     def checkpoint_state(self) -> dict[str, object]:
         """What ``model.save`` keeps besides tensors: the method and tasks (to refuse a
-        mismatched checkpoint) and rlw's random stream."""
-        return {"method": self.method, "tasks": list(self.task_names),
-                "rng": self._rng.bit_generator.state, "rlw_last": [float(w) for w in self._rlw_last]}
+        mismatched checkpoint) and rlw's random stream, with a draw taken early."""
+        ahead = None if self._rlw_next is None else [float(w) for w in self._rlw_next]
+        return {"method": self.method, "tasks": list(self.task_names), "rng": self._rng.bit_generator.state,
+                "rlw_last": [float(w) for w in self._rlw_last], "rlw_next": ahead}
 
     def check_checkpoint_state(self, state: dict, source: str) -> None:
         """Raise, changing nothing, if ``state`` was saved by another method or other tasks."""
@@ -615,8 +616,11 @@ class AutoWeight(paddle.nn.Layer):
     def set_checkpoint_state(self, state: dict) -> None:
         if "rng" in state:
             self._rng.bit_generator.state = state["rng"]
+            self._seed_shared = True  # the saved stream is already the one every rank shares
         if "rlw_last" in state:
             self._rlw_last = np.asarray(state["rlw_last"], dtype=np.float64)
+        ahead = state.get("rlw_next")
+        self._rlw_next = None if ahead is None else np.asarray(ahead, dtype=np.float64)
 
     def extra_repr(self) -> str:
         return f"method={self.method}, tasks={self.task_names}"

@@ -12,8 +12,15 @@ import paddle
 import pytest
 from helpers import TwoTaskData, build_model
 
-from hapi_autoloss import AutoWeight
-from hapi_autoloss.callbacks import AutoWeightCallback, TensorBoardExport, TqdmProgressBar, VisualDLExport
+from hapi_autoloss import AutoWeight, TopKLoss
+from hapi_autoloss.callbacks import (
+    AutoWeightCallback,
+    BackupAndRestore,
+    TensorBoardExport,
+    TopKScheduler,
+    TqdmProgressBar,
+    VisualDLExport,
+)
 from hapi_autoloss.plot import read_scalars
 from hapi_autoloss.weighting import GLS_FLOOR
 
@@ -103,10 +110,9 @@ def test_gls_exported_weight_is_the_gradient_of_that_step(tmp_path):
     weights = np.array([tb[f"autoloss/weight/{t}"][1] for t in TASKS])
     total = np.exp(np.log(losses).mean(axis=0))
     np.testing.assert_allclose(weights, total / (2 * losses), rtol=1e-5)
-    # hapi's logs are set at batch begin, before that batch's losses exist: they carry
-    # the previous step's gradient.
+    # hapi's logs are filled right after the step, before its bar prints: the same step's gradient.
     logged = np.array([[step[f"weight_{t}"] for step in record.logs] for t in TASKS])
-    np.testing.assert_allclose(logged[:, 1:], weights[:, :-1], rtol=1e-5)
+    np.testing.assert_allclose(logged, weights, rtol=1e-5)
 
 
 # ---------------------------------------------------------------- eval/loss
@@ -151,23 +157,39 @@ def exporters(tmp_path):
     return [AutoWeightCallback(), TensorBoardExport(tmp_path / "tb"), VisualDLExport(tmp_path / "vdl")]
 
 
-@pytest.mark.parametrize("callbacks", ["exporters", "bar"])
+CALLBACKS = {  # each of ours says it alone
+    "exporters": exporters,
+    "bar": lambda tmp_path: [TqdmProgressBar(file=io.StringIO())],
+    "autoweight": lambda tmp_path: [AutoWeightCallback()],
+    "topk": lambda tmp_path: [TopKScheduler()],
+    "backup": lambda tmp_path: [BackupAndRestore(tmp_path / "backup")],
+}
+
+
+def model_for(callbacks):
+    if callbacks != "topk":
+        return build_model(make_loss("kendall"))
+    return build_model(AutoWeight({"y1": TopKLoss(paddle.nn.MSELoss(reduction="none")), "y2": paddle.nn.MSELoss()},
+                                  method="equal"))
+
+
+@pytest.mark.parametrize("callbacks", list(CALLBACKS))
 @pytest.mark.parametrize("case", ["empty", "drop_last"])
 def test_no_batches_is_an_error_before_training(tmp_path, case, callbacks):
-    model = build_model(make_loss("kendall"))
+    model = model_for(callbacks)
     data = TwoTaskData(0) if case == "empty" else paddle.io.DataLoader(TwoTaskData(10), batch_size=16, drop_last=True)
-    cbs = exporters(tmp_path) if callbacks == "exporters" else [TqdmProgressBar(file=io.StringIO())]
+    cbs = CALLBACKS[callbacks](tmp_path)
     # verbose=2 is hapi's default; its own bar would fail with a TypeError about 'num'.
     with pytest.raises(ValueError, match=r"0 batches per epoch .*empty.*drop_last=True.*Fix:"):
         model.fit(data, epochs=2, batch_size=16, verbose=2, callbacks=cbs)
     assert not (tmp_path / "tb").exists() and not (tmp_path / "vdl").exists()  # nothing opened
 
 
-@pytest.mark.parametrize("callbacks", ["exporters", "bar"])
+@pytest.mark.parametrize("callbacks", ["exporters", "bar", "autoweight", "topk"])
 def test_an_epoch_without_batches_from_data_without_length(tmp_path, callbacks):
-    model = build_model(make_loss("kendall"))
+    model = model_for(callbacks)
     loader = paddle.io.DataLoader(Nothing(), batch_size=16)
-    cbs = exporters(tmp_path) if callbacks == "exporters" else [TqdmProgressBar(file=io.StringIO())]
+    cbs = CALLBACKS[callbacks](tmp_path)
     with pytest.raises(ValueError, match=r"^Epoch 0 had no training batches: the training data is empty"):
         model.fit(loader, epochs=2, verbose=0, callbacks=cbs)
 

@@ -113,8 +113,8 @@ def test_fit_with_every_callback_writes_every_tag(tmp_path, read):
     for tag, pts in points.items():
         assert_strictly_increasing(pts, tag)
     assert steps(points[config]) == [0]
-    # The values are the real ones: σ as the loss layer holds it after the last step.
-    sigma = model._loss.sigmas()
+    # The values are the real ones: σ the last step's forward used (before its update).
+    sigma = model._loss.used()[0]
     assert points["autoloss/sigma/y1"][-1][1] == pytest.approx(sigma["y1"], rel=1e-6)
     assert points["autoloss/sigma/y2"][-1][1] == pytest.approx(sigma["y2"], rel=1e-6)
     assert [v for _, v in points["lr"]] == pytest.approx([0.05] * 2 * STEPS)
@@ -330,10 +330,10 @@ def test_only_rank_0_writes(tmp_path):
         points = read(tmp_path / "logs")
         for tag in ["train/loss", "lr", *TASK_TAGS]:
             assert steps(points[tag]) == list(range(1, 17)), (read.__name__, tag)
-    # The progress bar: rank 0 draws both epochs to their 8 steps and the final σ, rank 1 is silent.
+    # The progress bar: rank 0 draws both epochs to their 8 steps and the last step's σ, rank 1 is silent.
     done = [line for line in final_lines((tmp_path / "bar0.txt").read_text()) if "| 8/8 [" in line]
     assert [line.split(":")[0] for line in done] == ["Epoch 1/2", "Epoch 2/2"]
-    sigma = np.exp(np.array(ranks[0]["sigma"]) / 2)  # kendall: s = log σ²
+    sigma = ranks[0]["used"]  # σ the last step's forward used
     assert done[-1].endswith(f"σ_y1={sigma[0]:.4g}, σ_y2={sigma[1]:.4g}]"), done[-1]
     assert (tmp_path / "bar1.txt").read_text() == ""
     np.testing.assert_array_equal(ranks[0]["sigma"], ranks[1]["sigma"])  # bit for bit

@@ -60,10 +60,10 @@ def test_bars_show_loss_sigma_and_replace_hapis_bar(capsys):
     epochs, evals = [v for _, _, v in bars[0::2]], [v for _, _, v in bars[1::2]]
     assert [v["loss"] for v in epochs] == [fmt(x) for x in losses.train]
     assert [v["loss"] for v in evals] == [fmt(x) for x in losses.eval]
-    # The eval bar shows σ as the epoch before it ended; the last one is σ now.
+    # The eval bar shows σ as the epoch before it ended; the last one is what the last step used.
     for epoch, evaluation in zip(epochs, evals):
         assert [evaluation[k] for k in SIGMAS] == [epoch[k] for k in SIGMAS]
-    sigma = model._loss.sigmas()
+    sigma = model._loss.used()[0]
     assert [epochs[-1][k] for k in SIGMAS] == [fmt(sigma["y1"]), fmt(sigma["y2"])]
     # hapi's own ProgBarLogger was not added: none of its lines ("Epoch 1/2", "step 6/6", "Eval begin...") on stdout.
     assert capsys.readouterr().out == ""
@@ -101,7 +101,7 @@ def test_show_weights():
     model = fit(TqdmProgressBar(show_weights=True, file=out), epochs=1, eval_data=False)
     _, _, values = parse(final_lines(out.getvalue())[-1])
     assert list(values) == ["loss", *SIGMAS, "w_y1", "w_y2"]
-    weights = model._loss.weights()
+    weights = model._loss.used()[1]  # what the last step's forward used
     assert [values["w_y1"], values["w_y2"]] == [fmt(weights["y1"]), fmt(weights["y2"])]
 
 

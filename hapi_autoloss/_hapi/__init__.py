@@ -33,7 +33,7 @@ from .model import (
     world,
 )
 from .optimizer import attach
-from .progress import progress, skip_done_epochs
+from .progress import after_train_batch, progress, skip_done_epochs
 from .state import (
     STATE_SUFFIX,
     checkpoint_info,
@@ -46,6 +46,7 @@ from .state import (
 
 __all__ = [
     "STATE_SUFFIX",
+    "after_train_batch",
     "attach",
     "callback_list_of",
     "check_attached",

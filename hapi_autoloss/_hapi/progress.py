@@ -18,6 +18,8 @@ from typing import Any, Callable
 _PROGRESS: weakref.WeakKeyDictionary[Any, dict[str, int]] = weakref.WeakKeyDictionary()
 # model -> the skipping state of the current fit, set by skip_done_epochs
 _SKIP: weakref.WeakKeyDictionary[Any, dict[str, Any]] = weakref.WeakKeyDictionary()
+# model -> {owner key: function} run after each train batch, before on_train_batch_end
+_AFTER_BATCH: weakref.WeakKeyDictionary[Any, dict[str, Callable[[], None]]] = weakref.WeakKeyDictionary()
 
 
 def progress(model: Any) -> dict[str, int]:
@@ -27,6 +29,13 @@ def progress(model: Any) -> dict[str, int]:
 
 def set_progress(model: Any, saved: dict[str, Any]) -> None:
     _PROGRESS[model] = {"epoch": int(saved.get("epoch", 0)), "step": int(saved.get("step", 0))}
+
+
+def after_train_batch(model: Any, key: str, fn: Callable[[], None]) -> None:
+    """Run ``fn()`` after each of ``model``'s train batches, before any ``on_train_batch_end``
+    (hapi's progress bar prints there first); a later call with the same ``key`` replaces it."""
+    track_progress(model)
+    _AFTER_BATCH.setdefault(model, {})[key] = fn
 
 
 def track_progress(model: Any) -> None:
@@ -39,6 +48,8 @@ def track_progress(model: Any) -> None:
     def counted_train_batch(*args: Any, **kwargs: Any) -> Any:
         out = train_batch(*args, **kwargs)
         _PROGRESS[model]["step"] += 1
+        for fn in _AFTER_BATCH.get(model, {}).values():
+            fn()
         return out
 
     def counted_run_one_epoch(data_loader: Any, callbacks: Any, mode: str, *args: Any, **kwargs: Any) -> Any:

@@ -11,6 +11,7 @@ from paddle.callbacks import Callback
 
 from .. import _hapi
 from ..weighting import AutoWeight
+from ._checks import check_epoch_had_batches, check_has_batches
 
 NONFINITE_POLICIES = ("raise", "skip")
 
@@ -25,8 +26,11 @@ class AutoWeightCallback(Callback):
     with every ``model.save`` (hapi's ``ModelCheckpoint`` too). A second ``fit``
     adds nothing twice. At each epoch end it hands ``dwa`` its epoch averages.
 
-    Each step it puts ``sigma_<task>`` and ``weight_<task>`` (the values this
-    batch is trained with) into ``logs``, so hapi's progress line shows them.
+    Each step it puts ``sigma_<task>`` and ``weight_<task>`` into ``logs``, so
+    hapi's progress line shows them: the values that step's forward used (σ before
+    the step's update; rlw's draw; dwa's epoch weights; for gls d total / d L_i at
+    the step's losses), the same numbers the exporters and ``TqdmProgressBar`` show.
+    ``loss.used()`` returns them; ``loss.sigmas()`` is one update further.
 
     A non-finite loss never reaches the weights: before each update the total
     loss is checked (one scalar read per step; hapi reads the loss every step
@@ -72,8 +76,11 @@ class AutoWeightCallback(Callback):
         self._weighting: list[AutoWeight] = []
         self._epoch = 0
         self._step = 0
+        self._batches = 0
+        self._logs: dict[str, Any] | None = None
 
     def on_train_begin(self, logs: Any = None) -> None:
+        check_has_batches(self.params)
         params = _hapi.attach(self.model, lr_scale=self.lr_scale, on_nonfinite=self._on_nonfinite)
         self._weighting = list(_hapi.iter_layers(self.model, AutoWeight))
         if not self._weighting and not params:
@@ -83,16 +90,24 @@ class AutoWeightCallback(Callback):
                 "model.prepare, or drop the callback.",
                 stacklevel=2,
             )
-        if self.show_in_progress_bar:
+        for aw in self._weighting:
+            aw.share_seed()  # rlw, seed=None, several ranks: one stream before the first step
+        if self.show_in_progress_bar and self._weighting:
             _hapi.show_in_progress_bar(self.params, list(self._values()))
+            # Filled right after the step, before hapi's bar reads logs at on_train_batch_end.
+            _hapi.after_train_batch(self.model, "AutoWeightCallback", self._fill_logs)
 
     def _values(self) -> dict[str, float]:
         out: dict[str, float] = {}
         for aw in self._weighting:
-            sigmas, weights = aw.snapshot()
+            sigmas, weights = aw.used()
             out.update({f"sigma_{k}": v for k, v in sigmas.items()})
             out.update({f"weight_{k}": v for k, v in weights.items()})
         return out
+
+    def _fill_logs(self) -> None:
+        if self._logs is not None:
+            self._logs.update(self._values())
 
     def _on_nonfinite(self, loss: paddle.Tensor, here: bool) -> None:
         bad = [
@@ -120,18 +135,19 @@ class AutoWeightCallback(Callback):
 
     def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
         self._epoch = epoch
+        self._batches = 0
 
     def on_train_batch_begin(self, step: int, logs: Any = None) -> None:
         self._step = step
-        if logs is not None and self._weighting:
-            logs.update(self._values())
+        self._logs = logs  # hapi passes the same dict to on_train_batch_end
 
     def on_train_batch_end(self, step: int, logs: Any = None) -> None:
+        self._batches += 1
+        self._logs = None
         if logs is not None and self.on_nonfinite == "skip":
             logs["nonfinite_skipped"] = self.skipped
 
     def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
+        check_epoch_had_batches(epoch, self._batches)
         for aw in self._weighting:
             aw.end_epoch()  # dwa's next weights come from this epoch's average losses
-        if logs is not None and self._weighting:
-            logs.update(self._values())

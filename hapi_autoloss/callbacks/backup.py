@@ -13,6 +13,7 @@ import paddle
 from paddle.callbacks import Callback
 
 from .. import _hapi
+from ._checks import check_has_batches
 
 STATE_KEY = "BackupAndRestore"
 PREFIX = "backup-"
@@ -120,6 +121,7 @@ class BackupAndRestore(Callback):
         self.restored_from = path
 
     def on_train_begin(self, logs: Any = None) -> None:
+        check_has_batches(self.params)
         _hapi.register_state(self.model, STATE_KEY, self)
         os.makedirs(self.backup_dir, exist_ok=True)
         callbacks = _hapi.callback_list_of(self)

@@ -9,6 +9,7 @@ from paddle.callbacks import Callback
 
 from .. import _hapi, schedules
 from ..topk import TopKLoss, validate_ratio
+from ._checks import check_epoch_had_batches, check_has_batches
 
 BY_CHOICES = ("epoch", "step")
 STATE_KEY = "TopKScheduler"
@@ -117,6 +118,7 @@ class TopKScheduler(Callback):
         self.steps_done = 0
         self.ratio = self.start
         self._layers: list[TopKLoss] = []
+        self._epoch_start = 0
 
     @classmethod
     def deeplab(cls, top_k: float = 0.2, hard_example_mining_step: int = 100_000) -> TopKScheduler:
@@ -180,6 +182,7 @@ class TopKScheduler(Callback):
     # ------------------------------------------------------------ hapi hooks
 
     def on_train_begin(self, logs: Any = None) -> None:
+        check_has_batches(self.params)
         self._layers = list(_hapi.iter_layers(self.model, TopKLoss))
         if not self._layers:
             loss = getattr(self.model, "_loss", None)
@@ -198,6 +201,7 @@ class TopKScheduler(Callback):
         self._apply()
 
     def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
+        self._epoch_start = self.steps_done
         if self.by == "epoch":
             self._apply()
 
@@ -211,6 +215,7 @@ class TopKScheduler(Callback):
         self.steps_done += 1
 
     def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
+        check_epoch_had_batches(epoch, self.steps_done - self._epoch_start)
         self.epochs_done += 1
 
     # ------------------------------------------------------------ resume

@@ -37,4 +37,5 @@ with open(os.path.join(out_dir, f"bar{rank}.txt"), "w") as bar_file:
     model.fit(TwoTaskData(256), epochs=2, batch_size=16, verbose=1,
               callbacks=[AutoWeightCallback(), tb, vdl, RecordFiles(), TqdmProgressBar(file=bar_file)])
 with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
-    json.dump({"files": opened, "step": tb.global_step, "sigma": loss.s.numpy().tolist()}, f)
+    json.dump({"files": opened, "step": tb.global_step, "sigma": loss.s.numpy().tolist(),
+               "used": list(loss.used()[0].values())}, f)
