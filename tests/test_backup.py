@@ -69,5 +69,5 @@ def test_bad_backup_dir(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(NotADirectoryError, match=r"is a file, not a folder\. Fix"):
         BackupAndRestore(tmp_path / "file")
-    with pytest.raises(ValueError, match=r"needs a local folder.*Fix"):
+    with pytest.raises(ValueError, match=r"writes local files only.*Fix"):
         BackupAndRestore("hdfs://x/y")

@@ -1,4 +1,4 @@
-"""Checks the callbacks share: an epoch that trained on no batch at all.
+"""Checks the callbacks share: a folder argument, and an epoch that trained on no batch at all.
 
 hapi itself says nothing useful then: an empty training set, or ``drop_last=True``
 with a batch larger than the data, gives its progress bar a ``TypeError`` about
@@ -15,6 +15,7 @@ Example::
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -52,3 +53,20 @@ def check_epoch_had_batches(epoch: int, batches: int) -> None:
     """At ``on_epoch_end``: raise when this epoch saw no train batch."""
     if batches <= 0:
         raise no_batches_error(epoch)
+
+
+def local_folder(path: str | os.PathLike[str], owner: str, arg: str, example: str) -> str:
+    """``path`` as a str, or a clear error if it is empty, a URL, or an existing file."""
+    folder = os.fspath(path)
+    if not isinstance(folder, str) or not folder:
+        raise ValueError(f"{owner} needs a {arg}. Fix: e.g. {owner}({example!r}).")
+    if "://" in folder:
+        raise ValueError(
+            f"{owner} writes local files only, got {arg}={folder!r}. Fix: use a local or mounted "
+            f"folder, e.g. {example!r}, and copy it afterwards."
+        )
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise NotADirectoryError(
+            f"{owner}: {arg} {folder!r} is a file, not a folder. Fix: pass a folder path, e.g. {example!r}."
+        )
+    return folder

@@ -51,7 +51,7 @@ from paddle.callbacks import Callback
 from .. import _hapi
 from ..topk import TopKLoss
 from ..weighting import AutoWeight
-from ._checks import check_epoch_had_batches, check_has_batches
+from ._checks import check_epoch_had_batches, check_has_batches, local_folder
 
 TEXT_TAG = "autoloss/config"
 # model -> (the batch's 'loss' list, global step, values read): see _train_values.
@@ -143,20 +143,7 @@ class ScalarExport(Callback):
 
     def __init__(self, log_dir: str | os.PathLike[str], every_n_steps: int = 1) -> None:
         super().__init__()
-        log_dir = os.fspath(log_dir)
-        name = type(self).__name__
-        if not isinstance(log_dir, str) or not log_dir:
-            raise ValueError(f"{name} needs a log_dir. Fix: e.g. {name}('runs/exp1').")
-        if "://" in log_dir:
-            raise ValueError(
-                f"{name} writes local files only (every step is flushed), got {log_dir!r}. "
-                "Fix: log to a local or mounted folder and copy it afterwards."
-            )
-        if os.path.exists(log_dir) and not os.path.isdir(log_dir):
-            raise NotADirectoryError(
-                f"{name}: log_dir {log_dir!r} is a file, not a folder. Fix: pass a folder "
-                "path, e.g. log_dir='runs/exp1'."
-            )
+        log_dir = local_folder(log_dir, type(self).__name__, "log_dir", "runs/exp1")
         if isinstance(every_n_steps, bool) or not isinstance(every_n_steps, int) or every_n_steps < 1:
             raise ValueError(
                 f"every_n_steps must be an int >= 1, got {every_n_steps!r}. Fix: e.g. "

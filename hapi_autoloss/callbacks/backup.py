@@ -13,7 +13,7 @@ import paddle
 from paddle.callbacks import Callback
 
 from .. import _hapi
-from ._checks import check_has_batches
+from ._checks import check_has_batches, local_folder
 
 STATE_KEY = "BackupAndRestore"
 PREFIX = "backup-"
@@ -69,17 +69,7 @@ class BackupAndRestore(Callback):
 
     def __init__(self, backup_dir: str | os.PathLike[str]) -> None:
         super().__init__()
-        backup_dir = os.fspath(backup_dir)
-        if not isinstance(backup_dir, str) or not backup_dir or "://" in backup_dir:
-            raise ValueError(
-                f"BackupAndRestore needs a local folder, got {backup_dir!r}. Fix: e.g. "
-                "BackupAndRestore('runs/exp1/backup')."
-            )
-        if os.path.exists(backup_dir) and not os.path.isdir(backup_dir):
-            raise NotADirectoryError(
-                f"BackupAndRestore: backup_dir {backup_dir!r} is a file, not a folder. Fix: pass "
-                "a folder path, e.g. 'runs/exp1/backup'."
-            )
+        backup_dir = local_folder(backup_dir, "BackupAndRestore", "backup_dir", "runs/exp1/backup")
         self.backup_dir = backup_dir
         self.serial = 0  # backups written by this run, across restarts
         self.finished = False
