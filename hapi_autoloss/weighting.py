@@ -613,7 +613,14 @@ class AutoWeight(paddle.nn.Layer):
                 "(that method, those task names in that order) as the run that saved it."
             )
 
+    def reset_epoch(self) -> None:
+        """Forget the running sums of an epoch that did not end (a fit that raised), so
+        the next epoch's averages (dwa) hold its own batches only."""
+        self._seen.pop("sum", None)
+        self._seen.pop("count", None)
+
     def set_checkpoint_state(self, state: dict) -> None:
+        self.reset_epoch()
         if "rng" in state:
             self._rng.bit_generator.state = state["rng"]
             self._seed_shared = True  # the saved stream is already the one every rank shares

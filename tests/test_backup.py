@@ -5,11 +5,13 @@ import os
 import signal
 
 import numpy as np
+import paddle
 import pytest
-from helpers import ROOT, run_python, tb_read
+from helpers import ROOT, TwoTaskData, build_model, run_python, tb_read
 
 import hapi_autoloss
-from hapi_autoloss.callbacks import BackupAndRestore
+from hapi_autoloss import AutoWeight
+from hapi_autoloss.callbacks import AutoWeightCallback, BackupAndRestore
 
 SCRIPT = os.path.join(ROOT, "tests", "scripts", "backup_restore.py")
 STEPS = 5 * 6  # epochs × batches
@@ -23,33 +25,43 @@ def scalars(log_dir):
     return {tag: points for tag, points in tb_read(log_dir).items() if tag != "autoloss/config/text_summary"}
 
 
-def crash_and_restart(tmp_path, method):
-    full = run(tmp_path, "full", method=method)
+def crash_and_restart(tmp_path, method, options=()):
+    full = run(tmp_path, "full", *options, method=method)
     assert full.returncode == 0, full.stderr[-3000:]
-    crash = run(tmp_path, "run", "kill", method=method)
+    crash = run(tmp_path, "run", "kill", *options, method=method)
     assert crash.returncode == -signal.SIGKILL, crash.stderr[-3000:]
     assert not (tmp_path / "run.npz").exists()
     info = hapi_autoloss.checkpoint_info(hapi_autoloss.latest_checkpoint(str(tmp_path / "run" / "backup")))
-    assert info == {"epoch": 2, "step": 12}  # killed in epoch 3: two epochs backed up
-    again = run(tmp_path, "run", method=method)
+    before = 3 if "stage" in options else 0  # epochs of the fit before the backed-up one
+    assert info == {"epoch": before + 2, "step": 6 * (before + 2)}  # killed in epoch 3: two backed up
+    again = run(tmp_path, "run", *options, method=method)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert "restored" in again.stdout and "after epoch 2; training epochs 3..5" in again.stdout
+    last = 4 if "iters" in options else 5
+    assert "restored" in again.stdout and f"after epoch 2; training epochs 3..{last}" in again.stdout
     return np.load(tmp_path / "full.npz"), np.load(tmp_path / "run.npz")
 
 
-@pytest.mark.parametrize("method", ["kendall", "rlw"])
-def test_kill_9_then_the_same_script_equals_an_uninterrupted_run(tmp_path, method):
-    full, resumed = crash_and_restart(tmp_path, method)
+@pytest.mark.parametrize("method,options", [
+    ("kendall", ()),
+    ("rlw", ()),
+    ("dwa", ("stage", "eval")),  # epochs counted within the fit; a backup after the evaluation
+    ("kendall", ("iters",)),  # num_iters counts the restored steps off
+], ids=["kendall", "rlw", "dwa-stage-eval", "kendall-num_iters"])
+def test_kill_9_then_the_same_script_equals_an_uninterrupted_run(tmp_path, method, options):
+    full, resumed = crash_and_restart(tmp_path, method, options)
     assert 0.2 <= float(full["k"]) < 1.0
     for key in ("s", "k", "w", "h", "lr", "rlw"):
         np.testing.assert_array_equal(resumed[key], full[key], err_msg=key)
+    if method == "dwa":
+        assert abs(float(full["rlw"][0]) - 1.0) > 1e-4  # dwa's weights moved off 1
     if method == "kendall":
         want, got = scalars(tmp_path / "full" / "logs"), scalars(tmp_path / "run" / "logs")
         assert set(got) == set(want) and "autoloss/sigma/y1" in got
         for tag, points in want.items():
             assert [s for s, _ in got[tag]] == [s for s, _ in points], tag  # every step once
             np.testing.assert_array_equal([v for _, v in got[tag]], [v for _, v in points], err_msg=tag)
-        assert [s for s, _ in want["train/loss"]] == list(range(1, STEPS + 1))
+        steps = 20 if "iters" in options else STEPS
+        assert [s for s, _ in want["train/loss"]] == list(range(1, steps + 1))
 
 
 def test_a_finished_run_started_again_trains_nothing_and_says_so(tmp_path):
@@ -71,3 +83,44 @@ def test_bad_backup_dir(tmp_path):
         BackupAndRestore(tmp_path / "file")
     with pytest.raises(ValueError, match=r"writes local files only.*Fix"):
         BackupAndRestore("hdfs://x/y")
+
+
+class RaiseOnce(paddle.callbacks.Callback):
+    """Raises once, after batch 3 of epoch 2: a crash the same process survives."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.armed, self.epoch = True, -1
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, step, logs=None):
+        if self.armed and (self.epoch, step) == (2, 3):
+            self.armed = False
+            raise RuntimeError("boom")
+
+
+def test_fit_again_in_the_same_process_after_an_exception(tmp_path):
+    """dwa's partial epoch sums of the failed fit must not leak into the restored one."""
+
+    def build():
+        paddle.seed(0)
+        loss = AutoWeight({"y1": paddle.nn.MSELoss(), "y2": paddle.nn.MSELoss()}, method="dwa")
+        return build_model(loss), loss
+
+    def fit(model, folder, *extra):
+        model.fit(TwoTaskData(96), epochs=5, batch_size=16, verbose=0,
+                  callbacks=[AutoWeightCallback(), BackupAndRestore(tmp_path / folder), *extra])
+
+    full, full_loss = build()
+    fit(full, "full")
+    model, loss = build()
+    boom = RaiseOnce()
+    with pytest.raises(RuntimeError, match="boom"):
+        fit(model, "run", boom)
+    fit(model, "run", boom)
+    np.testing.assert_array_equal(loss.dwa_weights.numpy(), full_loss.dwa_weights.numpy())
+    assert abs(float(loss.dwa_weights.numpy()[0]) - 1.0) > 1e-4
+    for got, want in zip(model.network.parameters(), full.network.parameters()):
+        np.testing.assert_array_equal(got.numpy(), want.numpy())

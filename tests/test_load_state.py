@@ -93,6 +93,45 @@ def test_manual_recipe_on_final_and_best_model(tmp_path):
         resumed.load(path)
         hapi_autoloss.load_state(resumed, path)
         done = hapi_autoloss.checkpoint_info(path)["epoch"]
-        resumed.fit(DATA, epochs=EPOCHS - done, batch_size=16, verbose=0, save_dir=str(tmp_path / f"ck-{done}"),
+        resumed.fit(DATA, epochs=EPOCHS - done, batch_size=16, verbose=0, save_dir=str(tmp_path / "ck"),
                     callbacks=[AutoWeightCallback()])
-    assert hapi_autoloss.checkpoint_info(str(tmp_path / f"ck-{done}" / "final")) == {"epoch": 5, "step": 30}
+    # The resumed run's checkpoints overwrite "0", "1" and "final" with its own progress,
+    # so the recipe repeated after a second crash finds them.
+    assert hapi_autoloss.checkpoint_info(str(tmp_path / "ck" / "final")) == {"epoch": 5, "step": 30}
+    assert hapi_autoloss.checkpoint_info(str(tmp_path / "ck" / "0")) == {"epoch": 4, "step": 24}
+    assert hapi_autoloss.latest_checkpoint(str(tmp_path / "ck")) in (str(tmp_path / "ck" / "final"),
+                                                                    str(tmp_path / "ck" / "1"))
+
+
+def test_a_model_is_freed_after_fit_with_every_callback(tmp_path):
+    """Nothing of ours keeps a model (and its network, optimizer, GPU memory) alive."""
+    import gc
+    import weakref
+
+    from hapi_autoloss.callbacks import BackupAndRestore, TensorBoardExport
+
+    model = build_model(topk_loss())
+    model.fit(DATA, epochs=1, batch_size=16, verbose=0, save_dir=str(tmp_path / "ck"),
+              callbacks=[AutoWeightCallback(), TopKScheduler(), TensorBoardExport(tmp_path / "tb"),
+                         BackupAndRestore(tmp_path / "backup")])
+    hapi_autoloss.load_state(model, str(tmp_path / "ck" / "final"))
+    ref = weakref.ref(model)
+    del model
+    gc.collect()
+    assert ref() is None
+
+
+def test_load_state_between_fits_gives_the_states_to_the_next_fit_callbacks(tmp_path):
+    """A finished fit's exporter must not take the loaded step: the next fit's does."""
+    from hapi_autoloss.callbacks import TensorBoardExport
+
+    model = build_model(kendall_loss())
+    first = TensorBoardExport(tmp_path / "a")
+    model.fit(DATA, epochs=2, batch_size=16, verbose=0, save_dir=str(tmp_path / "ck"),
+              callbacks=[AutoWeightCallback(), first])
+    assert first.global_step == 12
+    hapi_autoloss.load_state(model, str(tmp_path / "ck" / "0"))  # after epoch 1: step 6
+    second = TensorBoardExport(tmp_path / "b")
+    model.fit(DATA, epochs=1, batch_size=16, verbose=0, callbacks=[AutoWeightCallback(), second])
+    assert first.global_step == 12
+    assert second.global_step == 6 + 6

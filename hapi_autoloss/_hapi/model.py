@@ -9,12 +9,23 @@ import sys
 import weakref
 from collections.abc import Iterator
 from types import FrameType
-from typing import Any
+from typing import Any, Callable
 
 import paddle
 
 # Loss layers whose parameters an optimizer of a hapi Model now owns (see optimizer.attach).
 ATTACHED: weakref.WeakSet[paddle.nn.Layer] = weakref.WeakSet()
+
+
+def slot(obj: Any, name: str, factory: Callable[[], Any]) -> Any:
+    """``obj.<name>``, set to ``factory()`` first if missing. Our per-model state lives on
+    the model itself: a module-level map from the model to objects that refer back to
+    it would keep every model alive."""
+    value = getattr(obj, name, None)
+    if value is None:
+        value = factory()
+        setattr(obj, name, value)
+    return value
 
 
 def world() -> tuple[int, int]:

@@ -8,6 +8,7 @@ clipping; the network's update is exactly the plain optimizer's.
 
 from __future__ import annotations
 
+import weakref
 from typing import Any, Callable
 
 import numpy as np
@@ -15,7 +16,7 @@ import paddle
 
 from .._dist import average_gradients
 from .model import ATTACHED, loss_layer, loss_parameters, optimizer_of, require_dynamic_mode, world
-from .state import OWNER, wrap_save
+from .state import wrap_save
 
 # Keys Paddle's grouped ``step`` reads from every group (``_apply_optimize``).
 _GROUP_KEYS = ("params", "grad_clip")
@@ -53,10 +54,15 @@ def _skip_decoupled_decay(opt: Any, params: list[Any]) -> None:
         for holder, key in ((opt, "_exclude_from_weight_decay_fn"),
                             (opt._default_dict, "exclude_from_weight_decay_fn")):
             prev = holder[key] if isinstance(holder, dict) else getattr(holder, key)
+            if getattr(prev, "_autoloss_skip", None) is not None:  # a second fit: extend, not re-wrap
+                prev._autoloss_skip.update(ids)
+                continue
+            skip = set(ids)
 
-            def exclude(param: Any, _prev: Any = prev) -> bool:
-                return id(param) in ids or (_prev is not None and bool(_prev(param)))
+            def exclude(param: Any, _prev: Any = prev, _skip: set[int] = skip) -> bool:
+                return id(param) in _skip or (_prev is not None and bool(_prev(param)))
 
+            exclude._autoloss_skip = skip  # type: ignore[attr-defined]
             if isinstance(holder, dict):
                 holder[key] = exclude
             else:
@@ -220,15 +226,16 @@ def attach(
             "Fix: call model.prepare(optimizer, loss=...) with an optimizer before fit."
         )
     if not lr_scale > 0:
-        raise ValueError(f"lr_scale must be > 0, got {lr_scale!r}.")
-    owner = OWNER.get(loss)
+        raise ValueError(f"lr_scale must be > 0, got {lr_scale!r}. Fix: e.g. lr_scale=1.0.")
+    ref = getattr(loss, "_autoloss_owner", None)
+    owner = ref() if ref is not None else None
     if owner is not None and owner is not model:
         raise RuntimeError(
             f"This {type(loss).__name__} is already trained by another paddle.Model; one "
             "instance would mix two models' gradients and checkpoints. Fix: build one "
             "loss instance per model."
         )
-    OWNER[loss] = model
+    loss._autoloss_owner = weakref.ref(model)  # one model per loss, without keeping it alive
     params = loss_parameters(model)
     _inject(opt, params, lr_scale)
     check_groups(opt)

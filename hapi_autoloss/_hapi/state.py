@@ -9,24 +9,20 @@ from __future__ import annotations
 
 import os
 import tempfile
-import weakref
 from typing import Any, Protocol
 
 import numpy as np
 import paddle
 
-from .model import loss_layer, optimizer_of, require_dynamic_mode, world
+from .model import loss_layer, optimizer_of, require_dynamic_mode, slot, world
 from .progress import progress, set_progress, track_progress
 
 STATE_SUFFIX = ".autoloss"
 _FORMAT_VERSION = 2
 
-# One loss layer belongs to one model: two models sharing it would train it twice.
-OWNER: weakref.WeakKeyDictionary[paddle.nn.Layer, Any] = weakref.WeakKeyDictionary()
-# Per model: stateful objects saved with each checkpoint, and states read by
-# load_state() that wait for their object to register.
-_STATEFUL: weakref.WeakKeyDictionary[Any, dict[str, Any]] = weakref.WeakKeyDictionary()
-_PENDING: weakref.WeakKeyDictionary[Any, dict[str, Any]] = weakref.WeakKeyDictionary()
+# On each model (see model.slot): _autoloss_stateful, the objects saved with each
+# checkpoint, by key; _autoloss_pending, states read by load_state() that wait for
+# their object to register in the next fit.
 
 
 class Stateful(Protocol):
@@ -61,7 +57,7 @@ def register_state(model: Any, key: str, obj: Stateful) -> None:
     ``key#2``, and so on, in the order the callbacks start.
     """
     wrap_save(model)
-    registry = _STATEFUL.setdefault(model, {})
+    registry = slot(model, "_autoloss_stateful", dict)
     # Callbacks of an earlier fit are done: hapi gives each fit a new params dict.
     current = getattr(obj, "params", None)
     for stale in [k for k, o in registry.items() if getattr(o, "params", None) is not current]:
@@ -71,7 +67,7 @@ def register_state(model: Any, key: str, obj: Stateful) -> None:
         n += 1
         key = f"{base}#{n}"
     registry[key] = obj
-    pending = _PENDING.get(model, {})
+    pending = slot(model, "_autoloss_pending", dict)
     if key in pending:
         obj.set_state_dict(pending.pop(key))
 
@@ -108,7 +104,7 @@ def save_state(model: Any, path: str) -> str:
         "layers": {k: layer.checkpoint_state() for k, layer in _layers_with_state(loss).items()},
         "optimizer": _optimizer_state_of(optimizer_of(model), named),
         "names": {k: v.name for k, v in named.items()},
-        "callbacks": {k: obj.state_dict() for k, obj in _STATEFUL.get(model, {}).items()},
+        "callbacks": {k: obj.state_dict() for k, obj in slot(model, "_autoloss_stateful", dict).items()},
     }
     target = path + STATE_SUFFIX
     folder = os.path.dirname(os.path.abspath(target))
@@ -214,10 +210,10 @@ def load_state(model: Any, path: str) -> dict[str, Any]:
         optimizer_of(model), named, state.get("optimizer", {}), state.get("names", {})
     )
     set_progress(model, state.get("progress") or {})
-    _PENDING[model] = dict(state.get("callbacks", {}))
-    for key, obj in _STATEFUL.get(model, {}).items():
-        if key in _PENDING[model]:
-            obj.set_state_dict(_PENDING[model].pop(key))
+    # The callbacks registered so far belong to a finished fit: the states wait for the
+    # next fit's callbacks, which pick them up as they register.
+    model._autoloss_stateful = {}
+    model._autoloss_pending = dict(state.get("callbacks", {}))
     return state
 
 

@@ -91,6 +91,7 @@ class AutoWeightCallback(Callback):
                 stacklevel=2,
             )
         for aw in self._weighting:
+            aw.reset_epoch()  # a fit that raised mid-epoch leaves partial sums behind
             aw.share_seed()  # rlw, seed=None, several ranks: one stream before the first step
         if self.show_in_progress_bar and self._weighting:
             _hapi.show_in_progress_bar(self.params, list(self._values()))

@@ -21,7 +21,7 @@ PREFIX = "backup-"
 
 def _rng_state() -> np.ndarray:
     """Paddle's, NumPy's and Python's global random states (dropout, augmentation), as
-    bytes in a uint8 array: paddle.save stores arrays, not bytes."""
+    pickled bytes in a uint8 array."""
     blob = pickle.dumps((paddle.get_rng_state(), np.random.get_state(), random.getstate()))
     return np.frombuffer(blob, dtype=np.uint8).copy()
 
@@ -38,14 +38,16 @@ class BackupAndRestore(Callback):
     a crash (``kill -9`` included), restores it and trains only the epochs that remain.
 
     Named and shaped after Keras's ``BackupAndRestore``. A backup is a ``model.save``
-    into ``backup_dir`` written after every callback's ``on_epoch_end``: the network,
+    into ``backup_dir``, written once an epoch and its evaluation are done: the network,
     the optimizer (its LR scheduler too), σ and its moments, every ``TopKLoss``'s k,
     rlw's random stream, the positions of ``TopKScheduler`` and the exporters, the
-    epochs and steps done, and the global random states. On restart it restores all
-    of that before any other callback starts, skips the done epochs (no batch, no
-    callback, no evaluation) and puts hapi's ``DistributedBatchSampler`` at the epoch
-    it had reached, so ``shuffle=True`` gives the same batches: the run ends bit for
-    bit as an uninterrupted one, and the exporters' files hold every step once.
+    epochs and steps done in this ``fit``, and each rank's global random states
+    (Paddle's, NumPy's, Python's). On restart it restores all of that before any other
+    callback starts, skips the done epochs (no batch, no callback, no evaluation; also
+    counted off ``num_iters``) and puts hapi's ``DistributedBatchSampler`` at the epoch
+    it had reached, so ``shuffle=True`` gives the same batches: the run ends bit for bit
+    as an uninterrupted one, and the exporters' files hold every step once. Epochs are
+    counted within this ``fit``, so a script may train or load before it.
 
     Each backup is complete before the previous one is removed; a crash while
     writing leaves the previous one. A run that finished (all epochs, or stopped by
@@ -53,8 +55,8 @@ class BackupAndRestore(Callback):
     ``backup_dir`` to train from scratch. Unlike Keras's, the backup is kept after
     training, so that a finished run is recognised.
 
-    Not restored: ``EarlyStopping``'s patience counter, and the order of a data
-    loader you built yourself without a ``DistributedBatchSampler``.
+    Not restored: ``EarlyStopping``'s and ``ReduceLROnPlateau``'s counters, and the order
+    of a data loader you built yourself without a ``DistributedBatchSampler``.
 
     Args:
         backup_dir: a local folder for this run's backups (one run per folder).
@@ -74,13 +76,17 @@ class BackupAndRestore(Callback):
         self.serial = 0  # backups written by this run, across restarts
         self.finished = False
         self.restored_from: str | None = None
-        self._done = 0
-        self._epochs = 0
+        self._done = self._steps = self._epochs = 0
+        self._base = {"epoch": 0, "step": 0}
 
     # ------------------------------------------------------------ saved with each backup
 
     def state_dict(self) -> dict[str, Any]:
-        return {"serial": self.serial, "finished": self.finished, "epochs": self._epochs, "rng": _rng_state()}
+        """The backup count and, counted within this fit (a script may train before it), the
+        epochs and steps done; the random states go to one file per rank."""
+        now = _hapi.progress(self.model)
+        return {"serial": self.serial, "finished": self.finished, "epochs": self._epochs,
+                "fit_epoch": now["epoch"] - self._base["epoch"], "fit_step": now["step"] - self._base["step"]}
 
     def set_state_dict(self, state: dict[str, Any]) -> None:
         """Nothing: a backup is read by :meth:`set_params` itself, not by ``load_state``."""
@@ -94,19 +100,22 @@ class BackupAndRestore(Callback):
         epochs = params.get("epochs") if isinstance(params, dict) else None
         if epochs is None:  # evaluate / predict
             return
-        self._epochs, self._done, self.finished, self.restored_from = int(epochs), 0, False, None
+        model: Any = self.model
+        self._epochs, self._done, self._steps, self.finished, self.restored_from = int(epochs), 0, 0, False, None
+        self._base = _hapi.progress(model)
         path = self.latest()
         if path is None:
             return
-        saved = _hapi.read_state(path)
-        mine = saved.get("callbacks", {}).get(STATE_KEY, {})
-        model: Any = self.model
+        mine = _hapi.read_state(path).get("callbacks", {}).get(STATE_KEY, {})
         model.load(path)
         _hapi.load_state(model, path)
-        if mine.get("rng") is not None:
-            _set_rng_state(mine["rng"])
+        rng = f"{path}.rng{_hapi.world()[0]}.npy"
+        if os.path.exists(rng):
+            _set_rng_state(np.load(rng))
         self.serial = int(mine.get("serial", 0))
-        self._done = _hapi.checkpoint_info(path)["epoch"]
+        self._done, self._steps = int(mine.get("fit_epoch", 0)), int(mine.get("fit_step", 0))
+        now = _hapi.progress(model)
+        self._base = {"epoch": now["epoch"] - self._done, "step": now["step"] - self._steps}
         self.finished = bool(mine.get("finished")) or self._done >= self._epochs
         self.restored_from = path
 
@@ -121,7 +130,8 @@ class BackupAndRestore(Callback):
                 "some other way. Fix: model.fit(..., callbacks=[BackupAndRestore(dir)])."
             )
         skip = self._epochs if self.finished else self._done
-        _hapi.skip_done_epochs(self.model, callbacks, skip, self._backup)
+        # Each backup is written once the epoch before it and its evaluation are done.
+        _hapi.skip_done_epochs(self.model, callbacks, skip, self._steps, self._backup)
         if _hapi.world()[0] != 0 or self.restored_from is None:
             return
         if self.finished:
@@ -142,13 +152,17 @@ class BackupAndRestore(Callback):
 
     # ------------------------------------------------------------ files
 
-    def _backup(self, epoch: int | None = None) -> None:
-        """One complete ``model.save``, then the older backups go."""
+    def _backup(self) -> None:
+        """Every rank's random states, then one complete ``model.save``, then the older backups go."""
         self.serial += 1
         prefix = os.path.join(self.backup_dir, f"{PREFIX}{self.serial}")
+        rank, nranks = _hapi.world()
+        np.save(f"{prefix}.rng{rank}.npy", _rng_state())
+        if nranks > 1:
+            paddle.distributed.barrier()  # every rank's file exists before rank 0 completes the backup
         model: Any = self.model
         model.save(prefix)
-        if _hapi.world()[0] != 0:
+        if rank != 0:
             return
         keep = os.path.basename(prefix)
         for name in os.listdir(self.backup_dir):

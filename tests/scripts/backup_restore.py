@@ -1,9 +1,10 @@
 """Driver for test_backup.py: the same training script, run as a user would.
 
-    backup_restore.py OUT run  [kill] METHOD   # 5 epochs with BackupAndRestore(OUT/run/backup)
-    backup_restore.py OUT full        METHOD   # the same, uninterrupted, in its own folder
+    backup_restore.py OUT run  [kill] [OPTIONS] METHOD   # 5 epochs with BackupAndRestore(OUT/run/backup)
+    backup_restore.py OUT full        [OPTIONS] METHOD   # the same, uninterrupted, in its own folder
 
-METHOD is kendall or rlw. With ``kill`` the process SIGKILLs itself in the middle of epoch 3. shuffle=True, a
+METHOD is kendall, rlw or dwa. OPTIONS: ``stage`` (a 3-epoch fit without backup first),
+``iters`` (fit(num_iters=20) instead of 5 epochs), ``eval`` (eval_data every epoch). With ``kill`` the process SIGKILLs itself in the middle of epoch 3. shuffle=True, a
 dropout layer, AutoWeight (kendall) around a TopKLoss, TopKScheduler, TensorBoardExport
 and an lr schedule: everything a resume can get wrong. Final σ, k and network weights
 go to OUT/<mode>.npz.
@@ -24,6 +25,7 @@ from hapi_autoloss.callbacks import AutoWeightCallback, BackupAndRestore, Tensor
 EPOCHS, BATCH, KILL_AT = 5, 16, (2, 3)
 out, mode = sys.argv[1], sys.argv[2]
 kill = "kill" in sys.argv[3:]
+options = set(sys.argv[3:-1])
 method = sys.argv[-1]
 run_dir = os.path.join(out, mode)
 
@@ -41,7 +43,7 @@ class DropNet(TwoTaskNet):
 
 paddle.seed(0)
 net = DropNet()
-kwargs = {"task_types": ["regression", "regression"]} if method == "kendall" else {"seed": 3}
+kwargs = {"kendall": {"task_types": ["regression", "regression"]}, "rlw": {"seed": 3}}.get(method, {})
 loss = AutoWeight({"y1": TopKLoss(paddle.nn.MSELoss(reduction="none"), ratio=1.0), "y2": paddle.nn.MSELoss()},
                   method=method, **kwargs)
 model = paddle.Model(net, inputs=X_SPEC, labels=Y_SPECS)
@@ -53,8 +55,12 @@ if mode == "run":
     callbacks.insert(1, BackupAndRestore(os.path.join(run_dir, "backup")))
 if kill:
     callbacks.append(KillAt(*KILL_AT))
-model.fit(TwoTaskData(96), epochs=EPOCHS, batch_size=BATCH, shuffle=True, verbose=0,
-          save_dir=os.path.join(run_dir, "ckpt"), callbacks=callbacks)
+fit = dict(batch_size=BATCH, shuffle=True, verbose=0, save_dir=os.path.join(run_dir, "ckpt"))
+if "stage" in options:  # training before the backed-up fit: its epochs must not count as done
+    model.fit(TwoTaskData(96, seed=7), epochs=3, callbacks=[AutoWeightCallback()], **fit)
+length = {"num_iters": 20} if "iters" in options else {"epochs": EPOCHS}
+eval_data = TwoTaskData(32, seed=1) if "eval" in options else None
+model.fit(TwoTaskData(96), eval_data, callbacks=callbacks, **length, **fit)
 np.savez(os.path.join(out, f"{mode}.npz"), s=loss.s.numpy() if loss.s is not None else np.zeros(1),
          k=np.float64(loss.losses[0].ratio), w=net.trunk.weight.numpy(), h=net.h1.weight.numpy(),
          lr=np.float64(model._optimizer.get_lr()), rlw=np.asarray(list(loss.weights().values())))
