@@ -4,9 +4,10 @@
     backup_restore.py OUT full        [OPTIONS] METHOD   # the same, uninterrupted, in its own folder
 
 METHOD is kendall, rlw or dwa. OPTIONS: ``stage`` (a 3-epoch fit without backup first),
-``iters`` (fit(num_iters=20) instead of 5 epochs), ``eval`` (eval_data every epoch). With ``kill`` the process SIGKILLs itself in the middle of epoch 3. shuffle=True, a
-dropout layer, AutoWeight (kendall) around a TopKLoss, TopKScheduler, TensorBoardExport
-and an lr schedule: everything a resume can get wrong. Final σ, k and network weights
+``iters`` (fit(num_iters=20) instead of 5 epochs), ``eval`` (eval_data every epoch).
+With ``kill`` the process SIGKILLs itself in the middle of epoch 3. shuffle=True, a
+dropout layer, AutoWeight around a TopKLoss, TopKScheduler, TensorBoardExport and an lr
+schedule: everything a resume can get wrong. Final σ, k and network weights
 go to OUT/<mode>.npz.
 """
 
