@@ -7,7 +7,7 @@ import signal
 import numpy as np
 import paddle
 import pytest
-from helpers import ROOT, TwoTaskData, build_model, run_python, tb_read
+from helpers import ROOT, TwoTaskData, build_model, launch_two_ranks, run_python, tb_read
 
 import hapi_autoloss
 from hapi_autoloss import AutoWeight
@@ -124,3 +124,19 @@ def test_fit_again_in_the_same_process_after_an_exception(tmp_path):
     assert abs(float(loss.dwa_weights.numpy()[0]) - 1.0) > 1e-4
     for got, want in zip(model.network.parameters(), full.network.parameters()):
         np.testing.assert_array_equal(got.numpy(), want.numpy())
+
+
+@pytest.mark.distributed
+def test_two_ranks_crash_and_resume_with_each_rank_own_random_stream(tmp_path):
+    script = os.path.join(ROOT, "tests", "scripts", "dist_backup.py")
+    for mode, ok in (("full", True), ("crash", False), ("resume", True)):
+        proc, logs = launch_two_ranks(script, str(tmp_path), mode, log_dir=tmp_path / f"log-{mode}", cwd=tmp_path)
+        assert (proc.returncode == 0) == ok, proc.stderr[-2000:] + logs[-4000:]
+    backups = sorted(os.listdir(tmp_path / "run" / "backup"))
+    assert any(name.endswith(".rng0.npy") for name in backups) and any(name.endswith(".rng1.npy") for name in backups)
+    full = [np.load(tmp_path / f"full-rank{r}.npz") for r in (0, 1)]
+    resumed = [np.load(tmp_path / f"resume-rank{r}.npz") for r in (0, 1)]
+    for r in (0, 1):
+        for key in ("s", "w"):
+            np.testing.assert_array_equal(resumed[r][key], full[r][key], err_msg=f"rank {r} {key}")
+    np.testing.assert_array_equal(full[0]["s"], full[1]["s"])
