@@ -120,8 +120,8 @@ def test_fit_again_in_the_same_process_after_an_exception(tmp_path):
     with pytest.raises(RuntimeError, match="boom"):
         fit(model, "run", boom)
     fit(model, "run", boom)
-    np.testing.assert_array_equal(loss.dwa_weights.numpy(), full_loss.dwa_weights.numpy())
-    assert abs(float(loss.dwa_weights.numpy()[0]) - 1.0) > 1e-4
+    np.testing.assert_array_equal(loss.weighting.dwa_weights.numpy(), full_loss.weighting.dwa_weights.numpy())
+    assert abs(float(loss.weighting.dwa_weights.numpy()[0]) - 1.0) > 1e-4
     for got, want in zip(model.network.parameters(), full.network.parameters()):
         np.testing.assert_array_equal(got.numpy(), want.numpy())
 

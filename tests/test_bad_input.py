@@ -63,8 +63,9 @@ def test_shape_errors_come_before_any_update_inside_fit():
     "kwargs,exc,fragments",
     [
         ({"method": "liebel", "clamp": (0.0, 10.0)}, ValueError, ["must stay > 0"]),
-        ({"method": "equal", "clamp": (-1.0, 1.0)}, ValueError, ["learns nothing"]),
-        ({"method": "fixed", "weights": [1.0], "init": 0.5}, ValueError, ["learns nothing"]),
+        ({"method": "equal", "clamp": (-1.0, 1.0)}, ValueError, ["clamp does not apply to method='equal'"]),
+        ({"method": "fixed", "weights": [1.0], "init": 0.5}, ValueError,
+         ["init does not apply to method='fixed', which takes weights"]),
         ({"method": "dwa", "temperature": 0.0}, ValueError, ["temperature must be > 0"]),
         ({"method": "equal", "routing": [(0, -1)]}, ValueError, ["non-negative tensor indices"]),
         ({"method": "equal", "routing": {"other": (0, 1)}}, ValueError, ["missing ['task0']", "unknown ['other']"]),

@@ -41,11 +41,14 @@ def test_dwa_averages_over_every_ranks_batches(ranks):
     # The average over the whole data: both ranks' batches (epochs, batches, tasks).
     losses = np.concatenate([r["dwa_losses"].astype(np.float64) for r in ranks], axis=1)
     assert losses.shape == (4, 14, 2)
-    expected = dwa_weights(losses.mean(axis=1))
+    sizes = np.array([16] * 6 + [4])  # each rank's 7 batches: an epoch's average is weighted by batch size
+    expected = dwa_weights(np.average(losses, axis=1, weights=np.tile(sizes, 2)))
     np.testing.assert_allclose(ranks[0]["dwa_epoch_weights"], expected, rtol=1e-6)
+    unweighted = dwa_weights(losses.mean(axis=1))  # the plain mean of batch losses differs
+    assert np.abs(unweighted - expected).max() > 1e-4
     # What a rank alone would compute is measurably different: the reduction matters.
     for r in ranks:
-        alone = dwa_weights(r["dwa_losses"].astype(np.float64).mean(axis=1))
+        alone = dwa_weights(np.average(r["dwa_losses"].astype(np.float64), axis=1, weights=sizes))
         assert np.abs(alone - expected).max() > 1e-2
     # Each step trained with its epoch's weights, the ones hapi's logs showed.
     per_step = np.repeat(expected, 7, axis=0)

@@ -186,10 +186,10 @@ def test_dwa_gets_its_epoch_averages_from_the_callback():
 
     class Spy(paddle.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
-            seen.append((loss.dwa_history.numpy().copy(), loss.weights()))
+            seen.append((loss.weighting.dwa_history.numpy().copy(), loss.weights()))
 
     fit(build_model(loss), epochs=3, callbacks=[AutoWeightCallback(), Spy()])
-    assert int(loss.epochs_seen) == 3
+    assert int(loss.weighting.epochs_seen) == 3
     # seen[e]: after epoch e, the weights epoch e + 1 trains with
     assert seen[0][1] == {"y1": 1.0, "y2": 1.0}
     for history, weights in seen[1:]:

@@ -240,9 +240,9 @@ def test_readme_example_learns_saves_and_resumes(tmp_path):
     (first,) = sigmas_printed(stdout)
     assert first["y1"] == pytest.approx(2.0, rel=0.1) and first["y2"] == pytest.approx(0.3, rel=0.15)
     saved = paddle.load(str(out / "plain.autoloss.pdparams"))
-    np.testing.assert_allclose(np.exp(0.5 * saved["s"].numpy()), [first["y1"], first["y2"]], rtol=1e-6)
+    np.testing.assert_allclose(np.exp(0.5 * saved["weighting.s"].numpy()), [first["y1"], first["y2"]], rtol=1e-6)
     opt_state = paddle.load(str(out / "plain.pdopt"))
-    sigma_moments = [k for k in opt_state if k.startswith("auto_weight") and "moment" in k]
+    sigma_moments = [k for k in opt_state if k.startswith("kendall") and "moment" in k]
     assert len(sigma_moments) == 2  # σ's AdamW moments are in the optimizer's file
 
     # A second process in the same folder resumes from exactly what the first saved.

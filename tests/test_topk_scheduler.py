@@ -245,15 +245,19 @@ def test_resume_by_step_after_model_save(tmp_path):
     assert resumed.used == pytest.approx([1.0 - 0.1 * t for t in range(3, 9)])
 
 
-def test_load_state_into_a_registered_scheduler_applies_at_once(tmp_path):
+def test_load_state_gives_a_used_scheduler_its_state_when_it_starts_again(tmp_path):
     model = build(TopKLoss(ce()))
     fit(model, 3, [TopKScheduler()], save_dir=str(tmp_path))
     layer = TopKLoss(ce())
     other = build(layer)
     sched = TopKScheduler(end=0.5)
     fit(other, 1, [sched])
+    assert layer.ratio == 0.5
     hapi_autoloss.load_state(other, str(tmp_path / "0"))
-    assert (sched.epochs_done, sched.total) == (1, 3)
+    assert layer.ratio == 1.0  # the k saved after epoch 0 (ratio 1.0), at once
+    assert (sched.epochs_done, sched.total) == (1, 1)  # a finished fit's callback is left alone
+    fit(other, 1, [sched])  # the same scheduler starts again: the saved position and total
+    assert (sched.epochs_done, sched.total) == (2, 3)
     assert layer.ratio == sched.ratio == pytest.approx(0.75)  # position 1 of 3, from 1.0 to 0.5
 
 

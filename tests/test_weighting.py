@@ -209,7 +209,7 @@ def test_bad_input_errors_name_problem_and_fix():
         AutoWeight([mse], method="simple", clamp=(3.0, 3.0))
     with expect(ValueError, "Unknown routing 'pairs'"):
         AutoWeight([mse], method="equal", routing="pairs")
-    with expect(ValueError, "weights only apply"):
+    with expect(ValueError, "weights does not apply to method='equal'"):
         AutoWeight([mse], method="equal", weights=[1.0])
 
 

@@ -87,7 +87,7 @@ def test_dwa_uses_the_last_two_epoch_averages_with_temperature_two():
     with paddle.no_grad():
         feed_losses(aw, [100.0, 100.0, 100.0], grad=False)
     aw.end_epoch()
-    np.testing.assert_allclose(aw.dwa_history.numpy()[1], L, rtol=1e-6)
+    np.testing.assert_allclose(aw.weighting.dwa_history.numpy()[1], L, rtol=1e-6)
 
 
 def test_dwa_state_is_part_of_the_state_dict():
@@ -100,4 +100,4 @@ def test_dwa_state_is_part_of_the_state_dict():
     # epoch averages (2, 1) then (1, 1): the next epoch's weights are 2·softmax((½, 1) / 2), not the initial 1s
     np.testing.assert_allclose(list(aw.weights().values()), 2 * softmax(np.array([0.5, 1.0]) / 2.0), rtol=1e-6)
     assert other.weights() == aw.weights()
-    assert int(other.epochs_seen) == 3
+    assert int(other.weighting.epochs_seen) == 3

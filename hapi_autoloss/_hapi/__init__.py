@@ -23,6 +23,7 @@ owns parameters, and where we fix it:
 from .model import (
     callback_list_of,
     check_attached,
+    forward_again,
     iter_layers,
     loss_layer,
     loss_parameters,
@@ -51,6 +52,7 @@ __all__ = [
     "callback_list_of",
     "check_attached",
     "checkpoint_info",
+    "forward_again",
     "iter_layers",
     "load_state",
     "loss_layer",

@@ -137,3 +137,12 @@ def show_in_progress_bar(params: Any, keys: list[str]) -> None:
     metrics = params.get("metrics")
     if isinstance(metrics, list):
         metrics.extend(k for k in keys if k not in metrics)
+
+
+def forward_again(model: Any, inputs: Any, labels: Any) -> list[paddle.Tensor]:
+    """``(*outputs, *labels)`` of ``model.network`` on a batch given to ``train_batch``, with no
+    gradient and the network in the mode it is in (hapi's ``train_batch`` converts the same way)."""
+    as_list = (lambda v: list(v) if isinstance(v, (list, tuple)) else ([] if v is None else [v]))
+    with paddle.no_grad():
+        outputs = model.network(*[paddle.to_tensor(x) for x in as_list(inputs)])
+    return [*as_list(outputs), *[paddle.to_tensor(y) for y in as_list(labels)]]

@@ -28,9 +28,10 @@ def set_progress(model: Any, saved: dict[str, Any]) -> None:
     model._autoloss_progress = {"epoch": int(saved.get("epoch", 0)), "step": int(saved.get("step", 0))}
 
 
-def after_train_batch(model: Any, key: str, fn: Callable[[], None]) -> None:
-    """Run ``fn()`` after each of ``model``'s train batches, before any ``on_train_batch_end``
-    (hapi's progress bar prints there first); a later call with the same ``key`` replaces it."""
+def after_train_batch(model: Any, key: str, fn: Callable[..., None]) -> None:
+    """Run ``fn(inputs, labels, update)`` (``model.train_batch``'s arguments) after each of
+    ``model``'s train batches, before any ``on_train_batch_end`` (hapi's progress bar prints
+    there first); a later call with the same ``key`` replaces it."""
     track_progress(model)
     slot(model, "_autoloss_after_batch", dict)[key] = fn
 
@@ -46,7 +47,7 @@ def track_progress(model: Any) -> None:
         out = train_batch(*args, **kwargs)
         model._autoloss_progress["step"] += 1
         for fn in list(getattr(model, "_autoloss_after_batch", {}).values()):
-            fn()
+            fn(*args, **kwargs)
         return out
 
     def counted_run_one_epoch(data_loader: Any, callbacks: Any, mode: str, *args: Any, **kwargs: Any) -> Any:

@@ -77,6 +77,7 @@ class AutoWeightCallback(Callback):
         self._epoch = 0
         self._step = 0
         self._batches = 0
+        self._skipped_before = 0
         self._logs: dict[str, Any] | None = None
 
     def on_train_begin(self, logs: Any = None) -> None:
@@ -91,12 +92,11 @@ class AutoWeightCallback(Callback):
                 stacklevel=2,
             )
         for aw in self._weighting:
-            aw.reset_epoch()  # a fit that raised mid-epoch leaves partial sums behind
-            aw.share_seed()  # rlw, seed=None, several ranks: one stream before the first step
+            aw.begin_training()  # every rank: forget a partial epoch, agree on random streams
         if self.show_in_progress_bar and self._weighting:
             _hapi.show_in_progress_bar(self.params, list(self._values()))
-            # Filled right after the step, before hapi's bar reads logs at on_train_batch_end.
-            _hapi.after_train_batch(self.model, "AutoWeightCallback", self._fill_logs)
+        # Right after each step, before hapi's bar reads logs at on_train_batch_end.
+        _hapi.after_train_batch(self.model, "AutoWeightCallback", self._after_step)
 
     def _values(self) -> dict[str, float]:
         out: dict[str, float] = {}
@@ -106,8 +106,13 @@ class AutoWeightCallback(Callback):
             out.update({f"weight_{k}": v for k, v in weights.items()})
         return out
 
-    def _fill_logs(self) -> None:
-        if self._logs is not None:
+    def _after_step(self, inputs: Any, labels: Any = None, update: bool = True) -> None:
+        wanting = [aw for aw in self._weighting if aw.weighting.wants_losses_after_update]
+        if wanting and update and self.skipped == self._skipped_before:
+            tensors = _hapi.forward_again(self.model, inputs, labels)  # famo: the same batch after the step
+            for aw in wanting:
+                aw.after_update(*tensors)
+        if self._logs is not None and self.show_in_progress_bar and self._weighting:
             self._logs.update(self._values())
 
     def _on_nonfinite(self, loss: paddle.Tensor, here: bool) -> None:
@@ -141,6 +146,7 @@ class AutoWeightCallback(Callback):
     def on_train_batch_begin(self, step: int, logs: Any = None) -> None:
         self._step = step
         self._logs = logs  # hapi passes the same dict to on_train_batch_end
+        self._skipped_before = self.skipped
 
     def on_train_batch_end(self, step: int, logs: Any = None) -> None:
         self._batches += 1

@@ -72,6 +72,6 @@ np.savez(
     dwa_losses=np.array(dwa.losses), dwa_epoch_weights=np.array(dwa.epoch_weights),
     dwa_used=np.array(dwa.used), dwa_logged=np.array(dwa.logged),
     rlw_used=np.array(rlw.used), rlw_logged=np.array(rlw.logged),
-    bare_history=bare.dwa_history.numpy(), bare_epochs=int(bare.epochs_seen),
+    bare_history=bare.weighting.dwa_history.numpy(), bare_epochs=int(bare.weighting.epochs_seen),
     bare_weights=np.array(list(bare.weights().values())),
 )

@@ -1,0 +1,119 @@
+"""LearnedScale: the shared part of the methods that learn one number per task (s or c)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, ClassVar
+
+import numpy as np
+import paddle
+
+from .._hapi import world
+from .base import Weighting
+
+
+class LearnedScale(Weighting):
+    """A learned per-task parameter ``s`` (or ``c``), clamped in the forward.
+
+    The clamp is straight-through: the value is clamped, the gradient always flows, so
+    an ``s`` that momentum carried past a bound is pulled back rather than frozen there.
+    Subclasses give ``default_clamp``, ``default_init`` and three formulas of the clamped
+    value ``p``: :meth:`total`, :meth:`sigma_of` and :meth:`weight_of`.
+
+    ``init="auto"`` starts each ``s`` at the optimum of its term for the first training
+    batch's losses (see :meth:`optimum`), so the weights start at the loss scales
+    instead of having to travel there at the optimizer's pace.
+    """
+
+    default_clamp: ClassVar[tuple[float, float]] = (-10.0, 10.0)
+    default_init: ClassVar[float] = 0.0
+
+    def __init__(self, clamp: tuple[float, float] | None = None, init: float | str | None = None) -> None:
+        super().__init__()
+        lo, hi = clamp if clamp is not None else self.default_clamp
+        if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+            raise ValueError(
+                f"clamp must be finite with min < max, got ({lo}, {hi}). Fix: e.g. clamp={self.default_clamp}."
+            )
+        self.check_clamp(float(lo), float(hi))
+        self.clamp = (float(lo), float(hi))
+        if init is not None and init != "auto" and not (isinstance(init, (int, float)) and math.isfinite(init)):
+            raise ValueError(
+                f"init must be a finite number or 'auto', got {init!r}. Fix: e.g. init={self.default_init} "
+                "or init='auto' (start at the first batch's optimum)."
+            )
+        self.init = init
+        self.s: paddle.Tensor | None = None
+
+    def check_clamp(self, lo: float, hi: float) -> None:
+        """Method-specific limits of the clamp; raise ValueError."""
+
+    def bind(self, tasks: list[str], task_types: list[str | None]) -> None:
+        super().bind(tasks, task_types)
+        start = self.default_init if self.init in (None, "auto") else float(self.init)  # type: ignore[arg-type]
+        self.s = self.create_parameter(
+            shape=[self.n],
+            dtype="float32",
+            attr=paddle.ParamAttr(regularizer=paddle.regularizer.L2Decay(0.0)),
+            default_initializer=paddle.nn.initializer.Constant(start),
+        )
+        # auto init: still to do (1) or done (0); a buffer, so a resumed run does not redo it
+        self.register_buffer("auto_pending", paddle.to_tensor(1 if self.init == "auto" else 0, dtype="int32"))
+        self._auto = self.init == "auto"
+
+    # ------------------------------------------------------------ formulas of p = clamp(s)
+
+    def total(self, p: paddle.Tensor, losses: paddle.Tensor) -> paddle.Tensor:
+        raise NotImplementedError
+
+    def sigma_of(self, p: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def weight_of(self, p: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def optimum(self, losses: paddle.Tensor) -> paddle.Tensor:
+        """The s minimising each task's term for these losses (for ``init='auto'``)."""
+        raise NotImplementedError(f"{type(self).__name__} has no init='auto'. Fix: give a number.")
+
+    # ------------------------------------------------------------ hooks
+
+    def observe(self, losses: paddle.Tensor, batch_size: int = 1) -> None:
+        if self._auto and self.s is not None:
+            self._auto = False
+            if int(self.auto_pending) == 1:  # once per run, not per fit: a resume keeps its s
+                start = paddle.clip(self.optimum(losses), *self.clamp)
+                nranks = world()[1]
+                if nranks > 1:  # every rank starts from the same s: the mean of their first batches'
+                    paddle.distributed.all_reduce(start)
+                    start = start / nranks
+                self.s.set_value(paddle.where(paddle.isfinite(start), start, self.s).astype("float32"))
+                self.auto_pending.set_value(paddle.zeros_like(self.auto_pending))
+
+    def clamped(self) -> paddle.Tensor:
+        assert self.s is not None
+        return self.s + (paddle.clip(self.s, *self.clamp) - self.s).detach()
+
+    def combine(self, losses: paddle.Tensor) -> paddle.Tensor:
+        p = self.clamped()
+        if paddle.is_grad_enabled():
+            self._seen["p"] = p.detach()  # the exact s this forward used, read by sigma/weight(used)
+        return self.total(p, losses)
+
+    def _p(self, used: bool) -> np.ndarray:
+        if used and "p" in self._seen:
+            return self._seen["p"].numpy().astype(np.float64)
+        assert self.s is not None
+        return np.clip(self.s.numpy().astype(np.float64), *self.clamp)
+
+    def sigma(self, used: bool) -> np.ndarray | None:
+        return self.sigma_of(self._p(used))
+
+    def weight(self, used: bool) -> np.ndarray:
+        return self.weight_of(self._p(used))
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        return {"clamp": list(self.clamp)}
+
+    def extra_repr(self) -> str:
+        return f"clamp={self.clamp}, init={self.init}"

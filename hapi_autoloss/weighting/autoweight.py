@@ -1,0 +1,205 @@
+"""AutoWeight: one loss layer that computes several losses and weights them with a method."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import numpy as np
+import paddle
+
+from .. import _hapi
+from ._tasks import (
+    Losses,
+    Routing,
+    TaskTypes,
+    as_scalar,
+    check_inputs,
+    names_and_losses,
+    parse_routing,
+    parse_task_types,
+    route,
+)
+from .base import METHODS, Weighting
+
+
+def make_method(method: str | Weighting, options: dict[str, Any]) -> Weighting:
+    """The method instance for ``method`` (a registered name, or an instance)."""
+    if isinstance(method, Weighting):
+        if options:
+            raise ValueError(
+                f"Options {sorted(options)} were given with a method instance. Fix: pass them to the "
+                f"instance, e.g. method={type(method).__name__}(...)."
+            )
+        return method
+    if not isinstance(method, str) or method not in METHODS:
+        raise ValueError(f"Unknown method {method!r}. Fix: use one of {', '.join(sorted(METHODS))}, "
+                         "or an instance of a hapi_autoloss.weighting.Weighting subclass.")
+    cls = METHODS[method]
+    accepted = [k for k in inspect.signature(cls.__init__).parameters if k != "self"]
+    unknown = [k for k in options if k not in accepted]
+    if unknown:
+        takes = ", ".join(accepted) if accepted else "no options"
+        raise ValueError(
+            f"{', '.join(unknown)} does not apply to method={method!r}, which takes {takes}. Fix: drop "
+            f"{unknown[0]}=..., or use a method that takes it."
+        )
+    return cls(**options)
+
+
+class AutoWeight(paddle.nn.Layer):
+    """Computes several losses and weights them into one, learning the weights during ``model.fit``.
+
+    Args:
+        losses: a list of losses, or a dict ``{task name: loss}``. A loss is any Layer or
+            callable returning a scalar (``TopKLoss`` included). Unnamed tasks are called
+            ``task0``, ``task1``...
+        method: a method's name (the table in the README: ``"kendall"``, ``"liebel"``,
+            ``"famo"``, ``"stch"``, ``"uw_so"``, ``"dwa"``, ``"rlw"``, ...), or an instance
+            of a :class:`~hapi_autoloss.weighting.Weighting` subclass (your own method).
+        task_types: ``"regression"`` or ``"classification"`` per task (list, or dict by
+            task name). Required by ``"kendall"`` (the ½ factor); a regression task's
+            label shape is also checked against its output.
+        routing: which of the tensors hapi passes (``*outputs, *labels``) go to each loss.
+            ``"paired"``: loss i gets ``(outputs[i], labels[i])``. ``"shared"``: every loss
+            gets the same ``(output, label)`` (CE + Dice on one segmentation output). Or per
+            task, the indices into ``(*outputs, *labels)``, e.g. ``{"depth": (0, 2), "seg": (1, 3)}``.
+        **options: the method's own options, e.g. ``clamp``, ``init`` (kendall, simple,
+            liebel, imtl_l), ``weights`` (fixed), ``temperature`` (dwa, uw_so), ``seed``
+            (rlw), ``w_lr``/``gamma`` (famo), ``mu``/``warmup_epochs`` (stch).
+
+    The forward returns a 0-d float32 tensor, computed in float32 whatever the inputs'
+    dtype. Train it through ``model.fit(..., callbacks=[AutoWeightCallback()])``.
+
+    Reading (host floats, one device read each): ``sigmas()``/``weights()`` are the values
+    now; ``used()`` the ones the last training step's forward used (σ before its update),
+    which hapi's progress line, ``TqdmProgressBar`` and the exporters show per step;
+    ``last_losses()`` the raw losses of the last forward.
+
+    Example::
+
+        loss = AutoWeight({"y1": paddle.nn.MSELoss(), "y2": paddle.nn.MSELoss()},
+                          method="kendall", task_types=["regression", "regression"])
+        model.prepare(paddle.optimizer.Adam(1e-3, parameters=model.parameters()), loss)
+        model.fit(data, epochs=10, callbacks=[AutoWeightCallback()])
+        loss.sigmas()   # {'y1': 2.98, 'y2': 0.51}
+    """
+
+    def __init__(
+        self,
+        losses: Losses,
+        method: str | Weighting = "kendall",
+        task_types: TaskTypes | None = None,
+        routing: Routing = "paired",
+        **options: Any,
+    ) -> None:
+        _hapi.require_dynamic_mode()
+        super().__init__()
+        names, fns = names_and_losses(losses)
+        self.weighting = make_method(method, options)
+        self.task_names: list[str] = names
+        self.losses = paddle.nn.LayerList([f for f in fns if isinstance(f, paddle.nn.Layer)])
+        self._fns = fns
+        self._types = parse_task_types(task_types, names)
+        self._routes = parse_routing(routing, names)
+        self.weighting.bind(names, self._types)
+
+    @property
+    def method(self) -> str:
+        """The method's name (its class name for an unnamed method)."""
+        return self.weighting.name or type(self.weighting).__name__
+
+    @property
+    def s(self) -> paddle.Tensor | None:
+        """The learned per-task parameter of kendall, simple, liebel (c) and imtl_l; else None."""
+        return getattr(self.weighting, "s", None)
+
+    # ------------------------------------------------------------ forward
+
+    def task_losses(self, *tensors: paddle.Tensor) -> paddle.Tensor:
+        """The raw per-task losses, a float32 tensor of shape [n], with the input checks."""
+        raw = []
+        for name, kind, fn, args in zip(self.task_names, self._types, self._fns,
+                                        route(self._routes, len(self.task_names), tensors)):
+            check_inputs(name, kind, args)
+            raw.append(as_scalar(name, fn(*args)))
+        return paddle.stack(raw)
+
+    def forward(self, *tensors: paddle.Tensor) -> paddle.Tensor:
+        _hapi.check_attached(self, needed=self.weighting.needs_callback)
+        values = self.task_losses(*tensors)
+        batch = tensors[0].shape[0] if tensors and tensors[0].ndim else 1
+        self.weighting.record(values.detach(), paddle.is_grad_enabled(), int(batch))
+        return self.weighting.combine(values)
+
+    # ------------------------------------------------------------ training hooks
+
+    def begin_training(self) -> None:
+        """A ``fit`` starts (``AutoWeightCallback`` calls it on every rank)."""
+        self.weighting.begin_training()
+
+    def end_epoch(self) -> None:
+        """Close a training epoch (dwa's next weights, stch's nadir point); a collective under
+        ``paddle.distributed.launch``. ``AutoWeightCallback`` calls it at every epoch end."""
+        self.weighting.end_epoch()
+
+    def after_update(self, *tensors: paddle.Tensor) -> None:
+        """After an optimizer update: the same batch's ``(*outputs, *labels)`` recomputed after
+        it, for methods that want them (famo). ``AutoWeightCallback`` does this."""
+        with paddle.no_grad():
+            self.weighting.after_update(self.task_losses(*tensors).detach())
+
+    # ------------------------------------------------------------ reading
+
+    def _named(self, values: np.ndarray | None) -> dict[str, float]:
+        return {} if values is None else dict(zip(self.task_names, map(float, values)))
+
+    def sigmas(self) -> dict[str, float]:
+        """σ per task now (after the last update): e^(s/2) for kendall and simple, c for
+        liebel, e^(−s/2) for imtl_l (so its weight is 1/σ²); {} for methods without one."""
+        return self._named(self.weighting.sigma(used=False))
+
+    def weights(self) -> dict[str, float]:
+        """The factor each task's loss gets in the total now, d total / d L_i at the last
+        forward's losses (rlw: its last draw; gls: 0 for a loss below its floor)."""
+        return self._named(self.weighting.weight(used=False))
+
+    def used(self) -> tuple[dict[str, float], dict[str, float]]:
+        """``(σ, weights)`` the last training forward used: s before that step's update,
+        dwa's weights of that epoch, rlw's draw, gls's gradient at that batch's losses.
+
+        Example::
+
+            model.train_batch([x], [y1, y2])
+            loss.used()   # ({'y1': 1.0, 'y2': 1.0}, {'y1': 0.5, 'y2': 0.5}): s before the update
+        """
+        return self._named(self.weighting.sigma(used=True)), self._named(self.weighting.weight(used=True))
+
+    def last_losses(self) -> dict[str, float]:
+        """The raw (unweighted) per-task losses of the last forward; {} before one."""
+        last = self.weighting._seen.get("last")
+        return {} if last is None else self._named(last.numpy())
+
+    # ------------------------------------------------------------ checkpoints
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        """Besides tensors: the method and tasks, to refuse a mismatched checkpoint (the
+        method's own state is saved as its layer's)."""
+        return {"method": self.method, "tasks": list(self.task_names)}
+
+    def check_checkpoint_state(self, state: dict[str, Any], source: str) -> None:
+        """Raise, changing nothing, if ``state`` was saved by another method or other tasks."""
+        method, tasks = state.get("method", self.method), list(state.get("tasks", self.task_names))
+        if method != self.method or tasks != self.task_names:
+            raise ValueError(
+                f"{source} was written by AutoWeight(method={method!r}, tasks={tasks}), but this "
+                f"loss is AutoWeight(method={self.method!r}, tasks={self.task_names}); loading it "
+                "would read one task's (or method's) weights as another's. Fix: build the same loss "
+                "(that method, those task names in that order) as the run that saved it."
+            )
+
+    def set_checkpoint_state(self, state: dict[str, Any]) -> None:
+        """Nothing beyond the check: the method restores its own state."""
+
+    def extra_repr(self) -> str:
+        return f"method={self.method}, tasks={self.task_names}"

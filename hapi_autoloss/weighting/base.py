@@ -1,0 +1,149 @@
+"""Weighting: the base class of every loss-weighting method (one class per file).
+
+Modelled on LibMTL's ``weighting/`` package (an abstract class and one short file per
+method), as a ``paddle.nn.Layer`` so that a method's parameters and buffers are saved
+with the loss and trained by the model's optimizer.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import numpy as np
+import paddle
+
+# name -> class; filled by Weighting.__init_subclass__ when a method's module is imported.
+METHODS: dict[str, type[Weighting]] = {}
+
+
+class Weighting(paddle.nn.Layer):
+    """Turns the per-task losses ``L`` (a float32 tensor of shape [n]) into one total.
+
+    Write a method by subclassing it, giving it a ``name`` and implementing
+    :meth:`combine`; every other hook has a default. ``AutoWeight(losses,
+    method=MyMethod())`` takes an instance; with a ``name``, importing the class also
+    registers it, so ``method="my_name"`` works too.
+
+    Hooks, in the order a training run calls them:
+
+    - :meth:`bind` once, with the task names and types, before anything else: create
+      per-task parameters (trained by ``AutoWeightCallback``) and buffers (saved).
+    - :meth:`begin_training` at each ``fit``'s start (every rank calls it).
+    - :meth:`observe` at each training forward, with the detached losses, before
+      :meth:`combine`: running sums, random draws.
+    - :meth:`combine` at every forward, training or evaluation: no side effects.
+    - :meth:`after_update` after each optimizer update, with the same batch's losses
+      recomputed after it (only if ``wants_losses_after_update``; costs a forward).
+    - :meth:`end_epoch` at each training epoch's end (every rank calls it).
+    - :meth:`sigma` / :meth:`weight` for display, :meth:`checkpoint_state` /
+      :meth:`set_checkpoint_state` for Python-side state that buffers cannot hold.
+
+    Example (a complete method: weights proportional to each loss's inverse)::
+
+        class InverseLoss(Weighting):
+            name = "inverse"
+
+            def combine(self, losses):
+                w = 1.0 / losses.detach().clip(min=1e-8)
+                return (w / w.sum() * losses).sum()
+
+        loss = AutoWeight([ce, mse], method=InverseLoss())
+    """
+
+    name: ClassVar[str] = ""
+    wants_losses_after_update: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.__dict__.get("name"):
+            METHODS[cls.name] = cls
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tasks: list[str] = []
+        self.task_types: list[str | None] = []
+        # Last losses and scratch tensors. A dict, because a Tensor attribute of a Layer
+        # silently becomes a buffer (copied on every assignment).
+        self._seen: dict[str, paddle.Tensor] = {}
+
+    # ------------------------------------------------------------ hooks
+
+    def bind(self, tasks: list[str], task_types: list[str | None]) -> None:
+        """Called once by ``AutoWeight`` with the task names and types (None where not given)."""
+        self.tasks, self.task_types = list(tasks), list(task_types)
+
+    @property
+    def n(self) -> int:
+        return len(self.tasks)
+
+    def begin_training(self) -> None:
+        """A ``fit`` starts: forget an epoch that did not end (a fit that raised)."""
+
+    def observe(self, losses: paddle.Tensor, batch_size: int = 1) -> None:
+        """A training forward's detached losses (and its batch size), before :meth:`combine`."""
+
+    def combine(self, losses: paddle.Tensor) -> paddle.Tensor:
+        """The total, a 0-d float32 tensor, from the per-task losses (shape [n])."""
+        raise NotImplementedError(
+            f"{type(self).__name__} does not implement combine(losses). Fix: return the weighted "
+            "total, e.g. (weights * losses).sum()."
+        )
+
+    def after_update(self, losses_after: paddle.Tensor) -> None:
+        """After an optimizer update: the same batch's losses, recomputed after it."""
+
+    def end_epoch(self) -> None:
+        """A training epoch ended."""
+
+    def sigma(self, used: bool) -> np.ndarray | None:
+        """σ per task (float64) for display, or None if the method has none. ``used``:
+        the values the last training forward used, else the current ones."""
+        return None
+
+    def weight(self, used: bool) -> np.ndarray:
+        """The factor each task's loss gets, d total / d L_i (float64), at the last training
+        forward's losses (``used``) or the last forward's. By default from autograd, so a
+        method that is not a weighted sum is shown right too."""
+        losses = self._seen.get("train_last" if used else "last")
+        if losses is None:
+            return np.ones(self.n)
+        leaf = losses.detach().clone()
+        leaf.stop_gradient = False
+        with paddle.set_grad_enabled(True):
+            (grad,) = paddle.grad(self.combine(leaf), [leaf])
+        return grad.numpy().astype(np.float64)
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        """Python-side state for checkpoints (tensors belong in buffers)."""
+        return {}
+
+    def set_checkpoint_state(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`checkpoint_state` returned."""
+
+    # ------------------------------------------------------------ used by AutoWeight
+
+    @property
+    def needs_callback(self) -> bool:
+        """Whether training needs ``AutoWeightCallback``: it learns, or has epoch or update hooks."""
+        cls = type(self)
+        return (
+            any(not p.stop_gradient for p in self.parameters())
+            or cls.end_epoch is not Weighting.end_epoch
+            or cls.wants_losses_after_update
+        )
+
+    def record(self, losses: paddle.Tensor, training: bool, batch_size: int = 1) -> None:
+        """Keep the detached losses for display, and let a training forward be observed."""
+        self._seen["last"] = losses
+        if training:
+            self._seen["train_last"] = losses
+            self.observe(losses, batch_size)
+
+    def const(self, key: str, values: list[float]) -> paddle.Tensor:
+        """A constant float32 tensor made once, not a host-to-device copy every step."""
+        if key not in self._seen:
+            self._seen[key] = paddle.to_tensor(values, dtype="float32")
+        return self._seen[key]
+
+    def extra_repr(self) -> str:
+        return f"tasks={self.tasks}"

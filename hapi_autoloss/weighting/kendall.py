@@ -1,0 +1,48 @@
+"""kendall: homoscedastic uncertainty weighting (Kendall, Gal & Cipolla, CVPR 2018)."""
+
+from __future__ import annotations
+
+import numpy as np
+import paddle
+
+from ._learned import LearnedScale
+
+TASK_TYPES = ("regression", "classification")
+
+
+class Kendall(LearnedScale):
+    """Per task ``f·e^(−s)·L + ½·s`` with ``s = log σ²``; f = ½ for a regression task,
+    1 for a classification task (the paper's eqs. 7 and 10). σ = e^(s/2); weight f·e^(−s).
+
+    Needs ``task_types`` (one of ``"regression"``, ``"classification"`` per task).
+    ``init="auto"`` starts at the first batch's optimum ``s = log(2·f·L)``.
+
+    Example::
+
+        AutoWeight([mse, ce], method="kendall", task_types=["regression", "classification"])
+    """
+
+    name = "kendall"
+
+    def bind(self, tasks: list[str], task_types: list[str | None]) -> None:
+        example = f"task_types={['regression'] * len(tasks)}"
+        if all(t is None for t in task_types):
+            raise ValueError(
+                "method='kendall' needs task_types, since a regression task is weighted "
+                "½·e^(−s) and a classification task e^(−s). Fix: pass "
+                f"{example} (one of 'regression', 'classification' per task)."
+            )
+        super().bind(tasks, task_types)
+        self.factors = [0.5 if t == "regression" else 1.0 for t in task_types]
+
+    def total(self, p: paddle.Tensor, losses: paddle.Tensor) -> paddle.Tensor:
+        return (self.const("factors", self.factors) * paddle.exp(-p) * losses + 0.5 * p).sum()
+
+    def optimum(self, losses: paddle.Tensor) -> paddle.Tensor:
+        return paddle.log(2.0 * self.const("factors", self.factors) * losses)
+
+    def sigma_of(self, p: np.ndarray) -> np.ndarray:
+        return np.exp(p / 2.0)
+
+    def weight_of(self, p: np.ndarray) -> np.ndarray:
+        return np.asarray(self.factors) * np.exp(-p)

@@ -1,0 +1,79 @@
+"""rlw: Random Loss Weighting (Lin et al., TMLR 2022)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import paddle
+
+from .._hapi import world
+from .base import Weighting
+
+
+class RLW(Weighting):
+    """``Σ w_i·L_i`` with ``w = softmax(z)``, ``z ~ N(0, 1)`` drawn at every training step
+    from its own NumPy generator (``seed``), so drawing never shifts Paddle's random
+    stream. Evaluation uses the expected weight 1/n. Under ``paddle.distributed.launch``
+    every rank draws the same weights: with ``seed=None`` rank 0's seed is broadcast once.
+
+    Example::
+
+        AutoWeight([ce, mse], method="rlw", seed=0)
+    """
+
+    name = "rlw"
+
+    def __init__(self, seed: int | None = None) -> None:
+        super().__init__()
+        self.seed = seed
+        self._rng = np.random.default_rng(seed)
+        self._shared = seed is not None  # an explicit seed is the same on every rank
+        self._last = np.zeros(0)
+
+    def bind(self, tasks: list[str], task_types: list[str | None]) -> None:
+        super().bind(tasks, task_types)
+        self._last = np.full(self.n, 1.0 / self.n)
+
+    def begin_training(self) -> None:
+        self.share_seed()
+
+    def share_seed(self) -> None:
+        """Every rank takes rank 0's seed (a collective, once; every rank calls it)."""
+        if self._shared:
+            return
+        self._shared = True
+        rank, nranks = world()
+        if nranks <= 1:
+            return
+        shared = paddle.to_tensor([int(self._rng.integers(0, 2**62)) if rank == 0 else 0], dtype="int64")
+        paddle.distributed.broadcast(shared, src=0)
+        self._rng = np.random.default_rng(int(shared.numpy()[0]))
+
+    def observe(self, losses: paddle.Tensor, batch_size: int = 1) -> None:
+        self.share_seed()  # a plain loop has no begin_training: the first forward agrees
+        z = self._rng.standard_normal(self.n)
+        e = np.exp(z - z.max())
+        self._last = e / e.sum()
+        self._seen["draw"] = paddle.to_tensor(self._last, dtype="float32")
+
+    def combine(self, losses: paddle.Tensor) -> paddle.Tensor:
+        if paddle.is_grad_enabled() and "draw" in self._seen:
+            return (losses * self._seen["draw"]).sum()
+        return (losses * self.const("mean", [1.0 / self.n] * self.n)).sum()
+
+    def weight(self, used: bool) -> np.ndarray:
+        return self._last.copy()
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        return {"rng": self._rng.bit_generator.state, "last": [float(w) for w in self._last]}
+
+    def set_checkpoint_state(self, state: dict[str, Any]) -> None:
+        if "rng" in state:
+            self._rng.bit_generator.state = state["rng"]
+            self._shared = True  # the saved stream is already the one every rank shares
+        if "last" in state:
+            self._last = np.asarray(state["last"], dtype=np.float64)
+
+    def extra_repr(self) -> str:
+        return f"seed={self.seed}"
