@@ -142,7 +142,9 @@ def show_in_progress_bar(params: Any, keys: list[str]) -> None:
 def forward_again(model: Any, inputs: Any, labels: Any) -> list[paddle.Tensor]:
     """``(*outputs, *labels)`` of ``model.network`` on a batch given to ``train_batch``, with no
     gradient and the network in the mode it is in (hapi's ``train_batch`` converts the same way)."""
-    as_list = (lambda v: list(v) if isinstance(v, (list, tuple)) else ([] if v is None else [v]))
+    def as_list(value: Any) -> list[Any]:
+        return list(value) if isinstance(value, (list, tuple)) else ([] if value is None else [value])
+
     with paddle.no_grad():
         outputs = model.network(*[paddle.to_tensor(x) for x in as_list(inputs)])
     return [*as_list(outputs), *[paddle.to_tensor(y) for y in as_list(labels)]]
