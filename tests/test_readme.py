@@ -1,0 +1,35 @@
+"""The README's code blocks that define things run as written."""
+
+import os
+import re
+
+import numpy as np
+import paddle
+from helpers import ROOT, TwoTaskData, build_model
+
+from hapi_autoloss.callbacks import AutoWeightCallback
+
+README = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+
+
+def block_after(heading: str) -> str:
+    return README.split(heading, 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+
+
+def test_the_user_written_method_runs_as_written_and_trains_through_fit():
+    code = block_after("**Your own method**")
+    assert len(code.strip().splitlines()) < 20
+    scope: dict = {}
+    exec(compile(code, "README.md", "exec"), scope)
+    loss = scope["loss"]
+    model = build_model(loss)
+    model.fit(TwoTaskData(96), epochs=2, batch_size=16, shuffle=False, verbose=0, callbacks=[AutoWeightCallback()])
+    last = np.array(list(loss.last_losses().values()), dtype=np.float64)
+    inverse = 1.0 / last
+    np.testing.assert_allclose(list(loss.weights().values()), inverse / inverse.sum(), rtol=1e-5)
+    assert re.search(r"method=InverseLoss\(\)", code)
+    # The instance's name registers it: method="inverse" builds the same kind of loss.
+    from hapi_autoloss import AutoWeight
+
+    again = AutoWeight([paddle.nn.MSELoss(), paddle.nn.MSELoss()], method="inverse")
+    assert type(again.weighting).__name__ == "InverseLoss"
