@@ -288,8 +288,6 @@ def test_uw_so_weights_are_a_detached_softmax_of_inverse_losses(temperature):
     assert not aw.weighting.needs_callback
 
 
-@pytest.mark.xfail(strict=True, reason="bug: stch's nadir epoch sums non-finite losses (dwa masks them), so one "
-                   "skipped step (on_nonfinite='skip') makes the nadir NaN and every later step is skipped")
 def test_stch_a_skipped_nonfinite_step_does_not_poison_the_nadir():
     data = TwoTaskData(80)
     data.y1[20] = np.nan  # batch 1 of every epoch: y1's loss is NaN, the step is skipped

@@ -117,9 +117,6 @@ class Options(Weighting):  # a method that takes options through **kwargs
         return self.scale * losses.sum()
 
 
-@pytest.mark.xfail(strict=True, reason="bug: make_method takes the options a method accepts from the parameter "
-                   "names of its __init__, so one whose __init__ takes **options refuses every option by name "
-                   "('scale does not apply to method=..., which takes options')")
 def test_a_method_taking_keyword_options_gets_them_by_name():
     METHODS["options_test"] = Options
     try:

@@ -20,8 +20,8 @@ class STCH(Weighting):
 
     - epochs 0 .. ``warmup_epochs`` − 1: ``Σ log(L_i + ε)``;
     - epoch ``warmup_epochs``: the same, while the nadir point ``z`` is averaged from
-      the batches' losses (a plain mean over batches; over every rank's batches under
-      ``paddle.distributed.launch``);
+      the batches' losses (a plain mean over batches, leaving out a skipped non-finite
+      step's; over every rank's batches under ``paddle.distributed.launch``);
     - then ``n·μ·log Σ exp((l_i − m)/μ)`` with ``l_i = log(L_i / z_i + ε)`` and
       ``m = max l`` (detached): the gradient of the smooth max, whose value is shifted
       by ``−n·m`` as in the official code.
@@ -56,9 +56,12 @@ class STCH(Weighting):
             self._seen.pop(key, None)
 
     def observe(self, losses: paddle.Tensor, batch_size: int = 1) -> None:
-        if self._epoch == self.warmup_epochs:  # the nadir epoch
-            total = losses + self._seen["sum"] if "sum" in self._seen else losses
-            count = self._seen["count"] + 1.0 if "count" in self._seen else paddle.ones([1], dtype="float32")
+        if self._epoch == self.warmup_epochs:  # the nadir epoch; a skipped non-finite step does not count
+            finite = paddle.isfinite(losses)
+            total = paddle.where(finite, losses, paddle.zeros_like(losses))
+            count = finite.astype("float32")
+            if "sum" in self._seen:
+                total, count = total + self._seen["sum"], count + self._seen["count"]
             self._seen.update(sum=total, count=count)
 
     def combine(self, losses: paddle.Tensor) -> paddle.Tensor:
@@ -70,13 +73,14 @@ class STCH(Weighting):
 
     def end_epoch(self) -> None:
         if self._epoch == self.warmup_epochs:
-            total = self._seen.pop("sum", paddle.zeros([self.n], dtype="float32"))
-            count = self._seen.pop("count", paddle.zeros([1], dtype="float32"))
+            zeros = paddle.zeros([self.n], dtype="float32")
+            total, count = self._seen.pop("sum", zeros), self._seen.pop("count", zeros)
             if world()[1] > 1:
                 packed = paddle.concat([total, count])
                 paddle.distributed.all_reduce(packed)
                 total, count = packed[: self.n], packed[self.n:]
-            self.nadir.set_value(total / paddle.clip(count, min=1.0))
+            # A task with no finite batch keeps the neutral nadir 1.
+            self.nadir.set_value(paddle.where(count > 0, total / paddle.clip(count, min=1.0), paddle.ones_like(total)))
         self._epoch += 1
         self.epochs_seen.set_value(paddle.to_tensor(self._epoch, dtype="int64"))
 
