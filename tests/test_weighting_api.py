@@ -290,3 +290,29 @@ def test_dwa_epoch_average_is_weighted_by_batch_size():
     np.testing.assert_allclose(seen.used[6:], [third] * 3, rtol=1e-6)
     nxt = 2 * np.exp(want[2] / want[1] / 2) / np.exp(want[2] / want[1] / 2).sum()
     np.testing.assert_allclose(list(loss.weights().values()), nxt, rtol=1e-6)
+
+
+def test_init_auto_waits_for_a_finite_first_batch():
+    aw = AutoWeight([identity, identity], method="simple", init="auto")
+    leaves = [paddle.to_tensor(np.float32(v), stop_gradient=False) for v in (np.inf, 2.0)]
+    aw(*leaves, paddle.zeros([]), paddle.zeros([])).backward()
+    np.testing.assert_array_equal(aw.s.numpy(), [0.0, 0.0])  # not started from a non-finite optimum
+    assert int(aw.weighting.auto_pending) == 1
+    leaves = [paddle.to_tensor(np.float32(v), stop_gradient=False) for v in (0.5, 2.0)]
+    aw(*leaves, paddle.zeros([]), paddle.zeros([]))
+    np.testing.assert_allclose(aw.s.numpy(), np.log([0.5, 2.0]), rtol=1e-6)  # simple: s = log L
+    assert int(aw.weighting.auto_pending) == 0
+
+
+def test_a_user_method_taking_a_built_in_name_warns():
+    with pytest.warns(UserWarning, match=r"takes the name 'equal' of the built-in Equal.*Fix: give your method"):
+
+        class MyEqual(Weighting):
+            name = "equal"
+
+            def combine(self, losses):
+                return losses.sum()
+
+    import hapi_autoloss.weighting.equal as builtin
+
+    METHODS["equal"] = builtin.Equal  # put the built-in back for the other tests

@@ -82,12 +82,16 @@ class LearnedScale(Weighting):
         if self._auto and self.s is not None:
             self._auto = False
             if int(self.auto_pending) == 1:  # once per run, not per fit: a resume keeps its s
-                start = paddle.clip(self.optimum(losses), *self.clamp)
+                start = self.optimum(losses)
                 nranks = world()[1]
                 if nranks > 1:  # every rank starts from the same s: the mean of their first batches'
                     paddle.distributed.all_reduce(start)
                     start = start / nranks
-                self.s.set_value(paddle.where(paddle.isfinite(start), start, self.s).astype("float32"))
+                start = paddle.where(paddle.isfinite(start), paddle.clip(start, *self.clamp), start)
+                if not bool(paddle.isfinite(start).all()):  # the same answer on every rank
+                    self._auto = True  # a non-finite first batch: try the next one
+                    return
+                self.s.set_value(start.astype("float32"))
                 self.auto_pending.set_value(paddle.zeros_like(self.auto_pending))
 
     def clamped(self) -> paddle.Tensor:

@@ -7,6 +7,7 @@ with the loss and trained by the model's optimizer.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, ClassVar
 
 import numpy as np
@@ -55,8 +56,17 @@ class Weighting(paddle.nn.Layer):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        if cls.__dict__.get("name"):
-            METHODS[cls.name] = cls
+        name = cls.__dict__.get("name")
+        if name:
+            known = METHODS.get(name)
+            if known is not None and known.__module__.startswith(__package__ or "") and not \
+                    cls.__module__.startswith(__package__ or ""):
+                warnings.warn(
+                    f"{cls.__name__} takes the name {name!r} of the built-in {known.__name__}, so "
+                    f"method={name!r} now means {cls.__name__}. Fix: give your method another name.",
+                    stacklevel=2,
+                )
+            METHODS[name] = cls
 
     def __init__(self) -> None:
         super().__init__()
