@@ -8,6 +8,7 @@ clipping; the network's update is exactly the plain optimizer's.
 
 from __future__ import annotations
 
+import math
 import weakref
 from typing import Any, Callable
 
@@ -142,11 +143,43 @@ def _track(obj: Any, attr: str, params: list[Any]) -> bool:
     return True
 
 
+# Dtypes whose .numpy() holds the values themselves (bfloat16 comes back as raw uint16 bits).
+_HOST_FLOATS = (paddle.float16, paddle.float32, paddle.float64)
+
+
+def _all_finite(t: paddle.Tensor) -> bool:
+    if t.dtype not in _HOST_FLOATS:
+        t = t.astype("float32")
+    values = t.numpy()
+    if values.size <= 64:  # plain floats: no NumPy ufunc, the dearest call right after a step
+        return all(map(math.isfinite, values.reshape(-1).tolist()))
+    return bool(np.isfinite(values).all())
+
+
 def _finite(loss: paddle.Tensor, params: list[Any]) -> bool:
-    """Whether the loss and the loss parameters' gradients are finite (one small read)."""
-    values = [loss.reshape([-1]).astype("float32")]
-    values += [p.grad.reshape([-1]).astype("float32") for p in params if p.grad is not None]
-    return bool(np.isfinite(paddle.concat(values).numpy()).all())
+    """Whether the loss and the loss parameters' gradients are finite: a read of a few
+    floats each and no device op (on a CPU one op costs more than such a read)."""
+    return _all_finite(loss) and all(_all_finite(p.grad) for p in params if p.grad is not None)
+
+
+def _idle_zero_decay(opt: Any, params: list[Any]) -> list[Any]:
+    """The parameters whose ``L2Decay(0.0)`` (set by ``_inject``) nothing would override.
+
+    Paddle 3.3.1's base ``Optimizer._create_regularization_of_grad`` adds ``0·σ`` to their
+    gradients, two ops a step for nothing; without a regularizer it returns the gradient
+    as it is, the same update, unless the optimizer has a coupled decay of its own (a
+    group's decay is a parameter's regularizer too). Momentum fuses L2 decay into its own
+    op and reads ``param.regularizer`` there: it is left alone (it adds no op anyway).
+    """
+    if getattr(opt, "regularization", True) is not None:
+        return []
+    if type(opt)._create_regularization_of_grad is not paddle.optimizer.Optimizer._create_regularization_of_grad:
+        return []
+    return [p for p in params if _is_zero_l2(getattr(p, "regularizer", None))]
+
+
+def _is_zero_l2(reg: Any) -> bool:
+    return isinstance(reg, paddle.regularizer.L2Decay) and float(reg._coeff) == 0.0
 
 
 def _agree(finite: bool, nranks: int) -> bool:
@@ -186,12 +219,24 @@ def _wrap_minimize(opt: Any, params: list[Any], nranks: int) -> None:
                         p.clear_gradient()
                 return [], []
         average_gradients(opt._autoloss_sync, nranks)
-        if uses_groups(opt):
-            opt.step()
-            return [], []
-        return original(*args, **kwargs)
+        idle = [(p, p.regularizer) for p in _idle_zero_decay(opt, opt._autoloss_sync)]
+        for p, _ in idle:  # for this update only: the parameter keeps its regularizer
+            p.regularizer = None
+        try:
+            if uses_groups(opt):
+                opt.step()
+                return [], []
+            return original(*args, **kwargs)
+        finally:
+            for p, reg in idle:
+                p.regularizer = reg
 
     opt.minimize = minimize
+
+
+def is_attached(layer: paddle.nn.Layer) -> bool:
+    """Whether ``attach`` made a model's optimizer train ``layer`` (a loss or a part of one)."""
+    return layer in ATTACHED
 
 
 def attach(
