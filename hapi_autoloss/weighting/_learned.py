@@ -44,6 +44,7 @@ class LearnedScale(Weighting):
             )
         self.init = init
         self.s: paddle.Tensor | None = None
+        self._read: tuple[Any, np.ndarray] = (None, np.zeros(0))  # the last p read, with its values
 
     def check_clamp(self, lo: float, hi: float) -> None:
         """Method-specific limits of the clamp; raise ValueError."""
@@ -92,7 +93,10 @@ class LearnedScale(Weighting):
 
     def clamped(self) -> paddle.Tensor:
         assert self.s is not None
-        return self.s + (paddle.clip(self.s, *self.clamp) - self.s).detach()
+        # s + (clip(s) - s).detach(), with the correction computed off the autograd graph
+        # (the same values; no backward nodes built only to be cut off).
+        s = self.s.detach()
+        return self.s + (paddle.clip(s, *self.clamp) - s)
 
     def combine(self, losses: paddle.Tensor) -> paddle.Tensor:
         p = self.clamped()
@@ -102,7 +106,10 @@ class LearnedScale(Weighting):
 
     def _p(self, used: bool) -> np.ndarray:
         if used and "p" in self._seen:
-            return self._seen["p"].numpy().astype(np.float64)
+            p = self._seen["p"]
+            if self._read[0] is not p:  # sigma and weight of one step: one read
+                self._read = (p, p.numpy().astype(np.float64))
+            return self._read[1].copy()
         assert self.s is not None
         return np.clip(self.s.numpy().astype(np.float64), *self.clamp)
 
