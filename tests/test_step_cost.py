@@ -23,7 +23,7 @@ READS = ("numpy", "item", "tolist", "__float__", "__int__", "__bool__", "__array
 
 class StepReads:
     """Counts, per train step, the host reads made directly by hapi_autoloss's code (the real
-    Tensor methods still run), split into the non-finite check's (``_hapi.optimizer``) and the
+    Tensor methods still run), split into the non-finite check's (``_hapi.finite``) and the
     others; also keeps σ as each step starts, i.e. the σ that step's forward uses.
 
     A step runs from one entry into ``model.train_batch`` to the next (its callbacks and
@@ -49,7 +49,7 @@ class StepReads:
         def read(tensor, *args, **kwargs):
             caller = sys._getframe(1).f_globals.get("__name__", "")
             if caller.startswith("hapi_autoloss") and self.steps:
-                self.steps[-1]["check" if caller == "hapi_autoloss._hapi.optimizer" else "other"] += 1
+                self.steps[-1]["check" if caller == "hapi_autoloss._hapi.finite" else "other"] += 1
             return original(tensor, *args, **kwargs)
 
         return read

@@ -8,14 +8,13 @@ clipping; the network's update is exactly the plain optimizer's.
 
 from __future__ import annotations
 
-import math
 import weakref
 from typing import Any, Callable
 
-import numpy as np
 import paddle
 
 from .._dist import average_gradients
+from .finite import agree, finite
 from .model import ATTACHED, loss_layer, loss_parameters, optimizer_of, require_dynamic_mode, world
 from .state import wrap_save
 
@@ -143,25 +142,6 @@ def _track(obj: Any, attr: str, params: list[Any]) -> bool:
     return True
 
 
-# Dtypes whose .numpy() holds the values themselves (bfloat16 comes back as raw uint16 bits).
-_HOST_FLOATS = (paddle.float16, paddle.float32, paddle.float64)
-
-
-def _all_finite(t: paddle.Tensor) -> bool:
-    if t.dtype not in _HOST_FLOATS:
-        t = t.astype("float32")
-    values = t.numpy()
-    if values.size <= 64:  # plain floats: no NumPy ufunc, the dearest call right after a step
-        return all(map(math.isfinite, values.reshape(-1).tolist()))
-    return bool(np.isfinite(values).all())
-
-
-def _finite(loss: paddle.Tensor, params: list[Any]) -> bool:
-    """Whether the loss and the loss parameters' gradients are finite: a read of a few
-    floats each and no device op (on a CPU one op costs more than such a read)."""
-    return _all_finite(loss) and all(_all_finite(p.grad) for p in params if p.grad is not None)
-
-
 def _idle_zero_decay(opt: Any, params: list[Any]) -> list[Any]:
     """The parameters whose ``L2Decay(0.0)`` (set by ``_inject``) nothing would override.
 
@@ -182,15 +162,6 @@ def _is_zero_l2(reg: Any) -> bool:
     return isinstance(reg, paddle.regularizer.L2Decay) and float(reg._coeff) == 0.0
 
 
-def _agree(finite: bool, nranks: int) -> bool:
-    """True when every rank's step is finite (one tiny all-reduce under the launcher)."""
-    if nranks <= 1:
-        return finite
-    flag = paddle.to_tensor([1 if finite else 0], dtype="int32")
-    paddle.distributed.all_reduce(flag, op=paddle.distributed.ReduceOp.MIN)
-    return bool(flag.numpy()[0])
-
-
 def _wrap_minimize(opt: Any, params: list[Any], nranks: int) -> None:
     """Fix what hapi's ``optimizer.minimize(loss)`` call misses, right before an update.
 
@@ -209,8 +180,8 @@ def _wrap_minimize(opt: Any, params: list[Any], nranks: int) -> None:
         if handler is not None and args:
             # σ's gradient holds every accumulated micro-batch's task losses, so a NaN
             # from a batch that did not update shows up here too.
-            here = _finite(args[0], opt._autoloss_sync)
-            if not _agree(here, nranks):
+            here = finite(args[0], opt._autoloss_sync)
+            if not agree(here, nranks):
                 try:  # raise (nothing updated) or return: skip this update entirely
                     handler(args[0], not here)
                 finally:  # never leave the bad gradients for a later step
