@@ -176,3 +176,17 @@ def test_an_update_that_raises_leaves_the_regularizer_in_place():
     with pytest.raises(RuntimeError, match="update failed"):
         model.fit(TwoTaskData(96), epochs=1, batch_size=16, verbose=0, callbacks=[AutoWeightCallback()])
     assert is_zero_decay(loss.s.regularizer)
+
+
+@pytest.mark.parametrize("method, clamp", [("kendall", (-10.0, 10.0)), ("simple", (-0.5, 0.5)),
+                                           ("liebel", (0.01, 100.0))])
+def test_the_clamp_gives_the_former_values_and_gradient(method, clamp):
+    options = {"task_types": ["regression"] * 5} if method == "kendall" else {}
+    aw = AutoWeight([paddle.nn.MSELoss()] * 5, method=method, clamp=clamp, **options)
+    lo, hi = clamp
+    s = np.array([lo - 3.7, lo, 0.3 * lo + 0.7 * hi, hi, hi + 12.1], dtype=np.float32)
+    aw.s.set_value(s)
+    p = aw.weighting.clamped()
+    np.testing.assert_array_equal(p.numpy(), s + (np.clip(s, lo, hi) - s))  # float32 arithmetic, as before
+    p.sum().backward()
+    np.testing.assert_array_equal(aw.s.grad.numpy(), np.ones(5, dtype=np.float32))  # straight through

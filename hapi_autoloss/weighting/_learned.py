@@ -92,11 +92,16 @@ class LearnedScale(Weighting):
                 self.auto_pending.set_value(paddle.zeros_like(self.auto_pending))
 
     def clamped(self) -> paddle.Tensor:
+        """``s + (clip(s) - s).detach()``: clip(s)'s value, s's gradient."""
         assert self.s is not None
-        # s + (clip(s) - s).detach(), with the correction computed off the autograd graph
-        # (the same values; no backward nodes built only to be cut off).
+        # The correction is computed off the autograd graph. With bounds ±c it is
+        # -softshrink(s, c), the same numbers as clip(s) - s (an s of -0.0 gives p = -0.0
+        # instead of +0.0), in one op instead of two.
         s = self.s.detach()
-        return self.s + (paddle.clip(s, *self.clamp) - s)
+        lo, hi = self.clamp
+        if lo == -hi:
+            return self.s - paddle.nn.functional.softshrink(s, hi)
+        return self.s + (paddle.clip(s, lo, hi) - s)
 
     def combine(self, losses: paddle.Tensor) -> paddle.Tensor:
         p = self.clamped()
