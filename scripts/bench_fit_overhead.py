@@ -10,21 +10,27 @@ Variants, all the same network, data, seed and batches, in one process:
 - ``watched``:   kendall + ``TensorBoardExport`` + ``VisualDLExport`` (if installed),
                  both writing every step, + ``TqdmProgressBar``.
 
-How it is timed: each variant keeps one model; a round runs one short ``fit`` (one
-epoch of ``--steps`` batches) of every variant, in a rotating order, and a round is
-repeated ``--rounds`` times, so drifts of a shared machine hit every variant alike.
-A fit's time per step is taken between the ends of its step ``--skip`` and of its last
-step (``fit``'s start and the epoch's end are not counted); a variant's figure is the
-median over rounds. Consecutive fits of one model continue its training, as a longer
-run would. Console output goes to /dev/null.
+How it is timed: each variant runs one long ``fit`` (epochs of 128 batches for the MLP)
+in its own thread, and the threads take turns: one runs ``--block`` (4) steps while
+the others wait at the entry of ``model.train_batch``, in a random order each round,
+for ``--rounds`` rounds after 3 untimed ones. A block is timed from entering a step to
+entering the one ``--block`` steps later, so it holds whole steps: data, every
+callback, AutoWeightCallback's work after the batch, an epoch's end when one falls in
+it. Turns every few steps let the drifts of a shared machine hit every variant alike
+(one whole fit per turn left differences of ±100 µs/step between runs). "over plain"
+and "over equal" are medians of the differences within a round. ``--clock cpu`` times
+with this process's CPU time, which other jobs on the machine disturb less. The timing
+is not a callback: a callback AutoWeightCallback does not know makes it put σ into
+``logs`` at every step. Console output goes to /dev/null.
 
 Host reads per step: a separate, untimed fit of one full epoch per variant counts the
 calls that copy a tensor to the host (``Tensor.numpy``, ``item``, ``tolist``,
 ``float()``, ``int()``, ``bool()``, ``np.asarray``) made directly by hapi_autoloss's
 code, divided by the steps (hapi's own reads of the loss are not counted).
 
-    python scripts/bench_fit_overhead.py                  # about 5 minutes on 2 CPU cores
-    python scripts/bench_fit_overhead.py --workload mlp   # about 2 minutes
+    python scripts/bench_fit_overhead.py --workload mlp   # about 1.5 minutes on 2 CPU cores
+    python scripts/bench_fit_overhead.py                  # both workloads, about 8 minutes
+    python scripts/bench_fit_overhead.py --workload mlp --methods kendall --rounds 300 --clock cpu
     python scripts/bench_fit_overhead.py --quick          # a smoke test
 """
 
