@@ -20,6 +20,7 @@ owns parameters, and where we fix it:
    runs and lets a restored run skip the epochs it has done.
 """
 
+from .logs import SILENT, before_epoch_end, is_progbar, progbar_on, progbar_prints
 from .model import (
     callback_list_of,
     check_attached,
@@ -33,7 +34,7 @@ from .model import (
     show_in_progress_bar,
     world,
 )
-from .optimizer import attach
+from .optimizer import attach, is_attached
 from .progress import after_train_batch, progress, skip_done_epochs
 from .state import (
     STATE_SUFFIX,
@@ -46,13 +47,17 @@ from .state import (
 )
 
 __all__ = [
+    "SILENT",
     "STATE_SUFFIX",
     "after_train_batch",
     "attach",
+    "before_epoch_end",
     "callback_list_of",
     "check_attached",
     "checkpoint_info",
     "forward_again",
+    "is_attached",
+    "is_progbar",
     "iter_layers",
     "load_state",
     "loss_layer",
@@ -60,6 +65,8 @@ __all__ = [
     "metric_names",
     "newest_checkpoint",
     "optimizer_of",
+    "progbar_on",
+    "progbar_prints",
     "progress",
     "read_state",
     "register_state",

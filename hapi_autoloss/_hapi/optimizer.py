@@ -11,10 +11,10 @@ from __future__ import annotations
 import weakref
 from typing import Any, Callable
 
-import numpy as np
 import paddle
 
 from .._dist import average_gradients
+from .finite import agree, finite
 from .model import ATTACHED, loss_layer, loss_parameters, optimizer_of, require_dynamic_mode, world
 from .state import wrap_save
 
@@ -142,20 +142,24 @@ def _track(obj: Any, attr: str, params: list[Any]) -> bool:
     return True
 
 
-def _finite(loss: paddle.Tensor, params: list[Any]) -> bool:
-    """Whether the loss and the loss parameters' gradients are finite (one small read)."""
-    values = [loss.reshape([-1]).astype("float32")]
-    values += [p.grad.reshape([-1]).astype("float32") for p in params if p.grad is not None]
-    return bool(np.isfinite(paddle.concat(values).numpy()).all())
+def _idle_zero_decay(opt: Any, params: list[Any]) -> list[Any]:
+    """The parameters whose ``L2Decay(0.0)`` (set by ``_inject``) nothing would override.
+
+    Paddle 3.3.1's base ``Optimizer._create_regularization_of_grad`` adds ``0·σ`` to their
+    gradients, two ops a step for nothing; without a regularizer it returns the gradient
+    as it is, the same update, unless the optimizer has a coupled decay of its own (a
+    group's decay is a parameter's regularizer too). Momentum fuses L2 decay into its own
+    op and reads ``param.regularizer`` there: it is left alone (it adds no op anyway).
+    """
+    if getattr(opt, "regularization", True) is not None:
+        return []
+    if type(opt)._create_regularization_of_grad is not paddle.optimizer.Optimizer._create_regularization_of_grad:
+        return []
+    return [p for p in params if _is_zero_l2(getattr(p, "regularizer", None))]
 
 
-def _agree(finite: bool, nranks: int) -> bool:
-    """True when every rank's step is finite (one tiny all-reduce under the launcher)."""
-    if nranks <= 1:
-        return finite
-    flag = paddle.to_tensor([1 if finite else 0], dtype="int32")
-    paddle.distributed.all_reduce(flag, op=paddle.distributed.ReduceOp.MIN)
-    return bool(flag.numpy()[0])
+def _is_zero_l2(reg: Any) -> bool:
+    return isinstance(reg, paddle.regularizer.L2Decay) and float(reg._coeff) == 0.0
 
 
 def _wrap_minimize(opt: Any, params: list[Any], nranks: int) -> None:
@@ -176,8 +180,8 @@ def _wrap_minimize(opt: Any, params: list[Any], nranks: int) -> None:
         if handler is not None and args:
             # σ's gradient holds every accumulated micro-batch's task losses, so a NaN
             # from a batch that did not update shows up here too.
-            here = _finite(args[0], opt._autoloss_sync)
-            if not _agree(here, nranks):
+            here = finite(args[0], opt._autoloss_sync)
+            if not agree(here, nranks):
                 try:  # raise (nothing updated) or return: skip this update entirely
                     handler(args[0], not here)
                 finally:  # never leave the bad gradients for a later step
@@ -186,12 +190,24 @@ def _wrap_minimize(opt: Any, params: list[Any], nranks: int) -> None:
                         p.clear_gradient()
                 return [], []
         average_gradients(opt._autoloss_sync, nranks)
-        if uses_groups(opt):
-            opt.step()
-            return [], []
-        return original(*args, **kwargs)
+        idle = [(p, p.regularizer) for p in _idle_zero_decay(opt, opt._autoloss_sync)]
+        for p, _ in idle:  # for this update only: the parameter keeps its regularizer
+            p.regularizer = None
+        try:
+            if uses_groups(opt):
+                opt.step()
+                return [], []
+            return original(*args, **kwargs)
+        finally:
+            for p, reg in idle:
+                p.regularizer = reg
 
     opt.minimize = minimize
+
+
+def is_attached(layer: paddle.nn.Layer) -> bool:
+    """Whether ``attach`` made a model's optimizer train ``layer`` (a loss or a part of one)."""
+    return layer in ATTACHED
 
 
 def attach(

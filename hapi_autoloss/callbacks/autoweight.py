@@ -26,15 +26,21 @@ class AutoWeightCallback(Callback):
     with every ``model.save`` (hapi's ``ModelCheckpoint`` too). A second ``fit``
     adds nothing twice. At each epoch end it hands ``dwa`` its epoch averages.
 
-    Each step it puts ``sigma_<task>`` and ``weight_<task>`` into ``logs``, so
-    hapi's progress line shows them: the values that step's forward used (σ before
-    the step's update; rlw's draw; dwa's epoch weights; for gls d total / d L_i at
-    the step's losses), the same numbers the exporters and ``TqdmProgressBar`` show.
-    ``loss.used()`` returns them; ``loss.sigmas()`` is one update further.
+    It puts ``sigma_<task>`` and ``weight_<task>`` into ``logs``, so hapi's
+    progress line shows them: the values that step's forward used (σ before the
+    step's update; rlw's draw; dwa's epoch weights; for gls d total / d L_i at the
+    step's losses), the same numbers the exporters and ``TqdmProgressBar`` show.
+    ``loss.used()`` returns them; ``loss.sigmas()`` is one update further. Reading
+    them costs a device read, so they go into ``logs`` on the steps a reader reads
+    them: those hapi's progress line prints (every ``log_freq``-th), every step
+    while a ``TqdmProgressBar`` is shown or any callback it does not know is listed
+    (one of yours may read ``logs`` at any step), and at each epoch's end, before
+    any callback's ``on_epoch_end``.
 
     A non-finite loss never reaches the weights: before each update the total
-    loss is checked (one scalar read per step; hapi reads the loss every step
-    anyway). With ``on_nonfinite="raise"`` a ``FloatingPointError`` names the
+    loss and the loss parameters' gradients are read (a few floats, no device
+    op; Paddle 3.3.1's dygraph optimizers read AMP's ``found_inf`` on the host
+    too). With ``on_nonfinite="raise"`` a ``FloatingPointError`` names the
     task, the step and the value, and nothing is updated by that step. With
     ``"skip"`` the step's update is dropped and ``nonfinite_skipped`` in
     ``logs`` counts the skips.
@@ -79,6 +85,13 @@ class AutoWeightCallback(Callback):
         self._batches = 0
         self._skipped_before = 0
         self._logs: dict[str, Any] | None = None
+        self._wanting: list[AutoWeight] = []
+        # Who reads σ from a step's logs (see _plan_logs); _stale: a step's values were not put in.
+        self._fill = False
+        self._every_step = True
+        self._lines: list[Any] = []
+        self._bars: list[Any] = []
+        self._stale = False
 
     def on_train_begin(self, logs: Any = None) -> None:
         check_has_batches(self.params)
@@ -93,10 +106,54 @@ class AutoWeightCallback(Callback):
             )
         for aw in self._weighting:
             aw.begin_training()  # every rank: forget a partial epoch, agree on random streams
+        self._wanting = [aw for aw in self._weighting if aw.weighting.wants_losses_after_update]
         if self.show_in_progress_bar and self._weighting:
             _hapi.show_in_progress_bar(self.params, list(self._values()))
+        self._plan_logs()
         # Right after each step, before hapi's bar reads logs at on_train_batch_end.
         _hapi.after_train_batch(self.model, "AutoWeightCallback", self._after_step)
+
+    def _plan_logs(self) -> None:
+        """Find who reads σ and the weights from a step's logs in this fit."""
+        from .backup import BackupAndRestore
+        from .progress import TqdmProgressBar
+        from .tensorboard import TensorBoardExport
+        from .topk_scheduler import TopKScheduler
+        from .visualdl import VisualDLExport
+
+        self._fill = self.show_in_progress_bar and bool(self._weighting)
+        self._every_step, self._lines, self._bars, self._stale = True, [], [], False
+        callbacks = _hapi.callback_list_of(self)
+        if not self._fill or callbacks is None:  # not inside hapi's fit: every step, as a reader may be anywhere
+            return
+        # Exact types: a subclass may read logs. The exporters read used() themselves, on the steps they write.
+        silent = (*_hapi.SILENT, AutoWeightCallback, TopKScheduler, BackupAndRestore, TensorBoardExport,
+                  VisualDLExport)
+        unknown = False
+        for cb in callbacks.callbacks:
+            if _hapi.is_progbar(cb):
+                if _hapi.progbar_on(cb):
+                    self._lines.append(cb)
+            elif type(cb) is TqdmProgressBar:
+                self._bars.append(cb)
+            elif type(cb) not in silent:
+                unknown = True
+        self._every_step = unknown
+        _hapi.before_epoch_end(callbacks, self._fill_stale)
+
+    def _read_now(self) -> bool:
+        """Whether a callback reads this step's logs at its on_train_batch_end."""
+        return (
+            self._every_step
+            or any(bar._bar is not None for bar in self._bars)  # copies every step while its bar is open
+            or any(_hapi.progbar_prints(line) for line in self._lines)
+        )
+
+    def _fill_stale(self, epoch: int, logs: Any) -> None:
+        """Epoch end, before any callback's: the last step's values, if that step did not put them in."""
+        if self._stale and logs is not None:
+            logs.update(self._values())
+        self._stale = False
 
     def _values(self) -> dict[str, float]:
         out: dict[str, float] = {}
@@ -107,13 +164,14 @@ class AutoWeightCallback(Callback):
         return out
 
     def _after_step(self, inputs: Any, labels: Any = None, update: bool = True) -> None:
-        wanting = [aw for aw in self._weighting if aw.weighting.wants_losses_after_update]
-        if wanting and update and self.skipped == self._skipped_before:
+        if self._wanting and update and self.skipped == self._skipped_before:
             tensors = _hapi.forward_again(self.model, inputs, labels)  # famo: the same batch after the step
-            for aw in wanting:
+            for aw in self._wanting:
                 aw.after_update(*tensors)
-        if self._logs is not None and self.show_in_progress_bar and self._weighting:
-            self._logs.update(self._values())
+        if self._logs is not None and self._fill:
+            self._stale = not self._read_now()
+            if not self._stale:
+                self._logs.update(self._values())
 
     def _on_nonfinite(self, loss: paddle.Tensor, here: bool) -> None:
         bad = [

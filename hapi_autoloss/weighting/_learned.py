@@ -44,6 +44,7 @@ class LearnedScale(Weighting):
             )
         self.init = init
         self.s: paddle.Tensor | None = None
+        self._read: tuple[Any, np.ndarray] = (None, np.zeros(0))  # the last p read, with its values
 
     def check_clamp(self, lo: float, hi: float) -> None:
         """Method-specific limits of the clamp; raise ValueError."""
@@ -95,8 +96,16 @@ class LearnedScale(Weighting):
                 self.auto_pending.set_value(paddle.zeros_like(self.auto_pending))
 
     def clamped(self) -> paddle.Tensor:
+        """``s + (clip(s) - s).detach()``: clip(s)'s value, s's gradient."""
         assert self.s is not None
-        return self.s + (paddle.clip(self.s, *self.clamp) - self.s).detach()
+        # The correction is computed off the autograd graph. With bounds ±c it is
+        # -softshrink(s, c), the same numbers as clip(s) - s (an s of -0.0 gives p = -0.0
+        # instead of +0.0), in one op instead of two.
+        s = self.s.detach()
+        lo, hi = self.clamp
+        if lo == -hi:
+            return self.s - paddle.nn.functional.softshrink(s, hi)
+        return self.s + (paddle.clip(s, lo, hi) - s)
 
     def combine(self, losses: paddle.Tensor) -> paddle.Tensor:
         p = self.clamped()
@@ -106,7 +115,10 @@ class LearnedScale(Weighting):
 
     def _p(self, used: bool) -> np.ndarray:
         if used and "p" in self._seen:
-            return self._seen["p"].numpy().astype(np.float64)
+            p = self._seen["p"]
+            if self._read[0] is not p:  # sigma and weight of one step: one read
+                self._read = (p, p.numpy().astype(np.float64))
+            return self._read[1].copy()
         assert self.s is not None
         return np.clip(self.s.numpy().astype(np.float64), *self.clamp)
 

@@ -132,7 +132,8 @@ class AutoWeight(paddle.nn.Layer):
         return paddle.stack(raw)
 
     def forward(self, *tensors: paddle.Tensor) -> paddle.Tensor:
-        _hapi.check_attached(self, needed=self.weighting.needs_callback)
+        if not _hapi.is_attached(self):  # once attached always: skip walking the method's parameters
+            _hapi.check_attached(self, needed=self.weighting.needs_callback)
         values = self.task_losses(*tensors)
         batch = tensors[0].shape[0] if tensors and tensors[0].ndim else 1
         self.weighting.record(values.detach(), paddle.is_grad_enabled(), int(batch))

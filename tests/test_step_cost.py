@@ -1,0 +1,192 @@
+"""What a training step costs us, counted rather than timed: the host reads hapi_autoloss's
+own code makes per step, that a line shows the values its step used all the same, and that
+dropping σ's ``0·σ`` decay term leaves every update bit for bit as it was."""
+
+from __future__ import annotations
+
+import io
+import re
+import sys
+from collections import Counter
+
+import numpy as np
+import paddle
+import pytest
+from helpers import TwoTaskData, TwoTaskNet, build_model, kendall_loss
+
+from hapi_autoloss import AutoWeight
+from hapi_autoloss.callbacks import AutoWeightCallback, TqdmProgressBar
+
+STEPS = 6  # TwoTaskData(96), batch 16
+READS = ("numpy", "item", "tolist", "__float__", "__int__", "__bool__", "__array__")
+
+
+class StepReads:
+    """Counts, per train step, the host reads made directly by hapi_autoloss's code (the real
+    Tensor methods still run), split into the non-finite check's (``_hapi.finite``) and the
+    others; also keeps σ as each step starts, i.e. the σ that step's forward uses.
+
+    A step runs from one entry into ``model.train_batch`` to the next (its callbacks and
+    AutoWeightCallback's work after the batch included); the last one to the end of fit.
+    Not a callback: a callback AutoWeightCallback does not know makes it fill logs every step.
+    """
+
+    def __init__(self, model: paddle.Model, loss: AutoWeight, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.steps: list[Counter[str]] = []
+        self.s_before: list[np.ndarray] = []
+        for name in READS:
+            monkeypatch.setattr(paddle.Tensor, name, self._spy(getattr(paddle.Tensor, name)))
+        inner = model.train_batch
+
+        def train_batch(*args, **kwargs):
+            self.s_before.append(loss.s.numpy().astype(np.float64))  # the test's read: not counted
+            self.steps.append(Counter())
+            return inner(*args, **kwargs)
+
+        model.train_batch = train_batch
+
+    def _spy(self, original):
+        def read(tensor, *args, **kwargs):
+            caller = sys._getframe(1).f_globals.get("__name__", "")
+            if caller.startswith("hapi_autoloss") and self.steps:
+                self.steps[-1]["check" if caller == "hapi_autoloss._hapi.finite" else "other"] += 1
+            return original(tensor, *args, **kwargs)
+
+        return read
+
+
+def fit(model, callbacks=(), **kwargs):
+    model.fit(TwoTaskData(96), epochs=1, batch_size=16, shuffle=False, callbacks=[AutoWeightCallback(), *callbacks],
+              **kwargs)
+
+
+def printed(out: str, key: str) -> dict[int, str]:
+    """{step: value} from hapi's verbose=2 lines, e.g. 'step 4/6 - ... - sigma_y1: 1.0673 - ...'."""
+    return {int(m.group(1)): m.group(2) for m in re.finditer(rf"step (\d+)/\d+ .*?{key}: (\S+)", out)}
+
+
+def test_no_read_of_ours_but_the_check_on_steps_no_line_prints(monkeypatch, capsys):
+    loss = kendall_loss()
+    model = build_model(loss)
+    reads = StepReads(model, loss, monkeypatch)
+    fit(model, verbose=2, log_freq=4)  # hapi prints after step 4 and at the epoch's end (step 6)
+    assert len(reads.steps) == STEPS
+    # Before each update: the loss and σ's gradient, one read each; nothing else.
+    assert [r["check"] for r in reads.steps] == [2] * STEPS
+    # σ and the weights of one step come from one read of the s it used, on the printed steps only.
+    assert [r["other"] for r in reads.steps] == [0, 0, 0, 1, 0, 1]
+    out = capsys.readouterr().out
+    for step in (4, STEPS):
+        s = reads.s_before[step - 1]  # clamp (-10, 10) is not reached here
+        assert printed(out, "sigma_y1")[step] == f"{np.exp(s[0] / 2):.4f}"
+        assert printed(out, "weight_y2")[step] == f"{0.5 * np.exp(-s[1]):.4f}"
+    assert sorted(printed(out, "sigma_y1")) == [4, STEPS]
+
+
+def test_without_a_line_only_the_epoch_end_reads(monkeypatch):
+    loss = kendall_loss()
+    model = build_model(loss)
+    reads = StepReads(model, loss, monkeypatch)
+    fit(model, verbose=0)
+    assert [r["other"] for r in reads.steps] == [0] * (STEPS - 1) + [1]  # logs hold the last step's at epoch end
+    assert [r["check"] for r in reads.steps] == [2] * STEPS
+
+
+def test_equal_reads_the_loss_only(monkeypatch):
+    loss = AutoWeight({"y1": paddle.nn.MSELoss(), "y2": paddle.nn.MSELoss()}, method="equal")
+    model = build_model(loss)
+    counts = Counter()
+    for name in READS:
+        original = getattr(paddle.Tensor, name)
+
+        def read(tensor, *args, _original=original, _name=name, **kwargs):
+            if sys._getframe(1).f_globals.get("__name__", "").startswith("hapi_autoloss"):
+                counts[_name] += 1
+            return _original(tensor, *args, **kwargs)
+
+        monkeypatch.setattr(paddle.Tensor, name, read)
+    fit(model, verbose=2, log_freq=1)
+    assert counts == Counter(numpy=STEPS)  # the check's read of the loss; equal's weights are known
+
+
+class Spy(paddle.callbacks.Callback):
+    """A callback AutoWeightCallback does not know: it may read logs at any step."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sigma: list[float] = []
+
+    def on_train_batch_end(self, step, logs=None):
+        self.sigma.append(logs["sigma_y1"])
+
+
+@pytest.mark.parametrize("reader", ["unknown callback", "tqdm"])
+def test_a_reader_at_every_step_gets_every_step(monkeypatch, reader):
+    loss = kendall_loss()
+    model = build_model(loss)
+    reads = StepReads(model, loss, monkeypatch)
+    spy = Spy()
+    extra = [spy] if reader == "unknown callback" else [TqdmProgressBar(verbose=2, log_freq=1, file=io.StringIO())]
+    fit(model, extra, verbose=0)
+    assert [r["other"] for r in reads.steps] == [1] * STEPS
+    if reader == "unknown callback":
+        np.testing.assert_allclose(spy.sigma, [np.exp(s[0] / 2) for s in reads.s_before], rtol=1e-6)
+
+
+def train_batches(net, loss, opt):
+    for x, y1, y2 in TwoTaskData(96).batches(16):
+        loss(*net(x), y1, y2).backward()
+        opt.step()
+        opt.clear_grad()
+
+
+@pytest.mark.parametrize("name, options", [("Adam", {}), ("AdamW", {"weight_decay": 0.0}),
+                                           ("Lamb", {"lamb_weight_decay": 0.0})])
+def test_sigma_updates_bit_for_bit_as_with_its_zero_decay_term(name, options):
+    # The reference: Paddle adds σ's L2Decay(0.0) term (0·σ) to its gradient before each update.
+    paddle.seed(0)
+    net, ref = TwoTaskNet(), kendall_loss()
+    cls = getattr(paddle.optimizer, name)
+    opt = cls(learning_rate=0.05, parameters=[*net.parameters(), *ref.parameters()], **options)
+    assert ref.s.regularizer is not None
+    for _ in range(2):
+        train_batches(net, ref, opt)
+    loss = kendall_loss()
+    model = build_model(loss)
+    model.prepare(cls(learning_rate=0.05, parameters=model.parameters(), **options), loss)
+    model.fit(TwoTaskData(96), epochs=2, batch_size=16, shuffle=False, verbose=0, callbacks=[AutoWeightCallback()])
+    np.testing.assert_array_equal(loss.s.numpy(), ref.s.numpy())
+    for ours, theirs in zip(model.network.parameters(), net.parameters()):
+        np.testing.assert_array_equal(ours.numpy(), theirs.numpy())
+    assert is_zero_decay(loss.s.regularizer)  # dropped for each update only
+
+
+def is_zero_decay(regularizer) -> bool:
+    return isinstance(regularizer, paddle.regularizer.L2Decay) and regularizer._coeff == 0.0
+
+
+def test_an_update_that_raises_leaves_the_regularizer_in_place():
+    class Broken(paddle.optimizer.Adam):
+        def _append_optimize_op(self, block, param_and_grad):
+            raise RuntimeError("update failed")
+
+    loss = kendall_loss()
+    model = build_model(loss)
+    model.prepare(Broken(learning_rate=0.05, parameters=model.parameters()), loss)
+    with pytest.raises(RuntimeError, match="update failed"):
+        model.fit(TwoTaskData(96), epochs=1, batch_size=16, verbose=0, callbacks=[AutoWeightCallback()])
+    assert is_zero_decay(loss.s.regularizer)
+
+
+@pytest.mark.parametrize("method, clamp", [("kendall", (-10.0, 10.0)), ("simple", (-0.5, 0.5)),
+                                           ("liebel", (0.01, 100.0))])
+def test_the_clamp_gives_the_former_values_and_gradient(method, clamp):
+    options = {"task_types": ["regression"] * 5} if method == "kendall" else {}
+    aw = AutoWeight([paddle.nn.MSELoss()] * 5, method=method, clamp=clamp, **options)
+    lo, hi = clamp
+    s = np.array([lo - 3.7, lo, 0.3 * lo + 0.7 * hi, hi, hi + 12.1], dtype=np.float32)
+    aw.s.set_value(s)
+    p = aw.weighting.clamped()
+    np.testing.assert_array_equal(p.numpy(), s + (np.clip(s, lo, hi) - s))  # float32 arithmetic, as before
+    p.sum().backward()
+    np.testing.assert_array_equal(aw.s.grad.numpy(), np.ones(5, dtype=np.float32))  # straight through
