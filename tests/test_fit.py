@@ -166,7 +166,8 @@ def test_toy_recovers_sigma_within_five_percent():
 
 def test_one_loss_for_two_models_is_rejected():
     loss = kendall_loss()
-    fit(build_model(loss), epochs=1, callbacks=[AutoWeightCallback()])
+    first = build_model(loss)  # kept alive: a model that was freed no longer owns the loss
+    fit(first, epochs=1, callbacks=[AutoWeightCallback()])
     with pytest.raises(RuntimeError, match=r"already trained by another paddle\.Model"):
         fit(build_model(loss), epochs=1, callbacks=[AutoWeightCallback()])
 
