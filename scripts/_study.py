@@ -27,6 +27,8 @@ import numpy as np  # noqa: E402
 import paddle  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:  # the checkout's hapi_autoloss, not whichever one is installed
+    sys.path.insert(0, ROOT)
 DOCS = os.path.join(ROOT, "docs")
 
 
@@ -191,6 +193,7 @@ def header(name: str, args: argparse.Namespace, protocol: str) -> None:
     print(f"# {name}\n")
     print(f"machine: {machine()}; load average at start {os.getloadavg()[0]:.2f}")
     print(f"seeds: 0..{args.seeds - 1}; epochs: {args.epochs}; workers: {args.workers}; quick: {args.quick}")
+    print(f"hapi_autoloss from: {os.path.dirname(sys.modules['hapi_autoloss'].__file__ or '')}")
     print(f"protocol: {protocol}\n", flush=True)
 
 
