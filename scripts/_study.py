@@ -32,6 +32,19 @@ if ROOT not in sys.path:  # the checkout's hapi_autoloss, not whichever one is i
 DOCS = os.path.join(ROOT, "docs")
 
 
+# Defaults of the learned-scale methods, as explicit options so a study's numbers do not move when
+# the library's defaults do. LEARNED_RULE is the rule chosen on validation by
+# scripts/tune_learned_defaults.py (docs/results.md, issue 10 step 1): init "default" or "auto",
+# and σ's lr_scale in AutoWeightCallback.
+DEFAULT_INIT = {"kendall": 0.0, "simple": 0.0, "liebel": 1.0, "imtl_l": 0.0}
+LEARNED_RULE: dict[str, Any] = {"init": "default", "lr_scale": 1.0}
+
+
+def init_option(method: str, init: str) -> float | str:
+    """The ``init=`` to pass: the method's default as a number, or "auto"."""
+    return DEFAULT_INIT[method] if init == "default" else init
+
+
 # ---------------------------------------------------------------- arguments
 
 

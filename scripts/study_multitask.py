@@ -10,7 +10,7 @@ Methods (one AutoWeight each, trained with model.fit + AutoWeightCallback):
   fixed grid       1·CE_left + 1·CE_right + w·MSE_sum, w in {0.01, 0.03, 0.1, 0.3, 1};
                    the w with the lowest validation "norm. error" is picked per seed and its
                    test numbers reported (w = 1 is the equal run, reused)
-  kendall, simple, liebel, imtl_l   learned s (or c), with the rule RULE chosen on validation
+  kendall, simple, liebel, imtl_l   learned s (or c), with _study.LEARNED_RULE, chosen on validation
                    by scripts/tune_learned_defaults.py (docs/results.md, issue 10 step 1)
   dwa, rlw, gls, famo, stch, uw_so   the methods' published defaults, passed explicitly
 
@@ -35,10 +35,8 @@ from hapi_autoloss import AutoWeight
 from hapi_autoloss.callbacks import AutoWeightCallback
 
 GRID = (0.01, 0.03, 0.1, 0.3, 1.0)  # weight of the regression task; fixed before any run
-LEARNED_SCALE = ("kendall", "simple", "liebel", "imtl_l")
-DEFAULT_INIT = {"kendall": 0.0, "simple": 0.0, "liebel": 1.0, "imtl_l": 0.0}  # the library's, explicit
-# Step 1's choice (docs/results.md): init "default" (DEFAULT_INIT) or "auto", and σ's lr_scale.
-RULE: dict = {"init": "default", "lr_scale": 1.0}
+LEARNED_SCALE = tuple(_study.DEFAULT_INIT)  # kendall, simple, liebel, imtl_l
+RULE = _study.LEARNED_RULE  # chosen on validation by scripts/tune_learned_defaults.py
 # Explicit options, so the numbers do not move when a library default does.
 OPTIONS: dict[str, dict] = {
     "dwa": {"temperature": 2.0},
@@ -100,7 +98,7 @@ def make_loss(method: str, seed: int, w_reg: float | None = None, init: str = "d
     if method == "fixed":
         return AutoWeight(losses, method="fixed", weights=[1.0, 1.0, float(w_reg)])
     if method in LEARNED_SCALE:
-        kw: dict = {"init": DEFAULT_INIT[method] if init == "default" else init}
+        kw: dict = {"init": _study.init_option(method, init)}
         if method == "kendall":
             kw["task_types"] = ["classification", "classification", "regression"]
         return AutoWeight(losses, method=method, **kw)
