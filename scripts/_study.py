@@ -27,7 +27,22 @@ import numpy as np  # noqa: E402
 import paddle  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:  # the checkout's hapi_autoloss, not whichever one is installed
+    sys.path.insert(0, ROOT)
 DOCS = os.path.join(ROOT, "docs")
+
+
+# Defaults of the learned-scale methods, as explicit options so a study's numbers do not move when
+# the library's defaults do. LEARNED_RULE is the rule chosen on validation by
+# scripts/tune_learned_defaults.py (docs/results.md, issue 10 step 1): init "default" or "auto",
+# and σ's lr_scale in AutoWeightCallback.
+DEFAULT_INIT = {"kendall": 0.0, "simple": 0.0, "liebel": 1.0, "imtl_l": 0.0}
+LEARNED_RULE: dict[str, Any] = {"init": "default", "lr_scale": 1.0}
+
+
+def init_option(method: str, init: str) -> float | str:
+    """The ``init=`` to pass: the method's default as a number, or "auto"."""
+    return DEFAULT_INIT[method] if init == "default" else init
 
 
 # ---------------------------------------------------------------- arguments
@@ -191,6 +206,7 @@ def header(name: str, args: argparse.Namespace, protocol: str) -> None:
     print(f"# {name}\n")
     print(f"machine: {machine()}; load average at start {os.getloadavg()[0]:.2f}")
     print(f"seeds: 0..{args.seeds - 1}; epochs: {args.epochs}; workers: {args.workers}; quick: {args.quick}")
+    print(f"hapi_autoloss from: {os.path.dirname(sys.modules['hapi_autoloss'].__file__ or '')}")
     print(f"protocol: {protocol}\n", flush=True)
 
 

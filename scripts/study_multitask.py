@@ -10,13 +10,15 @@ Methods (one AutoWeight each, trained with model.fit + AutoWeightCallback):
   fixed grid       1·CE_left + 1·CE_right + w·MSE_sum, w in {0.01, 0.03, 0.1, 0.3, 1};
                    the w with the lowest validation "norm. error" is picked per seed and its
                    test numbers reported (w = 1 is the equal run, reused)
-  kendall, liebel, dwa, rlw, gls, imtl_l   AutoWeight defaults
+  kendall, simple, liebel, imtl_l   learned s (or c), with _study.LEARNED_RULE, chosen on validation
+                   by scripts/tune_learned_defaults.py (docs/results.md, issue 10 step 1)
+  dwa, rlw, gls, famo, stch, uw_so   the methods' published defaults, passed explicitly
 
 norm. error = mean of (1 − acc_left)/0.9, (1 − acc_right)/0.9, RMSE/std(sum): each error
 relative to a constant predictor (0 perfect, 1 chance). It is the validation criterion for the
 grid and a one-number summary on test.
 
-    python scripts/study_multitask.py              # 5 seeds, 7-10 min on 2 cores
+    python scripts/study_multitask.py              # 5 seeds, 80 runs, ~15 min on 2 cores
     python scripts/study_multitask.py --quick      # smoke test
 """
 
@@ -33,7 +35,17 @@ from hapi_autoloss import AutoWeight
 from hapi_autoloss.callbacks import AutoWeightCallback
 
 GRID = (0.01, 0.03, 0.1, 0.3, 1.0)  # weight of the regression task; fixed before any run
-LEARNED = ("kendall", "liebel", "dwa", "rlw", "gls", "imtl_l")
+LEARNED_SCALE = tuple(_study.DEFAULT_INIT)  # kendall, simple, liebel, imtl_l
+RULE = _study.LEARNED_RULE  # chosen on validation by scripts/tune_learned_defaults.py
+# Explicit options, so the numbers do not move when a library default does.
+OPTIONS: dict[str, dict] = {
+    "dwa": {"temperature": 2.0},
+    "gls": {},
+    "famo": {"w_lr": 0.025, "gamma": 1e-3},
+    "stch": {"mu": 1.0, "warmup_epochs": 4},
+    "uw_so": {"temperature": 1.0},
+}
+LEARNED = (*LEARNED_SCALE, "dwa", "rlw", "gls", "famo", "stch", "uw_so")
 ROWS = ("equal", "fixed (best of grid)", *LEARNED)
 EPOCHS, QUICK_EPOCHS = 20, 2
 LR, BATCH = 1e-3, 64
@@ -80,15 +92,19 @@ class MultiDigitNet(paddle.nn.Layer):
         return [self.left(z), self.right(z), self.total(z)]
 
 
-def make_loss(method: str, seed: int, w_reg: float | None = None) -> AutoWeight:
+def make_loss(method: str, seed: int, w_reg: float | None = None, init: str = "default") -> AutoWeight:
+    """The loss of one run; ``init`` ("default" or "auto") applies to the learned-scale methods."""
     losses = {"left": paddle.nn.CrossEntropyLoss(), "right": paddle.nn.CrossEntropyLoss(), "sum": paddle.nn.MSELoss()}
     if method == "fixed":
         return AutoWeight(losses, method="fixed", weights=[1.0, 1.0, float(w_reg)])
-    if method == "kendall":
-        return AutoWeight(losses, method="kendall", task_types=["classification", "classification", "regression"])
+    if method in LEARNED_SCALE:
+        kw: dict = {"init": _study.init_option(method, init)}
+        if method == "kendall":
+            kw["task_types"] = ["classification", "classification", "regression"]
+        return AutoWeight(losses, method=method, **kw)
     if method == "rlw":
         return AutoWeight(losses, method="rlw", seed=seed)
-    return AutoWeight(losses, method=method)
+    return AutoWeight(losses, method=method, **OPTIONS[method])
 
 
 def scores(net: paddle.nn.Layer, split: tuple[np.ndarray, ...], target_std: float) -> dict[str, float]:
@@ -101,23 +117,36 @@ def scores(net: paddle.nn.Layer, split: tuple[np.ndarray, ...], target_std: floa
     return {"acc_left": acc_l, "acc_right": acc_r, "rmse": rmse, "norm_error": norm}
 
 
-def job(method: str, seed: int, w_reg: float | None, epochs: int, quick: bool) -> dict:
+def job(
+    method: str,
+    seed: int,
+    w_reg: float | None,
+    epochs: int,
+    quick: bool,
+    init: str = "default",
+    lr_scale: float = 1.0,
+    test: bool = True,
+) -> dict:
+    """One training run; ``test=False`` scores the validation pairs only (for tuning)."""
     data = multidigits(seed, SIZES["quick" if quick else "full"])
     _study.seed_everything(seed)
     net = MultiDigitNet()
     model = paddle.Model(net)
-    loss = make_loss(method, seed, w_reg)
+    loss = make_loss(method, seed, w_reg, init)
     model.prepare(paddle.optimizer.Adam(LR, parameters=model.parameters()), loss)
-    _study.fit(model, _study.ArrayDataset(*data["train"]), epochs, BATCH, callbacks=[AutoWeightCallback()])
+    callback = AutoWeightCallback(lr_scale=lr_scale)
+    _study.fit(model, _study.ArrayDataset(*data["train"]), epochs, BATCH, callbacks=[callback])
     target_std = float(data["train"][3].std())
-    return {
+    out = {
         "method": method,
         "seed": seed,
         "w_reg": w_reg,
+        "init": init,
+        "lr_scale": lr_scale,
         "val": scores(net, data["val"], target_std),
-        **scores(net, data["test"], target_std),
         "weights": loss.weights(),
     }
+    return {**out, **scores(net, data["test"], target_std)} if test else out
 
 
 def main(argv: list[str] | None = None) -> str:
@@ -126,12 +155,15 @@ def main(argv: list[str] | None = None) -> str:
         "Study 1: MultiDigits (left digit, right digit, sum of digits)",
         args,
         f"trunk 2×conv+FC64, 3 heads; Adam lr {LR}, batch {BATCH}, {args.epochs} epochs, last epoch evaluated; "
-        f"pairs train/val/test {SIZES['quick' if args.quick else 'full']}",
+        f"pairs train/val/test {SIZES['quick' if args.quick else 'full']}; learned-scale rule: init "
+        f"{RULE['init']}, lr_scale {RULE['lr_scale']}",
     )
     start = time.perf_counter()
     seeds = range(args.seeds)
     jobs = [("fixed", s, w, args.epochs, args.quick) for s in seeds for w in GRID]
-    jobs += [(m, s, None, args.epochs, args.quick) for s in seeds for m in LEARNED]
+    rule = (RULE["init"], RULE["lr_scale"])
+    jobs += [(m, s, None, args.epochs, args.quick, *(rule if m in LEARNED_SCALE else ()))
+             for s in seeds for m in LEARNED]  # fmt: skip
     results = _study.run_jobs(job, jobs, args.workers)
 
     rows_by_method: dict[str, list[dict]] = {m: [] for m in ROWS}

@@ -5,20 +5,23 @@ squares (2), radius / half-side 5-11 px, 1-4 shapes per image. A shape is bright
 than the background by 0.6-1.2 (random sign) and the background is a sum of 3 random
 gratings; Gaussian noise σ = 0.5 on top. Circles and squares share their intensity
 distribution, so telling them apart takes shape, not brightness. Per seed: 300 training and 100
-held-out test images, drawn afresh.
+held-out test images, drawn afresh, and 100 validation images (for choosing a fixed ratio).
 
 Network: a tiny encoder-decoder (3 conv down to 16×16, one conv there, 2 nearest-upsampling
 stages with skips; ~33k parameters). Losses (all with model.fit):
   CE                   CrossEntropyLoss
-  CE+Dice 0.8/0.2      AutoWeight(method="fixed", weights=[0.8, 0.2], routing="shared")
+  CE+Dice 0.8/0.2      AutoWeight(method="fixed", weights=[0.8, 0.2], routing="shared") (PaddleSeg's)
+  CE+Dice best fixed   the best of weights [1 − w, w], w in {0.1, 0.2, 0.35, 0.5, 0.7}, chosen per
+  (validated)          seed on validation mIoU; costs 5 runs (w = 0.2 is the 0.8/0.2 run)
   CE+Dice kendall      AutoWeight(method="kendall", task_types=classification ×2, routing="shared")
   CE+Dice liebel       AutoWeight(method="liebel", routing="shared")
+                       (both with _study.LEARNED_RULE: init and σ's lr_scale, as explicit options)
   TopK-CE+Dice         0.8·TopKLoss(CE per pixel), ratio 100%→10% by TopKScheduler, + 0.2·Dice
 
 Metrics on the test images, pixels pooled over all of them: IoU and Dice per class, and their
 means over the 3 classes (mIoU, mean Dice).
 
-    python scripts/study_segmentation.py            # 5 seeds, ~11 min on 2 cores
+    python scripts/study_segmentation.py            # 5 seeds, 45 runs, ~30 min on 2 cores
     python scripts/study_segmentation.py --quick    # smoke test
 """
 
@@ -35,12 +38,17 @@ import paddle.nn.functional as F
 from hapi_autoloss import AutoWeight, DiceLoss, TopKLoss
 from hapi_autoloss.callbacks import AutoWeightCallback, TopKScheduler
 
-METHODS = ("CE", "CE+Dice 0.8/0.2", "CE+Dice kendall", "CE+Dice liebel", "TopK-CE+Dice")
+DICE_GRID = (0.1, 0.2, 0.35, 0.5, 0.7)  # w_dice, w_ce = 1 − w_dice; fixed before any run
+GRID_RUNS = tuple(f"CE+Dice {1 - w:g}/{w:g}" for w in DICE_GRID)  # "CE+Dice 0.8/0.2" is PaddleSeg's
+BEST = "CE+Dice best fixed (validated)"
+LEARNED = ("CE+Dice kendall", "CE+Dice liebel")
+RUNS = ("CE", *GRID_RUNS, *LEARNED, "TopK-CE+Dice")  # one training each, per seed
+METHODS = ("CE", "CE+Dice 0.8/0.2", BEST, *LEARNED, "TopK-CE+Dice")  # the table's rows
 CLASSES = ("background", "circle", "square")
 SIZE = 64
 EPOCHS, QUICK_EPOCHS = 20, 2
 LR, BATCH = 2e-3, 16
-N_TRAIN, N_TEST, QUICK_TRAIN, QUICK_TEST = 300, 100, 32, 16
+N_TRAIN, N_TEST, QUICK_TRAIN, QUICK_TEST = 300, 100, 32, 16  # validation: as many as test
 
 
 def shapes(seed: int, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -99,10 +107,17 @@ def make_loss(method: str) -> tuple[paddle.nn.Layer, list]:
         ce = TopKLoss(paddle.nn.CrossEntropyLoss(axis=1, reduction="none"), ratio=1.0, per="pixel")
         callbacks.append(TopKScheduler(start=1.0, end=0.1, schedule="linear", by="epoch"))
     losses = {"ce": ce, "dice": DiceLoss()}
-    if method in ("CE+Dice 0.8/0.2", "TopK-CE+Dice"):
+    if method == "TopK-CE+Dice":
         return AutoWeight(losses, method="fixed", weights=[0.8, 0.2], routing="shared"), callbacks
-    kw = {"task_types": ["classification", "classification"]} if method == "CE+Dice kendall" else {}
-    return AutoWeight(losses, method=method.split()[-1], routing="shared", **kw), callbacks
+    if method in GRID_RUNS:
+        w_dice = DICE_GRID[GRID_RUNS.index(method)]
+        return AutoWeight(losses, method="fixed", weights=[1 - w_dice, w_dice], routing="shared"), callbacks
+    name, rule = method.split()[-1], _study.LEARNED_RULE
+    kw: dict = {"init": _study.init_option(name, rule["init"])}
+    if name == "kendall":
+        kw["task_types"] = ["classification", "classification"]
+    callbacks[0] = AutoWeightCallback(lr_scale=rule["lr_scale"])
+    return AutoWeight(losses, method=name, routing="shared", **kw), callbacks
 
 
 def segmentation_scores(pred: np.ndarray, label: np.ndarray) -> dict[str, float]:
@@ -124,6 +139,7 @@ def job(method: str, seed: int, epochs: int, quick: bool) -> dict:
     n_train, n_test = (QUICK_TRAIN, QUICK_TEST) if quick else (N_TRAIN, N_TEST)
     x_tr, y_tr = shapes(seed, n_train)
     x_te, y_te = shapes(10_000 + seed, n_test)
+    x_va, y_va = shapes(20_000 + seed, n_test)
     _study.seed_everything(seed)
     net = TinySegNet()
     model = paddle.Model(net)
@@ -131,8 +147,9 @@ def job(method: str, seed: int, epochs: int, quick: bool) -> dict:
     model.prepare(paddle.optimizer.Adam(LR, parameters=model.parameters()), loss)
     _study.fit(model, _study.ArrayDataset(x_tr, y_tr), epochs, BATCH, callbacks)
     pred = _study.predict(net, x_te, batch_size=50)[0].argmax(1)
+    val = segmentation_scores(_study.predict(net, x_va, batch_size=50)[0].argmax(1), y_va)
     weights = loss.weights() if isinstance(loss, AutoWeight) else {}
-    return {"method": method, "seed": seed, **segmentation_scores(pred, y_te), "weights": weights,
+    return {"method": method, "seed": seed, **segmentation_scores(pred, y_te), "val": val, "weights": weights,
             "example": pred[:2].astype("uint8")}  # fmt: skip
 
 
@@ -166,18 +183,36 @@ def example_plot(path: str, results: list[dict]) -> None:
 def main(argv: list[str] | None = None) -> str:
     args = _study.resolve(_study.parser(__doc__ or "", EPOCHS).parse_args(argv), EPOCHS, QUICK_EPOCHS)
     n_train, n_test = (QUICK_TRAIN, QUICK_TEST) if args.quick else (N_TRAIN, N_TEST)
+    rule = _study.LEARNED_RULE
     _study.header(
         "Study 3: mixed segmentation loss (synthetic shapes, 64×64, 3 classes)",
         args,
         f"TinySegNet; Adam lr {LR}, batch {BATCH}, {args.epochs} epochs, last epoch evaluated; "
-        f"{n_train} train / {n_test} test images per seed",
+        f"{n_train} train / {n_test} validation / {n_test} test images per seed; fixed CE/Dice grid w_dice "
+        f"{DICE_GRID} chosen on validation mIoU; kendall/liebel: init {rule['init']}, lr_scale {rule['lr_scale']}",
     )
     start = time.perf_counter()
-    jobs = [(m, s, args.epochs, args.quick) for s in range(args.seeds) for m in METHODS]
+    seeds = range(args.seeds)
+    jobs = [(m, s, args.epochs, args.quick) for s in seeds for m in RUNS]
     results = _study.run_jobs(job, jobs, args.workers)
 
+    rows_by: dict[str, list[dict]] = {m: [] for m in METHODS}
+    chosen = []
+    for s in seeds:
+        grid = [r for r in results if r["method"] in GRID_RUNS and r["seed"] == s]
+        best = max(grid, key=lambda r: (r["val"]["miou"], -GRID_RUNS.index(r["method"])))  # a tie: the first
+        chosen.append(best["method"].split()[-1])
+        rows_by[BEST].append(best)
+        for m in METHODS:
+            if m != BEST:
+                rows_by[m].extend(r for r in results if r["method"] == m and r["seed"] == s)
+    flat = [{**r, "method": m} for m, rs in rows_by.items() for r in rs]
+
     def col(m: str, key: str) -> list[float]:
-        return _study.collect(results, m, key)
+        return _study.collect(flat, m, key)
+
+    def beats(m: str, baseline: str) -> str:
+        return "—" if m in ("CE", baseline) else _study.wins(flat, m, baseline, "miou", higher_is_better=True)
 
     rows = []
     for m in METHODS:
@@ -187,18 +222,27 @@ def main(argv: list[str] | None = None) -> str:
             _study.mean_std(col(m, "dice")),
             _study.mean_std(col(m, "iou_circle")),
             _study.mean_std(col(m, "iou_square")),
-            "—" if m == "CE" else _study.wins(results, m, "CE", "miou", higher_is_better=True),
-            "—" if m == "CE" else _study.wins(results, m, "CE+Dice 0.8/0.2", "miou", higher_is_better=True)
-            if m != "CE+Dice 0.8/0.2" else "—",
+            "—" if m == "CE" else _study.wins(flat, m, "CE", "miou", higher_is_better=True),
+            beats(m, "CE+Dice 0.8/0.2"),
+            beats(m, BEST),
+            str(len(DICE_GRID)) if m == BEST else "1",
             f"{np.mean(col(m, 'seconds')):.1f}",
         ])  # fmt: skip
     table = _study.markdown_table(
-        ["loss", "mIoU ↑", "mean Dice ↑", "IoU circle ↑", "IoU square ↑", "mIoU beats CE", "beats 0.8/0.2", "s/run"],
+        ["loss", "mIoU ↑", "mean Dice ↑", "IoU circle ↑", "IoU square ↑", "mIoU beats CE", "beats 0.8/0.2",
+         "beats best fixed", "runs", "s/run"],
         rows,
-    )
+    )  # fmt: skip
     print(table)
-    for m in ("CE+Dice kendall", "CE+Dice liebel"):
-        w = np.mean([list(r["weights"].values()) for r in results if r["method"] == m], axis=0)
+    print(f"\nbest fixed ratio (CE/Dice) chosen on validation mIoU per seed: {chosen}")
+    grid_rows = []
+    for m in GRID_RUNS:
+        rs = sorted((r for r in results if r["method"] == m), key=lambda r: r["seed"])
+        grid_rows.append([m, _study.mean_std([r["val"]["miou"] for r in rs]), _study.mean_std([r["miou"] for r in rs]),
+                          f"{sum(c == m.split()[-1] for c in chosen)}/{args.seeds}"])  # fmt: skip
+    print(_study.markdown_table(["fixed ratio", "validation mIoU", "test mIoU", "chosen"], grid_rows))
+    for m in LEARNED:
+        w = np.mean([list(r["weights"].values()) for r in rows_by[m]], axis=0)
         print(f"final weights {m}: ce {w[0]:.3g}, dice {w[1]:.3g} (ratio ce/dice {w[0] / w[1]:.2f})")
     wall = time.perf_counter() - start
     print(f"\nwall time: {wall:.0f} s ({len(jobs)} runs)")
@@ -209,7 +253,7 @@ def main(argv: list[str] | None = None) -> str:
     panels = [(label, [col(m, key) for m in METHODS]) for label, key in metrics]
     _study.bar_panels(path, list(METHODS), panels, f"synthetic shapes, {args.seeds} seeds, {args.epochs} epochs")
     examples = os.path.join(args.out, "study_segmentation_examples.png")
-    example_plot(examples, results)
+    example_plot(examples, flat)
     print(f"plots: {path}, {examples}")
     return table
 
