@@ -62,6 +62,18 @@ class TwoTaskNet(paddle.nn.Layer):
         return [self.h1(z), self.h2(z)]
 
 
+class DropNet(TwoTaskNet):
+    """TwoTaskNet with dropout on the trunk: a network whose training uses Paddle's random stream."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.drop = paddle.nn.Dropout(0.3)
+
+    def forward(self, x):
+        z = self.drop(paddle.tanh(self.trunk(x)))
+        return [self.h1(z), self.h2(z)]
+
+
 class NaiveUncertaintyLoss(paddle.nn.Layer):
     """What users write by hand (seed 000): a loss Layer with a learned log σ²."""
 

@@ -66,7 +66,7 @@ def test_shape_errors_come_before_any_update_inside_fit():
         ({"method": "equal", "clamp": (-1.0, 1.0)}, ValueError, ["clamp does not apply to method='equal'"]),
         ({"method": "fixed", "weights": [1.0], "init": 0.5}, ValueError,
          ["init does not apply to method='fixed', which takes weights"]),
-        ({"method": "dwa", "temperature": 0.0}, ValueError, ["temperature must be > 0"]),
+        ({"method": "dwa", "temperature": 0.0}, ValueError, ["temperature must be a finite number > 0"]),
         ({"method": "equal", "routing": [(0, -1)]}, ValueError, ["non-negative tensor indices"]),
         ({"method": "equal", "routing": {"other": (0, 1)}}, ValueError, ["missing ['task0']", "unknown ['other']"]),
         ({"method": "kendall", "task_types": "regression"}, TypeError, ["not a string"]),

@@ -180,3 +180,10 @@ def as_scalar(name: str, value: object) -> paddle.Tensor:
         value = value.reshape([])
     return value if value.dtype == paddle.float32 else value.astype("float32")
 
+
+
+def positive(value: object, name: str, example: str) -> float:
+    """``value`` as a float, or a clear error when it is not a finite number > 0."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}. Fix: e.g. {example}.")
+    return float(value)

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import paddle
 
 from .._hapi import world
+from ._tasks import positive
 from .base import Weighting
 
 FLOOR = 1e-12  # a zero epoch average must not divide by zero
@@ -29,9 +28,7 @@ class DWA(Weighting):
 
     def __init__(self, temperature: float = 2.0) -> None:
         super().__init__()
-        if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
-            raise ValueError(f"temperature must be > 0, got {temperature!r}. Fix: DWA's paper uses 2.0.")
-        self.temperature = float(temperature)
+        self.temperature = positive(temperature, "temperature", "temperature=2.0 (DWA's paper)")
 
     def bind(self, tasks: list[str], task_types: list[str | None]) -> None:
         super().bind(tasks, task_types)

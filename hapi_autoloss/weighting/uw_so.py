@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import math
-
 import paddle
 
+from ._tasks import positive
 from .base import Weighting
 
 EPS = 1e-8
@@ -27,9 +26,7 @@ class UWSO(Weighting):
 
     def __init__(self, temperature: float = 1.0) -> None:
         super().__init__()
-        if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
-            raise ValueError(f"temperature must be > 0, got {temperature!r}. Fix: e.g. temperature=1.0.")
-        self.temperature = float(temperature)
+        self.temperature = positive(temperature, "temperature", "temperature=1.0")
 
     def combine(self, losses: paddle.Tensor) -> paddle.Tensor:
         w = paddle.nn.functional.softmax(1.0 / (losses.detach() + EPS) / self.temperature)

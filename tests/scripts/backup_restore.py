@@ -18,7 +18,7 @@ import numpy as np
 import paddle
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from helpers import X_SPEC, Y_SPECS, KillAt, TwoTaskData, TwoTaskNet
+from helpers import X_SPEC, Y_SPECS, DropNet, KillAt, TwoTaskData
 
 from hapi_autoloss import AutoWeight, TopKLoss
 from hapi_autoloss.callbacks import AutoWeightCallback, BackupAndRestore, TensorBoardExport, TopKScheduler
@@ -29,16 +29,6 @@ kill = "kill" in sys.argv[3:]
 options = set(sys.argv[3:-1])
 method = sys.argv[-1]
 run_dir = os.path.join(out, mode)
-
-
-class DropNet(TwoTaskNet):
-    def __init__(self):
-        super().__init__()
-        self.drop = paddle.nn.Dropout(0.3)
-
-    def forward(self, x):
-        z = self.drop(paddle.tanh(self.trunk(x)))
-        return [self.h1(z), self.h2(z)]
 
 
 

@@ -15,22 +15,12 @@ import numpy as np
 import paddle
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from helpers import X_SPEC, Y_SPECS, TwoTaskData, TwoTaskNet, kendall_loss
+from helpers import X_SPEC, Y_SPECS, DropNet, TwoTaskData, kendall_loss
 
 from hapi_autoloss.callbacks import AutoWeightCallback, BackupAndRestore
 
 out_dir, mode = sys.argv[1], sys.argv[2]
 run = "full" if mode == "full" else "run"
-
-
-class DropNet(TwoTaskNet):
-    def __init__(self):
-        super().__init__()
-        self.drop = paddle.nn.Dropout(0.3)
-
-    def forward(self, x):
-        z = self.drop(paddle.tanh(self.trunk(x)))
-        return [self.h1(z), self.h2(z)]
 
 
 class ExitMidEpoch(paddle.callbacks.Callback):
