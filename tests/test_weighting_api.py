@@ -316,3 +316,16 @@ def test_a_user_method_taking_a_built_in_name_warns():
     import hapi_autoloss.weighting.equal as builtin
 
     METHODS["equal"] = builtin.Equal  # put the built-in back for the other tests
+
+
+def test_a_checkpoint_learned_with_another_clamp_warns(tmp_path):
+    with paddle.utils.unique_name.guard():
+        loss = AutoWeight([paddle.nn.MSELoss(), paddle.nn.MSELoss()], method="simple", clamp=(-5.0, 5.0))
+        model = build_model(loss)
+        model.fit(TwoTaskData(32), epochs=1, batch_size=16, verbose=0, callbacks=[AutoWeightCallback()])
+        model.save(str(tmp_path / "m"))
+    with paddle.utils.unique_name.guard():
+        other = build_model(AutoWeight([paddle.nn.MSELoss(), paddle.nn.MSELoss()], method="simple"))
+        other.load(str(tmp_path / "m"))
+        with pytest.warns(UserWarning, match=r"learned with clamp=\(-5.0, 5.0\).*Fix: build the loss with clamp"):
+            hapi_autoloss.load_state(other, str(tmp_path / "m"))

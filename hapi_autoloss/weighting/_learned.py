@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any, ClassVar
 
 import numpy as np
@@ -130,6 +131,15 @@ class LearnedScale(Weighting):
 
     def checkpoint_state(self) -> dict[str, Any]:
         return {"clamp": list(self.clamp)}
+
+    def set_checkpoint_state(self, state: dict[str, Any]) -> None:
+        saved = tuple(float(v) for v in state.get("clamp", self.clamp))
+        if saved != self.clamp:
+            warnings.warn(
+                f"The checkpoint's s was learned with clamp={saved}, this loss clamps to {self.clamp}, "
+                f"so the run does not resume exactly. Fix: build the loss with clamp={saved}.",
+                stacklevel=2,
+            )
 
     def extra_repr(self) -> str:
         return f"clamp={self.clamp}, init={self.init}"

@@ -17,7 +17,8 @@ class DWA(Weighting):
     average losses of the last two epochs, T = ``temperature`` (2 in the paper); w = 1 for
     the first two epochs. An epoch's average is weighted by batch size, as LibMTL's is,
     over every rank's batches under ``paddle.distributed.launch`` (``end_epoch`` is then
-    a collective). A non-finite step's losses do not count.
+    a collective). A non-finite task loss does not count (the other tasks' losses of that
+    batch do, also when ``on_nonfinite='skip'`` drops its update).
 
     Example::
 

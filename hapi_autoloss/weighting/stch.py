@@ -20,8 +20,8 @@ class STCH(Weighting):
 
     - epochs 0 .. ``warmup_epochs`` − 1: ``Σ log(L_i + ε)``;
     - epoch ``warmup_epochs``: the same, while the nadir point ``z`` is averaged from
-      the batches' losses (a plain mean over batches, leaving out a skipped non-finite
-      step's; over every rank's batches under ``paddle.distributed.launch``);
+      the batches' losses (a plain mean over batches per task, leaving out a non-finite
+      task loss; over every rank's batches under ``paddle.distributed.launch``);
     - then ``n·μ·log Σ exp((l_i − m)/μ)`` with ``l_i = log(L_i / z_i + ε)`` and
       ``m = max l`` (detached): the gradient of the smooth max, whose value is shifted
       by ``−n·m`` as in the official code.
@@ -56,7 +56,7 @@ class STCH(Weighting):
             self._seen.pop(key, None)
 
     def observe(self, losses: paddle.Tensor, batch_size: int = 1) -> None:
-        if self._epoch == self.warmup_epochs:  # the nadir epoch; a skipped non-finite step does not count
+        if self._epoch == self.warmup_epochs:  # the nadir epoch; a non-finite task loss does not count
             finite = paddle.isfinite(losses)
             total = paddle.where(finite, losses, paddle.zeros_like(losses))
             count = finite.astype("float32")
