@@ -18,7 +18,7 @@ norm. error = mean of (1 − acc_left)/0.9, (1 − acc_right)/0.9, RMSE/std(sum)
 relative to a constant predictor (0 perfect, 1 chance). It is the validation criterion for the
 grid and a one-number summary on test.
 
-    python scripts/study_multitask.py              # 5 seeds, 80 runs, ~15 min on 2 cores
+    python scripts/study_multitask.py              # 5 seeds, 75 runs, ~19 min on 2 shared cores
     python scripts/study_multitask.py --quick      # smoke test
 """
 

@@ -21,7 +21,7 @@ stages with skips; ~33k parameters). Losses (all with model.fit):
 Metrics on the test images, pixels pooled over all of them: IoU and Dice per class, and their
 means over the 3 classes (mIoU, mean Dice).
 
-    python scripts/study_segmentation.py            # 5 seeds, 45 runs, ~30 min on 2 cores
+    python scripts/study_segmentation.py            # 5 seeds, 45 runs, ~40 min on 2 shared cores
     python scripts/study_segmentation.py --quick    # smoke test
 """
 

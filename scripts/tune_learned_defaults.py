@@ -15,7 +15,7 @@ best rule R* (lowest score) and every rule within one std of it (score − score
 of the two stds) are tied; among the tied ones, the fewest changes from A wins (A, then B or C
 by score, then D).
 
-    python scripts/tune_learned_defaults.py            # 5 seeds, 80 runs, ~8-13 min on 2 cores
+    python scripts/tune_learned_defaults.py            # 5 seeds, 80 runs, ~20 min on 2 shared cores
     python scripts/tune_learned_defaults.py --quick    # smoke test
 """
 
