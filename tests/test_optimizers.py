@@ -21,28 +21,29 @@ def decay_of(name, amount):
     return {"weight_decay": amount}
 
 
-def network_params(net, grouped, name):
+def network_params(net, grouped, name, decay=True):
     """The user's layout: a flat list, or a backbone group at half lr with its own decay."""
     if not grouped:
         return net.parameters()
-    return [{"params": net.trunk.parameters(), "learning_rate": 0.5, **decay_of(name, 0.1)},
+    return [{"params": net.trunk.parameters(), "learning_rate": 0.5, **(decay_of(name, 0.1) if decay else {})},
             {"params": net.h1.parameters() + net.h2.parameters()}]
 
 
 def build_optimizer(name, params, clip=True, decay=True):
     cls = getattr(paddle.optimizer, name)
-    kwargs = decay_of(name, 0.3 if decay else 0.0)  # AdamW and Lamb decay by 0.01 unless told
+    # No decay: none given to coupled ones (regularization None); AdamW and Lamb decay by 0.01 unless told.
+    kwargs = decay_of(name, 0.3) if decay else (decay_of(name, 0.0) if name in ("AdamW", "Lamb") else {})
     if clip:
         kwargs["grad_clip"] = paddle.nn.ClipGradByGlobalNorm(0.05)
     return cls(learning_rate=LR, parameters=params, **kwargs)
 
 
-def reference(name, grouped, sigma_joins_clip=False):
+def reference(name, grouped, sigma_joins_clip=False, decay=True):
     """A hand-written loop: the network under the plain optimizer, σ under a second
     instance of the same class with no decay and no clip (the library's rule)."""
     paddle.seed(0)
     net, loss = TwoTaskNet(), kendall_loss()
-    net_opt = build_optimizer(name, network_params(net, grouped, name))
+    net_opt = build_optimizer(name, network_params(net, grouped, name, decay), decay=decay)
     if sigma_joins_clip:  # what a naive flat injection does: σ inside the network's global norm
         net_opt = build_optimizer(name, [*net.parameters(), *loss.parameters()])
         sigma_opt = None
@@ -58,11 +59,11 @@ def reference(name, grouped, sigma_joins_clip=False):
     return loss.s.numpy().copy(), [p.numpy().copy() for p in net.parameters()]
 
 
-def train_with_fit(name, grouped):
+def train_with_fit(name, grouped, decay=True):
     paddle.seed(0)
     net, loss = TwoTaskNet(), kendall_loss()
     model = paddle.Model(net, inputs=X_SPEC, labels=Y_SPECS)
-    model.prepare(build_optimizer(name, network_params(net, grouped, name)), loss)
+    model.prepare(build_optimizer(name, network_params(net, grouped, name, decay), decay=decay), loss)
     model.fit(DATA, epochs=EPOCHS, batch_size=BATCH, shuffle=False, verbose=0, callbacks=[AutoWeightCallback()])
     return loss.s.numpy().copy(), [p.numpy().copy() for p in net.parameters()], model
 
@@ -106,3 +107,15 @@ def test_a_group_paddle_cannot_step_is_refused_before_any_update():
     for got, want in zip(net.parameters(), before):
         np.testing.assert_array_equal(got.numpy(), want)
     np.testing.assert_array_equal(loss.s.numpy(), [0.0, 0.0])
+
+
+@pytest.mark.parametrize("grouped", [False, True], ids=["flat", "groups"])
+@pytest.mark.parametrize("name", FAMILY)
+def test_without_any_weight_decay_too(name, grouped):
+    """With no coupled decay σ's zero regularizer is left out of each update (a saving): the same numbers."""
+    s, weights, model = train_with_fit(name, grouped, decay=False)
+    ref_s, ref_weights = reference(name, grouped, decay=False)
+    np.testing.assert_allclose(s, ref_s, rtol=1e-5, atol=1e-7)
+    for got, want in zip(weights, ref_weights):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
+    assert model._loss.s.regularizer is not None  # σ keeps its own no-decay switch between updates
