@@ -1,0 +1,107 @@
+"""GradWeighting: the base class of the gradient-level methods (MGDA, PCGrad, CAGrad, ...).
+
+A loss-level method turns the per-task losses into one total; a gradient-level method
+turns the per-task *gradients* of the shared parameters into one gradient. AutoWeight
+computes those gradients inside its forward (``_pertask``), averaged over ranks, and
+hands them to the method; hapi's single ``backward`` then only writes the result.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import numpy as np
+import paddle
+
+from .base import Weighting
+
+
+class GradWeighting(Weighting):
+    """Combines the per-task gradients ``G`` (shape [k, n]: task i's gradient of the shared
+    parameters, or of the shared representation, flattened) into one gradient ``g`` [n].
+
+    Most methods only need the Gram matrix ``G·Gᵀ``: implement :meth:`alphas` (NumPy,
+    float64) and ``g = Σ α_i·G_i`` follows. Such a method may run on the representation's
+    gradients (``rep_grad=True``, LibMTL's cheaper mode), and is exact under
+    ``paddle.distributed.launch`` in both modes. A method that needs more (a gradient
+    history, norms of one layer) overrides :meth:`combine_grads` and sets ``rep_grad = False``.
+
+    Hooks, besides :class:`Weighting`'s (``combine`` here is the plain sum Σ L, the value hapi logs):
+
+    - :meth:`task_scales`: the factor on task i's gradient of its task-specific parameters
+      (1 by default; imtl's e^s, db_mtl's 1/L).
+    - :meth:`alphas` or :meth:`combine_grads`: the combined gradient; record the factors
+      with :meth:`show_alphas` so that ``weights()`` and the exporters show them.
+    - :meth:`method_loss`: a loss whose gradient trains the method's own parameters.
+
+    ``last_shared`` is the column slice of ``G`` that holds the last shared layer's
+    parameters (parameter mode), for methods that look at one layer (gradnorm).
+
+    Example (a complete method: each task's gradient scaled to unit norm)::
+
+        class UnitGrad(GradWeighting):
+            name = "unit_grad"
+
+            def alphas(self, gram, losses):
+                return 1.0 / np.sqrt(np.maximum(np.diag(gram), 1e-20))
+
+        loss = AutoWeight([ce, mse], method=UnitGrad())
+    """
+
+    rep_grad: ClassVar[bool] = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.last_shared: slice = slice(None)
+        self._alphas = np.zeros(0)
+
+    def bind(self, tasks: list[str], task_types: list[str | None]) -> None:
+        super().bind(tasks, task_types)
+        self._alphas = np.ones(self.n)
+
+    # ------------------------------------------------------------ hooks
+
+    def task_scales(self, losses: paddle.Tensor) -> paddle.Tensor | None:
+        """Factor [k] on each task's gradient of its own (task-specific) parameters; None: 1."""
+        return None
+
+    def alphas(self, gram: np.ndarray, losses: np.ndarray) -> np.ndarray:
+        """α [k] (float64) from the Gram matrix ``G·Gᵀ`` [k, k] and the losses [k], so that
+        the combined gradient is ``Σ α_i·G_i``."""
+        raise NotImplementedError(
+            f"{type(self).__name__} implements neither alphas(gram, losses) nor "
+            "combine_grads(grads, losses). Fix: return the factor of each task's gradient from alphas."
+        )
+
+    def combine_grads(self, grads: paddle.Tensor, losses: paddle.Tensor) -> paddle.Tensor:
+        """The combined gradient [n] from ``grads`` [k, n] (float32) and ``losses`` [k]."""
+        gram = paddle.matmul(grads, grads, transpose_y=True)
+        alpha = self.combine_gram(gram, losses)
+        return paddle.matmul(alpha.unsqueeze(0), grads).squeeze(0)
+
+    def combine_gram(self, gram: paddle.Tensor, losses: paddle.Tensor) -> paddle.Tensor:
+        """α as a float32 tensor [k], from :meth:`alphas` in float64 on the host (k×k values)."""
+        alpha = np.asarray(self.alphas(gram.numpy().astype(np.float64), losses.numpy().astype(np.float64)),
+                           dtype=np.float64)
+        self.show_alphas(alpha)
+        return paddle.to_tensor(alpha, dtype="float32")
+
+    def method_loss(self, grads: paddle.Tensor, losses: paddle.Tensor) -> paddle.Tensor | None:
+        """A loss whose gradient trains the method's parameters (``grads``, ``losses`` are detached)."""
+        return None
+
+    # ------------------------------------------------------------ display
+
+    def show_alphas(self, alpha: np.ndarray) -> None:
+        """Keep α for ``weights()`` / ``used()`` and the exporters."""
+        self._alphas = np.asarray(alpha, dtype=np.float64).copy()
+
+    def combine(self, losses: paddle.Tensor) -> paddle.Tensor:
+        return losses.sum()
+
+    def weight(self, used: bool) -> np.ndarray:
+        return self._alphas.copy()
+
+    @property
+    def needs_callback(self) -> bool:
+        return True
