@@ -138,7 +138,8 @@ def param_groups(
     groups = [main] if main["params"] else []
     if own:
         groups.append(_no_decay_group(own, 1.0, clip=True))
-    if not loss_params:
+    gradient_level = _hapi.bind_network(loss, network)
+    if not loss_params and not gradient_level:
         warnings.warn(
             "The loss has no trainable parameters (nothing to learn: method 'dwa', 'rlw', 'gls', "
             "'fixed' or 'equal'), so param_groups returns the network's groups only. Fix: nothing "

@@ -22,6 +22,7 @@ owns parameters, and where we fix it:
 
 from .logs import SILENT, before_epoch_end, is_progbar, progbar_on, progbar_prints
 from .model import (
+    bind_network,
     callback_list_of,
     check_attached,
     forward_again,
@@ -52,6 +53,7 @@ __all__ = [
     "after_train_batch",
     "attach",
     "before_epoch_end",
+    "bind_network",
     "callback_list_of",
     "check_attached",
     "checkpoint_info",

@@ -77,6 +77,19 @@ def loss_parameters(model: Any) -> list[Any]:
     return [p for p in root.parameters() if not p.stop_gradient]
 
 
+def bind_network(loss: Any, network: Any) -> bool:
+    """Tell every layer of ``loss`` that differentiates the network's parameters itself
+    (gradient-level methods: ``set_network``) which network that is. True if one does."""
+    if not isinstance(loss, paddle.nn.Layer) or not isinstance(network, paddle.nn.Layer):
+        return False
+    found = False
+    for layer in [loss, *loss.sublayers()]:
+        setter = getattr(layer, "set_network", None)
+        if callable(setter):
+            found = bool(setter(network)) or found
+    return found
+
+
 def called_from_hapi_train(max_depth: int = 12) -> bool:
     """True when a caller up the stack is hapi's ``DynamicGraphAdapter.train_batch``."""
     frame: FrameType | None = sys._getframe(1)

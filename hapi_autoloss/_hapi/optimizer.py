@@ -15,7 +15,7 @@ import paddle
 
 from .._dist import average_gradients
 from .finite import agree, finite
-from .model import ATTACHED, loss_layer, loss_parameters, optimizer_of, require_dynamic_mode, world
+from .model import ATTACHED, bind_network, loss_layer, loss_parameters, optimizer_of, require_dynamic_mode, world
 from .state import wrap_save
 
 # Keys Paddle's grouped ``step`` reads from every group (``_apply_optimize``).
@@ -260,5 +260,6 @@ def attach(
     if on_nonfinite is not None:
         opt._autoloss_on_nonfinite = on_nonfinite
     wrap_save(model)
+    bind_network(loss, model.network)
     ATTACHED.update([loss, *loss.sublayers()])
     return params

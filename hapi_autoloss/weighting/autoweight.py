@@ -9,6 +9,7 @@ import numpy as np
 import paddle
 
 from .. import _hapi
+from ._pertask import PerTask, Shared
 from ._tasks import (
     Losses,
     Routing,
@@ -21,6 +22,7 @@ from ._tasks import (
     route,
 )
 from .base import METHODS, Weighting
+from .gradient import GradWeighting
 
 
 def make_method(method: str | Weighting, options: dict[str, Any]) -> Weighting:
@@ -70,6 +72,14 @@ class AutoWeight(paddle.nn.Layer):
             ``"paired"``: loss i gets ``(outputs[i], labels[i])``. ``"shared"``: every loss
             gets the same ``(output, label)`` (CE + Dice on one segmentation output). Or per
             task, the indices into ``(*outputs, *labels)``, e.g. ``{"depth": (0, 2), "seg": (1, 3)}``.
+        shared: gradient-level methods (``"mgda"``, ``"pcgrad"``, ``"cagrad"``, ``"imtl"``,
+            ``"gradnorm"``, ``"aligned_mtl"``, ``"nash_mtl"``, ``"db_mtl"``): the parameters whose
+            per-task gradients are combined. None: the network's parameters that more than one
+            task's loss reaches, found at the first training step. Or a Layer (the shared trunk),
+            or a list of parameters. The other parameters get their own task's gradient.
+        rep_grad: gradient-level methods whose rule needs only the Gram matrix: differentiate
+            with respect to the output of the Layer ``shared`` (LibMTL's representation mode:
+            one backward through the trunk instead of one per task).
         **options: the method's own options, e.g. ``clamp``, ``init`` (kendall, simple,
             liebel, imtl_l), ``weights`` (fixed), ``temperature`` (dwa, uw_so), ``seed``
             (rlw), ``w_lr``/``gamma`` (famo), ``mu``/``warmup_epochs`` (stch).
@@ -97,6 +107,8 @@ class AutoWeight(paddle.nn.Layer):
         method: str | Weighting = "kendall",
         task_types: TaskTypes | None = None,
         routing: Routing = "paired",
+        shared: Shared = None,
+        rep_grad: bool = False,
         **options: Any,
     ) -> None:
         _hapi.require_dynamic_mode()
@@ -109,6 +121,32 @@ class AutoWeight(paddle.nn.Layer):
         self._types = parse_task_types(task_types, names)
         self._routes = parse_routing(routing, names)
         self.weighting.bind(names, self._types)
+        self._pertask = self._per_task(shared, rep_grad)
+
+    def _per_task(self, shared: Shared, rep_grad: bool) -> PerTask | None:
+        if not isinstance(self.weighting, GradWeighting):
+            if shared is not None or rep_grad:
+                grads = ", ".join(sorted(n for n, c in METHODS.items() if issubclass(c, GradWeighting)))
+                raise ValueError(
+                    f"shared=/rep_grad= apply to gradient-level methods ({grads}), not to "
+                    f"method={self.method!r}, which weights the losses. Fix: drop them, or use one of those."
+                )
+            return None
+        if rep_grad and not type(self.weighting).rep_grad:
+            able = ", ".join(sorted(n for n, c in METHODS.items() if issubclass(c, GradWeighting) and c.rep_grad))
+            raise ValueError(
+                f"method={self.method!r} needs the gradients of the parameters themselves, so it has no "
+                f"representation mode. Fix: drop rep_grad=True, or use one of {able}."
+            )
+        return PerTask(shared, bool(rep_grad))
+
+    def set_network(self, network: paddle.nn.Layer) -> bool:
+        """The network whose parameters a gradient-level method differentiates; ``attach``
+        (``model.fit``) and ``param_groups`` (your own loop) call it. True if the method needs it."""
+        if self._pertask is None:
+            return False
+        self._pertask.set_network(network)
+        return True
 
     @property
     def method(self) -> str:
@@ -124,19 +162,27 @@ class AutoWeight(paddle.nn.Layer):
 
     def task_losses(self, *tensors: paddle.Tensor) -> paddle.Tensor:
         """The raw per-task losses, a float32 tensor of shape [n], with the input checks."""
+        return paddle.stack(self._each_loss(tensors))
+
+    def _each_loss(self, tensors: tuple[paddle.Tensor, ...]) -> list[paddle.Tensor]:
         raw = []
         for name, kind, fn, args in zip(self.task_names, self._types, self._fns,
                                         route(self._routes, len(self.task_names), tensors)):
             check_inputs(name, kind, args)
             raw.append(as_scalar(name, fn(*args)))
-        return paddle.stack(raw)
+        return raw
 
     def forward(self, *tensors: paddle.Tensor) -> paddle.Tensor:
         if not _hapi.is_attached(self):  # once attached always: skip walking the method's parameters
             _hapi.check_attached(self, needed=self.weighting.needs_callback)
-        values = self.task_losses(*tensors)
+        each = self._each_loss(tensors)
+        values = paddle.stack(each)
         batch = tensors[0].shape[0] if tensors and tensors[0].ndim else 1
         self.weighting.record(values.detach(), paddle.is_grad_enabled(), int(batch))
+        if self._pertask is not None and paddle.is_grad_enabled() and not values.stop_gradient:
+            assert isinstance(self.weighting, GradWeighting)
+            # each task's own scalar: a slice of the stack would reach every task's inputs (with zeros)
+            return self._pertask.total(each, self.weighting)
         return self.weighting.combine(values)
 
     # ------------------------------------------------------------ training hooks

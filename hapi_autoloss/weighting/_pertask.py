@@ -1,0 +1,220 @@
+"""Per-task gradients inside AutoWeight's forward, for the gradient-level methods.
+
+hapi runs one ``backward`` over the total loss and one ``minimize``. A gradient-level
+method needs each task's gradient of the shared parameters first, so the forward
+computes them (``paddle.grad``, one pass per task, as LibMTL's ``backward`` mode does),
+averages them over ranks, lets the method combine them, and returns
+
+    total = Σ L  +  (S − S.detach()),   S = Σ_p ⟨p, g_p⟩ (+ ⟨z, g_z⟩ in representation mode)
+
+whose value is the plain sum of the task losses and whose gradient is exactly g_p for
+each parameter: hapi's backward then only writes the combined gradients, through
+DataParallel and the AMP scaler like any other gradient.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Sequence
+from typing import Any, Union
+
+import paddle
+
+from .._hapi import world
+from .gradient import GradWeighting
+
+Shared = Union[None, paddle.nn.Layer, Sequence[Any]]
+
+
+def _flat(grads: list[Any], params: list[Any]) -> paddle.Tensor:
+    """One float32 row: each gradient flattened (zeros where the task does not reach it)."""
+    parts = [(paddle.zeros([int(p.numel())], "float32") if g is None else g.astype("float32").reshape([-1]))
+             for g, p in zip(grads, params)]
+    return paddle.concat(parts) if parts else paddle.zeros([0], "float32")
+
+
+class PerTask:
+    """Which parameters are shared, and the per-task gradient pass of one training forward.
+
+    ``shared``: None (the network's parameters reached by more than one task's loss, found
+    at the first training step), a Layer, or a list of parameters. ``rep_grad``: differentiate
+    with respect to the output of the Layer ``shared`` instead (LibMTL's representation mode).
+    """
+
+    def __init__(self, shared: Shared, rep_grad: bool) -> None:
+        if shared is not None and not isinstance(shared, (paddle.nn.Layer, list, tuple)):
+            raise TypeError(
+                f"shared must be a paddle.nn.Layer or a list of parameters, got {type(shared).__name__}. "
+                "Fix: pass the shared trunk, e.g. shared=net.encoder."
+            )
+        if rep_grad and not isinstance(shared, paddle.nn.Layer):
+            raise ValueError(
+                "rep_grad=True differentiates with respect to the shared representation, the output "
+                "of one Layer, but shared= names no Layer. Fix: pass shared=<the trunk Layer>, e.g. "
+                "shared=net.encoder."
+            )
+        self.shared = shared
+        self.rep_grad = rep_grad
+        self._network: Any = None  # weakref to the network whose parameters train
+        self._shared_ids: set[int] | None = None if shared is None or isinstance(shared, paddle.nn.Layer) else \
+            {id(p) for p in shared}
+        self._last: slice = slice(None)
+        self._rep: dict[str, Any] = {}
+        if rep_grad:
+            assert isinstance(shared, paddle.nn.Layer)
+            shared.register_forward_post_hook(self._capture)
+
+    # ------------------------------------------------------------ setup
+
+    def set_network(self, network: paddle.nn.Layer) -> None:
+        self._network = weakref.ref(network)
+
+    def _params(self) -> list[Any]:
+        network = self._network() if self._network is not None else None
+        if network is None:
+            raise RuntimeError(
+                "A gradient-level method computes each task's gradient of the network's parameters, "
+                "but this AutoWeight does not know the network. Fix: train with model.fit(..., "
+                "callbacks=[AutoWeightCallback()]) (or call hapi_autoloss.attach(model) before "
+                "train_batch); in your own loop, build the optimizer with param_groups(network, loss)."
+            )
+        return [p for p in network.parameters() if not p.stop_gradient]
+
+    def _capture(self, layer: paddle.nn.Layer, inputs: Any, output: Any) -> Any:
+        """Forward post hook of the shared Layer (rep mode): cut the graph at its output."""
+        if not (paddle.is_grad_enabled() and layer.training):
+            return None
+        if not isinstance(output, paddle.Tensor):
+            raise TypeError(
+                f"rep_grad=True needs the shared Layer to return one tensor, but {type(layer).__name__} "
+                f"returned {type(output).__name__}. Fix: pass a shared Layer whose output is one tensor, "
+                "or use rep_grad=False."
+            )
+        if "z" in self._rep:
+            raise RuntimeError(
+                f"The shared Layer {type(layer).__name__} ran twice before the loss, so its representation "
+                "is ambiguous. Fix: run it once per step, or use rep_grad=False."
+            )
+        cut = output.detach()
+        cut.stop_gradient = False
+        self._rep.update(z=output, cut=cut)
+        return cut
+
+    def _split(self, params: list[Any], reached: list[list[Any]]) -> tuple[list[Any], list[Any]]:
+        """(shared, task-specific) parameters; found once, at the first training step."""
+        if self._shared_ids is None:
+            if isinstance(self.shared, paddle.nn.Layer):
+                self._shared_ids = {id(p) for p in self.shared.parameters() if not p.stop_gradient}
+            else:
+                self._shared_ids = {id(p) for j, p in enumerate(params)
+                                    if sum(g[j] is not None for g in reached) > 1}
+            if not self._shared_ids:
+                raise ValueError(
+                    "No network parameter is reached by more than one task's loss, so there is no "
+                    "shared gradient to combine. Fix: pass shared=<the trunk Layer>, or use a loss-level "
+                    "method (e.g. method='kendall')."
+                )
+            self._last = self._last_layer(params)
+        shared = [p for p in params if id(p) in self._shared_ids]
+        specific = [p for p in params if id(p) not in self._shared_ids]
+        return shared, specific
+
+    def _last_layer(self, params: list[Any]) -> slice:
+        """Columns of the last shared Layer's parameters (the trailing run of parameters with
+        the same owner, in parameter order), for methods that look at one layer (gradnorm)."""
+        network = self._network()
+        owner = {id(p): name.rsplit(".", 1)[0] if "." in name else "" for name, p in network.named_parameters()}
+        ids = self._shared_ids or set()
+        shared = [p for p in params if id(p) in ids]
+        stop = sum(int(p.numel()) for p in shared)
+        start, last = stop, owner.get(id(shared[-1]), "")
+        for p in reversed(shared):
+            if owner.get(id(p), "") != last:
+                break
+            start -= int(p.numel())
+        return slice(start, stop)
+
+    # ------------------------------------------------------------ one training forward
+
+    def total(self, losses: list[paddle.Tensor], method: GradWeighting) -> paddle.Tensor:
+        """The loss hapi backpropagates: value Σ L, gradient the method's combination.
+        ``losses``: each task's 0-d loss (float32), as computed."""
+        k = len(losses)
+        params = self._params()
+        rep = self._rep.pop("z", None), self._rep.pop("cut", None)
+        if self.rep_grad and rep[0] is None:
+            raise RuntimeError(
+                f"rep_grad=True, but the shared Layer {type(self.shared).__name__} did not run in this "
+                "training step's forward. Fix: pass the Layer the network's forward calls as shared=."
+            )
+        if self.rep_grad:
+            inner = {id(p) for p in self.shared.parameters()}  # type: ignore[union-attr]
+            heads = [p for p in params if id(p) not in inner]
+            inputs = [rep[1], *heads]
+        else:
+            inputs = params
+        reached = [list(paddle.grad(losses[i], inputs, retain_graph=i < k - 1, allow_unused=True))
+                   for i in range(k)]
+        if self.rep_grad:
+            shared, specific = [rep[1]], heads
+            columns = [g[0] for g in reached]
+            reached = [g[1:] for g in reached]
+        else:
+            shared, specific = self._split(params, reached)
+            index = {id(p): j for j, p in enumerate(params)}
+            columns = [[g[index[id(p)]] for p in shared] for g in reached]
+            reached = [[g[index[id(p)]] for p in specific] for g in reached]
+        grads = paddle.stack([_flat(c if isinstance(c, list) else [c], shared) for c in columns])
+        local = paddle.stack([loss.detach() for loss in losses]).astype("float32")
+        value = local.sum()
+        mean, grads, gram = self._average(local, grads)
+        if not bool(paddle.isfinite(mean).all()) or not bool(paddle.isfinite(grads if gram is None else gram).all()):
+            # Non-finite somewhere (the sums carry it to every rank): the method keeps its state,
+            # and the value is NaN so that AutoWeightCallback's on_nonfinite policy sees it.
+            zero = paddle.add_n([(p * 0.0).sum() for p in params])
+            return value + zero + float("nan")
+        method.last_shared = self._last
+        if gram is None:
+            combined = method.combine_grads(grads, mean)
+            terms = [(p * g.reshape(p.shape).astype(p.dtype)).sum()
+                     for p, g in zip(shared, paddle.split(combined, [int(p.numel()) for p in shared]))]
+        else:
+            alpha = method.combine_gram(gram, mean)
+            z = rep[0]
+            g_z = paddle.matmul(alpha.unsqueeze(0), grads).reshape(z.shape).astype(z.dtype)
+            terms = [(z * g_z).sum()]
+        scales = method.task_scales(mean)
+        for j, p in enumerate(specific):
+            parts = [g[j] if scales is None else g[j] * scales[i].astype(g[j].dtype)
+                     for i, g in enumerate(reached) if g[j] is not None]
+            if parts:
+                terms.append((p * paddle.add_n(parts).detach()).sum())
+        surrogate = paddle.add_n(terms)
+        total = value + (surrogate - surrogate.detach())
+        extra = method.method_loss(grads.detach(), mean)
+        if extra is not None:
+            total = total + (extra - extra.detach())
+        return total
+
+    def _average(self, losses: paddle.Tensor, grads: paddle.Tensor) -> tuple[Any, Any, Any]:
+        """(mean losses, gradients, Gram or None) over the ranks of the launcher.
+
+        Parameter mode averages G itself. Representation mode cannot (each rank holds other
+        samples' representations): it sums the Gram matrices instead, which for losses that
+        are means over the batch gives the whole batch's Gram matrix: Σ_r G_r·G_rᵀ / R².
+        """
+        _, nranks = world()
+        k = int(losses.shape[0])
+        if not self.rep_grad:
+            if nranks > 1:
+                buf = paddle.concat([losses, grads.reshape([-1])])
+                paddle.distributed.all_reduce(buf)
+                buf = buf / nranks
+                losses, grads = buf[:k], buf[k:].reshape(grads.shape)
+            return losses, grads, None
+        gram = paddle.matmul(grads, grads, transpose_y=True)
+        if nranks > 1:
+            buf = paddle.concat([losses, gram.reshape([-1])])
+            paddle.distributed.all_reduce(buf)
+            losses, gram = buf[:k] / nranks, buf[k:].reshape([k, k]) / (nranks * nranks)
+        return losses, grads, gram
