@@ -80,10 +80,15 @@ class PerTask:
             )
         return [p for p in network.parameters() if not p.stop_gradient]
 
-    def _capture(self, layer: paddle.nn.Layer, inputs: Any, output: Any) -> Any:
-        """Forward post hook of the shared Layer (rep mode): cut the graph at its output."""
+    def _capture(self, layer: paddle.nn.Layer, inputs: Any, output: Any) -> None:
+        """Forward post hook of the shared Layer (rep mode): keep its output, the representation.
+
+        The graph is not cut there: DataParallel's reducer marks parameters that its outputs
+        do not reach as unused (zero gradient) at its first step, so a cut trunk would
+        never be averaged. ``paddle.grad`` with the representation as input stops there anyway.
+        """
         if not (paddle.is_grad_enabled() and layer.training):
-            return None
+            return
         if not isinstance(output, paddle.Tensor):
             raise TypeError(
                 f"rep_grad=True needs the shared Layer to return one tensor, but {type(layer).__name__} "
@@ -95,10 +100,7 @@ class PerTask:
                 f"The shared Layer {type(layer).__name__} ran twice before the loss, so its representation "
                 "is ambiguous. Fix: run it once per step, or use rep_grad=False."
             )
-        cut = output.detach()
-        cut.stop_gradient = False
-        self._rep.update(z=output, cut=cut)
-        return cut
+        self._rep["z"] = output
 
     def _split(self, params: list[Any], reached: list[list[Any]]) -> tuple[list[Any], list[Any]]:
         """(shared, task-specific) parameters; found once, at the first training step."""
@@ -141,8 +143,8 @@ class PerTask:
         ``losses``: each task's 0-d loss (float32), as computed."""
         k = len(losses)
         params = self._params()
-        rep = self._rep.pop("z", None), self._rep.pop("cut", None)
-        if self.rep_grad and rep[0] is None:
+        z = self._rep.pop("z", None)
+        if self.rep_grad and z is None:
             raise RuntimeError(
                 f"rep_grad=True, but the shared Layer {type(self.shared).__name__} did not run in this "
                 "training step's forward. Fix: pass the Layer the network's forward calls as shared=."
@@ -150,13 +152,14 @@ class PerTask:
         if self.rep_grad:
             inner = {id(p) for p in self.shared.parameters()}  # type: ignore[union-attr]
             heads = [p for p in params if id(p) not in inner]
-            inputs = [rep[1], *heads]
+            inputs = [z, *heads]
         else:
             inputs = params
-        reached = [list(paddle.grad(losses[i], inputs, retain_graph=i < k - 1, allow_unused=True))
-                   for i in range(k)]
+        # rep mode keeps the graph: the trunk's part of it is still to be run, by hapi's backward
+        reached = [list(paddle.grad(losses[i], inputs, retain_graph=self.rep_grad or i < k - 1,
+                                    allow_unused=True)) for i in range(k)]
         if self.rep_grad:
-            shared, specific = [rep[1]], heads
+            shared, specific = [z], heads
             columns = [g[0] for g in reached]
             reached = [g[1:] for g in reached]
         else:
@@ -180,7 +183,6 @@ class PerTask:
                      for p, g in zip(shared, paddle.split(combined, [int(p.numel()) for p in shared]))]
         else:
             alpha = method.combine_gram(gram, mean)
-            z = rep[0]
             g_z = paddle.matmul(alpha.unsqueeze(0), grads).reshape(z.shape).astype(z.dtype)
             terms = [(z * g_z).sum()]
         scales = method.task_scales(mean)
