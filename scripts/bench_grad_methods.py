@@ -35,10 +35,10 @@ import numpy as np
 import paddle
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-import hapi_autoloss  # noqa: E402
-from hapi_autoloss import AutoWeight  # noqa: E402
-from hapi_autoloss.weighting import METHODS  # noqa: E402
-from hapi_autoloss.weighting.gradient import GradWeighting  # noqa: E402
+import hapi_autoloss
+from hapi_autoloss import AutoWeight
+from hapi_autoloss.weighting import METHODS
+from hapi_autoloss.weighting.gradient import GradWeighting
 
 BATCH = 64
 

@@ -134,11 +134,12 @@ def test_a_given_shared_list_is_used_as_given():
 
 def _task_losses(net, x, t1, t2):
     o1, o2 = net(paddle.to_tensor(x))
-    return [paddle.nn.functional.mse_loss(o1, paddle.to_tensor(t1)), paddle.nn.functional.mse_loss(o2, paddle.to_tensor(t2))]
+    mse = paddle.nn.functional.mse_loss
+    return [mse(o1, paddle.to_tensor(t1)), mse(o2, paddle.to_tensor(t2))]
 
 
 def test_evaluation_computes_no_task_gradient():
-    net, loss, model = build(UnitNorm())
+    _net, loss, model = build(UnitNorm())
     hapi_autoloss.attach(model)
     x, t1, t2 = data()
     model.train_batch([x], [t1, t2])
@@ -176,7 +177,7 @@ def test_bad_options_name_the_fix():
         AutoWeight([paddle.nn.MSELoss()] * 2, method="kendall", task_types=["regression"] * 2, shared=[])
     with pytest.raises(ValueError, match="rep_grad=True differentiates with respect to the shared representation"):
         AutoWeight([paddle.nn.MSELoss()] * 2, method=UnitNorm(), rep_grad=True)
-    with pytest.raises(TypeError, match="shared must be a paddle.nn.Layer or a list"):
+    with pytest.raises(TypeError, match=r"shared must be a paddle\.nn\.Layer or a list"):
         AutoWeight([paddle.nn.MSELoss()] * 2, method=UnitNorm(), shared="trunk")
 
     class NoRep(UnitNorm):
@@ -234,6 +235,6 @@ def test_a_non_finite_step_is_skipped_and_the_method_keeps_its_state():
 
 
 def test_a_non_finite_step_raises_by_default():
-    net, loss, model = build(UnitNorm())
+    _net, _loss, model = build(UnitNorm())
     with pytest.raises(FloatingPointError):
         model.fit(NaNOnce(), epochs=1, batch_size=8, shuffle=False, verbose=0, callbacks=[AutoWeightCallback()])

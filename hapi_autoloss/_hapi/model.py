@@ -77,17 +77,33 @@ def loss_parameters(model: Any) -> list[Any]:
     return [p for p in root.parameters() if not p.stop_gradient]
 
 
-def bind_network(loss: Any, network: Any) -> bool:
+def bind_network(loss: Any, network: Any, model: Any = None) -> bool:
     """Tell every layer of ``loss`` that differentiates the network's parameters itself
-    (gradient-level methods: ``set_network``) which network that is. True if one does."""
+    (gradient-level methods: ``set_network``) which network that is, and how to read the
+    AMP loss scale of ``model`` (hapi). True if one does."""
     if not isinstance(loss, paddle.nn.Layer) or not isinstance(network, paddle.nn.Layer):
         return False
+    ref = weakref.ref(model) if model is not None else None
+
+    def scale() -> paddle.Tensor | None:
+        return amp_scale(ref()) if ref is not None else None
+
     found = False
     for layer in [loss, *loss.sublayers()]:
         setter = getattr(layer, "set_network", None)
         if callable(setter):
-            found = bool(setter(network)) or found
+            found = bool(setter(network, scale)) or found
     return found
+
+
+def amp_scale(model: Any) -> paddle.Tensor | None:
+    """The loss scale of hapi's AMP ``GradScaler`` (``model._scaler``, made at the first AMP
+    ``train_batch``; checked against paddle 3.3.1's ``AmpScaler.scale``), or None when it
+    does not scale (O0, bfloat16, a CPU)."""
+    scaler = getattr(model, "_scaler", None)
+    if scaler is None or not getattr(scaler, "_enable", False):
+        return None
+    return getattr(scaler, "_scale", None)
 
 
 def called_from_hapi_train(max_depth: int = 12) -> bool:

@@ -260,6 +260,6 @@ def attach(
     if on_nonfinite is not None:
         opt._autoloss_on_nonfinite = on_nonfinite
     wrap_save(model)
-    bind_network(loss, model.network)
+    bind_network(loss, model.network, model)
     ATTACHED.update([loss, *loss.sublayers()])
     return params

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Sequence
-from typing import Any, Union
+from typing import Any, Callable, Union
 
 import paddle
 
@@ -56,18 +56,20 @@ class PerTask:
         self.shared = shared
         self.rep_grad = rep_grad
         self._network: Any = None  # weakref to the network whose parameters train
+        self._amp_scale: Callable[[], Any] | None = None
         self._shared_ids: set[int] | None = None if shared is None or isinstance(shared, paddle.nn.Layer) else \
             {id(p) for p in shared}
         self._last: slice = slice(None)
         self._rep: dict[str, Any] = {}
         if rep_grad:
             assert isinstance(shared, paddle.nn.Layer)
-            shared.register_forward_post_hook(self._capture)
+            shared.register_forward_post_hook(self._capture)  # type: ignore[arg-type]
 
     # ------------------------------------------------------------ setup
 
-    def set_network(self, network: paddle.nn.Layer) -> None:
+    def set_network(self, network: paddle.nn.Layer, amp_scale: Callable[[], Any] | None = None) -> None:
         self._network = weakref.ref(network)
+        self._amp_scale = amp_scale
 
     def _params(self) -> list[Any]:
         network = self._network() if self._network is not None else None
@@ -155,9 +157,16 @@ class PerTask:
             inputs = [z, *heads]
         else:
             inputs = params
+        # AMP: differentiate the scaled losses, as hapi's backward does, so float16 gradients
+        # do not underflow; unscaled right after, in float32.
+        scale = self._amp_scale() if self._amp_scale is not None else None
         # rep mode keeps the graph: the trunk's part of it is still to be run, by hapi's backward
-        reached = [list(paddle.grad(losses[i], inputs, retain_graph=self.rep_grad or i < k - 1,
-                                    allow_unused=True)) for i in range(k)]
+        reached = [list(paddle.grad(losses[i] if scale is None else losses[i] * scale.astype(losses[i].dtype),
+                                    inputs, retain_graph=self.rep_grad or i < k - 1, allow_unused=True))
+                   for i in range(k)]
+        if scale is not None:
+            inverse = 1.0 / scale.astype("float32")
+            reached = [[None if g is None else g.astype("float32") * inverse for g in row] for row in reached]
         if self.rep_grad:
             shared, specific = [z], heads
             columns = [g[0] for g in reached]
@@ -171,11 +180,15 @@ class PerTask:
         local = paddle.stack([loss.detach() for loss in losses]).astype("float32")
         value = local.sum()
         mean, grads, gram = self._average(local, grads)
-        if not bool(paddle.isfinite(mean).all()) or not bool(paddle.isfinite(grads if gram is None else gram).all()):
-            # Non-finite somewhere (the sums carry it to every rank): the method keeps its state,
-            # and the value is NaN so that AutoWeightCallback's on_nonfinite policy sees it.
-            zero = paddle.add_n([(p * 0.0).sum() for p in params])
-            return value + zero + float("nan")
+        finite_losses = bool(paddle.isfinite(mean).all())
+        if not finite_losses or not bool(paddle.isfinite(grads if gram is None else gram).all()):
+            # Non-finite somewhere (the sums carry it to every rank), and the method keeps its state.
+            # An AMP overflow of the gradients alone: inf gradients, so the GradScaler skips the
+            # update and lowers its scale, as for any loss. Else a NaN value, so that
+            # AutoWeightCallback's on_nonfinite policy sees it.
+            amp_overflow = finite_losses and scale is not None
+            bad = paddle.add_n([(p * (float("inf") if amp_overflow else 0.0)).sum() for p in params])
+            return value + (bad - bad.detach()) if amp_overflow else value + bad + float("nan")
         method.last_shared = self._last
         if gram is None:
             combined = method.combine_grads(grads, mean)

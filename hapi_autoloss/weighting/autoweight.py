@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import inspect
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import paddle
@@ -140,12 +140,13 @@ class AutoWeight(paddle.nn.Layer):
             )
         return PerTask(shared, bool(rep_grad))
 
-    def set_network(self, network: paddle.nn.Layer) -> bool:
-        """The network whose parameters a gradient-level method differentiates; ``attach``
-        (``model.fit``) and ``param_groups`` (your own loop) call it. True if the method needs it."""
+    def set_network(self, network: paddle.nn.Layer, amp_scale: Callable[[], Any] | None = None) -> bool:
+        """The network whose parameters a gradient-level method differentiates, and a function
+        giving the AMP loss scale; ``attach`` (``model.fit``) and ``param_groups`` (your own
+        loop) call it. True if the method needs them."""
         if self._pertask is None:
             return False
-        self._pertask.set_network(network)
+        self._pertask.set_network(network, amp_scale)
         return True
 
     @property

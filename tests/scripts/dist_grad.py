@@ -54,7 +54,7 @@ model.prepare(paddle.optimizer.Adam(0.01, parameters=net.parameters()), loss)
 hapi_autoloss.attach(model)
 rng = np.random.default_rng(0)
 used = []
-for step in range(4):
+for _step in range(4):
     x = rng.standard_normal((16, 4)).astype("float32")
     y1 = (x[:, :1] * 2 + 0.1 * rng.standard_normal((16, 1))).astype("float32")
     y2 = (-x[:, 1:2] * 20 + rng.standard_normal((16, 1))).astype("float32")
