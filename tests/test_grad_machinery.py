@@ -238,3 +238,18 @@ def test_a_non_finite_step_raises_by_default():
     _net, _loss, model = build(UnitNorm())
     with pytest.raises(FloatingPointError):
         model.fit(NaNOnce(), epochs=1, batch_size=8, shuffle=False, verbose=0, callbacks=[AutoWeightCallback()])
+
+
+@pytest.mark.parametrize("rep", [False, True], ids=["parameters", "representation"])
+def test_a_network_of_another_dtype_keeps_it(rep):
+    """float64 here (the CPU has no float16 matmul): gradients come back in the parameters' dtype,
+    combined in float32."""
+    net, loss, model = build(UnitNorm(), rep)
+    net.to(dtype="float64")
+    hapi_autoloss.attach(model)
+    x, t1, t2 = (a.astype("float64") for a in data())
+    alpha, want = reference(net, x, t1, t2, rep)
+    model.train_batch([x], [t1, t2], update=False)
+    for key, grad in grads_of(net).items():
+        assert grad.dtype == paddle.float64, key
+        np.testing.assert_allclose(grad.numpy(), want[key].reshape(grad.shape), rtol=2e-5, atol=1e-7, err_msg=key)
