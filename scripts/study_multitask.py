@@ -13,12 +13,16 @@ Methods (one AutoWeight each, trained with model.fit + AutoWeightCallback):
   kendall, simple, liebel, imtl_l   learned s (or c), with _study.LEARNED_RULE, chosen on validation
                    by scripts/tune_learned_defaults.py (docs/results.md, issue 10 step 1)
   dwa, rlw, gls, famo, stch, uw_so   the methods' published defaults, passed explicitly
+  --rows grad: equal, the grid, and the gradient-level methods (mgda, pcgrad, cagrad, imtl,
+                   gradnorm, aligned_mtl, nash_mtl, db_mtl) in parameter mode (shared: found, the
+                   trunk), then those with a representation mode again on the trunk's output ("rep")
 
 norm. error = mean of (1 − acc_left)/0.9, (1 − acc_right)/0.9, RMSE/std(sum): each error
 relative to a constant predictor (0 perfect, 1 chance). It is the validation criterion for the
 grid and a one-number summary on test.
 
     python scripts/study_multitask.py              # 5 seeds, 75 runs, ~19 min on 2 shared cores
+    python scripts/study_multitask.py --rows grad  # issue 11: the gradient-level methods
     python scripts/study_multitask.py --quick      # smoke test
 """
 
@@ -33,6 +37,7 @@ import paddle
 
 from hapi_autoloss import AutoWeight
 from hapi_autoloss.callbacks import AutoWeightCallback
+from hapi_autoloss.weighting import METHODS
 
 GRID = (0.01, 0.03, 0.1, 0.3, 1.0)  # weight of the regression task; fixed before any run
 LEARNED_SCALE = tuple(_study.DEFAULT_INIT)  # kendall, simple, liebel, imtl_l
@@ -45,8 +50,22 @@ OPTIONS: dict[str, dict] = {
     "stch": {"mu": 1.0, "warmup_epochs": 4},
     "uw_so": {"temperature": 1.0},
 }
+# Gradient-level methods (issue 11): the published defaults (LibMTL's config.py, or the paper's code).
+GRAD_OPTIONS: dict[str, dict] = {
+    "mgda": {},
+    "pcgrad": {},
+    "cagrad": {},
+    "imtl": {},
+    "gradnorm": {},
+    "aligned_mtl": {},
+    "nash_mtl": {},
+    "db_mtl": {},
+}
 LEARNED = (*LEARNED_SCALE, "dwa", "rlw", "gls", "famo", "stch", "uw_so")
+GRAD = tuple(GRAD_OPTIONS)
+GRAD_REP = tuple(f"{m} rep" for m in GRAD if m in METHODS and getattr(METHODS[m], "rep_grad", False))
 ROWS = ("equal", "fixed (best of grid)", *LEARNED)
+GRAD_ROWS = ("equal", "fixed (best of grid)", *GRAD, *GRAD_REP)
 EPOCHS, QUICK_EPOCHS = 20, 2
 LR, BATCH = 1e-3, 64
 SIZES = {"full": (3000, 1000, 1000), "quick": (256, 128, 128)}  # train, val, test pairs
@@ -92,9 +111,16 @@ class MultiDigitNet(paddle.nn.Layer):
         return [self.left(z), self.right(z), self.total(z)]
 
 
-def make_loss(method: str, seed: int, w_reg: float | None = None, init: str = "default") -> AutoWeight:
+def make_loss(method: str, seed: int, w_reg: float | None = None, init: str = "default",
+              net: MultiDigitNet | None = None) -> AutoWeight:
     """The loss of one run; ``init`` ("default" or "auto") applies to the learned-scale methods."""
     losses = {"left": paddle.nn.CrossEntropyLoss(), "right": paddle.nn.CrossEntropyLoss(), "sum": paddle.nn.MSELoss()}
+    if method.endswith(" rep"):
+        assert net is not None
+        name = method.split()[0]
+        return AutoWeight(losses, method=name, shared=net.trunk, rep_grad=True, **grad_options(name, seed))
+    if method in GRAD_OPTIONS:
+        return AutoWeight(losses, method=method, **grad_options(method, seed))
     if method == "fixed":
         return AutoWeight(losses, method="fixed", weights=[1.0, 1.0, float(w_reg)])
     if method in LEARNED_SCALE:
@@ -105,6 +131,10 @@ def make_loss(method: str, seed: int, w_reg: float | None = None, init: str = "d
     if method == "rlw":
         return AutoWeight(losses, method="rlw", seed=seed)
     return AutoWeight(losses, method=method, **OPTIONS[method])
+
+
+def grad_options(method: str, seed: int) -> dict:
+    return {**GRAD_OPTIONS[method], **({"seed": seed} if method == "pcgrad" else {})}
 
 
 def scores(net: paddle.nn.Layer, split: tuple[np.ndarray, ...], target_std: float) -> dict[str, float]:
@@ -132,7 +162,7 @@ def job(
     _study.seed_everything(seed)
     net = MultiDigitNet()
     model = paddle.Model(net)
-    loss = make_loss(method, seed, w_reg, init)
+    loss = make_loss(method, seed, w_reg, init, net)
     model.prepare(paddle.optimizer.Adam(LR, parameters=model.parameters()), loss)
     callback = AutoWeightCallback(lr_scale=lr_scale)
     _study.fit(model, _study.ArrayDataset(*data["train"]), epochs, BATCH, callbacks=[callback])
@@ -150,7 +180,12 @@ def job(
 
 
 def main(argv: list[str] | None = None) -> str:
-    args = _study.resolve(_study.parser(__doc__ or "", EPOCHS).parse_args(argv), EPOCHS, QUICK_EPOCHS)
+    ap = _study.parser(__doc__ or "", EPOCHS)
+    ap.add_argument("--rows", choices=("loss", "grad"), default="loss",
+                    help="loss: the loss-level methods (issue 10); grad: the gradient-level ones (issue 11)")
+    args = _study.resolve(ap.parse_args(argv), EPOCHS, QUICK_EPOCHS)
+    rows = ROWS if args.rows == "loss" else GRAD_ROWS
+    learned = rows[2:]
     _study.header(
         "Study 1: MultiDigits (left digit, right digit, sum of digits)",
         args,
@@ -163,10 +198,10 @@ def main(argv: list[str] | None = None) -> str:
     jobs = [("fixed", s, w, args.epochs, args.quick) for s in seeds for w in GRID]
     rule = (RULE["init"], RULE["lr_scale"])
     jobs += [(m, s, None, args.epochs, args.quick, *(rule if m in LEARNED_SCALE else ()))
-             for s in seeds for m in LEARNED]  # fmt: skip
+             for s in seeds for m in learned]  # fmt: skip
     results = _study.run_jobs(job, jobs, args.workers)
 
-    rows_by_method: dict[str, list[dict]] = {m: [] for m in ROWS}
+    rows_by_method: dict[str, list[dict]] = {m: [] for m in rows}
     chosen = []
     for s in seeds:
         grid = [r for r in results if r["method"] == "fixed" and r["seed"] == s]
@@ -174,12 +209,12 @@ def main(argv: list[str] | None = None) -> str:
         best = min(grid, key=lambda r: r["val"]["norm_error"])
         rows_by_method["fixed (best of grid)"].append(best)
         chosen.append(best["w_reg"])
-        for m in LEARNED:
+        for m in learned:
             rows_by_method[m].extend(r for r in results if r["method"] == m and r["seed"] == s)
 
     flat = [{**r, "method": m} for m, rs in rows_by_method.items() for r in rs]
     table_rows = []
-    for m in ROWS:
+    for m in rows:
         rs = rows_by_method[m]
         table_rows.append([
             m,
@@ -199,21 +234,21 @@ def main(argv: list[str] | None = None) -> str:
     )
     print(table)
     print(f"\nfixed grid: regression weight chosen on validation per seed: {chosen}")
-    for m in LEARNED:
+    for m in learned:
         w = np.mean([list(r["weights"].values()) for r in rows_by_method[m]], axis=0)
         print(f"final weights {m:<8} left/right/sum: " + " / ".join(f"{v:.3g}" for v in w))
     wall = time.perf_counter() - start
     print(f"\nwall time: {wall:.0f} s ({len(jobs)} runs)")
 
-    path = os.path.join(args.out, "study_multitask.png")
+    path = os.path.join(args.out, "study_multitask.png" if args.rows == "loss" else "study_multitask_grad.png")
     _study.bar_panels(
         path,
-        list(ROWS),
+        list(rows),
         [
-            ("test accuracy, left digit", [[r["acc_left"] for r in rows_by_method[m]] for m in ROWS]),
-            ("test accuracy, right digit", [[r["acc_right"] for r in rows_by_method[m]] for m in ROWS]),
-            ("test RMSE, sum of digits", [[r["rmse"] for r in rows_by_method[m]] for m in ROWS]),
-            ("test norm. error (lower is better)", [[r["norm_error"] for r in rows_by_method[m]] for m in ROWS]),
+            ("test accuracy, left digit", [[r["acc_left"] for r in rows_by_method[m]] for m in rows]),
+            ("test accuracy, right digit", [[r["acc_right"] for r in rows_by_method[m]] for m in rows]),
+            ("test RMSE, sum of digits", [[r["rmse"] for r in rows_by_method[m]] for m in rows]),
+            ("test norm. error (lower is better)", [[r["norm_error"] for r in rows_by_method[m]] for m in rows]),
         ],
         f"MultiDigits, {args.seeds} seeds, {args.epochs} epochs (bars: mean ± std, dots: seeds)",
     )

@@ -253,3 +253,27 @@ def test_a_network_of_another_dtype_keeps_it(rep):
     for key, grad in grads_of(net).items():
         assert grad.dtype == paddle.float64, key
         np.testing.assert_allclose(grad.numpy(), want[key].reshape(grad.shape), rtol=2e-5, atol=1e-7, err_msg=key)
+
+
+def test_the_weights_each_step_used_reach_tensorboard(tmp_path):
+    from helpers import tb_read
+
+    from hapi_autoloss.callbacks import TensorBoardExport
+
+    net, loss, model = build(UnitNorm())
+    used = []
+
+    class Record(paddle.callbacks.Callback):
+        def on_train_batch_end(self, step, logs=None):
+            used.append(list(loss.used()[1].values()))
+
+    x, t1, t2 = data(32)
+    model.fit(paddle.io.TensorDataset([paddle.to_tensor(a) for a in (x, t1, t2)]), epochs=1, batch_size=8,
+              shuffle=False, verbose=0, callbacks=[AutoWeightCallback(), TensorBoardExport(str(tmp_path)), Record()])
+    tags = tb_read(tmp_path)
+    for i, task in enumerate(loss.task_names):
+        points = tags[f"autoloss/weight/{task}"]
+        assert [s for s, _ in points] == [1, 2, 3, 4]
+        np.testing.assert_allclose([v for _, v in points], [u[i] for u in used], rtol=1e-6)
+    assert "autoloss/sigma/task0" not in tags  # no σ: the method has none
+    assert used[0][1] < 0.5 * used[0][0]
