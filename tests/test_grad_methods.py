@@ -10,6 +10,7 @@ import pytest
 from scipy.optimize import minimize
 
 from hapi_autoloss.weighting import METHODS
+from hapi_autoloss.weighting.cagrad import cagrad_inner
 
 NAMES = ["mgda", "pcgrad", "cagrad", "imtl", "gradnorm", "aligned_mtl", "nash_mtl", "db_mtl"]
 RNG = np.random.default_rng(7)
@@ -161,7 +162,7 @@ def cagrad_reference(g, c):
     def f(w):
         return (w @ g) @ g0 + c * np.linalg.norm(g0) * np.linalg.norm(w @ g)
 
-    starts = [np.full(k, 1.0 / k)] + list(np.eye(k) * 0.9 + 0.1 / k)
+    starts = [np.full(k, 1.0 / k), *(np.eye(k) * 0.9 + 0.1 / k)]
     runs = [minimize(f, x, bounds=[(0, 1)] * k, constraints=[{"type": "eq", "fun": lambda x: x.sum() - 1}],
                      method="SLSQP", options={"ftol": 1e-15, "maxiter": 1000}).x for x in starts]
     if k <= 3:
@@ -178,6 +179,7 @@ def test_cagrad_matches_the_inner_problem(case, c, rescale):
     m = make("cagrad", k, c=c, rescale=rescale)
     alpha = m.alphas(g @ g.T, LOSSES[k])
     w_ref, f = cagrad_reference(g, c)
+    assert f(cagrad_inner(g @ g.T, c)) <= f(w_ref) + 1e-12  # our inner solution is at least as good
     g0 = g.mean(axis=0)
     d = g0 + c * np.linalg.norm(g0) / np.linalg.norm(w_ref @ g) * (w_ref @ g)
     ref = k * d / (1.0, 1 + c**2, 1 + c)[rescale]
@@ -191,3 +193,179 @@ def test_cagrad_matches_the_inner_problem(case, c, rescale):
 def test_cagrad_without_c_is_the_plain_sum():
     g = CASES["five"]
     np.testing.assert_allclose(make("cagrad", 5, c=0.0).alphas(g @ g.T, LOSSES[5]), np.ones(5), rtol=1e-12)
+
+
+# ------------------------------------------------------------------ imtl
+
+
+def imtl_reference(g):
+    """The paper's eq. 6 on the vectors, as LibMTL writes it (with an inverse)."""
+    u = g / np.linalg.norm(g, axis=1, keepdims=True)
+    d, uu = g[:1] - g[1:], u[:1] - u[1:]
+    rest = g[0] @ uu.T @ np.linalg.inv(d @ uu.T)
+    return np.concatenate([[1 - rest.sum()], rest])
+
+
+@pytest.mark.parametrize("case", REGULAR)
+def test_imtl_g_on_the_scaled_gradients(case):
+    g = CASES[case]
+    k = len(g)
+    s = np.linspace(-0.7, 0.9, k)
+    m = make("imtl", k)
+    m.s.set_value(s.astype("float32"))
+    e = np.exp(s.astype("float32").astype(np.float64))
+    gs = g * e[:, None]
+    a = imtl_reference(gs)
+    np.testing.assert_allclose(m.alphas(g @ g.T, LOSSES[k]), a * e, rtol=1e-9)
+    np.testing.assert_allclose(combined(m, g, LOSSES[k]), a @ gs, rtol=1e-5, atol=1e-6)
+    proj = (a @ gs) @ (gs / np.linalg.norm(gs, axis=1, keepdims=True)).T
+    np.testing.assert_allclose(proj, proj[0], rtol=1e-9)  # impartial: equal projections
+    np.testing.assert_allclose(m.task_scales(paddle.to_tensor(LOSSES[k], dtype="float32")).numpy(), e, rtol=1e-6)
+
+
+def test_imtl_degenerate_rows_and_learned_scale_gradient():
+    m = make("imtl", 3)
+    g = CASES["zero_row"]
+    a = m.alphas(g @ g.T, LOSSES[3])
+    assert a[1] == 0.0 and abs(a.sum() - 1) < 1e-12  # the zero gradient takes no part
+    np.testing.assert_allclose(a[[0, 2]], imtl_reference(g[[0, 2]]), rtol=1e-9)
+    p = CASES["parallel"]
+    assert abs(make("imtl", 2).alphas(p @ p.T, LOSSES[2]).sum() - 1) < 1e-12
+    s, losses = np.array([0.3, -1.2, 0.8]), np.array([0.7, 2.5, 0.05])
+    m.s.set_value(s.astype("float32"))
+    loss = m.method_loss(paddle.to_tensor(g, dtype="float32"), paddle.to_tensor(losses, dtype="float32"))
+    (grad,) = paddle.grad(loss, [m.s])
+    np.testing.assert_allclose(float(loss), (np.exp(s) * losses - s).sum(), rtol=1e-6)
+    np.testing.assert_allclose(grad.numpy(), np.exp(s) * losses - 1.0, rtol=1e-5)
+
+
+# ------------------------------------------------------------------ gradnorm
+
+
+def gradnorm_reference(p, g, losses, l0, alpha, cols):
+    k = len(p)
+    sm = np.exp(p - p.max()) / np.exp(p - p.max()).sum()
+    w = k * sm
+    n = np.linalg.norm(g[:, cols], axis=1)
+    gi = w * n
+    rate = (losses / l0) / (losses / l0).mean()
+    target = gi.mean() * rate**alpha
+    loss = np.abs(gi - target).sum()
+    dw = np.sign(gi - target) * n  # the target is a constant
+    dp = k * (np.diag(sm) - np.outer(sm, sm)) @ dw
+    return w, loss, dp
+
+
+def test_gradnorm_weights_loss_and_gradient():
+    g, k, cols = CASES["five"], 5, slice(2, 6)
+    p = np.array([0.2, -0.5, 0.9, 0.0, -1.1])
+    l0, later = np.array([2.0, 1.0, 0.5, 3.0, 1.5]), np.array([1.0, 0.9, 0.1, 2.5, 0.6])
+    m = make("gradnorm", k, alpha=1.5)
+    m.last_shared = cols
+    m.p.set_value(p.astype("float32"))
+    for losses in (l0, later):  # the first step's losses become L(0)
+        w, ref_loss, ref_dp = gradnorm_reference(p, g, losses, l0, 1.5, cols)
+        np.testing.assert_allclose(combined(m, g, losses), w @ g, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(m.weight(True), w, rtol=1e-6)
+        loss = m.method_loss(paddle.to_tensor(g, dtype="float32"), paddle.to_tensor(losses, dtype="float32"))
+        (dp,) = paddle.grad(loss, [m.p])
+        np.testing.assert_allclose(float(loss), ref_loss, rtol=1e-5)
+        np.testing.assert_allclose(dp.numpy(), ref_dp, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(m.initial_losses.numpy(), l0, rtol=1e-6)
+    resumed = make("gradnorm", k)
+    resumed.set_state_dict(m.state_dict())
+    combined(resumed, g, later)  # a resumed run keeps its L(0)
+    np.testing.assert_allclose(resumed.initial_losses.numpy(), l0, rtol=1e-6)
+
+
+# ------------------------------------------------------------------ aligned_mtl
+
+
+@pytest.mark.parametrize("case", [*REGULAR, "parallel", "zero_row", "five_rank3"])
+def test_aligned_mtl_from_the_svd(case):
+    g = CASES[case]
+    k = len(g)
+    u, sv, vt = np.linalg.svd(g, full_matrices=False)
+    r = int((sv**2 > (sv**2).max() * k * np.finfo(np.float32).eps).sum())
+    u, sv, vt = u[:, :r], sv[:r], vt[:r]
+    # the aligned rows B·G = σ_min·U·Vᵀ: orthogonal, all of norm σ_min; their sum is the update
+    ref = sv.min() * np.ones(k) @ u @ vt
+    m = make("aligned_mtl", k)
+    alpha = m.alphas(g @ g.T, LOSSES[k])
+    np.testing.assert_allclose(alpha @ g, ref, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(combined(m, g, LOSSES[k]), ref, rtol=1e-5, atol=1e-6)
+    if r == k:
+        b = sv.min() * u @ np.diag(1 / sv) @ u.T
+        np.testing.assert_allclose((b @ g) @ (b @ g).T, sv.min() ** 2 * np.eye(k), atol=1e-12)
+    median = np.sort(sv**2)[(r - 1) // 2]
+    np.testing.assert_allclose(make("aligned_mtl", k, scale="median").alphas(g @ g.T, LOSSES[k]) @ g,
+                               np.sqrt(median) * np.ones(k) @ u @ vt, rtol=1e-9, atol=1e-12)
+
+
+# ------------------------------------------------------------------ nash_mtl
+
+
+@pytest.mark.parametrize("case", [*REGULAR, "five_rank3"])
+def test_nash_mtl_solves_the_bargaining_condition(case):
+    g = CASES[case]
+    k = len(g)
+    gram = g @ g.T
+    m = make("nash_mtl", k, max_norm=0.0)
+    alpha = m.alphas(gram, LOSSES[k])
+    if case == "five_rank3":  # no solution (a null direction α ≥ 0 may exist): finite, positive
+        assert np.isfinite(alpha).all() and (alpha > 0).all()
+        return
+    mg = gram / np.linalg.norm(gram)
+    np.testing.assert_allclose(mg @ alpha, 1 / alpha, rtol=1e-9)
+    assert (alpha > 0).all()
+    np.testing.assert_allclose(combined(m, g, LOSSES[k]), alpha @ g, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(m.task_scales(paddle.to_tensor(LOSSES[k])).numpy(), alpha, rtol=1e-6)
+
+
+def test_nash_mtl_clips_and_reuses_weights():
+    g = CASES["five"] * 10.0
+    gram = g @ g.T
+    m = make("nash_mtl", 5, max_norm=1.0, update_weights_every=2)
+    clipped = m.alphas(gram, LOSSES[5])
+    raw = make("nash_mtl", 5, max_norm=0.0).alphas(gram, LOSSES[5])
+    norm = np.linalg.norm(raw @ g)
+    assert norm > 1.0
+    np.testing.assert_allclose(clipped, raw * 1.0 / (norm + 1e-6), rtol=1e-9)
+    other = CASES["conflicting"][:, :2]
+    g2 = np.vstack([other, other @ np.array([[0.0, 1.0], [1.0, 0.0]]), [[0.3, 0.3]]])
+    second = m.alphas(g2 @ g2.T, LOSSES[5])  # step 2: α of step 1, clipped for these gradients
+    scale = min(1.0, 1.0 / (np.linalg.norm(raw @ g2) + 1e-6))
+    np.testing.assert_allclose(second, raw * scale, rtol=1e-9)
+    resumed = make("nash_mtl", 5, update_weights_every=2)
+    resumed.set_checkpoint_state(m.checkpoint_state())
+    np.testing.assert_allclose(resumed.alphas(gram, LOSSES[5]), m.alphas(gram, LOSSES[5]), rtol=1e-12)
+
+
+# ------------------------------------------------------------------ db_mtl
+
+
+def test_db_mtl_buffer_and_balance_resume_exactly():
+    k, beta, sigma = 3, 0.9, 0.5
+    rng = np.random.default_rng(1)
+    steps = [(rng.normal(size=(k, 6)), rng.uniform(0.2, 3.0, size=k)) for _ in range(4)]
+    m = make("db_mtl", k, beta=beta, beta_sigma=sigma)
+    buf = np.zeros((k, 6))
+    outs, refs = [], []
+    for t, (g, losses) in enumerate(steps, start=1):
+        lg = g / (losses + 1e-8)[:, None]
+        bt = beta / t**sigma
+        buf = lg + bt * (buf - lg)
+        n = np.linalg.norm(buf, axis=1)
+        alpha = n.max() / (n + 1e-8)
+        refs.append(alpha @ buf)
+        outs.append(combined(m, g, losses))
+        np.testing.assert_allclose(m.weight(True), alpha, rtol=1e-5)
+        np.testing.assert_allclose(m.task_scales(paddle.to_tensor(losses, dtype="float32")).numpy(),
+                                   1 / (losses + 1e-8), rtol=1e-6)
+        if t == 2:
+            resumed = make("db_mtl", k, beta=beta, beta_sigma=sigma)
+            resumed.set_checkpoint_state(m.checkpoint_state())
+    np.testing.assert_allclose(outs, refs, rtol=1e-5, atol=1e-6)
+    for g, losses in steps[2:]:
+        combined(resumed, g, losses)
+    np.testing.assert_array_equal(resumed.checkpoint_state()["buffer"], m.checkpoint_state()["buffer"])

@@ -10,35 +10,51 @@ import paddle
 
 from .gradient import GradWeighting
 
-RIDGE = 1e-10  # on the unit-Frobenius Gram: bounds α where no solution exists (zero/opposite gradients)
+RIDGE = 1e-10  # on the unit-Frobenius Gram, only where no solution exists: bounds α
 
 
-def nash_alpha(gram: np.ndarray, max_iter: int = 500) -> np.ndarray:
-    """The α > 0 with ``(M·α)_i = 1/α_i``, M = gram / ‖gram‖_F (+ RIDGE·I): the minimiser of
-    the strictly convex, self-concordant ``½·αᵀMα − Σ log α_i``, by damped Newton steps
-    (step 1/(1+λ) while the Newton decrement λ ≥ ¼, so α stays > 0) to λ < 1e-12.
+def _newton(m: np.ndarray, max_iter: int) -> tuple[np.ndarray, bool]:
+    """Damped Newton on ``½·αᵀMα − Σ log α`` from α_i = 1/√M_ii; (α, converged)."""
+    alpha = 1.0 / np.sqrt(np.diag(m))  # exact for orthogonal gradients
+    for _ in range(max_iter):
+        grad = m @ alpha - 1.0 / alpha
+        try:
+            step = np.linalg.solve(m + np.diag(1.0 / alpha**2), grad)
+        except np.linalg.LinAlgError:
+            return alpha, False
+        dec = math.sqrt(max(float(grad @ step), 0.0))  # the Newton decrement
+        if dec < 1e-12:
+            return alpha, True
+        t = 1.0 if dec < 0.25 else 1.0 / (1.0 + dec)
+        while np.any(alpha - t * step <= 0):  # never needed in exact arithmetic
+            t *= 0.5
+        alpha = alpha - t * step
+        if alpha.max() > 1e6:  # running off along a null direction: no solution
+            return alpha, False
+    return alpha, False
+
+
+def nash_alpha(gram: np.ndarray, max_iter: int = 200) -> np.ndarray:
+    """The α > 0 with ``(M·α)_i = 1/α_i``, M = gram / ‖gram‖_F: the minimiser of the strictly
+    convex, self-concordant ``½·αᵀMα − Σ log α_i``, by damped Newton steps (step 1/(1+λ)
+    while the Newton decrement λ ≥ ¼, so α stays > 0) to λ < 1e-12. Where there is no
+    solution (a zero gradient, gradients whose non-negative combination is 0), the same
+    with M + RIDGE·I, which bounds α.
 
     Example::
 
-        nash_alpha(np.diag([1.0, 4.0]))   # α_i = 1/‖g_i‖ for orthogonal g (times ‖gram‖_F^½)
+        nash_alpha(np.diag([1.0, 4.0]))   # [2.03, 1.02] = ‖gram‖_F^½ / ‖g_i‖ (orthogonal g)
     """
     k = gram.shape[0]
     norm = float(np.linalg.norm(gram))
     if not norm > 0:
         return np.ones(k)
-    m = gram / norm + RIDGE * np.eye(k)
-    alpha = 1.0 / np.sqrt(np.diag(m))  # exact for orthogonal gradients
-    for _ in range(max_iter):
-        grad = m @ alpha - 1.0 / alpha
-        step = np.linalg.solve(m + np.diag(1.0 / alpha**2), grad)
-        dec = math.sqrt(max(float(grad @ step), 0.0))
-        if dec < 1e-12:
-            break
-        t = 1.0 if dec < 0.25 else 1.0 / (1.0 + dec)
-        while np.any(alpha - t * step <= 0):  # never needed in exact arithmetic
-            t *= 0.5
-        alpha = alpha - t * step
-    return alpha
+    m = gram / norm
+    if np.diag(m).min() > RIDGE:
+        alpha, converged = _newton(m, max_iter)
+        if converged:
+            return alpha
+    return _newton(m + RIDGE * np.eye(k), 5 * max_iter)[0]
 
 
 class NashMTL(GradWeighting):
@@ -56,7 +72,7 @@ class NashMTL(GradWeighting):
     The official code solves it by ≤ 20 convex-concave steps with cvxpy/ECOS (stop at
     ‖Gα − 1/α‖ < 1e-3, ``optim_niter``); here Newton's method on the convex
     ``½αᵀMα − Σ log α`` solves it to machine precision, so there is no ``optim_niter``.
-    Zero or opposite gradients (no solution) get a finite α through a 1e-10 ridge.
+    Zero or opposite gradients (no solution) get a finite α through a 1e-10 ridge on M.
     Task-specific parameters get ``α_i·∇L_i`` (official: Σ α_i L_i is backpropagated),
     unclipped (the clip is on the shared parameters). Not on the representation
     (LibMTL forbids it). The shown weight is α times the clip factor.
