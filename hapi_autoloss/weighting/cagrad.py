@@ -74,7 +74,7 @@ class CAGrad(GradWeighting):
     ==========  ==========================  ========================================
 
     so ``α_i = (1 + k·λ·w_i) / rescale``, λ = c‖g_0‖/‖g_w‖. The factor k is the official
-    code's (``newgrad * 3  # to match the sum loss``, Cranial-XIX/CAGrad nyuv2/utils.py):
+    code's (``newgrad * 3  # to match the sum loss``, Cranial-XIX/CAGrad nyuv2/utils.py:418):
     c = 0 gives the plain sum Σ g_i that ``equal`` trains with; LibMTL omits it (1/k of
     this). c = 0.5 is LibMTL's default (config.py:50) and the paper's NYUv2 choice is 0.4.
     The inner problem is solved to machine precision (LibMTL/official: SLSQP from scipy).
