@@ -1,0 +1,111 @@
+"""cagrad: Conflict-Averse Gradient descent (Liu et al., NeurIPS 2021)."""
+
+from __future__ import annotations
+
+import math
+from typing import ClassVar
+
+import numpy as np
+
+from ._simplex import simplex_qp
+from .gradient import GradWeighting
+
+RESCALE = (0, 1, 2)
+SMOOTH = 1e-18  # relative to the mean ‖g_i‖²: keeps ‖g_w‖ differentiable where it reaches 0
+STAGES = (1e-2, 1e-5, 1e-8, 1e-11, 1e-14, SMOOTH)
+
+
+def cagrad_inner(gram: np.ndarray, c: float, max_iter: int = 100) -> np.ndarray:
+    """``argmin_{w∈Δ} g_wᵀg_0 + c·‖g_0‖·‖g_w‖`` with ``g_w = Σ w_i g_i`` and ``g_0`` the mean
+    gradient, from the Gram matrix: sequential quadratic programming (each step an exact
+    QP over the simplex, Armijo backtracking), to machine precision."""
+    k = gram.shape[0]
+    scale = float(np.trace(gram)) / k
+    if k == 1 or not scale > 0:
+        return np.full(k, 1.0 / k)
+    a = gram / scale  # w is scale-free
+    v = a.mean(axis=1)  # g_iᵀg_0
+    cn = c * math.sqrt(max(float(a.mean()), 0.0))  # c·‖g_0‖
+
+    def value(w: np.ndarray, smooth: float) -> float:
+        return float(v @ w + cn * math.sqrt(max(float(w @ a @ w), 0.0) + smooth))
+
+    def sqp(w: np.ndarray, smooth: float) -> np.ndarray:
+        f = value(w, smooth)
+        for _ in range(max_iter):
+            aw = a @ w
+            s = math.sqrt(max(float(w @ aw), 0.0) + smooth)
+            grad = v + cn * aw / s
+            hess = cn * (a / s - np.outer(aw, aw) / s**3)
+            step = simplex_qp(hess, grad - hess @ w) - w
+            slope = float(grad @ step)
+            if slope > -1e-15:  # the predicted decrease (a is scaled to unit diagonal)
+                break
+            t = 1.0
+            while t > 1e-12 and value(w + t * step, smooth) > f + 1e-4 * t * slope:
+                t *= 0.5
+            f_new = value(w + t * step, smooth)
+            if f_new >= f:
+                break
+            w, f = w + t * step, f_new
+        return w
+
+    w = sqp(np.full(k, 1.0 / k), SMOOTH)
+    if float(w @ a @ w) > 1e-2:
+        return w
+    # ‖g_w‖ has a kink at g_w = 0, near which the optimum then lies: smooth the kink and
+    # sharpen it stage by stage (continuation), each stage warm-started from the last.
+    u = np.full(k, 1.0 / k)
+    for smooth in STAGES:
+        u = sqp(u, smooth)
+    return u if value(u, SMOOTH) < value(w, SMOOTH) else w
+
+
+class CAGrad(GradWeighting):
+    """``d = g_0 + (c·‖g_0‖ / ‖g_w‖)·g_w``, ``g_0`` the mean gradient and ``w`` the solution of
+    :func:`cagrad_inner` (the dual of max_d min_i g_iᵀd s.t. ‖d − g_0‖ ≤ c‖g_0‖), then
+
+    ==========  ==========================  ========================================
+    rescale     combined gradient           note
+    ==========  ==========================  ========================================
+    0           k·d
+    1           k·d / (1 + c²)              default (LibMTL/config.py:51, official)
+    2           k·d / (1 + c)
+    ==========  ==========================  ========================================
+
+    so ``α_i = (1 + k·λ·w_i) / rescale``, λ = c‖g_0‖/‖g_w‖. The factor k is the official
+    code's (``newgrad * 3  # to match the sum loss``, Cranial-XIX/CAGrad nyuv2/utils.py:418):
+    c = 0 gives the plain sum Σ g_i that ``equal`` trains with; LibMTL omits it (1/k of
+    this). c = 0.5 is LibMTL's default (config.py:50) and the paper's NYUv2 choice is 0.4.
+    The inner problem is solved to machine precision (LibMTL/official: SLSQP from scipy).
+    Not on the representation (LibMTL forbids it).
+
+    Example::
+
+        AutoWeight([ce, mse, mse], method="cagrad", c=0.5)
+    """
+
+    name = "cagrad"
+    rep_grad: ClassVar[bool] = False
+
+    def __init__(self, c: float = 0.5, rescale: int = 1) -> None:
+        super().__init__()
+        if isinstance(c, bool) or not isinstance(c, (int, float)) or not (math.isfinite(c) and c >= 0):
+            raise ValueError(f"c must be a finite number >= 0, got {c!r}. Fix: e.g. c=0.5 (LibMTL's default).")
+        if isinstance(rescale, bool) or rescale not in RESCALE:
+            raise ValueError(
+                f"rescale must be 0, 1 or 2, got {rescale!r}. Fix: rescale=1 (divide by 1 + c², the default)."
+            )
+        self.c, self.rescale = float(c), int(rescale)
+
+    def alphas(self, gram: np.ndarray, losses: np.ndarray) -> np.ndarray:
+        k = gram.shape[0]
+        w = cagrad_inner(gram, self.c)
+        g0 = math.sqrt(max(float(gram.mean()), 0.0))
+        gw = math.sqrt(max(float(w @ gram @ w), 0.0) + SMOOTH * float(np.trace(gram)) / k)
+        lam = self.c * g0 / gw if gw > 0 else 0.0
+        divide = (1.0, 1.0 + self.c**2, 1.0 + self.c)[self.rescale]
+        return (1.0 + k * lam * w) / divide
+
+    def extra_repr(self) -> str:
+        return f"c={self.c}, rescale={self.rescale}"

@@ -1,0 +1,79 @@
+"""pcgrad: Projecting Conflicting Gradients (Yu et al., NeurIPS 2020)."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import numpy as np
+import paddle
+
+from .._hapi import world
+from .gradient import GradWeighting
+
+
+class PCGrad(GradWeighting):
+    """Gradient surgery: for each task i, in a random order of the tasks j (all of them,
+    i included, as LibMTL and the official code), if ``g_i^PC·g_j < 0`` then
+    ``g_i^PC ← g_i^PC − (g_i^PC·g_j / ‖g_j‖²)·g_j``; the combined gradient is
+    ``Σ_i g_i^PC`` (the sum, LibMTL/weighting/PCGrad.py:37).
+
+    Each g_i^PC is tracked as coefficients on the original gradients, so only the Gram
+    matrix is needed; α_j = Σ_i C_ij. A new order per task i per step, from the method's
+    own NumPy generator (``seed``): ``rng.permutation(k)`` for i = 0, 1, ... Under
+    ``paddle.distributed.launch`` every rank draws the same orders (with ``seed=None``
+    rank 0's seed is broadcast once). Not on the representation (LibMTL forbids it:
+    the projections are of the parameters' gradients).
+
+    Example::
+
+        AutoWeight([ce, mse], method="pcgrad", seed=0)
+    """
+
+    name = "pcgrad"
+    rep_grad: ClassVar[bool] = False
+
+    def __init__(self, seed: int | None = None) -> None:
+        super().__init__()
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
+            raise ValueError(f"seed must be None or an int >= 0, got {seed!r}. Fix: e.g. seed=0.")
+        self.seed = seed
+        self._rng = np.random.default_rng(seed)
+        self._shared = seed is not None  # an explicit seed is the same on every rank
+
+    def begin_training(self) -> None:
+        self.share_seed()
+
+    def share_seed(self) -> None:
+        """Every rank takes rank 0's seed (a collective, once; every rank calls it)."""
+        if self._shared:
+            return
+        self._shared = True
+        rank, nranks = world()
+        if nranks <= 1:
+            return
+        shared = paddle.to_tensor([int(self._rng.integers(0, 2**62)) if rank == 0 else 0], dtype="int64")
+        paddle.distributed.broadcast(shared, src=0)
+        self._rng = np.random.default_rng(int(shared.numpy()[0]))
+
+    def alphas(self, gram: np.ndarray, losses: np.ndarray) -> np.ndarray:
+        self.share_seed()  # a plain loop has no begin_training
+        k = gram.shape[0]
+        sq = np.diag(gram)
+        coef = np.eye(k)
+        for i in range(k):
+            for j in self._rng.permutation(k):
+                dot = float(coef[i] @ gram[:, j])  # g_i^PC · g_j
+                if dot < 0 and sq[j] > 0:
+                    coef[i, j] -= dot / sq[j]
+        return coef.sum(axis=0)
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        return {"rng": self._rng.bit_generator.state}
+
+    def set_checkpoint_state(self, state: dict[str, Any]) -> None:
+        if "rng" in state:
+            self._rng.bit_generator.state = state["rng"]
+            self._shared = True  # the saved stream is already the one every rank shares
+
+    def extra_repr(self) -> str:
+        return f"seed={self.seed}"
