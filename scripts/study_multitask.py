@@ -52,14 +52,14 @@ OPTIONS: dict[str, dict] = {
 }
 # Gradient-level methods (issue 11): the published defaults (LibMTL's config.py, or the paper's code).
 GRAD_OPTIONS: dict[str, dict] = {
-    "mgda": {},
-    "pcgrad": {},
-    "cagrad": {},
+    "mgda": {"normalize": "none"},
+    "pcgrad": {},  # + seed = the run's seed
+    "cagrad": {"c": 0.5, "rescale": 1},
     "imtl": {},
-    "gradnorm": {},
-    "aligned_mtl": {},
-    "nash_mtl": {},
-    "db_mtl": {},
+    "gradnorm": {"alpha": 1.5},
+    "aligned_mtl": {"scale": "min"},
+    "nash_mtl": {"max_norm": 1.0, "update_weights_every": 1},
+    "db_mtl": {"beta": 0.9, "beta_sigma": 0.0},
 }
 LEARNED = (*LEARNED_SCALE, "dwa", "rlw", "gls", "famo", "stch", "uw_so")
 GRAD = tuple(GRAD_OPTIONS)

@@ -244,11 +244,11 @@ def test_a_non_finite_step_raises_by_default():
 def test_a_network_of_another_dtype_keeps_it(rep):
     """float64 here (the CPU has no float16 matmul): gradients come back in the parameters' dtype,
     combined in float32."""
-    net, loss, model = build(UnitNorm(), rep)
+    net, _loss, model = build(UnitNorm(), rep)
     net.to(dtype="float64")
     hapi_autoloss.attach(model)
     x, t1, t2 = (a.astype("float64") for a in data())
-    alpha, want = reference(net, x, t1, t2, rep)
+    _alpha, want = reference(net, x, t1, t2, rep)
     model.train_batch([x], [t1, t2], update=False)
     for key, grad in grads_of(net).items():
         assert grad.dtype == paddle.float64, key
@@ -260,7 +260,7 @@ def test_the_weights_each_step_used_reach_tensorboard(tmp_path):
 
     from hapi_autoloss.callbacks import TensorBoardExport
 
-    net, loss, model = build(UnitNorm())
+    _net, loss, model = build(UnitNorm())
     used = []
 
     class Record(paddle.callbacks.Callback):

@@ -70,9 +70,10 @@ class DBMTL(GradWeighting):
 
     def checkpoint_state(self) -> dict[str, Any]:
         buf = self._buffer.get("g")
-        return {"step": self._step, "buffer": None if buf is None else buf.numpy()}
+        return {**super().checkpoint_state(), "step": self._step, "buffer": None if buf is None else buf.numpy()}
 
     def set_checkpoint_state(self, state: dict[str, Any]) -> None:
+        super().set_checkpoint_state(state)
         self._step = int(state.get("step", 0))
         buf = state.get("buffer")
         self._buffer.clear()

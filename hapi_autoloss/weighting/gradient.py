@@ -8,7 +8,7 @@ hands them to the method; hapi's single ``backward`` then only writes the result
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import paddle
@@ -105,3 +105,11 @@ class GradWeighting(Weighting):
     @property
     def needs_callback(self) -> bool:
         return True
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        """The last step's α, so that a resumed run shows them (a subclass adds its own state)."""
+        return {"alphas": [float(a) for a in self._alphas]}
+
+    def set_checkpoint_state(self, state: dict[str, Any]) -> None:
+        if "alphas" in state:
+            self._alphas = np.asarray(state["alphas"], dtype=np.float64)

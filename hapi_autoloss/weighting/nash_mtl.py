@@ -120,9 +120,10 @@ class NashMTL(GradWeighting):
         return paddle.to_tensor(self._nash, dtype="float32")
 
     def checkpoint_state(self) -> dict[str, Any]:
-        return {"step": self._step, "alpha": [float(a) for a in self._nash]}
+        return {**super().checkpoint_state(), "step": self._step, "alpha": [float(a) for a in self._nash]}
 
     def set_checkpoint_state(self, state: dict[str, Any]) -> None:
+        super().set_checkpoint_state(state)
         self._step = int(state.get("step", self._step))
         if "alpha" in state:
             self._nash = np.asarray(state["alpha"], dtype=np.float64)

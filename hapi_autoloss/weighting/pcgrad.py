@@ -68,9 +68,10 @@ class PCGrad(GradWeighting):
         return coef.sum(axis=0)
 
     def checkpoint_state(self) -> dict[str, Any]:
-        return {"rng": self._rng.bit_generator.state}
+        return {**super().checkpoint_state(), "rng": self._rng.bit_generator.state}
 
     def set_checkpoint_state(self, state: dict[str, Any]) -> None:
+        super().set_checkpoint_state(state)
         if "rng" in state:
             self._rng.bit_generator.state = state["rng"]
             self._shared = True  # the saved stream is already the one every rank shares
