@@ -46,14 +46,16 @@ def crash_and_restart(tmp_path, method, options=()):
     ("rlw", ()),
     ("dwa", ("stage", "eval")),  # epochs counted within the fit; a backup after the evaluation
     ("kendall", ("iters",)),  # num_iters counts the restored steps off
-], ids=["kendall", "rlw", "dwa-stage-eval", "kendall-num_iters"])
+    ("pcgrad", ()),  # gradient-level: its random order stream
+    ("db_mtl", ()),  # gradient-level: its gradient history
+], ids=["kendall", "rlw", "dwa-stage-eval", "kendall-num_iters", "pcgrad", "db_mtl"])
 def test_kill_9_then_the_same_script_equals_an_uninterrupted_run(tmp_path, method, options):
     full, resumed = crash_and_restart(tmp_path, method, options)
     assert 0.2 <= float(full["k"]) < 1.0
     for key in ("s", "k", "w", "h", "lr", "rlw"):
         np.testing.assert_array_equal(resumed[key], full[key], err_msg=key)
-    if method == "dwa":
-        assert abs(float(full["rlw"][0]) - 1.0) > 1e-4  # dwa's weights moved off 1
+    if method in ("dwa", "db_mtl"):
+        assert abs(float(full["rlw"][0]) - 1.0) > 1e-4  # the weights moved off 1
     if method == "kendall":
         want, got = scalars(tmp_path / "full" / "logs"), scalars(tmp_path / "run" / "logs")
         assert set(got) == set(want) and "autoloss/sigma/y1" in got

@@ -24,11 +24,16 @@ def run(tmp_path, method, mode):
 
 
 @pytest.mark.distributed
-@pytest.mark.parametrize("method, mode", [("unit_norm_test", "params"), ("unit_norm_test", "rep")])
+@pytest.mark.parametrize("method, mode", [
+    ("unit_norm_test", "params"), ("unit_norm_test", "rep"),  # a Gram rule, in both modes
+    ("mgda", "rep"), ("pcgrad", "params"),  # pcgrad: one random order on every rank
+    ("imtl", "params"), ("gradnorm", "params"),  # learned parameters, from the averaged losses
+    ("db_mtl", "params"),  # a gradient history, on the averaged gradients
+])
 def test_two_ranks_on_half_batches_equal_one_process_on_the_whole(tmp_path, method, mode):
     whole, ranks = run(tmp_path, method, mode)
     for key in whole.files:
         np.testing.assert_array_equal(ranks[0][key], ranks[1][key], err_msg=key)  # one model on every rank
         np.testing.assert_allclose(ranks[0][key], whole[key], rtol=2e-6, atol=1e-7, err_msg=key)
-    # The weights are far from uniform, so averaging before combining is what makes them agree.
-    assert np.ptp(whole["used"][0]) > 0.5 * whole["used"][0].max()
+    if method == "unit_norm_test":  # far from uniform: averaging before combining is what makes them agree
+        assert np.ptp(whole["used"][0]) > 0.5 * whole["used"][0].max()

@@ -3,7 +3,7 @@
     backup_restore.py OUT run  [kill] [OPTIONS] METHOD   # 5 epochs with BackupAndRestore(OUT/run/backup)
     backup_restore.py OUT full        [OPTIONS] METHOD   # the same, uninterrupted, in its own folder
 
-METHOD is kendall, rlw or dwa. OPTIONS: ``stage`` (a 3-epoch fit without backup first),
+METHOD is kendall, rlw, dwa, or a gradient-level one (pcgrad, db_mtl). OPTIONS: ``stage`` (a 3-epoch fit without backup first),
 ``iters`` (fit(num_iters=20) instead of 5 epochs), ``eval`` (eval_data every epoch).
 With ``kill`` the process SIGKILLs itself in the middle of epoch 3. shuffle=True, a
 dropout layer, AutoWeight around a TopKLoss, TopKScheduler, TensorBoardExport and an lr
@@ -34,7 +34,8 @@ run_dir = os.path.join(out, mode)
 
 paddle.seed(0)
 net = DropNet()
-kwargs = {"kendall": {"task_types": ["regression", "regression"]}, "rlw": {"seed": 3}}.get(method, {})
+kwargs = {"kendall": {"task_types": ["regression", "regression"]}, "rlw": {"seed": 3},
+          "pcgrad": {"seed": 3}}.get(method, {})
 loss = AutoWeight({"y1": TopKLoss(paddle.nn.MSELoss(reduction="none"), ratio=1.0), "y2": paddle.nn.MSELoss()},
                   method=method, **kwargs)
 model = paddle.Model(net, inputs=X_SPEC, labels=Y_SPECS)

@@ -47,11 +47,12 @@ if nranks > 1:
     paddle.distributed.init_parallel_env()
 paddle.seed(0)
 net = Net()
+options = {"pcgrad": {"seed": 0}}.get(method, {})
 loss = AutoWeight([paddle.nn.MSELoss(), paddle.nn.MSELoss()], method=method,
-                  shared=net.trunk if mode == "rep" else None, rep_grad=mode == "rep")
+                  shared=net.trunk if mode == "rep" else None, rep_grad=mode == "rep", **options)
 model = paddle.Model(net)
 model.prepare(paddle.optimizer.Adam(0.01, parameters=net.parameters()), loss)
-hapi_autoloss.attach(model)
+hapi_autoloss.attach(model)  # trains the method's own parameters too (imtl's s, gradnorm's w)
 rng = np.random.default_rng(0)
 used = []
 for _step in range(4):
@@ -61,5 +62,5 @@ for _step in range(4):
     rows = slice(8 * rank, 8 * rank + 8) if nranks > 1 else slice(None)
     model.train_batch([x[rows]], [y1[rows], y2[rows]])
     used.append(list(loss.used()[1].values()))
-state = {p.name: p.numpy() for p in net.parameters()}
+state = {p.name: p.numpy() for p in [*net.parameters(), *loss.parameters()]}
 np.savez(os.path.join(out_dir, f"rank{rank}.npz"), used=np.array(used), **state)
