@@ -33,3 +33,13 @@ def test_the_user_written_method_runs_as_written_and_trains_through_fit():
 
     again = AutoWeight([paddle.nn.MSELoss(), paddle.nn.MSELoss()], method="inverse")
     assert type(again.weighting).__name__ == "InverseLoss"
+
+
+def test_the_gradient_level_examples_run_as_written():
+    scope: dict = {}
+    exec(block_after("### Gradient-level methods"), scope)  # trains through fit
+    weights = scope["loss"].weights()
+    assert set(weights) == {"cls", "reg"} and all(np.isfinite(list(weights.values())))
+    assert weights != {"cls": 1.0, "reg": 1.0}  # α came from a step
+    exec(block_after("Your own gradient-level method"), scope)  # builds on the first block's losses
+    assert type(scope["loss"].weighting).__name__ == "UnitGrad"
