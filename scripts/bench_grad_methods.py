@@ -10,9 +10,10 @@ k passes through the heads, one through the trunk).
 Time: all variants live in one process and take turns, ``--block`` steps each per round in
 a random order, for ``--rounds`` rounds after 2 untimed ones; "× equal" is the median over
 rounds of (variant's time / equal's time) in that round, so drifts of a shared machine hit
-every variant alike. Memory: each variant runs again alone in a fresh process; on a GPU the
-peak of ``paddle.device.cuda.max_memory_allocated``, on a CPU the growth of the process's
-peak resident set over its steps (``ru_maxrss``; coarse: the allocator keeps freed blocks).
+every variant alike. Memory: the peak that two steps allocate above what lives between steps
+(parameters, gradients' storage, optimizer state), from Paddle's allocator statistics (host
+memory on a CPU, ``max_memory_allocated`` on a GPU): activations, graphs kept for the
+per-task passes, the per-task gradients.
 
     python scripts/bench_grad_methods.py                 # k = 2 and 5, about 4 minutes on 2 CPU cores
     python scripts/bench_grad_methods.py --tasks 5 --rounds 40
@@ -22,17 +23,15 @@ peak resident set over its steps (``ru_maxrss``; coarse: the allocator keeps fre
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
-import resource
 import statistics
-import subprocess
 import sys
 import time
 
 import numpy as np
 import paddle
+from paddle.base import core
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import hapi_autoloss
@@ -96,15 +95,20 @@ def step(model: paddle.Model, batch: list, n: int) -> float:
     return time.perf_counter() - start
 
 
-def memory(k: int, width: int, method: str, rep: bool, steps: int) -> float:
-    """Peak memory of ``steps`` steps in this process, in MiB (see the module docstring)."""
-    model, batch = build(k, width, method, rep)
+def memory(model: paddle.Model, batch: list) -> float:
+    """Peak memory a step allocates beyond what lives between steps (parameters, optimizer
+    state), in MiB: Paddle's own allocator statistics, host or GPU."""
     gpu = paddle.is_compiled_with_cuda() and "gpu" in paddle.get_device()
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    step(model, batch, steps)
+    step(model, batch, 1)  # every accumulator exists
     if gpu:
-        return paddle.device.cuda.max_memory_allocated() / 2**20
-    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+        base = paddle.device.cuda.memory_allocated()
+        paddle.device.cuda.reset_max_memory_allocated()
+    else:
+        base = core.host_memory_stat_current_value("Allocated", 0)
+        core.host_memory_stat_reset_peak_value("Allocated", 0)
+    step(model, batch, 2)
+    peak = paddle.device.cuda.max_memory_allocated() if gpu else core.host_memory_stat_peak_value("Allocated", 0)
+    return (peak - base) / 2**20
 
 
 def table(k: int, args: argparse.Namespace) -> None:
@@ -118,12 +122,7 @@ def table(k: int, args: argparse.Namespace) -> None:
             seconds = step(*models[label], args.block)
             if r >= 2:
                 times[label].append(seconds / args.block)
-    mem = {}
-    for label, method, rep in runs:
-        cmd = [sys.executable, os.path.abspath(__file__), "--memory", json.dumps([k, args.width, method, rep,
-                                                                                   args.block * 4])]
-        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
-        mem[label] = float(out)
+    mem = {label: memory(*models[label]) for label in models}
     base = times["equal"]
     print(f"\nk = {k} tasks, trunk width {args.width}, batch {BATCH}, {args.rounds} rounds of {args.block} steps")
     print("| method | mode | ms/step | × equal | peak memory (MiB) | × equal |")
@@ -143,11 +142,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--block", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="a smoke test: tiny width, 2 rounds")
-    parser.add_argument("--memory", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.memory:
-        print(memory(*json.loads(args.memory)))
-        return
     if args.quick:
         args.width, args.rounds, args.block, args.tasks = 16, 2, 2, [2]
     print(f"paddle {paddle.__version__}, device {paddle.get_device()}, {os.cpu_count()} CPUs")
