@@ -28,8 +28,8 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
-from .autoweight import AutoWeight, make_method
-from .base import METHODS, Weighting
+from .autoweight import AutoWeight
+from .base import METHODS, Weighting, make_method
 
 for _module in pkgutil.iter_modules(__path__):
     if not _module.name.startswith("_") and _module.name not in ("autoweight", "base"):

@@ -1,15 +1,10 @@
 """Per-task gradients inside AutoWeight's forward, for the gradient-level methods.
 
 hapi runs one ``backward`` over the total loss and one ``minimize``. A gradient-level
-method needs each task's gradient of the shared parameters first, so the forward
-computes them (``paddle.grad``, one pass per task, as LibMTL's ``backward`` mode does),
-averages them over ranks, lets the method combine them, and returns
-
-    total = Σ L  +  (S − S.detach()),   S = Σ_p ⟨p, g_p⟩ (+ ⟨z, g_z⟩ in representation mode)
-
-whose value is the plain sum of the task losses and whose gradient is exactly g_p for
-each parameter: hapi's backward then only writes the combined gradients, through
-DataParallel and the AMP scaler like any other gradient.
+method needs each task's gradient of the shared parameters first, so the forward computes
+them (``paddle.grad``, one pass per task, as LibMTL's ``backward`` mode does), averages
+them over ranks, lets the method combine them, and returns the loss built by
+``_surrogate``: value Σ L, gradient the combination.
 """
 
 from __future__ import annotations
@@ -20,17 +15,10 @@ from typing import Any, Callable, Union
 
 import paddle
 
-from .._hapi import world
+from . import _surrogate
 from .gradient import GradWeighting
 
 Shared = Union[None, paddle.nn.Layer, Sequence[Any]]
-
-
-def _flat(grads: list[Any], params: list[Any]) -> paddle.Tensor:
-    """One float32 row: each gradient flattened (zeros where the task does not reach it)."""
-    parts = [(paddle.zeros([int(p.numel())], "float32") if g is None else g.astype("float32").reshape([-1]))
-             for g, p in zip(grads, params)]
-    return paddle.concat(parts) if parts else paddle.zeros([0], "float32")
 
 
 class PerTask:
@@ -47,6 +35,12 @@ class PerTask:
                 f"shared must be a paddle.nn.Layer or a list of parameters, got {type(shared).__name__}. "
                 "Fix: pass the shared trunk, e.g. shared=net.encoder."
             )
+        if isinstance(shared, (list, tuple)) and not all(isinstance(p, paddle.Tensor) for p in shared):
+            bad = next(type(p).__name__ for p in shared if not isinstance(p, paddle.Tensor))
+            raise TypeError(
+                f"shared holds a {bad}, not parameters. Fix: pass the Layer itself (shared=net.trunk) or "
+                "its parameters (shared=net.trunk.parameters())."
+            )
         if rep_grad and not isinstance(shared, paddle.nn.Layer):
             raise ValueError(
                 "rep_grad=True differentiates with respect to the shared representation, the output "
@@ -59,7 +53,8 @@ class PerTask:
         self._amp_scale: Callable[[], Any] | None = None
         self._shared_ids: set[int] | None = None if shared is None or isinstance(shared, paddle.nn.Layer) else \
             {id(p) for p in shared}
-        self._last: slice = slice(None)
+        self._last: slice | None = None
+        self._upstream: set[int] | None = None  # rep mode: parameters before the shared Layer
         self._rep: dict[str, Any] = {}
         if rep_grad:
             assert isinstance(shared, paddle.nn.Layer)
@@ -70,6 +65,10 @@ class PerTask:
     def set_network(self, network: paddle.nn.Layer, amp_scale: Callable[[], Any] | None = None) -> None:
         self._network = weakref.ref(network)
         self._amp_scale = amp_scale
+
+    def forget(self) -> None:
+        """Drop a representation kept by a forward whose loss did not finish."""
+        self._rep.clear()
 
     def _params(self) -> list[Any]:
         network = self._network() if self._network is not None else None
@@ -112,11 +111,13 @@ class PerTask:
             else:
                 self._shared_ids = {id(p) for j, p in enumerate(params)
                                     if sum(g[j] is not None for g in reached) > 1}
-            if not self._shared_ids:
+        if self._last is None:
+            if not self._shared_ids & {id(p) for p in params}:
+                given = "No network parameter is reached by more than one task's loss" if self.shared is None \
+                    else "None of the parameters given as shared= is a trainable parameter of the network"
                 raise ValueError(
-                    "No network parameter is reached by more than one task's loss, so there is no "
-                    "shared gradient to combine. Fix: pass shared=<the trunk Layer>, or use a loss-level "
-                    "method (e.g. method='kendall')."
+                    f"{given}, so there is no shared gradient to combine. Fix: pass shared=<the trunk "
+                    "Layer the network uses>, or use a loss-level method (e.g. method='kendall')."
                 )
             self._last = self._last_layer(params)
         shared = [p for p in params if id(p) in self._shared_ids]
@@ -140,23 +141,21 @@ class PerTask:
 
     # ------------------------------------------------------------ one training forward
 
-    def total(self, losses: list[paddle.Tensor], method: GradWeighting) -> paddle.Tensor:
+    def total(self, losses: list[paddle.Tensor], method: GradWeighting, extra: list[Any]) -> paddle.Tensor:
         """The loss hapi backpropagates: value Σ L, gradient the method's combination.
-        ``losses``: each task's 0-d loss (float32), as computed."""
+        ``losses``: each task's 0-d loss (float32), as computed; ``extra``: trainable
+        parameters of the loss functions themselves (task-specific like the heads)."""
         k = len(losses)
-        params = self._params()
+        known = self._params()
+        params = known + [p for p in extra if all(p is not q for q in known)]
         z = self._rep.pop("z", None)
         if self.rep_grad and z is None:
             raise RuntimeError(
                 f"rep_grad=True, but the shared Layer {type(self.shared).__name__} did not run in this "
                 "training step's forward. Fix: pass the Layer the network's forward calls as shared=."
             )
-        if self.rep_grad:
-            inner = {id(p) for p in self.shared.parameters()}  # type: ignore[union-attr]
-            heads = [p for p in params if id(p) not in inner]
-            inputs = [z, *heads]
-        else:
-            inputs = params
+        heads = self._heads(params, z) if self.rep_grad else []
+        inputs = [z, *heads] if self.rep_grad else params
         # AMP: differentiate the scaled losses, as hapi's backward does, so float16 gradients
         # do not underflow; unscaled right after, in float32.
         scale = self._amp_scale() if self._amp_scale is not None else None
@@ -169,67 +168,46 @@ class PerTask:
             reached = [[None if g is None else g.astype("float32") * inverse for g in row] for row in reached]
         if self.rep_grad:
             shared, specific = [z], heads
-            columns = [g[0] for g in reached]
+            columns = [[g[0]] for g in reached]
             reached = [g[1:] for g in reached]
         else:
             shared, specific = self._split(params, reached)
             index = {id(p): j for j, p in enumerate(params)}
             columns = [[g[index[id(p)]] for p in shared] for g in reached]
             reached = [[g[index[id(p)]] for p in specific] for g in reached]
-        grads = paddle.stack([_flat(c if isinstance(c, list) else [c], shared) for c in columns])
+        sizes = [int(p.numel()) for p in shared]
+        grads = paddle.stack([_surrogate.flat(c, sizes) for c in columns])
         local = paddle.stack([loss.detach() for loss in losses]).astype("float32")
         value = local.sum()
-        mean, grads, gram = self._average(local, grads)
+        others_ok = _surrogate.all_finite([g for row in reached for g in row])
+        mean, others, grads, gram = _surrogate.average(local, others_ok, grads, self.rep_grad)
         finite_losses = bool(paddle.isfinite(mean).all())
-        if not finite_losses or not bool(paddle.isfinite(grads if gram is None else gram).all()):
-            # Non-finite somewhere (the sums carry it to every rank), and the method keeps its state.
-            # An AMP overflow of the gradients alone: inf gradients, so the GradScaler skips the
-            # update and lowers its scale, as for any loss. Else a NaN value, so that
-            # AutoWeightCallback's on_nonfinite policy sees it.
-            amp_overflow = finite_losses and scale is not None
-            bad = paddle.add_n([(p * (float("inf") if amp_overflow else 0.0)).sum() for p in params])
-            return value + (bad - bad.detach()) if amp_overflow else value + bad + float("nan")
-        method.last_shared = self._last
+        if not (finite_losses and others and bool(paddle.isfinite(grads if gram is None else gram).all())):
+            # Non-finite somewhere (the sums carry it to every rank): the method must not see the step.
+            return _surrogate.skipped(value, params, amp_overflow=finite_losses and scale is not None)
+        method.last_shared = self._last or slice(None)
         if gram is None:
             combined = method.combine_grads(grads, mean)
-            terms = [(p * g.reshape(p.shape).astype(p.dtype)).sum()
-                     for p, g in zip(shared, paddle.split(combined, [int(p.numel()) for p in shared]))]
+            terms = [_surrogate.term(p, g) for p, g in zip(shared, paddle.split(combined, sizes))]
         else:
             alpha = method.combine_gram(gram, mean)
-            g_z = paddle.matmul(alpha.unsqueeze(0), grads).reshape(z.shape).astype(z.dtype)
-            terms = [(z * g_z).sum()]
-        scales = method.task_scales(mean)
+            terms = [_surrogate.term(z, paddle.matmul(alpha.unsqueeze(0), grads))]
+        scales = method.task_scales(mean)  # after combining: nash_mtl's scales are its new α
         for j, p in enumerate(specific):
             parts = [g[j] if scales is None else g[j] * scales[i].astype(g[j].dtype)
                      for i, g in enumerate(reached) if g[j] is not None]
             if parts:
-                terms.append((p * paddle.add_n(parts).detach()).sum())
-        surrogate = paddle.add_n(terms)
-        total = value + (surrogate - surrogate.detach())
-        extra = method.method_loss(grads.detach(), mean)
-        if extra is not None:
-            total = total + (extra - extra.detach())
-        return total
+                terms.append(_surrogate.term(p, paddle.add_n(parts).detach()))
+        return _surrogate.total(value, terms, method.method_loss(grads.detach(), mean))
 
-    def _average(self, losses: paddle.Tensor, grads: paddle.Tensor) -> tuple[Any, Any, Any]:
-        """(mean losses, gradients, Gram or None) over the ranks of the launcher.
-
-        Parameter mode averages G itself. Representation mode cannot (each rank holds other
-        samples' representations): it sums the Gram matrices instead, which for losses that
-        are means over the batch gives the whole batch's Gram matrix: Σ_r G_r·G_rᵀ / R².
-        """
-        _, nranks = world()
-        k = int(losses.shape[0])
-        if not self.rep_grad:
-            if nranks > 1:
-                buf = paddle.concat([losses, grads.reshape([-1])])
-                paddle.distributed.all_reduce(buf)
-                buf = buf / nranks
-                losses, grads = buf[:k], buf[k:].reshape(grads.shape)
-            return losses, grads, None
-        gram = paddle.matmul(grads, grads, transpose_y=True)
-        if nranks > 1:
-            buf = paddle.concat([losses, gram.reshape([-1])])
-            paddle.distributed.all_reduce(buf)
-            losses, gram = buf[:k] / nranks, buf[k:].reshape([k, k]) / (nranks * nranks)
-        return losses, grads, gram
+    def _heads(self, params: list[Any], z: paddle.Tensor) -> list[Any]:
+        """Rep mode: the parameters after the representation. Those before it (inside the shared
+        Layer, or a stem that feeds it) reach the losses through z only, so they get the
+        combined gradient through hapi's backward; found once, by one pass from z."""
+        if self._upstream is None:
+            inner = {id(p) for p in self.shared.parameters()}  # type: ignore[union-attr]
+            outer = [p for p in params if id(p) not in inner]
+            before = paddle.grad(z, outer, grad_outputs=paddle.ones_like(z), retain_graph=True,
+                                 allow_unused=True) if outer else []
+            self._upstream = inner | {id(p) for p, g in zip(outer, before) if g is not None}
+        return [p for p in params if id(p) not in self._upstream]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 from typing import Any, Callable
 
 import numpy as np
@@ -21,38 +20,13 @@ from ._tasks import (
     parse_task_types,
     route,
 )
-from .base import METHODS, Weighting
+from .base import METHODS, Weighting, make_method
 from .gradient import GradWeighting
 
 
-def make_method(method: str | Weighting, options: dict[str, Any]) -> Weighting:
-    """The method instance for ``method`` (a registered name, or an instance)."""
-    if isinstance(method, Weighting):
-        if options:
-            raise ValueError(
-                f"Options {sorted(options)} were given with a method instance. Fix: pass them to the "
-                f"instance, e.g. method={type(method).__name__}(...)."
-            )
-        return method
-    if isinstance(method, type) and issubclass(method, Weighting):
-        raise TypeError(
-            f"method={method.__name__} is a class. Fix: pass an instance, method={method.__name__}(...)."
-        )
-    if not isinstance(method, str) or method not in METHODS:
-        raise ValueError(f"Unknown method {method!r}. Fix: use one of {', '.join(sorted(METHODS))}, "
-                         "or an instance of a hapi_autoloss.weighting.Weighting subclass.")
-    cls = METHODS[method]
-    parameters = list(inspect.signature(cls.__init__).parameters.values())[1:]
-    accepted = [p.name for p in parameters if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
-    takes_any = any(p.kind is p.VAR_KEYWORD for p in parameters)
-    unknown = [] if takes_any else [k for k in options if k not in accepted]
-    if unknown:
-        takes = ", ".join(accepted) if accepted else "no options"
-        raise ValueError(
-            f"{', '.join(unknown)} does not apply to method={method!r}, which takes {takes}. Fix: drop "
-            f"{unknown[0]}=..., or use a method that takes it."
-        )
-    return cls(**options)
+def _has_rep_mode(cls: type) -> bool:
+    """A gradient-level method whose rule is its Gram matrix's (``alphas``, not ``combine_grads``)."""
+    return issubclass(cls, GradWeighting) and cls.rep_grad and cls.combine_grads is GradWeighting.combine_grads
 
 
 class AutoWeight(paddle.nn.Layer):
@@ -132,8 +106,8 @@ class AutoWeight(paddle.nn.Layer):
                     f"method={self.method!r}, which weights the losses. Fix: drop them, or use one of those."
                 )
             return None
-        if rep_grad and not type(self.weighting).rep_grad:
-            able = ", ".join(sorted(n for n, c in METHODS.items() if issubclass(c, GradWeighting) and c.rep_grad))
+        if rep_grad and not _has_rep_mode(type(self.weighting)):
+            able = ", ".join(sorted(n for n, c in METHODS.items() if _has_rep_mode(c)))
             raise ValueError(
                 f"method={self.method!r} needs the gradients of the parameters themselves, so it has no "
                 f"representation mode. Fix: drop rep_grad=True, or use one of {able}."
@@ -176,14 +150,20 @@ class AutoWeight(paddle.nn.Layer):
     def forward(self, *tensors: paddle.Tensor) -> paddle.Tensor:
         if not _hapi.is_attached(self):  # once attached always: skip walking the method's parameters
             _hapi.check_attached(self, needed=self.weighting.needs_callback)
-        each = self._each_loss(tensors)
-        values = paddle.stack(each)
-        batch = tensors[0].shape[0] if tensors and tensors[0].ndim else 1
-        self.weighting.record(values.detach(), paddle.is_grad_enabled(), int(batch))
-        if self._pertask is not None and paddle.is_grad_enabled() and not values.stop_gradient:
-            assert isinstance(self.weighting, GradWeighting)
-            # each task's own scalar: a slice of the stack would reach every task's inputs (with zeros)
-            return self._pertask.total(each, self.weighting)
+        try:
+            each = self._each_loss(tensors)
+            values = paddle.stack(each)
+            batch = tensors[0].shape[0] if tensors and tensors[0].ndim else 1
+            self.weighting.record(values.detach(), paddle.is_grad_enabled(), int(batch))
+            if self._pertask is not None and paddle.is_grad_enabled() and not values.stop_gradient:
+                assert isinstance(self.weighting, GradWeighting)
+                # each task's own scalar: a slice of the stack would reach every task's inputs (with zeros)
+                own = [p for p in self.losses.parameters() if not p.stop_gradient]
+                return self._pertask.total(each, self.weighting, own)
+        except BaseException:
+            if self._pertask is not None:
+                self._pertask.forget()  # a representation kept for this step must not reach the next
+            raise
         return self.weighting.combine(values)
 
     # ------------------------------------------------------------ training hooks

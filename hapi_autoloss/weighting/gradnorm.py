@@ -80,7 +80,7 @@ class GradNorm(GradWeighting):
         w = self.weights()
         norms = w * paddle.linalg.norm(grads.detach()[:, self.last_shared], axis=1)
         ratio = losses.detach() / paddle.clip(self.initial_losses, min=FLOOR)
-        rate = ratio / ratio.mean()
+        rate = ratio / paddle.clip(ratio.mean(), min=FLOOR)  # every loss 0 (a met margin): rate 0, not 0/0
         target = (norms.mean() * rate**self.alpha).detach()
         return (norms - target).abs().sum()
 

@@ -3,7 +3,8 @@
     backup_restore.py OUT run  [kill] [OPTIONS] METHOD   # 5 epochs with BackupAndRestore(OUT/run/backup)
     backup_restore.py OUT full        [OPTIONS] METHOD   # the same, uninterrupted, in its own folder
 
-METHOD is kendall, rlw, dwa, or a gradient-level one (pcgrad, db_mtl). OPTIONS: ``stage`` (a 3-epoch fit without backup first),
+METHOD is kendall, rlw, dwa, or a gradient-level one (pcgrad, db_mtl).
+OPTIONS: ``stage`` (a 3-epoch fit without backup first),
 ``iters`` (fit(num_iters=20) instead of 5 epochs), ``eval`` (eval_data every epoch).
 With ``kill`` the process SIGKILLs itself in the middle of epoch 3. shuffle=True, a
 dropout layer, AutoWeight around a TopKLoss, TopKScheduler, TensorBoardExport and an lr

@@ -1,0 +1,90 @@
+"""The loss that carries a gradient-level method's combination through hapi's one backward.
+
+    total = Σ L + (S − S.detach()),   S = Σ_p ⟨p, g_p⟩
+
+has the value Σ L and the gradient g_p for each parameter p, exactly: hapi's backward then
+only writes the combined gradients, through DataParallel and the AMP scaler like any other.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import paddle
+
+from .._hapi import world
+
+
+def flat(grads: list[Any], sizes: list[int]) -> paddle.Tensor:
+    """One float32 row: each gradient flattened (zeros where the task does not reach it)."""
+    parts = [paddle.zeros([n], "float32") if g is None else g.astype("float32").reshape([-1])
+             for g, n in zip(grads, sizes)]
+    return paddle.concat(parts) if parts else paddle.zeros([0], "float32")
+
+
+def all_finite(grads: list[Any]) -> paddle.Tensor:
+    """A 0-d bool tensor: every gradient given is finite (no host read)."""
+    flags = [paddle.isfinite(g).all() for g in grads if g is not None]
+    return paddle.stack(flags).all() if flags else paddle.to_tensor(True)
+
+
+def average(losses: paddle.Tensor, others_ok: paddle.Tensor, grads: paddle.Tensor,
+            rep: bool) -> tuple[paddle.Tensor, bool, paddle.Tensor, paddle.Tensor | None]:
+    """(mean losses, whether every rank's other gradients are finite, gradients, Gram or None)
+    over the ranks of the launcher, in one all-reduce.
+
+    Parameter mode averages G itself. Representation mode cannot (each rank holds other
+    samples' representations): it sums the Gram matrices instead, which for losses that
+    are means over the batch gives the whole batch's Gram matrix: Σ_r G_r·G_rᵀ / R².
+    """
+    _, nranks = world()
+    k = int(losses.shape[0])
+    # NaN where this rank's task-specific gradients are not finite: the sum carries it to every rank.
+    flag = paddle.where(others_ok, paddle.zeros([1], "float32"), paddle.full([1], float("nan"), "float32"))
+    payload = paddle.matmul(grads, grads, transpose_y=True) if rep else grads
+    if nranks > 1:
+        buf = paddle.concat([losses, flag, payload.reshape([-1])])
+        paddle.distributed.all_reduce(buf)
+        losses, flag = buf[:k] / nranks, buf[k : k + 1]
+        payload = buf[k + 1 :].reshape(payload.shape) / (nranks * nranks if rep else nranks)
+    ok = bool(paddle.isfinite(flag).all())
+    return (losses, ok, grads, payload) if rep else (losses, ok, payload, None)
+
+
+class _InfGrad(paddle.autograd.PyLayer):
+    """Value unchanged, an inf gradient for every parameter: what an AMP overflow must look
+    like to hapi's GradScaler (it then skips the update and lowers its scale)."""
+
+    @staticmethod
+    def forward(ctx: Any, value: paddle.Tensor, *params: paddle.Tensor) -> paddle.Tensor:
+        ctx.specs = [(p.shape, p.dtype) for p in params]
+        return value.clone()
+
+    @staticmethod
+    def backward(ctx: Any, grad: paddle.Tensor) -> tuple[Any, ...]:
+        return (None, *(paddle.full(shape, float("inf"), dtype) for shape, dtype in ctx.specs))
+
+
+def skipped(value: paddle.Tensor, params: list[Any], amp_overflow: bool) -> paddle.Tensor:
+    """The loss of a step the method must not see. An AMP overflow of the gradients alone: the
+    value Σ L and inf gradients, for the GradScaler. Else a NaN value (zero gradients), for
+    AutoWeightCallback's ``on_nonfinite`` policy."""
+    if amp_overflow:
+        return _InfGrad.apply(value, *params)
+    zero = paddle.add_n([(p * 0.0).sum() for p in params])
+    return value + zero + float("nan")
+
+
+def term(p: paddle.Tensor, g: paddle.Tensor) -> paddle.Tensor:
+    """⟨p, g⟩ with g kept in float32: a float16 parameter gets the gradient after hapi's
+    loss scale, not a float16 copy of the unscaled one (which would flush to zero)."""
+    if p.dtype != paddle.float32:
+        p = p.astype("float32")
+    return (p * g.astype("float32").reshape(p.shape)).sum()
+
+
+def total(value: paddle.Tensor, terms: list[paddle.Tensor], extra: paddle.Tensor | None) -> paddle.Tensor:
+    """Σ L with the gradient of Σ terms (and of the method's own loss ``extra``)."""
+    surrogate = paddle.add_n(terms)
+    out = value + (surrogate - surrogate.detach())
+    return out if extra is None else out + (extra - extra.detach())
