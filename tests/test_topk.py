@@ -8,8 +8,7 @@ import numpy as np
 import paddle
 import pytest
 
-from hapi_autoloss import AutoWeight, TopKLoss
-from hapi_autoloss import _ranked
+from hapi_autoloss import AutoWeight, TopKLoss, _ranked
 from hapi_autoloss.topk import k_of
 
 IGNORE = 255
