@@ -43,6 +43,8 @@ class TopKOnPlateau(Callback):
     value, the wait, the cooldown and the ratios are saved by ``model.save`` in
     ``<path>.autoloss`` (``ModelCheckpoint`` and ``BackupAndRestore`` too) and restored
     by ``hapi_autoloss.load_state``; one instance passed to two ``fit`` calls continues.
+    hapi's ``ModelCheckpoint`` saves at the end of an epoch, before its evaluation, so
+    its files hold the state before that evaluation; ``BackupAndRestore``'s include it.
 
     Errors come before any training step: no ``TopKLoss`` in the loss, a ``band``
     rule, a ``TopKScheduler`` in the same ``fit``, no ``eval_data``, or a ``monitor``
