@@ -24,7 +24,7 @@ import paddle
 # ratio·n within this of an integer counts as that integer, so float noise such as
 # 0.07·100 = 7.000000000000001 keeps 7 elements, not 8.
 ROUNDING_TOLERANCE = 1e-6
-# float32 adds 0/1 exactly up to 2**24; its sum is ~6× faster than an int64 or float64 one on CPU.
+# float32 adds 0/1 exactly up to 2**24 valid entries; above, the count is summed in float64.
 EXACT_FLOAT32_COUNT = 2**24
 
 
