@@ -10,7 +10,7 @@ from paddle.callbacks import Callback
 
 import hapi_autoloss
 from hapi_autoloss import TopKLoss
-from hapi_autoloss.callbacks import TensorBoardExport, TopKOnPlateau, TopKScheduler
+from hapi_autoloss.callbacks import BackupAndRestore, TensorBoardExport, TopKOnPlateau, TopKScheduler
 
 BATCH = 8
 
@@ -132,6 +132,43 @@ def test_state_round_trips_through_model_save_and_load_state(tmp_path):
     wrong = TopKOnPlateau(monitor="acc")
     with pytest.raises(ValueError, match=r"monitored 'loss', this one monitors 'acc'.*Fix: monitor='loss'"):
         wrong.set_state_dict(saved)
+
+
+class RaiseOnce(Callback):
+    """Raises once, after batch 1 of epoch 5: a crash the same process survives."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.armed, self.epoch = True, -1
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, step, logs=None):
+        if self.armed and (self.epoch, step) == (5, 1):
+            self.armed = False
+            raise RuntimeError("boom")
+
+
+def test_backup_and_restore_resumes_the_plateau_as_if_uninterrupted(tmp_path):
+    def plateau():
+        return TopKOnPlateau(monitor="loss", factor=0.5, patience=1, min_delta=0.02, verbose=0)
+
+    full_loss = TopKLoss(ce(), ratio=1.0, drop=0.1)
+    full_model, full_cb = build(full_loss), plateau()
+    fit(full_model, 8, [BackupAndRestore(tmp_path / "full"), full_cb])
+    loss = TopKLoss(ce(), ratio=1.0, drop=0.1)
+    model = build(loss)
+    boom = RaiseOnce()
+    with pytest.raises(RuntimeError, match="boom"):
+        fit(model, 8, [BackupAndRestore(tmp_path / "run"), plateau(), boom])
+    again = plateau()  # a fresh callback, as after a restart: the backup gives it its state
+    fit(model, 8, [BackupAndRestore(tmp_path / "run"), again, boom])
+    assert full_cb.reductions >= 1
+    assert again.state_dict() == full_cb.state_dict()
+    assert (loss.ratio, loss.drop) == (full_loss.ratio, full_loss.drop)
+    for got, want in zip(model.network.parameters(), full_model.network.parameters()):
+        np.testing.assert_array_equal(got.numpy(), want.numpy())
 
 
 def test_topk_ratio_is_shown_and_exported(tmp_path, capsys):
