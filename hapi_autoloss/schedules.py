@@ -71,8 +71,9 @@ def progress(position: int, total: int, warmup: int = 0) -> float:
 
 
 def value(p: float, schedule: str = "linear", start: float = 1.0, end: float = 0.1, drops: int = 3) -> float:
-    """The ratio at progress ``p`` for the named schedule; exactly ``start`` at p <= 0
-    and exactly ``end`` at p >= 1."""
+    """The value at progress ``p`` for the named schedule; exactly ``start`` at p <= 0
+    and exactly ``end`` at p >= 1, always between them (``end`` may be above ``start``:
+    the dropped fraction of a ranked range usually grows)."""
     if schedule not in SCHEDULES:
         raise ValueError(f"Unknown schedule {schedule!r}. Fix: use one of {', '.join(SCHEDULES)}.")
     if p <= 0.0:
@@ -87,8 +88,8 @@ def value(p: float, schedule: str = "linear", start: float = 1.0, end: float = 0
         out = exp(p, start, end)
     else:
         out = step(p, start, end, drops)
-    # Float noise must not push the ratio outside [end, start] (e.g. 1.0000000000000002).
-    return min(start, max(end, out))
+    # Float noise must not push the value outside [end, start] (e.g. 1.0000000000000002).
+    return min(max(start, end), max(min(start, end), out))
 
 
 def ratio_at(

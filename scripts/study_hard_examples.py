@@ -10,6 +10,14 @@ Losses (cross-entropy per sample, aggregated over each batch of 64):
   max (k=1)      TopKLoss(ratio=1/64, min_kept=1): the single worst sample of each batch
   top-k 70%      TopKLoss(ratio=0.7)
   top-k 100→10%  TopKLoss + TopKScheduler(start=1.0, end=0.1, linear, by epoch)
+Issue 12 (ranked range, docs/results.md "Issue 12: protocol"):
+  AoRR 10-70%    TopKLoss(ratio=0.7, drop=0.1): ranks 10%..70% of each batch averaged
+  trimmed 80%    TopKLoss(ratio=1.0, drop=0.2): the easiest 80%
+  AoRR 100→20%, drop 0→10%   TopKLoss + TopKScheduler(1.0, 0.2, drop_start=0, drop_end=0.1)
+  band μ+1σ/μ−2σ TopKLoss(band=(1.0, 2.0)), the JMLR 2022 rule with the official defaults
+  plateau        TopKLoss(ratio=1.0) + TopKOnPlateau(monitor="acc", factor=0.5, patience=3,
+                 min_ratio=0.1), evaluated each epoch on 15% of the training set held out
+                 (stratified, labels as corrupted); trains on the other 85%. The candidate.
 
 Part B, Lyu et al., "Learning with Average Top-k Loss" (NeurIPS 2017), Fig. 1 style: 2-D data,
 n = 200 (190 regular points + 10 outliers), a linear classifier, logistic loss, full batch, so
@@ -18,7 +26,7 @@ the top-k is over the whole training set as in the paper:
   imbalanced   class 1 (minority) 19 points, class 0 171 points
 Outliers are class-0 points far inside class 1's side. Test error on 20000 fresh points from the
 same mixture without outliers. Aggregates: average (k = n), ATk with k in {50, 20, 10, 5, 2},
-max (k = 1).
+max (k = 1); AoRR with m = 10 (the number of outliers) and k in {200, 50, 20}; the band rule.
 
     python scripts/study_hard_examples.py           # 5 seeds, ~1 min on 2 cores
     python scripts/study_hard_examples.py --quick   # smoke test
@@ -34,9 +42,16 @@ import numpy as np
 import paddle
 
 from hapi_autoloss import TopKLoss
-from hapi_autoloss.callbacks import TopKScheduler
+from hapi_autoloss.callbacks import TopKOnPlateau, TopKScheduler
 
-METHODS = ("mean", "max (k=1)", "top-k 70%", "top-k 100→10%")
+BAND = "band μ+1σ/μ−2σ"
+PLATEAU = "plateau (candidate)"
+METHODS = ("mean", "max (k=1)", "top-k 70%", "top-k 100→10%",
+           "AoRR 10-70%", "trimmed 80%", "AoRR 100→20%, drop 0→10%", BAND, PLATEAU)  # fmt: skip
+RANGES = {"max (k=1)": (1.0 / 64, 0.0), "top-k 70%": (0.7, 0.0), "top-k 100→10%": (1.0, 0.0),
+          "AoRR 10-70%": (0.7, 0.1), "trimmed 80%": (1.0, 0.2), "AoRR 100→20%, drop 0→10%": (1.0, 0.0),
+          PLATEAU: (1.0, 0.0)}  # fmt: skip
+VAL_SHARE = 0.15
 CONDITIONS = ("clean", "noise 20%", "noise 40%", "imbalance 10:1")
 MINORITY = (5, 6, 7, 8, 9)
 EPOCHS, QUICK_EPOCHS = 40, 3
@@ -44,11 +59,18 @@ LR, BATCH, HIDDEN = 1e-3, 64, 64
 
 LYU_N, LYU_OUTLIERS = 200, 10
 LYU_K = (200, 50, 20, 10, 5, 2, 1)  # average, ATk..., max
+LYU_M = 10  # AoRR drops as many as there are outliers
+LYU_AORR_K = (200, 50, 20)
+LYU_SPECS = [("atk", k) for k in LYU_K] + [("aorr", k) for k in LYU_AORR_K] + [("band", LYU_N)]
 LYU_EPOCHS, LYU_QUICK_EPOCHS, LYU_LR, LYU_L2 = 300, 20, 0.05, 1e-3
 LYU_TEST = 20000
 
 
-def lyu_name(k: int) -> str:
+def lyu_name(k: int, rule: str = "atk") -> str:
+    if rule == "aorr":
+        return f"AoRR m={LYU_M}, " + ("k=n" if k == LYU_N else f"k={k}")
+    if rule == "band":
+        return BAND
     return "average (k=n)" if k == LYU_N else "max (k=1)" if k == 1 else f"ATk k={k}"
 
 
@@ -84,16 +106,36 @@ def digits_job(method: str, condition: str, seed: int, epochs: int, quick: bool)
     _study.seed_everything(seed)
     net = paddle.nn.Sequential(paddle.nn.Linear(64, HIDDEN), paddle.nn.ReLU(), paddle.nn.Linear(HIDDEN, 10))
     model = paddle.Model(net)
-    callbacks = []
+    callbacks: list = []
+    ce = paddle.nn.CrossEntropyLoss(reduction="none")
     if method == "mean":
         loss: paddle.nn.Layer = paddle.nn.CrossEntropyLoss()
+    elif method == BAND:
+        loss = TopKLoss(ce, band=(1.0, 2.0), per="sample")
     else:
-        ratio = {"max (k=1)": 1.0 / BATCH, "top-k 70%": 0.7, "top-k 100→10%": 1.0}[method]
-        loss = TopKLoss(paddle.nn.CrossEntropyLoss(reduction="none"), ratio=ratio, per="sample", min_kept=1)
+        ratio, drop = RANGES[method]
+        loss = TopKLoss(ce, ratio=ratio, drop=drop, per="sample", min_kept=1)
         if method == "top-k 100→10%":
             callbacks.append(TopKScheduler(start=1.0, end=0.1, schedule="linear", by="epoch"))
-    model.prepare(paddle.optimizer.Adam(LR, parameters=model.parameters()), loss)
-    _study.fit(model, _study.ArrayDataset(x_tr, y_tr), epochs, BATCH, callbacks)
+        if method == "AoRR 100→20%, drop 0→10%":
+            callbacks.append(TopKScheduler(1.0, 0.2, schedule="linear", by="epoch", drop_start=0.0, drop_end=0.1))
+    optimizer = paddle.optimizer.Adam(LR, parameters=model.parameters())
+    extra = {}
+    if method == PLATEAU:
+        from sklearn.model_selection import train_test_split
+
+        counts = np.bincount(y_tr, minlength=10)
+        strata = y_tr if counts[counts > 0].min() >= 2 else None  # --quick subsets may have singletons
+        x_tr, x_va, y_tr, y_va = train_test_split(x_tr, y_tr, test_size=VAL_SHARE, stratify=strata, random_state=seed)
+        plateau = TopKOnPlateau(monitor="acc", mode="max", factor=0.5, patience=3, min_ratio=0.1, cooldown=0,
+                                min_delta=1e-4, verbose=0)  # fmt: skip
+        model.prepare(optimizer, loss, metrics=[paddle.metric.Accuracy()])
+        model.fit(_study.ArrayDataset(x_tr, y_tr), _study.ArrayDataset(x_va, y_va), epochs=epochs, batch_size=BATCH,
+                  shuffle=True, verbose=0, callbacks=[plateau])  # fmt: skip
+        extra = {"final_ratio": float(loss.ratio), "reductions": plateau.reductions}
+    else:
+        model.prepare(optimizer, loss)
+        _study.fit(model, _study.ArrayDataset(x_tr, y_tr), epochs, BATCH, callbacks)
     pred = _study.predict(net, x_te)[0].argmax(1)
     recall = np.array([(pred[y_te == c] == c).mean() for c in range(10)])
     return {
@@ -103,6 +145,7 @@ def digits_job(method: str, condition: str, seed: int, epochs: int, quick: bool)
         "acc": float((pred == y_te).mean()),
         "balanced_acc": float(recall.mean()),
         "minority_recall": float(recall[list(MINORITY)].mean()),
+        **extra,
     }
 
 
@@ -135,20 +178,25 @@ def lyu_train(kind: str, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     return np.concatenate([x, out]), np.r_[y, np.zeros(LYU_OUTLIERS, "float32")], mask
 
 
-def lyu_job(kind: str, k: int, seed: int, epochs: int, quick: bool) -> dict:
+def lyu_job(kind: str, spec: tuple[str, int], seed: int, epochs: int, quick: bool) -> dict:
     x, y, _ = lyu_train(kind, seed)
     x_te, y_te = lyu_data(kind, 10_000 + seed, 2000 if quick else LYU_TEST)
     _study.seed_everything(seed)
     net = paddle.nn.Linear(2, 1)
     model = paddle.Model(net)
-    loss = TopKLoss(paddle.nn.BCEWithLogitsLoss(reduction="none"), ratio=k / LYU_N, per="sample", min_kept=1)
+    rule, k = spec
+    bce = paddle.nn.BCEWithLogitsLoss(reduction="none")
+    if rule == "band":
+        loss = TopKLoss(bce, band=(1.0, 2.0), per="sample")
+    else:
+        loss = TopKLoss(bce, ratio=k / LYU_N, drop=LYU_M / LYU_N if rule == "aorr" else 0.0, per="sample", min_kept=1)
     opt = paddle.optimizer.Adam(LYU_LR, parameters=model.parameters(), weight_decay=LYU_L2)
     model.prepare(opt, loss)
     _study.fit(model, _study.ArrayDataset(x, y[:, None]), epochs, LYU_N)  # full batch: top-k over all n
     score = _study.predict(net, x_te)[0][:, 0]
     wrong = (score > 0) != (y_te > 0.5)
     return {
-        "method": lyu_name(k),
+        "method": lyu_name(k, rule),
         "kind": kind,
         "seed": seed,
         "error": float(wrong.mean()),
@@ -246,9 +294,12 @@ def main(argv: list[str] | None = None) -> str:
     seeds = range(args.seeds)
     jobs_a = [(m, c, s, args.epochs, args.quick) for s in seeds for c in CONDITIONS for m in METHODS]
     kinds = ("multi-modal", "imbalanced")
-    jobs_b = [(kind, k, s, lyu_epochs, args.quick) for s in seeds for kind in kinds for k in LYU_K]
+    jobs_b = [(kind, spec, s, lyu_epochs, args.quick) for s in seeds for kind in kinds for spec in LYU_SPECS]
     res_a = _study.run_jobs(digits_job, jobs_a, args.workers)
     res_b = _study.run_jobs(lyu_job, jobs_b, args.workers)
+
+    def res_a_of(condition: str) -> list[dict]:
+        return [r for r in res_a if r["condition"] == condition]
 
     def cell(method: str, condition: str, key: str) -> list[float]:
         return [r[key] for r in res_a if r["method"] == method and r["condition"] == condition]
@@ -263,10 +314,22 @@ def main(argv: list[str] | None = None) -> str:
     )
     print("## Digits: clean test accuracy\n")
     print(table_a)
+    for c in CONDITIONS:
+        rs = [r for r in res_a if r["method"] == PLATEAU and r["condition"] == c]
+        print(f"plateau, {c}: final ratio {_study.mean_std([r['final_ratio'] for r in rs], 2)}, reductions "
+              f"{_study.mean_std([r['reductions'] for r in rs], 1)}; acc beats mean on "
+              f"{_study.wins(res_a_of(c), PLATEAU, 'mean', 'acc', True)} seeds")  # fmt: skip
 
+    def avg(method: str, condition: str, key: str) -> float:
+        return float(np.mean(cell(method, condition, key)))
+
+    checks = [(f"acc, {c}", avg(PLATEAU, c, "acc"), avg("mean", c, "acc")) for c in ("noise 20%", "noise 40%")]
+    checks.append(("minority recall, imbalance 10:1", avg(PLATEAU, "imbalance 10:1", "minority_recall"), 0.75))
+    print("goal, candidate 'plateau' (fixed in advance): " + "; ".join(
+        f"{name} {got:.3f} vs {bar:.3f} {'met' if got >= bar else 'NOT met'}" for name, got, bar in checks))
     rows_b = []
-    for k in LYU_K:
-        m = lyu_name(k)
+    for rule, k in LYU_SPECS:
+        m = lyu_name(k, rule)
         row = [m]
         for kind in ("multi-modal", "imbalanced"):
             rs = [r for r in res_b if r["kind"] == kind and r["method"] == m]

@@ -222,7 +222,8 @@ def test_resume_continues_the_schedule_from_a_checkpoint(tmp_path):
     fit(model, 2, [sched])  # hapi has no initial_epoch: the remaining 2 epochs
     assert resumed.used == full.used[6:]
     assert resumed.used[-1] == 0.1
-    assert sched.state_dict() == {"by": "epoch", "epochs_done": 4, "steps_done": 12, "total": 4, "ratio": 0.1}
+    assert sched.state_dict() == {"by": "epoch", "epochs_done": 4, "steps_done": 12, "total": 4, "ratio": 0.1,
+                                  "drop": None}
 
 
 def test_resume_by_step_after_model_save(tmp_path):
@@ -232,8 +233,9 @@ def test_resume_by_step_after_model_save(tmp_path):
     fit(model, 1, [sched])
     model.save(str(tmp_path / "mid"))
     state = sched.state_dict()
-    assert state == {"by": "step", "epochs_done": 1, "steps_done": 3, "total": 10, "ratio": pytest.approx(0.8)}
-    assert all(type(v) in (str, int, float) for v in state.values())
+    assert state == {"by": "step", "epochs_done": 1, "steps_done": 3, "total": 10, "ratio": pytest.approx(0.8),
+                     "drop": None}
+    assert all(type(v) in (str, int, float, type(None)) for v in state.values())
 
     fit(model, 2, [sched])  # the uninterrupted run, continuing in place
     resumed = RecordingTopK(ce())
@@ -278,3 +280,85 @@ def test_example_runs_and_reports_accuracies():
         for metric in ("accuracy", "minority_accuracy", "balanced_accuracy"):
             assert 0.5 < results[name][metric] <= 1.0  # 10 classes: chance is 0.1
     assert len(results["per_seed"]["annealed"]) == 1
+
+
+# ---------------------------------------------------------------- ranked range: drop annealed too
+
+
+class RecordingRange(TopKLoss):
+    """Records (ratio, drop) each training forward uses."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.used: list[tuple[float, float]] = []
+
+    def forward(self, *inputs):
+        self.used.append((self.ratio, self.drop))
+        return super().forward(*inputs)
+
+
+class DropRecorder(LogRecorder):
+    def __init__(self):
+        super().__init__()
+        self.drops: list[float] = []
+
+    def on_train_batch_end(self, step, logs=None):
+        super().on_train_batch_end(step, logs)
+        self.drops.append(logs["topk_drop"])
+
+
+@pytest.mark.parametrize("schedule", ["linear", "cosine", "step"])
+def test_both_bounds_follow_the_schedule(schedule):
+    loss = RecordingRange(ce(), ratio=1.0)
+    rec = DropRecorder()
+    fit(build(loss), 5, [TopKScheduler(1.0, 0.2, schedule=schedule, drop_end=0.1), rec])
+    want = [(schedules.ratio_at(e, 5, schedule, 1.0, 0.2), schedules.ratio_at(e, 5, schedule, 0.0, 0.1))
+            for e in range(5) for _ in range(3)]
+    assert [r for r, _ in loss.used] == pytest.approx([r for r, _ in want], abs=1e-12)
+    assert [d for _, d in loss.used] == pytest.approx([d for _, d in want], abs=1e-12)
+    assert loss.used[0] == (1.0, 0.0) and loss.used[-1] == pytest.approx((0.2, 0.1))
+    assert rec.drops == [d for _, d in loss.used] and "topk_drop" in rec.metrics
+    if schedule == "linear":
+        assert [d for _, d in loss.used[::3]] == pytest.approx([0.0, 0.025, 0.05, 0.075, 0.1])
+
+
+def test_constant_drop_exp_ratio_and_drop_saved_in_state(tmp_path):
+    loss = RecordingRange(ce(), ratio=1.0)
+    sched = TopKScheduler(1.0, 0.25, schedule="exp", by="step", drop_start=0.05)
+    model = build(loss)
+    fit(model, 2, [sched])
+    assert [d for _, d in loss.used] == [0.05] * 6
+    assert [r for r, _ in loss.used] == pytest.approx([0.25 ** (t / 5) for t in range(6)])
+    model.save(str(tmp_path / "ckpt"))
+    assert sched.state_dict()["drop"] == 0.05
+    other_loss = TopKLoss(ce(), ratio=1.0)
+    other = build(other_loss)
+    other.load(str(tmp_path / "ckpt"), reset_optimizer=True)
+    hapi_autoloss.load_state(other, str(tmp_path / "ckpt"))
+    assert (other_loss.ratio, other_loss.drop) == (pytest.approx(0.25), 0.05)  # the layer's own state
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"end": 0.1, "drop_end": 0.1}, r"At progress 1 the scheduled drop \(0.1\) is not below the ratio.*Fix"),
+        ({"start": 0.5, "drop_start": 0.6}, r"At progress 0 the scheduled drop \(0.6\).*Fix"),
+        ({"drop_end": 1.0}, r"drop_end must be a number in \[0, 1\).*Fix"),
+        ({"drop_start": -0.1}, r"drop_start must be a number in \[0, 1\).*Fix"),
+        ({"schedule": "exp", "drop_end": 0.05}, r"schedule='exp'.*cannot start or end at a drop of 0.*Fix"),
+    ],
+)
+def test_bad_drop_bounds_at_construction(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        TopKScheduler(**kwargs)
+
+
+def test_drop_clashes_found_before_any_step():
+    model = build(TopKLoss(ce(), ratio=1.0, drop=0.3))
+    before = [p.numpy().copy() for p in model.parameters()]
+    with pytest.raises(ValueError, match=r"drops 0.3 of the hardest losses.*down to 0.2.*Fix"):
+        fit(model, 2, [TopKScheduler(1.0, 0.2)])
+    with pytest.raises(ValueError, match=r"band=\(1.0, 2.0\), which has neither.*Fix"):
+        fit(build(TopKLoss(ce(), band=(1.0, 2.0))), 2, [TopKScheduler()])
+    for p, b in zip(model.parameters(), before):
+        np.testing.assert_array_equal(p.numpy(), b)

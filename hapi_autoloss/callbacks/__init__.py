@@ -4,6 +4,7 @@ from .autoweight import AutoWeightCallback
 from .backup import BackupAndRestore
 from .progress import TqdmProgressBar
 from .tensorboard import TensorBoardExport
+from .topk_plateau import TopKOnPlateau
 from .topk_scheduler import TopKScheduler
 from .visualdl import VisualDLExport
 
@@ -11,6 +12,7 @@ __all__ = [
     "AutoWeightCallback",
     "BackupAndRestore",
     "TensorBoardExport",
+    "TopKOnPlateau",
     "TopKScheduler",
     "TqdmProgressBar",
     "VisualDLExport",

@@ -8,7 +8,7 @@ from typing import Any
 from paddle.callbacks import Callback
 
 from .. import _hapi, schedules
-from ..topk import TopKLoss, validate_ratio
+from ..topk import TopKLoss, validate_drop, validate_ratio
 from ._checks import check_epoch_had_batches, check_has_batches
 
 BY_CHOICES = ("epoch", "step")
@@ -58,6 +58,12 @@ class TopKScheduler(Callback):
     continues; build a new one to start over. Put it before an explicit
     ``ModelCheckpoint`` in ``callbacks`` so a checkpoint counts the epoch it ends.
 
+    With ``drop_end`` (and ``drop_start``, default 0) the dropped fraction of a ranked
+    range (``TopKLoss(drop=...)``, AoRR) follows the same schedule and progress, e.g.
+    ``TopKScheduler(1.0, 0.2, drop_end=0.1)`` ends averaging ranks 10%..20%; drop must
+    stay below the ratio at every unit (checked before training). ``topk_drop`` is then
+    logged too. Without them the layers' drop is left as it is.
+
     Args:
         start: ratio of the first unit, in (0, 1].
         end: ratio from unit ``total − 1`` on, in (0, start].
@@ -68,6 +74,10 @@ class TopKScheduler(Callback):
         total: schedule length in units (counted from the first fit); None = the
             whole fit run.
         drops: number of drops of the ``"step"`` schedule; >= 1.
+        drop_start: dropped fraction of the first unit, in [0, 1); default 0 when
+            ``drop_end`` is given.
+        drop_end: dropped fraction from unit ``total − 1`` on; None with
+            ``drop_start`` given: a constant drop.
 
     Example::
 
@@ -86,6 +96,8 @@ class TopKScheduler(Callback):
         warmup: int = 0,
         total: int | None = None,
         drops: int = 3,
+        drop_start: float | None = None,
+        drop_end: float | None = None,
     ) -> None:
         super().__init__()
         self.start = validate_ratio(start, "start")
@@ -114,9 +126,21 @@ class TopKScheduler(Callback):
             self.total = _check_count(total, "total", 1, f"total=10 ({by}s)")
             self._check_warmup(self.total)
         self._explicit_total = total is not None
+        self.drop_start: float | None = None
+        self.drop_end: float | None = None
+        if drop_start is not None or drop_end is not None:
+            self.drop_start = validate_drop(0.0 if drop_start is None else drop_start, "drop_start")
+            self.drop_end = validate_drop(self.drop_start if drop_end is None else drop_end, "drop_end")
+            if schedule == "exp" and 0.0 in (self.drop_start, self.drop_end) and self.drop_start != self.drop_end:
+                raise ValueError(
+                    "schedule='exp' multiplies by the same factor each unit, which cannot start or end "
+                    "at a drop of 0. Fix: schedule='linear' (or 'cosine', 'step'), or drop bounds > 0."
+                )
+            self._check_range([(f"progress {i / 1000:g}", i / 1000) for i in range(1001)])
         self.epochs_done = 0  # absolute, across fit calls and resumes
         self.steps_done = 0
         self.ratio = self.start
+        self.drop = self.drop_start
         self._layers: list[TopKLoss] = []
         self._epoch_start = 0
 
@@ -153,14 +177,39 @@ class TopKScheduler(Callback):
             position, self.total, self.schedule, self.start, self.end, self.warmup, self.drops
         )
 
+    def drop_at(self, position: int) -> float | None:
+        """The dropped fraction of the 0-based ``position`` (None: not scheduled)."""
+        if self.drop_start is None or self.total is None:
+            return None
+        return self._drop_value(schedules.progress(position, self.total, self.warmup))
+
+    def _drop_value(self, p: float) -> float:
+        assert self.drop_start is not None and self.drop_end is not None
+        if self.drop_start == self.drop_end:  # constant (also keeps 'exp' away from 0/0)
+            return self.drop_start
+        return schedules.value(p, self.schedule, self.drop_start, self.drop_end, self.drops)
+
+    def _check_range(self, points: list[tuple[str, float]]) -> None:
+        """drop < ratio at every (label, progress) point, or an error naming the first clash."""
+        for label, p in points:
+            ratio = schedules.value(p, self.schedule, self.start, self.end, self.drops)
+            drop = self._drop_value(p)
+            if drop >= ratio:
+                raise ValueError(
+                    f"At {label} the scheduled drop ({drop:.4g}) is not below the ratio ({ratio:.4g}), but "
+                    "a ranked range averages ranks drop·n+1..ratio·n. Fix: a smaller drop_end/drop_start "
+                    "or a larger end/start, e.g. TopKScheduler(1.0, 0.2, drop_end=0.1)."
+                )
+
     @property
     def position(self) -> int:
         return self.epochs_done if self.by == "epoch" else self.steps_done
 
     def _apply(self) -> None:
         self.ratio = self.ratio_at(self.position)
+        self.drop = self.drop_at(self.position)
         for layer in self._layers:
-            layer.ratio = self.ratio
+            layer.set_range(self.ratio, self.drop)
 
     def _resolve_total(self) -> int:
         params = self.params or {}
@@ -197,7 +246,25 @@ class TopKScheduler(Callback):
         if self.total is None:
             self.total = self._resolve_total()
         self._check_warmup(self.total)
-        _hapi.show_in_progress_bar(self.params, ["topk_ratio"])
+        banded = [layer for layer in self._layers if layer.band is not None]
+        if banded:
+            raise ValueError(
+                f"TopKScheduler anneals ratio and drop, but a TopKLoss uses band={banded[0].band}, which "
+                "has neither. Fix: build it with ratio=/drop= instead, or drop the callback."
+            )
+        if self.drop_start is not None:
+            # Every position of the schedule, exactly, before any step (later ones hold end).
+            self._check_range([(f"{self.by} {t}", schedules.progress(t, self.total, self.warmup))
+                               for t in range(self.total)])  # fmt: skip
+        else:
+            for layer in self._layers:
+                if layer.drop >= self.end:
+                    raise ValueError(
+                        f"A TopKLoss drops {layer.drop} of the hardest losses, but TopKScheduler takes the "
+                        f"ratio down to {self.end}, where nothing would be left. Fix: end > drop, or let "
+                        "the scheduler set the drop too (drop_start=, drop_end=)."
+                    )
+        _hapi.show_in_progress_bar(self.params, ["topk_ratio"] + (["topk_drop"] if self.drop is not None else []))
         self._apply()
 
     def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
@@ -210,6 +277,8 @@ class TopKScheduler(Callback):
             self._apply()
         if logs is not None:
             logs["topk_ratio"] = self.ratio
+            if self.drop is not None:
+                logs["topk_drop"] = self.drop
 
     def on_train_batch_end(self, step: int, logs: Any = None) -> None:
         self.steps_done += 1
@@ -228,6 +297,7 @@ class TopKScheduler(Callback):
             "steps_done": int(self.steps_done),
             "total": None if self.total is None else int(self.total),
             "ratio": float(self.ratio),
+            "drop": None if self.drop is None else float(self.drop),
         }
 
     def set_state_dict(self, state: dict[str, Any]) -> None:

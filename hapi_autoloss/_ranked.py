@@ -1,0 +1,239 @@
+"""The ranking kernels behind :class:`~hapi_autoloss.TopKLoss`, on 1-D float32 losses.
+
+Every function here is vectorised and never reads a tensor value on the host: the
+sizes of the ``paddle.topk`` calls come from the shapes, and counts that depend on
+how many elements are ignored stay 0-d tensors.
+
+Kept set, out of the ``n`` valid losses sorted in descending order (ranks 1..n):
+
+- top-k / ranked range (AoRR): ranks ``m+1..k``, ``k = k_of(ratio, n, min_kept)``,
+  ``m = m_of(drop, n, k, min_kept)``; ``m = 0`` is the average top-k (ATk).
+- band (JMLR 2022 rule): every loss in ``[μ − b·σ, μ + a·σ]``, μ and σ (ddof 0) of
+  the valid losses, both without gradient.
+
+The result is the mean over the kept set; each kept loss gets the gradient
+``1/|kept|``, every other loss exactly 0.
+"""
+
+from __future__ import annotations
+
+import math
+
+import paddle
+
+# ratio·n within this of an integer counts as that integer, so float noise such as
+# 0.07·100 = 7.000000000000001 keeps 7 elements, not 8.
+ROUNDING_TOLERANCE = 1e-6
+# float32 adds 0/1 exactly up to 2**24 valid entries; above, the count is summed in float64.
+EXACT_FLOAT32_COUNT = 2**24
+
+
+def k_of(ratio: float, n: int, min_kept: int = 1) -> int:
+    """How many of ``n`` valid losses the top bound keeps (host-side, for reference).
+
+    ``k = min(max(ceil(ratio·n − 1e-6), min_kept), n)``; 0 when ``n == 0``.
+
+    Example::
+
+        k_of(0.1, 1000)   # 100
+        k_of(0.1, 5)      # 1  (0.5 rounds up)
+        k_of(0.001, 10)   # 1  (never 0 while something is valid)
+    """
+    if n <= 0:
+        return 0
+    return min(max(math.ceil(ratio * n - ROUNDING_TOLERANCE), min_kept), n)
+
+
+def m_of(drop: float, n: int, k: int, min_kept: int = 1) -> int:
+    """How many of the hardest losses the ranked range drops (host-side, for reference).
+
+    ``m = max(min(floor(drop·n + 1e-6), k − min(min_kept, k)), 0)``: rounded down (drop
+    fewer rather than more), and never so many that fewer than ``min_kept`` (or all k,
+    if k is smaller) remain averaged.
+
+    Example::
+
+        m_of(0.1, 64, k_of(0.7, 64))   # 6: ranks 7..45 of 64 are averaged
+        m_of(0.5, 10, 3)               # 2: at least one loss stays
+    """
+    if k <= 0:
+        return 0
+    return max(min(math.floor(drop * n + ROUNDING_TOLERANCE), k - min(min_kept, k)), 0)
+
+
+def count_valid(ignored: paddle.Tensor) -> paddle.Tensor:
+    """The number of False entries of the 1-D bool ``ignored``, as a 0-d float64 tensor."""
+    n = int(ignored.shape[0])
+    if n < EXACT_FLOAT32_COUNT:
+        return (n - ignored.astype("float32").sum()).astype("float64")
+    return n - ignored.astype("float64").sum()
+
+
+def k_tensor(n_valid: paddle.Tensor, ratio: float, min_kept: int, k_max: int) -> paddle.Tensor:
+    """:func:`k_of` on a 0-d float64 count, as an int64 0-d tensor capped at ``k_max``."""
+    k = paddle.ceil(n_valid * ratio - ROUNDING_TOLERANCE).astype("int64")
+    k = paddle.maximum(k, paddle.full([], min_kept, dtype="int64"))
+    return paddle.minimum(paddle.minimum(k, n_valid.astype("int64")), paddle.full([], k_max, dtype="int64"))
+
+
+def m_tensor(n_valid: paddle.Tensor, drop: float, k: paddle.Tensor, min_kept: int) -> paddle.Tensor:
+    """:func:`m_of` on tensors: ``n_valid`` 0-d float64, ``k`` 0-d int64."""
+    m = paddle.floor(n_valid * drop + ROUNDING_TOLERANCE).astype("int64")
+    floor_kept = paddle.minimum(k, paddle.full([], min_kept, dtype="int64"))
+    return paddle.maximum(paddle.minimum(m, k - floor_kept), paddle.zeros([], dtype="int64"))
+
+
+def largest_mask(ranked: paddle.Tensor, count: paddle.Tensor | int, count_max: int) -> paddle.Tensor:
+    """Bool mask of the ``count`` largest entries of the 1-D ``ranked`` (entries that
+    must never be picked are −inf; ``count`` may be a 0-d tensor <= ``count_max``).
+
+    ``count_max − count`` entries of +inf appended to the ranking fill the rest of one
+    unsorted static ``topk(count_max)``, which then holds exactly the wanted entries.
+    """
+    n = int(ranked.shape[0])
+    if count_max <= 0:
+        return paddle.zeros([n], dtype="bool")
+    if isinstance(count, int):
+        index = paddle.topk(ranked, count, sorted=False)[1] if count > 0 else None
+    else:
+        pad = paddle.masked_fill(
+            paddle.full([count_max], -math.inf, dtype=ranked.dtype),
+            paddle.arange(count_max, dtype="int64") < count_max - count,
+            math.inf,
+        )
+        index = paddle.topk(paddle.concat([ranked, pad]), count_max, sorted=False)[1]
+    if index is None:
+        return paddle.zeros([n], dtype="bool")
+    # Pads land at index >= n and fall off the slice.
+    hits = paddle.scatter(paddle.zeros([n + count_max], dtype="float32"), index, paddle.ones_like(index, "float32"))
+    return hits[:n] > 0
+
+
+def top_k(
+    values: paddle.Tensor,
+    ignored: paddle.Tensor | None,
+    ratio: float,
+    min_kept: int,
+    n_valid: paddle.Tensor | None = None,
+) -> tuple[paddle.Tensor, paddle.Tensor, paddle.Tensor | None, paddle.Tensor | int]:
+    """The top-k candidates: ``(kept, ranked, keep, k)`` with ``kept`` the values (with
+    gradient) of a static top-k_max, ``ranked`` the same without gradient, ``keep``
+    which of them are real (None: all), ``k`` an int or a 0-d int64 tensor."""
+    n = int(values.shape[0])
+    k_max = k_of(ratio, n, min_kept)
+    if ignored is None:
+        # A static k: topk's own backward (a scatter of k values) is the cheapest way back.
+        kept = paddle.topk(values, k_max, sorted=False)[0]
+        return kept, kept.detach(), None, k_max
+    k = k_tensor(count_valid(ignored) if n_valid is None else n_valid, ratio, min_kept, k_max)
+    ranked = paddle.masked_fill(values.detach(), ignored, -math.inf)
+    pad = paddle.masked_fill(
+        paddle.full([k_max], -math.inf, dtype="float32"),
+        paddle.arange(k_max, dtype="int64") < k_max - k,
+        math.inf,
+    )
+    top, index = paddle.topk(paddle.concat([ranked, pad]), k_max, sorted=False)
+    keep = index < n
+    # Gather with gradient from the unmasked values: the backward is one scatter.
+    kept = paddle.take_along_axis(values, paddle.minimum(index, paddle.full([], n - 1, dtype="int64")), axis=0)
+    return kept, top, keep, k
+
+
+def ranked_range_mean(
+    values: paddle.Tensor, ignored: paddle.Tensor | None, ratio: float, drop: float, min_kept: int
+) -> paddle.Tensor:
+    """Mean of ranks m+1..k of the valid entries of the 1-D ``values`` (AoRR); 0-d."""
+    n = int(values.shape[0])
+    n_valid = None if ignored is None else count_valid(ignored)
+    if ratio >= 1.0:  # k = n_valid: the candidates are all valid entries
+        kept, ranked, keep = values, values.detach(), None
+        k: paddle.Tensor | int = n
+        if ignored is not None and n_valid is not None:
+            ranked = paddle.masked_fill(ranked, ignored, -math.inf)
+            keep, k = paddle.logical_not(ignored), n_valid.astype("int64")
+    else:
+        kept, ranked, keep, k = top_k(values, ignored, ratio, min_kept, n_valid)
+        if keep is not None:
+            ranked = paddle.where(keep, ranked, paddle.full([], -math.inf, dtype="float32"))
+    k_max = k_of(ratio, n, min_kept)
+    m_max = m_of(drop, n, k_max, min_kept)
+    if isinstance(k, int):
+        m: paddle.Tensor | int = m_of(drop, n, k, min_kept)
+    else:
+        assert n_valid is not None
+        m = m_tensor(n_valid, drop, k, min_kept)
+    dropped = largest_mask(ranked, m, m_max)
+    use = paddle.logical_not(dropped) if keep is None else paddle.logical_and(keep, paddle.logical_not(dropped))
+    total = paddle.where(use, kept, paddle.zeros_like(kept)).sum()
+    count = k - m
+    if isinstance(count, int):
+        return total / float(max(count, 1))
+    return total / paddle.clip(count.astype("float32"), min=1.0)
+
+
+def band_mean(values: paddle.Tensor, ignored: paddle.Tensor | None, above: float, below: float) -> paddle.Tensor:
+    """Mean of the valid entries in ``[μ − below·σ, μ + above·σ]`` (μ, σ of the valid
+    entries, population std, no gradient through them); 0 when none is inside."""
+    v = values.detach().astype("float64")  # the statistics in float64: thresholds without cancellation
+    valid = None if ignored is None else paddle.logical_not(ignored)
+    if valid is None:
+        mu = v.mean()
+        sigma = ((v - mu) ** 2).mean().sqrt()
+    else:
+        assert ignored is not None
+        count = paddle.clip(count_valid(ignored), min=1.0)
+        mu = paddle.where(valid, v, paddle.zeros_like(v)).sum() / count
+        sigma = (paddle.where(valid, (v - mu) ** 2, paddle.zeros_like(v)).sum() / count).sqrt()
+    conditions = [] if valid is None else [valid]
+    if math.isfinite(above):
+        conditions.append(v <= mu + above * sigma)
+    if math.isfinite(below):
+        conditions.append(v >= mu - below * sigma)
+    inside = paddle.ones_like(v, dtype="bool")
+    for condition in conditions:
+        inside = paddle.logical_and(inside, condition)
+    total = paddle.where(inside, values, paddle.zeros_like(values)).sum()
+    return total / paddle.clip(inside.astype("float32").sum(), min=1.0)
+
+
+def top_k_mean(
+    values: paddle.Tensor, ignored: paddle.Tensor | None, ratio: float, min_kept: int, threshold: float | None
+) -> paddle.Tensor:
+    """Mean of the k largest valid entries of the 1-D ``values`` (ATk), with
+    ``threshold``: over ``{loss > threshold} ∪ top-k``; 0-d float32."""
+    if ratio >= 1.0 and threshold is None:  # k = n_valid whatever min_kept: the (masked) mean
+        if ignored is None:
+            return values.mean()
+        total = paddle.masked_fill(values, ignored, 0.0).sum()
+        return total / paddle.clip(count_valid(ignored).astype("float32"), min=1.0)
+    kept, top, keep, k = top_k(values, ignored, ratio, min_kept)
+    if threshold is not None:
+        return _with_threshold(values, ignored, kept, top, keep, threshold)
+    if keep is None:
+        return kept.mean()  # k = k_max exactly: no ranking among the selected needed
+    total = paddle.where(keep, kept, paddle.zeros_like(kept)).sum()
+    assert not isinstance(k, int)
+    return total / paddle.clip(k.astype("float32"), min=1.0)
+
+
+def _with_threshold(
+    values: paddle.Tensor,
+    ignored: paddle.Tensor | None,
+    kept: paddle.Tensor,
+    top: paddle.Tensor,
+    keep: paddle.Tensor | None,
+    threshold: float,
+) -> paddle.Tensor:
+    """Mean over {loss > threshold} ∪ top-k, each element counted once."""
+    above = values.detach() > threshold
+    if ignored is not None:
+        above = paddle.logical_and(above, paddle.logical_not(ignored))
+    # Top-k entries above the threshold are already in `above`; add the others.
+    extra = top <= threshold
+    if keep is not None:
+        extra = paddle.logical_and(extra, keep)
+    total = paddle.where(above, values, paddle.zeros_like(values)).sum() + paddle.where(
+        extra, kept, paddle.zeros_like(kept)
+    ).sum()
+    count = above.astype("float32").sum() + extra.astype("float32").sum()
+    return total / paddle.clip(count, min=1.0)

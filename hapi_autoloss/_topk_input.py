@@ -1,0 +1,81 @@
+"""What TopKLoss ranks: the wrapped loss's checked output, the ignored mask, per-sample means."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import paddle
+
+
+def check_loss(name: str, raw: Any, inputs: tuple[paddle.Tensor, ...], per: str) -> paddle.Tensor:
+    """The wrapped loss's output as float32, or a clear error when there is nothing to rank."""
+    if not isinstance(raw, paddle.Tensor):
+        raise TypeError(
+            f"The wrapped loss {name} returned {type(raw).__name__}, not a paddle.Tensor. "
+            "Fix: return one loss value per element as a tensor."
+        )
+    if not paddle.is_floating_point(raw):
+        raise TypeError(
+            f"The wrapped loss {name} returned {raw.dtype} values; TopKLoss ranks "
+            "floating-point losses. Fix: return float losses."
+        )
+    first = inputs[0] if inputs and isinstance(inputs[0], paddle.Tensor) else None
+    first_shape = list(first.shape) if first is not None else []
+    batch = int(first_shape[0]) if first_shape else None
+    shape = list(raw.shape)
+    if not shape or (math.prod(shape) == 1 and batch is not None and batch > 1):
+        raise ValueError(
+            f"The wrapped loss {name} returned an already reduced value (shape "
+            f"{list(raw.shape)}) for a batch of {batch}, so there is nothing to rank. "
+            "Fix: build it with reduction='none', e.g. "
+            "TopKLoss(paddle.nn.CrossEntropyLoss(reduction='none'))."
+        )
+    if per == "sample" and batch is not None and int(shape[0]) != batch:
+        raise ValueError(
+            f"per='sample' ranks the first dimension as the batch, but the loss has shape "
+            f"{list(raw.shape)} for a batch of {batch}. Fix: return losses shaped "
+            "[batch, ...], or use per='pixel'."
+        )
+    # Rank in float32 whatever the loss's dtype, so float16 losses work.
+    return raw if raw.dtype == paddle.float32 else raw.astype("float32")
+
+
+def ignored_mask(
+    ignore_index: int | None, values: paddle.Tensor, inputs: tuple[paddle.Tensor, ...]
+) -> paddle.Tensor | None:
+    """Which loss elements have the label ``ignore_index`` (shaped like ``values``); None: none set."""
+    if ignore_index is None:
+        return None
+    if len(inputs) < 2 or not isinstance(inputs[-1], paddle.Tensor):
+        raise ValueError(
+            "ignore_index is set, so TopKLoss reads the label from its last argument, but "
+            f"it got {len(inputs)} argument(s). Fix: call it as loss(output, label)."
+        )
+    label = inputs[-1]
+    n_label, n_loss = math.prod(label.shape), math.prod(values.shape)
+    if n_label != n_loss:
+        raise ValueError(
+            f"ignore_index needs one label per loss element, but the label has shape "
+            f"{list(label.shape)} ({n_label} elements) and the per-element loss "
+            f"{list(values.shape)} ({n_loss}). Fix: pass class-index labels shaped "
+            "like the loss ([N,H,W] or [N,1,H,W]), not one-hot or soft labels."
+        )
+    # equal() with a 0-d tensor of the label's dtype: no Python-scalar promotion of the label.
+    return paddle.equal(label, paddle.full([], ignore_index, dtype=label.dtype)).reshape(values.shape)
+
+
+def per_sample(
+    values: paddle.Tensor, ignored: paddle.Tensor | None
+) -> tuple[paddle.Tensor, paddle.Tensor | None]:
+    """Each sample's mean over its valid elements, and which samples have none."""
+    n = int(values.shape[0])
+    if ignored is None and math.prod(values.shape) == n:  # one value per sample already
+        return values.reshape([n]), None
+    flat = values.reshape([n, -1])
+    if ignored is None:
+        return flat.mean(axis=1), None
+    mask = ignored.reshape([n, -1])
+    total = paddle.masked_fill(flat, mask, 0.0).sum(axis=1)
+    count = float(flat.shape[1]) - mask.astype("float32").sum(axis=1)
+    return total / paddle.clip(count, min=1.0), count == 0

@@ -1,0 +1,270 @@
+"""TopKOnPlateau: shrink TopKLoss's k only when an evaluation metric stops improving."""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any
+
+from paddle.callbacks import Callback
+
+from .. import _hapi
+from ..topk import TopKLoss, validate_ratio
+from .topk_scheduler import TopKScheduler
+
+STATE_KEY = "TopKOnPlateau"
+MODES = ("auto", "min", "max")
+
+
+def _count(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+        raise ValueError(f"{name} must be an int >= 0 (evaluations), got {value!r}. Fix: e.g. {name}=3.")
+    return int(value)
+
+
+class TopKOnPlateau(Callback):
+    """Multiplies the ratio (k/n) of every ``TopKLoss`` by ``factor`` when the monitored
+    evaluation metric has not improved for ``patience`` evaluations; shaped like
+    ``paddle.callbacks.ReduceLROnPlateau``, acting on k instead of the learning rate.
+
+    A fixed schedule (``TopKScheduler``) shrinks k whatever happens; this one keeps
+    training on all examples while they still help the validation metric, and mines
+    harder ones only after that stalls. At each ``on_eval_end`` (hapi evaluates every
+    ``eval_freq`` epochs), as ReduceLROnPlateau does: a value better than the best by
+    more than ``min_delta`` becomes the best and resets the wait; otherwise, outside
+    the ``cooldown`` evaluations that follow a reduction, the wait grows, and at
+    ``patience`` every layer gets ``ratio = max(ratio·factor, min_ratio)``.
+
+    The dropped fraction of a ranked range (``TopKLoss(drop=...)``, AoRR) is scaled by
+    the same factor, so the share of the kept window treated as noise (m/k) stays the
+    same and drop stays below ratio; with ``scale_drop=False`` it stays as it is.
+
+    ``topk_ratio`` is put into the training ``logs`` (hapi's progress bar shows it),
+    and ``TensorBoardExport`` / ``VisualDLExport`` write ``topk/ratio``. The best
+    value, the wait, the cooldown and the ratios are saved by ``model.save`` in
+    ``<path>.autoloss`` (``ModelCheckpoint`` and ``BackupAndRestore`` too) and restored
+    by ``hapi_autoloss.load_state``; one instance passed to two ``fit`` calls continues.
+    hapi's ``ModelCheckpoint`` saves at the end of an epoch, before its evaluation, so
+    its files hold the state before that evaluation; ``BackupAndRestore``'s include it.
+
+    Errors come before any training step: no ``TopKLoss`` in the loss, a ``band``
+    rule, a ``TopKScheduler`` in the same ``fit``, no ``eval_data``, or a ``monitor``
+    that is neither ``'loss'`` nor a metric name (e.g. ``'acc'`` for
+    ``paddle.metric.Accuracy``); a key still missing from the first evaluation's logs
+    raises there.
+
+    Args:
+        monitor: the evaluation log key, ``'loss'`` or a metric name.
+        factor: the ratio's multiplier at a plateau, in (0, 1).
+        patience: evaluations without improvement before a reduction, >= 0.
+        verbose: 1 prints each reduction (rank 0), 0 is silent.
+        mode: ``'min'``, ``'max'`` or ``'auto'`` (``'max'`` when ``'acc'`` is in
+            ``monitor``, as paddle's).
+        min_delta: the least change that counts as an improvement, >= 0.
+        cooldown: evaluations after a reduction during which the wait does not grow.
+        min_ratio: the ratio is never reduced below it, in (0, 1].
+        scale_drop: scale each layer's drop by the same factor.
+
+    Example::
+
+        loss = hapi_autoloss.TopKLoss(paddle.nn.CrossEntropyLoss(reduction="none"), ratio=1.0)
+        model.prepare(opt, loss, metrics=[paddle.metric.Accuracy()])
+        model.fit(train, eval_data=val, epochs=40,
+                  callbacks=[TopKOnPlateau(monitor="acc", factor=0.5, patience=3, min_ratio=0.1)])
+    """
+
+    monitor: str
+    factor: float
+    patience: int
+    cooldown: int
+    verbose: int
+    min_ratio: float
+    min_delta: float
+    scale_drop: bool
+    mode: str
+    best: float | None
+    wait: int
+    cooldown_counter: int
+    evaluations: int
+    reductions: int
+    ratio: float | None
+
+    def __init__(
+        self,
+        monitor: str = "loss",
+        factor: float = 0.5,
+        patience: int = 3,
+        verbose: int = 1,
+        mode: str = "auto",
+        min_delta: float = 1e-4,
+        cooldown: int = 0,
+        min_ratio: float = 0.1,
+        scale_drop: bool = True,
+    ) -> None:
+        super().__init__()
+        if not isinstance(monitor, str) or not monitor:
+            raise ValueError(f"monitor must be a log key such as 'loss' or 'acc', got {monitor!r}. Fix: monitor='acc'.")
+        if isinstance(factor, bool) or not isinstance(factor, numbers.Real) or not 0.0 < float(factor) < 1.0:
+            raise ValueError(
+                f"factor must be in (0, 1) (the ratio is multiplied by it), got {factor!r}. Fix: e.g. factor=0.5."
+            )
+        if mode not in MODES:
+            raise ValueError(f"Unknown mode {mode!r}. Fix: mode='max' for accuracies, 'min' for losses, or 'auto'.")
+        if isinstance(min_delta, bool) or not isinstance(min_delta, numbers.Real) or not float(min_delta) >= 0.0:
+            raise ValueError(f"min_delta must be a number >= 0, got {min_delta!r}. Fix: e.g. min_delta=1e-4.")
+        self.monitor = monitor
+        self.factor = float(factor)
+        self.patience = _count(patience, "patience")
+        self.cooldown = _count(cooldown, "cooldown")
+        self.verbose = int(verbose)
+        self.min_ratio = validate_ratio(min_ratio, "min_ratio")
+        self.min_delta = float(min_delta)
+        self.scale_drop = bool(scale_drop)
+        self.mode = "max" if mode == "max" or (mode == "auto" and "acc" in monitor) else "min"
+        self.best = None
+        self.wait = 0
+        self.cooldown_counter = 0
+        self.evaluations = 0
+        self.reductions = 0
+        self.ratio = None
+        self._layers: list[TopKLoss] = []
+
+    # ------------------------------------------------------------ checks before any step
+
+    def _check_fit(self) -> None:
+        self._layers = list(_hapi.iter_layers(self.model, TopKLoss))
+        loss = getattr(self.model, "_loss", None)
+        if not self._layers:
+            raise ValueError(
+                f"TopKOnPlateau found no TopKLoss in the model's loss ({type(loss).__name__}), so it has "
+                "no k to reduce. Fix: prepare the model with hapi_autoloss.TopKLoss(..., ratio=1.0), or drop "
+                "the callback."
+            )
+        for layer in self._layers:
+            if layer.band is not None:
+                raise ValueError(
+                    f"TopKOnPlateau reduces ratio, but a TopKLoss uses band={layer.band}, which has none. "
+                    "Fix: build it with ratio=/drop= instead of band=."
+                )
+            if not self.scale_drop and layer.drop >= self.min_ratio:
+                raise ValueError(
+                    f"A TopKLoss drops {layer.drop} and scale_drop=False keeps it, so ratio may reach "
+                    f"min_ratio={self.min_ratio} with nothing left. Fix: min_ratio > drop, or scale_drop=True."
+                )
+        callbacks = _hapi.callback_list_of(self)
+        if callbacks is not None and any(isinstance(c, TopKScheduler) for c in callbacks.callbacks):
+            raise ValueError(
+                "TopKOnPlateau and TopKScheduler both set the ratio in this fit, so each would undo the "
+                "other. Fix: use one of them."
+            )
+        # hapi 3.3.1 keeps fit's eval loader here (None without eval_data) before any callback starts.
+        if getattr(self.model, "_test_dataloader", "unknown") is None:
+            raise ValueError(
+                f"TopKOnPlateau monitors {self.monitor!r} of the evaluation, but fit got no eval_data, so "
+                "it would never evaluate. Fix: model.fit(train_data, eval_data=val_data, ...)."
+            )
+        names = _hapi.metric_names(self.model)
+        if self.monitor not in names:
+            raise ValueError(
+                f"TopKOnPlateau monitors {self.monitor!r}, which the evaluation logs will not have: they "
+                f"hold {names}. Fix: monitor one of them, e.g. monitor='{names[-1]}'."
+            )
+
+    # ------------------------------------------------------------ hapi hooks
+
+    def on_train_begin(self, logs: Any = None) -> None:
+        self._check_fit()
+        if self.ratio is None:
+            self.ratio = self._layers[0].ratio
+        # A state loaded by hapi_autoloss.load_state before fit is applied here.
+        _hapi.register_state(self.model, STATE_KEY, self)
+        _hapi.show_in_progress_bar(self.params, ["topk_ratio"])
+
+    def on_train_batch_begin(self, step: int, logs: Any = None) -> None:
+        if logs is not None and self._layers:
+            logs["topk_ratio"] = self._layers[0].ratio
+
+    def on_eval_end(self, logs: Any = None) -> None:
+        if not self._layers:  # model.evaluate on its own, outside fit
+            return
+        value = (logs or {}).get(self.monitor)
+        if isinstance(value, (list, tuple)):
+            value = value[0] if value else None
+        if value is None:
+            raise ValueError(
+                f"TopKOnPlateau monitors {self.monitor!r}, but the evaluation logs hold "
+                f"{sorted(k for k in (logs or {}) if k != 'batch_size')}. Fix: monitor one of them."
+            )
+        self.step(float(value))
+
+    def step(self, current: float) -> bool:
+        """Take one evaluation's value; True when it reduced the ratio.
+
+        Example::
+
+            plateau.step(0.91)   # what on_eval_end does with logs['acc']
+        """
+        self.evaluations += 1
+        if self.cooldown_counter > 0:
+            self.cooldown_counter -= 1
+            self.wait = 0
+        better = self.best is None or (
+            current > self.best + self.min_delta if self.mode == "max" else current < self.best - self.min_delta
+        )
+        if better:
+            self.best, self.wait = current, 0
+            return False
+        if self.cooldown_counter > 0:
+            return False
+        self.wait += 1
+        if self.wait < self.patience:
+            return False
+        self.wait = 0
+        reduced = False
+        for layer in self._layers:
+            old = layer.ratio
+            new = max(old * self.factor, self.min_ratio)
+            if new < old:
+                layer.set_range(new, layer.drop * new / old if self.scale_drop else layer.drop)
+                reduced = True
+        if reduced:
+            self.reductions += 1
+            self.cooldown_counter = self.cooldown
+            self.ratio = self._layers[0].ratio
+            if self.verbose > 0 and _hapi.world()[0] == 0:
+                print(f"\nTopKOnPlateau: {self.monitor} has not improved for {self.patience} evaluations; "
+                      f"ratio reduced to {self.ratio:.4g} (drop {self._layers[0].drop:.4g}).")  # fmt: skip
+        return reduced
+
+    # ------------------------------------------------------------ resume
+
+    def state_dict(self) -> dict[str, Any]:
+        """The best value, wait, cooldown and counts, and each layer's ratio and drop."""
+        return {
+            "monitor": self.monitor,
+            "best": self.best,
+            "wait": int(self.wait),
+            "cooldown_counter": int(self.cooldown_counter),
+            "evaluations": int(self.evaluations),
+            "reductions": int(self.reductions),
+            "ranges": [(float(layer.ratio), float(layer.drop)) for layer in self._layers],
+        }
+
+    def set_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from a saved state (refused if it monitored another key)."""
+        if state.get("monitor", self.monitor) != self.monitor:
+            raise ValueError(
+                f"The saved TopKOnPlateau monitored {state['monitor']!r}, this one monitors {self.monitor!r}, "
+                f"so its best value would be compared with another quantity. Fix: monitor={state['monitor']!r}."
+            )
+        best = state.get("best")
+        self.best = None if best is None else float(best)
+        self.wait = int(state.get("wait", 0))
+        self.cooldown_counter = int(state.get("cooldown_counter", 0))
+        self.evaluations = int(state.get("evaluations", 0))
+        self.reductions = int(state.get("reductions", 0))
+        ranges = state.get("ranges") or []
+        if len(ranges) == len(self._layers):
+            for layer, (ratio, drop) in zip(self._layers, ranges):
+                layer.set_range(ratio, drop)
+        if self._layers:
+            self.ratio = self._layers[0].ratio
