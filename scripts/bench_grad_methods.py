@@ -95,9 +95,11 @@ def step(model: paddle.Model, batch: list, n: int) -> float:
     return time.perf_counter() - start
 
 
-def memory(model: paddle.Model, batch: list) -> float:
-    """Peak memory a step allocates beyond what lives between steps (parameters, optimizer
-    state), in MiB: Paddle's own allocator statistics, host or GPU."""
+def memory(model: paddle.Model, batch: list) -> tuple[float, float]:
+    """(peak a step allocates beyond what lives between steps (parameters, their gradients,
+    optimizer state), that peak plus what lives between steps), in MiB: Paddle's own allocator
+    statistics, host or GPU. The process holds every variant's model, so "what lives" is read
+    as this variant's share: its parameters × 4 (values, gradients, Adam's two moments)."""
     gpu = paddle.is_compiled_with_cuda() and "gpu" in paddle.get_device()
     step(model, batch, 1)  # every accumulator exists
     if gpu:
@@ -108,7 +110,8 @@ def memory(model: paddle.Model, batch: list) -> float:
         core.host_memory_stat_reset_peak_value("Allocated", 0)
     step(model, batch, 2)
     peak = paddle.device.cuda.max_memory_allocated() if gpu else core.host_memory_stat_peak_value("Allocated", 0)
-    return (peak - base) / 2**20
+    own = 4 * sum(int(p.numel()) * p.element_size() for p in model.network.parameters())
+    return (peak - base) / 2**20, (peak - base + own) / 2**20
 
 
 def table(k: int, args: argparse.Namespace) -> None:
@@ -125,14 +128,15 @@ def table(k: int, args: argparse.Namespace) -> None:
     mem = {label: memory(*models[label]) for label in models}
     base = times["equal"]
     print(f"\nk = {k} tasks, trunk width {args.width}, batch {BATCH}, {args.rounds} rounds of {args.block} steps")
-    print("| method | mode | ms/step | × equal | peak memory (MiB) | × equal |")
-    print("|---|---|--:|--:|--:|--:|")
+    print("| method | mode | ms/step | × equal | step's extra memory (MiB) | × equal | with model + Adam (MiB) "
+          "| × equal |")
+    print("|---|---|--:|--:|--:|--:|--:|--:|")
     for label, _, rep in runs:
         ratio = statistics.median(t / b for t, b in zip(times[label], base))
-        mem_ratio = mem[label] / mem["equal"] if mem["equal"] > 0 else float("nan")
+        extra, whole = mem[label]
         mode = "loss" if label == "equal" else ("representation" if rep else "parameters")
         print(f"| {label.split()[0]} | {mode} | {1e3 * statistics.median(times[label]):.2f} | {ratio:.2f} | "
-              f"{mem[label]:.1f} | {mem_ratio:.2f} |")
+              f"{extra:.1f} | {extra / mem['equal'][0]:.2f} | {whole:.1f} | {whole / mem['equal'][1]:.2f} |")
 
 
 def main() -> None:
