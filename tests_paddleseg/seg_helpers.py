@@ -95,3 +95,20 @@ def run(mode: str, data, save_dir, iters: int = 8, weight_decay: float = 0.1, **
         model, losses, opt = build(mode, weight_decay=weight_decay, iters=kw.pop("schedule", iters))
         train(model, losses, opt, data, save_dir, iters=iters, **kw)
     return model, losses["types"][0]
+
+
+def launch_two_ranks(script: str, *args: str, log_dir, cwd, timeout: float = 600):
+    """A real 2-process ``paddle.distributed.launch`` (CPU, gloo) of ``script *args``, importing this
+    checkout (as tests/helpers.py's). Returns the launcher's process and every worker log joined."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.path.join(ROOT, "tests_paddleseg"))
+    for key in ("PADDLE_TRAINER_ID", "PADDLE_TRAINERS_NUM", "PADDLE_TRAINER_ENDPOINTS"):
+        env.pop(key, None)
+    proc = subprocess.run([sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", "2",
+                           "--log_dir", str(log_dir), script, *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+    names = sorted(os.listdir(log_dir)) if os.path.isdir(log_dir) else []
+    return proc, "".join(Path(log_dir, name).read_text() for name in names)

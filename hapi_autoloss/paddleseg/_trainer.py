@@ -14,11 +14,14 @@ on paddlepaddle 3.3.1. What PaddleSeg's trainer gets wrong for a loss that owns 
 4. Checkpoints are ``iter_N/model.pdparams`` = ``model.state_dict()`` and ``model.pdopt``, and
    ``resume`` calls ``model.set_state_dict``: σ would be lost on resume.
 
-2-4 share one fix: the loss becomes a sublayer of the model (``hapi_autoloss_<i>``). Then
-``model.clear_gradients()`` clears σ's gradient, DataParallel broadcasts σ at the start and averages
-its gradient with the network's (σ gets its gradient in the same backward), and σ (and the
-method's buffers) are saved in ``model.pdparams`` and restored by ``resume``; σ's Adam moments are
-in ``model.pdopt``. The network's own keys and parameters are unchanged; loading such a
+2 and 4: the loss becomes a sublayer of the model (``hapi_autoloss_<i>``), so ``model.clear_gradients()``
+clears σ's gradient, and σ (and the method's buffers) are saved in ``model.pdparams`` and restored by
+``resume``; σ's optimizer moments are in ``model.pdopt``.
+3: σ is marked ``no_sync`` (DataParallel's reducer would fail on a parameter used outside the
+model's forward: "has been ready before ... find_unused_parameters"), and ``optimizer.step`` first
+averages σ's gradients over the ranks (fleet's HybridParallelOptimizer calls the inner optimizer's
+``step``, which finds the wrapper; in pure data parallel it all-reduces nothing itself). σ starts
+equal on every rank: a constant, or ``init="auto"``'s mean over the ranks. The network's own keys and parameters are unchanged; loading such a
 ``model.pdparams`` into the plain model (export, inference) skips the ``hapi_autoloss_<i>.*`` keys.
 """
 
@@ -29,6 +32,8 @@ from typing import Any
 
 import paddle
 
+from .._dist import average_gradients
+from .._hapi import world
 from .._hapi.optimizer import _inject, check_groups, optimizer_params
 from ..topk import TopKLoss as _CoreTopK
 from ..weighting.autoweight import AutoWeight as _CoreAutoWeight
@@ -134,4 +139,23 @@ def attach(model: paddle.nn.Layer, losses: Any, optimizer: Any, lr_scale: float 
         params.extend(p for p in layer.parameters() if not p.stop_gradient)
     check_groups(optimizer)
     _inject(optimizer, params, lr_scale)
+    for p in params:
+        p.no_sync = True
+    _average_before_step(optimizer, params)
     return learnable
+
+
+def _average_before_step(optimizer: Any, params: list[Any]) -> None:
+    """Make ``optimizer.step()`` average ``params``' gradients over the ranks first (once per optimizer)."""
+    held = getattr(optimizer, "_autoloss_synced", None)
+    if held is not None:
+        held.extend(p for p in params if all(p is not q for q in held))
+        return
+    optimizer._autoloss_synced = list(params)
+    original = optimizer.step
+
+    def step(*args: Any, **kwargs: Any) -> Any:
+        average_gradients(optimizer._autoloss_synced, world()[1])
+        return original(*args, **kwargs)
+
+    optimizer.step = step
