@@ -43,7 +43,7 @@ def build(loss: Any, what: str) -> Any:
             raise ValueError(f"{what} {loss!r} has no 'type'. Fix: e.g. {{'type': 'SafeDiceLoss'}}.")
         cfg = dict(loss)
         cls = manager.LOSSES[cfg.pop("type")]
-        return cls(**{k: build(v, what) if isinstance(v, dict) and "type" in v else v for k, v in cfg.items()})
+        loss = cls(**{k: build(v, what) if isinstance(v, dict) and "type" in v else v for k, v in cfg.items()})
     if type(loss).__name__ in BROKEN and type(loss).__module__.startswith("paddleseg."):
         raise ValueError(
             f"{what} is PaddleSeg's {type(loss).__name__}, which fails on paddle 3 (see "
@@ -81,7 +81,8 @@ class SafeCrossEntropyLoss(paddle.nn.Layer):
                                     ignore_index=self.ignore_index, weight=self.weight).reshape(labels.shape)
         valid = (labels != self.ignore_index).astype("float32")
         if self.weight is not None:
-            valid = valid * paddle.gather(self.weight, labels * valid.astype("int64"))  # ignored: class 0, weight × 0
+            index = (labels * valid.astype("int64")).flatten()  # ignored: class 0, then weight × 0
+            valid = valid * paddle.gather(self.weight, index).reshape(labels.shape)
         return (per_pixel.sum() / (valid.sum() + 1e-8)).reshape([1])
 
 
