@@ -30,11 +30,11 @@ import _study
 import numpy as np
 import paddle
 import paddle.nn.functional as F
+from paddleseg.core import train
+from paddleseg.models import MixedLoss
 from study_segmentation import TinySegNet, segmentation_scores, shapes
 
 import hapi_autoloss.paddleseg as hp
-from paddleseg.core import train
-from paddleseg.models import MixedLoss
 
 DICE_GRID = (0.1, 0.2, 0.35, 0.5, 0.7)
 GRID_RUNS = tuple(f"CE+Dice {1 - w:g}/{w:g}" for w in DICE_GRID)

@@ -4,8 +4,8 @@ import cv2
 import numpy as np
 import paddle
 import pytest
-from paddleseg.cvlibs import Config, SegBuilder, manager
 from paddleseg.core import train
+from paddleseg.cvlibs import Config, SegBuilder, manager
 from seg_helpers import TinyNet, shapes
 
 import hapi_autoloss.paddleseg as hp
@@ -73,4 +73,4 @@ def test_yaml_config_trains_autoweight(tmp_path):
 def test_yaml_with_paddleseg_ce_inside_autoweight_is_refused(tmp_path):
     builder = SegBuilder(Config(write(tmp_path, ce="CrossEntropyLoss")))
     with pytest.raises(RuntimeError, match="SafeCrossEntropyLoss"):
-        builder.loss
+        _ = builder.loss

@@ -9,6 +9,7 @@ from seg_helpers import ROOT, SegData, launch_two_ranks, run
 SCRIPT = os.path.join(ROOT, "tests_paddleseg", "scripts", "dist_train.py")
 
 
+@pytest.mark.distributed
 @pytest.mark.parametrize("mode", ["attach", "naive"])
 def test_sigma_identical_on_two_ranks(tmp_path, mode):
     proc, logs = launch_two_ranks(SCRIPT, str(tmp_path), mode, log_dir=tmp_path / "log", cwd=tmp_path)

@@ -18,7 +18,7 @@ sys.path.insert(0, os.path.join(ROOT, "scripts"))
 
 
 def batch(seed=0, n=4):
-    x, y = shapes(seed, n)  # labels with an ignored (255) border
+    _, y = shapes(seed, n)  # labels with an ignored (255) border
     logits = np.random.default_rng(seed).standard_normal((n, 3, 16, 16)).astype("float32")
     return logits, y
 
@@ -145,7 +145,7 @@ def test_attach_refuses_mistakes():
     core = hapi_autoloss.AutoWeight([hp.SafeCrossEntropyLoss(), hp.SafeDiceLoss()], method="liebel",
                                     routing="shared")
     opt = paddle.optimizer.AdamW(1e-3, parameters=model.parameters())
-    with pytest.raises(TypeError, match="hapi_autoloss.paddleseg.AutoWeight"):
+    with pytest.raises(TypeError, match=r"hapi_autoloss\.paddleseg\.AutoWeight"):
         hp.attach(model, {"types": [core], "coef": [1]}, opt)
     with pytest.warns(UserWarning, match="nothing to do"):
         assert hp.attach(model, {"types": [hp.SafeDiceLoss()], "coef": [1]}, opt) == []

@@ -21,7 +21,8 @@ clears σ's gradient, and σ (and the method's buffers) are saved in ``model.pdp
 model's forward: "has been ready before ... find_unused_parameters"), and ``optimizer.step`` first
 averages σ's gradients over the ranks (fleet's HybridParallelOptimizer calls the inner optimizer's
 ``step``, which finds the wrapper; in pure data parallel it all-reduces nothing itself). σ starts
-equal on every rank: a constant, or ``init="auto"``'s mean over the ranks. The network's own keys and parameters are unchanged; loading such a
+equal on every rank: a constant, or ``init="auto"``'s mean over the ranks.
+The network's own keys and parameters are unchanged; loading such a
 ``model.pdparams`` into the plain model (export, inference) skips the ``hapi_autoloss_<i>.*`` keys.
 """
 
@@ -119,7 +120,8 @@ def attach(model: paddle.nn.Layer, losses: Any, optimizer: Any, lr_scale: float 
     layers = _loss_layers(losses)
     for layer in layers:
         _check(layer)
-    learnable = [x for x in layers if isinstance(x, paddle.nn.Layer) and any(not p.stop_gradient for p in x.parameters())]
+    learnable = [x for x in layers
+                 if isinstance(x, paddle.nn.Layer) and any(not p.stop_gradient for p in x.parameters())]
     if not learnable:
         warnings.warn("No loss in losses has trainable parameters, so attach has nothing to do. Fix: nothing, "
                       "if that is intended.", stacklevel=2)
