@@ -150,3 +150,16 @@ def test_attach_refuses_mistakes():
     with pytest.warns(UserWarning, match="nothing to do"):
         assert hp.attach(model, {"types": [hp.SafeDiceLoss()], "coef": [1]}, opt) == []
     assert len(SegData()) == 16
+
+
+def test_autoweight_from_a_nested_dict_config():
+    aw = hp._losses.build({"type": "AutoWeight", "method": "fixed", "weights": [0.8, 0.2],
+                           "losses": [{"type": "TopKLoss", "ratio": 0.5}, {"type": "SafeDiceLoss"}]}, "loss")
+    assert isinstance(aw, hp.AutoWeight) and aw.task_names == ["topk", "dice"]
+    logits, y = batch()
+    ce, valid = ce64(logits, y)
+    v = ce[valid]
+    top = np.sort(v)[::-1][: math.ceil(0.5 * v.size)].mean()
+    dice = float(hp.SafeDiceLoss()(paddle.to_tensor(logits), paddle.to_tensor(y)))
+    out = aw(paddle.to_tensor(logits), paddle.to_tensor(y))
+    np.testing.assert_allclose(out.numpy()[0], 0.8 * top + 0.2 * dice, rtol=1e-5)

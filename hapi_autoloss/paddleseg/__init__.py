@@ -29,7 +29,7 @@ Example::
 from __future__ import annotations
 
 try:
-    import paddleseg
+    import paddleseg  # noqa: F401
 except ImportError as e:  # numpy 2 breaks PaddleSeg 2.8's opencv import too
     raise ImportError(
         f"hapi_autoloss.paddleseg needs PaddleSeg, which failed to import ({e}). Fix: "
@@ -39,4 +39,4 @@ except ImportError as e:  # numpy 2 breaks PaddleSeg 2.8's opencv import too
 from ._losses import AutoWeight, SafeCrossEntropyLoss, SafeDiceLoss, TopKLoss
 from ._trainer import attach
 
-__all__ = ["AutoWeight", "SafeCrossEntropyLoss", "SafeDiceLoss", "TopKLoss", "attach", "paddleseg"]
+__all__ = ["AutoWeight", "SafeCrossEntropyLoss", "SafeDiceLoss", "TopKLoss", "attach"]

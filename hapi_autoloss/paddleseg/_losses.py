@@ -43,7 +43,7 @@ def build(loss: Any, what: str) -> Any:
             raise ValueError(f"{what} {loss!r} has no 'type'. Fix: e.g. {{'type': 'SafeDiceLoss'}}.")
         cfg = dict(loss)
         cls = manager.LOSSES[cfg.pop("type")]
-        loss = cls(**{k: build(v, what) if isinstance(v, dict) and "type" in v else v for k, v in cfg.items()})
+        loss = cls(**{k: _built(v, what) for k, v in cfg.items()})
     if type(loss).__name__ in BROKEN and type(loss).__module__.startswith("paddleseg."):
         raise ValueError(
             f"{what} is PaddleSeg's {type(loss).__name__}, which fails on paddle 3 (see "
@@ -52,6 +52,15 @@ def build(loss: Any, what: str) -> Any:
     if not callable(loss):
         raise TypeError(f"{what} is a {type(loss).__name__}, not a loss. Fix: a Layer or {{'type': ...}}.")
     return loss
+
+
+def _built(value: Any, what: str) -> Any:
+    """A config value with its nested ``{'type': ...}`` dicts (alone or in lists) built, as PaddleSeg's builder."""
+    if isinstance(value, dict) and "type" in value:
+        return build(value, what)
+    if isinstance(value, list):
+        return [_built(v, what) for v in value]
+    return value
 
 
 @manager.LOSSES.add_component
