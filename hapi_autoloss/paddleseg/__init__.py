@@ -1,0 +1,42 @@
+"""hapi-autoloss inside PaddleSeg: our losses in ``manager.LOSSES``, and σ trained right by ``train``.
+
+Importing this module registers, in PaddleSeg's ``manager.LOSSES``:
+
+- ``AutoWeight``: learned (or fixed) weights of several losses on one output, in place of
+  ``MixedLoss`` (``losses: [...]`` as in MixedLoss, ``method: liebel``...).
+- ``TopKLoss``: per-pixel OHEM (``ratio``, ``min_kept``, ``thresh`` as PaddleSeg's
+  ``OhemCrossEntropyLoss``, which keeps one pixel fewer than ``min_kept``).
+- ``SafeCrossEntropyLoss`` and ``SafeDiceLoss``: PaddleSeg's CE and Dice, working on paddle 3
+  (PaddleSeg 2.8.0's ``CrossEntropyLoss`` raises a TypeError there, its ``DiceLoss`` overwrites
+  the label in place).
+
+and gives :func:`attach`, the one line a training script needs. Needs PaddleSeg 2.8
+(``pip install "hapi-autoloss[paddleseg]"``, which brings numpy < 2). ``import hapi_autoloss``
+alone never imports PaddleSeg.
+
+Example::
+
+    import hapi_autoloss.paddleseg
+    from paddleseg.core import train
+
+    losses = {"types": [hapi_autoloss.paddleseg.AutoWeight(
+        [{"type": "SafeCrossEntropyLoss"}, {"type": "SafeDiceLoss"}], method="liebel")], "coef": [1]}
+    optimizer = paddle.optimizer.AdamW(lr, parameters=model.parameters())
+    hapi_autoloss.paddleseg.attach(model, losses, optimizer)  # σ: no decay, grads cleared, ranks, checkpoints
+    train(model, train_dataset, optimizer=optimizer, losses=losses, iters=1000)
+"""
+
+from __future__ import annotations
+
+try:
+    import paddleseg  # noqa: F401
+except ImportError as e:  # numpy 2 breaks PaddleSeg 2.8's opencv import too
+    raise ImportError(
+        f"hapi_autoloss.paddleseg needs PaddleSeg, which failed to import ({e}). Fix: "
+        'pip install "hapi-autoloss[paddleseg]" (PaddleSeg 2.8.0 with numpy < 2), in its own environment.'
+    ) from e
+
+from ._losses import AutoWeight, SafeCrossEntropyLoss, SafeDiceLoss, TopKLoss
+from ._trainer import attach
+
+__all__ = ["AutoWeight", "SafeCrossEntropyLoss", "SafeDiceLoss", "TopKLoss", "attach"]

@@ -1,0 +1,223 @@
+"""Our losses as PaddleSeg components: the classes that ``manager.LOSSES`` gets.
+
+Checked against PaddleSeg 2.8.0 on paddlepaddle 3.3.1. Every loss here returns shape ``[1]``,
+not a 0-d tensor: PaddleSeg 2.8.0's ``train`` logs ``loss.numpy()[0]`` for each loss, which
+raises an IndexError on the 0-d tensors that paddle 3 reductions return.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import paddle
+import paddle.nn.functional as F
+from paddleseg.cvlibs import manager
+
+from .. import losses as _losses
+from .. import topk as _topk
+from ..weighting import autoweight as _autoweight
+
+__all__ = ["AutoWeight", "SafeCrossEntropyLoss", "SafeDiceLoss", "TopKLoss"]
+
+# PaddleSeg 2.8.0's losses that fail on paddle 3: CrossEntropyLoss and OhemCrossEntropyLoss mix
+# int64 and float32 (TypeError), DiceLoss overwrites the label in place (the next loss sees 0 for
+# ignored pixels, and a loss that saved the label fails in backward).
+BROKEN = {"CrossEntropyLoss": "SafeCrossEntropyLoss", "DiceLoss": "SafeDiceLoss",
+          "OhemCrossEntropyLoss": "TopKLoss (ratio, min_kept, thresh)"}
+# Methods that need hooks PaddleSeg's train never calls (epoch ends, a forward after each update).
+NEEDS_HOOKS = ("dwa", "stch", "famo")
+
+
+def _labels(labels: paddle.Tensor) -> paddle.Tensor:
+    """[N, H, W] int64 from [N, H, W] or [N, 1, H, W] (PaddleSeg gives the former)."""
+    if labels.ndim == 4 and labels.shape[1] == 1:
+        labels = labels.squeeze(1)
+    return labels if labels.dtype == paddle.int64 else labels.astype("int64")
+
+
+def build(loss: Any, what: str) -> Any:
+    """A loss given as a Layer, or as a PaddleSeg config dict built from ``manager.LOSSES``."""
+    if isinstance(loss, dict):
+        if "type" not in loss:
+            raise ValueError(f"{what} {loss!r} has no 'type'. Fix: e.g. {{'type': 'SafeDiceLoss'}}.")
+        cfg = dict(loss)
+        cls = manager.LOSSES[cfg.pop("type")]
+        loss = cls(**{k: _built(v, what) for k, v in cfg.items()})
+    if type(loss).__name__ in BROKEN and type(loss).__module__.startswith("paddleseg."):
+        raise ValueError(
+            f"{what} is PaddleSeg's {type(loss).__name__}, which fails on paddle 3 (see "
+            f"hapi_autoloss.paddleseg). Fix: use {BROKEN[type(loss).__name__]} instead."
+        )
+    if not callable(loss):
+        raise TypeError(f"{what} is a {type(loss).__name__}, not a loss. Fix: a Layer or {{'type': ...}}.")
+    return loss
+
+
+def _built(value: Any, what: str) -> Any:
+    """A config value with its nested ``{'type': ...}`` dicts (alone or in lists) built, as PaddleSeg's builder."""
+    if isinstance(value, dict) and "type" in value:
+        return build(value, what)
+    if isinstance(value, list):
+        return [_built(v, what) for v in value]
+    return value
+
+
+@manager.LOSSES.add_component
+class SafeCrossEntropyLoss(paddle.nn.Layer):
+    """PaddleSeg's ``CrossEntropyLoss`` (mean over the non-ignored pixels, optional class weights),
+    without its paddle 3 TypeError. Logits ``[N, C, H, W]``, labels ``[N, H, W]`` int; returns ``[1]``.
+
+    With class weights the mean is weighted: Σ w_y·CE / Σ w_y over the non-ignored pixels. A batch
+    whose pixels are all ignored gives 0.
+
+    Example (YAML)::
+
+        loss: {types: [{type: SafeCrossEntropyLoss, ignore_index: 255}], coef: [1]}
+    """
+
+    def __init__(self, weight: list[float] | None = None, ignore_index: int = 255) -> None:
+        super().__init__()
+        self.ignore_index = int(ignore_index)
+        self.weight = None if weight is None else paddle.to_tensor(weight, dtype="float32")
+
+    def forward(self, logits: paddle.Tensor, labels: paddle.Tensor) -> paddle.Tensor:
+        labels = _labels(labels)
+        if self.weight is not None and logits.shape[1] != self.weight.shape[0]:
+            raise ValueError(f"{self.weight.shape[0]} class weights for {logits.shape[1]} classes. "
+                             "Fix: give one weight per class.")
+        per_pixel = F.cross_entropy(logits.astype("float32"), labels, axis=1, reduction="none",
+                                    ignore_index=self.ignore_index, weight=self.weight).reshape(labels.shape)
+        valid = (labels != self.ignore_index).astype("float32")
+        if self.weight is not None:
+            index = (labels * valid.astype("int64")).flatten()  # ignored: class 0, then weight × 0
+            valid = valid * paddle.gather(self.weight, index).reshape(labels.shape)
+        return (per_pixel.sum() / (valid.sum() + 1e-8)).reshape([1])
+
+
+@manager.LOSSES.add_component
+class SafeDiceLoss(_losses.DiceLoss):
+    """PaddleSeg's ``DiceLoss`` (``smooth`` = 1, every class counted equally) that never writes into
+    the label, so it can follow or precede a cross-entropy on the same label. Returns ``[1]``.
+    See :class:`hapi_autoloss.DiceLoss` for the formula.
+
+    Example (YAML)::
+
+        - type: MixedLoss
+          losses: [{type: SafeCrossEntropyLoss}, {type: SafeDiceLoss}]
+          coef: [0.8, 0.2]
+    """
+
+    def forward(self, logits: paddle.Tensor, labels: paddle.Tensor) -> paddle.Tensor:
+        return super().forward(logits, labels).reshape([1])
+
+
+@manager.LOSSES.add_component
+class TopKLoss(_topk.TopKLoss):
+    """OHEM for PaddleSeg: the mean per-pixel cross-entropy of the hardest pixels (:class:`hapi_autoloss.TopKLoss`).
+
+    Keeps every pixel with loss above ``threshold`` (or true-class probability below ``thresh``,
+    PaddleSeg's ``OhemCrossEntropyLoss`` convention), and never fewer than
+    ``k = max(ceil(ratio·n), min_kept)`` of the ``n`` non-ignored pixels. Unlike PaddleSeg's, it keeps
+    exactly ``min_kept`` (not ``min_kept − 1``), uses one ``topk`` instead of a full argsort and
+    never reads a value back to the host. Returns ``[1]``.
+
+    Args:
+        ratio: fraction of the valid pixels kept at least, in (0, 1].
+        min_kept: the least number of pixels kept (PaddleSeg's ``min_kept``).
+        thresh: PaddleSeg's probability threshold, in (0, 1): same as ``threshold = −ln(thresh)``.
+        threshold: a loss threshold instead of ``thresh``.
+        ignore_index: label of pixels never kept.
+        loss: the per-pixel loss; default ``paddle.nn.CrossEntropyLoss(axis=1, reduction="none")``.
+
+    Example (YAML), PaddleSeg's ``OhemCrossEntropyLoss(thresh=0.7, min_kept=10000)``::
+
+        loss: {types: [{type: TopKLoss, ratio: 0.01, min_kept: 10000, thresh: 0.7}], coef: [1]}
+    """
+
+    def __init__(self, ratio: float = 0.7, min_kept: int = 1, thresh: float | None = None,
+                 threshold: float | None = None, ignore_index: int = 255, per: str = "pixel",
+                 loss: Any = None) -> None:
+        if thresh is not None:
+            if threshold is not None or loss is not None:
+                raise ValueError("thresh (a cross-entropy probability) was given with threshold or loss. "
+                                 "Fix: give thresh alone, or threshold (in loss units) with your loss.")
+            if isinstance(thresh, bool) or not isinstance(thresh, (int, float)) or not 0 < thresh < 1:
+                raise ValueError(f"thresh must be a probability in (0, 1), got {thresh!r}. Fix: e.g. thresh=0.7.")
+            threshold = -math.log(float(thresh))
+        if loss is None:
+            loss = paddle.nn.CrossEntropyLoss(axis=1, reduction="none", ignore_index=int(ignore_index))
+        super().__init__(build(loss, "TopKLoss's loss"), ratio=ratio, per=per, ignore_index=ignore_index,
+                         min_kept=min_kept, threshold=threshold)
+
+    def forward(self, *inputs: paddle.Tensor) -> paddle.Tensor:
+        logits, labels = inputs
+        return super().forward(logits, _labels(labels)).reshape([1])
+
+
+def _task_names(losses: list[Any]) -> list[str]:
+    names: list[str] = []
+    for loss in losses:
+        base = type(loss).__name__.removeprefix("Safe").removesuffix("Loss").lower() or "loss"
+        name, n = base, 1
+        while name in names:
+            n += 1
+            name = f"{base}{n}"
+        names.append(name)
+    return names
+
+
+@manager.LOSSES.add_component
+class AutoWeight(_autoweight.AutoWeight):
+    """:class:`hapi_autoloss.AutoWeight` for PaddleSeg: several losses on one output, weighted by
+    a learned (or fixed) method, in place of ``MixedLoss``. Returns ``[1]``.
+
+    Args:
+        losses: the sub-losses, as in ``MixedLoss``: Layers, or config dicts (built from
+            ``manager.LOSSES``). PaddleSeg's own ``CrossEntropyLoss``/``DiceLoss``/``OhemCrossEntropyLoss``
+            fail on paddle 3 and are refused: use ``SafeCrossEntropyLoss``, ``SafeDiceLoss``, ``TopKLoss``.
+        method: ``"kendall"`` (default), ``"liebel"``, ``"uw_so"``, ``"fixed"``... Not ``dwa``, ``stch``
+            or ``famo``, which need epoch ends or a forward after each update that PaddleSeg's
+            ``train`` never gives.
+        names: task names (default from the classes: ``crossentropy``, ``dice``...).
+        ignore_index: if given (PaddleSeg's builder adds the dataset's), every sub-loss that has an
+            ``ignore_index`` must agree.
+        **options: the method's options (``init``, ``clamp``, ``weights``...).
+
+    Train it through ``paddleseg.core.train`` after ``hapi_autoloss.paddleseg.attach(model, losses,
+    optimizer)``. Example (YAML)::
+
+        loss:
+          types:
+            - type: AutoWeight
+              method: liebel
+              losses: [{type: SafeCrossEntropyLoss}, {type: SafeDiceLoss}]
+          coef: [1]
+    """
+
+    def __init__(self, losses: list[Any], method: str = "kendall", names: list[str] | None = None,
+                 ignore_index: int | None = None, **options: Any) -> None:
+        if not isinstance(losses, (list, tuple)) or not losses:
+            raise TypeError(f"losses must be a non-empty list, as in MixedLoss, got {losses!r}. "
+                            "Fix: losses=[{'type': 'SafeCrossEntropyLoss'}, {'type': 'SafeDiceLoss'}].")
+        if method in NEEDS_HOOKS:
+            raise ValueError(
+                f"method={method!r} needs epoch ends or a forward after each update, which PaddleSeg's "
+                "train never gives. Fix: use kendall, liebel, uw_so, simple, imtl_l, rlw, gls or fixed, or "
+                "train through paddle.Model.fit with AutoWeightCallback."
+            )
+        fns = [build(f, f"AutoWeight's losses[{i}]") for i, f in enumerate(losses)]
+        for i, f in enumerate(fns):
+            own = getattr(f, "ignore_index", None)
+            if ignore_index is not None and own is not None and int(own) != int(ignore_index):
+                raise ValueError(f"losses[{i}] ignores label {own}, AutoWeight {ignore_index}. "
+                                 "Fix: give every loss the dataset's ignore_index.")
+        names = list(names) if names is not None else _task_names(fns)
+        if len(names) != len(fns):
+            raise ValueError(f"{len(names)} names for {len(fns)} losses. Fix: one name per loss.")
+        options.setdefault("task_types", ["classification"] * len(fns))
+        super().__init__(dict(zip(names, fns)), method=method, routing="shared", **options)
+        self.ignore_index = ignore_index
+
+    def forward(self, *tensors: paddle.Tensor) -> paddle.Tensor:
+        return super().forward(*tensors).reshape([1])

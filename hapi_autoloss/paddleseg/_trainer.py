@@ -1,0 +1,163 @@
+"""The one place that makes ``paddleseg.core.train`` train a loss's own parameters (σ) right.
+
+Checked against PaddleSeg 2.8.0 (``paddleseg/core/train.py``, ``paddleseg/utils/utils.py::resume``)
+on paddlepaddle 3.3.1. What PaddleSeg's trainer gets wrong for a loss that owns parameters, and how
+:func:`attach` fixes each:
+
+1. The optimizer is built from ``model.parameters()`` (seed 000 appended σ by hand, with the
+   optimizer's weight decay). -> σ is added to the optimizer with no weight decay (coupled or
+   AdamW's decoupled), no clipping, learning rate × ``lr_scale`` (``hapi_autoloss._hapi``'s rule).
+2. ``train`` clears gradients with ``model.clear_gradients()`` only, and never calls
+   ``optimizer.clear_grad()``: σ's gradient would add up over every iteration.
+3. Under ``paddle.distributed.launch`` it wraps only ``model`` in DataParallel
+   (``fleet.distributed_model``): σ's gradients would not be averaged, and σ would differ per rank.
+4. Checkpoints are ``iter_N/model.pdparams`` = ``model.state_dict()`` and ``model.pdopt``, and
+   ``resume`` calls ``model.set_state_dict``: σ would be lost on resume.
+
+2 and 4: the loss becomes a sublayer of the model (``hapi_autoloss_<i>``), so ``model.clear_gradients()``
+clears σ's gradient, and σ (and the method's buffers) are saved in ``model.pdparams`` and restored by
+``resume``; σ's optimizer moments are in ``model.pdopt``.
+3: σ is marked ``no_sync`` (DataParallel's reducer would fail on a parameter used outside the
+model's forward: "has been ready before ... find_unused_parameters"), and ``optimizer.step`` first
+averages σ's gradients over the ranks (fleet's HybridParallelOptimizer calls the inner optimizer's
+``step``, which finds the wrapper; in pure data parallel it all-reduces nothing itself). σ starts
+equal on every rank: a constant, or ``init="auto"``'s mean over the ranks.
+The network's own keys and parameters are unchanged; loading such a
+``model.pdparams`` into the plain model (export, inference) skips the ``hapi_autoloss_<i>.*`` keys.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import paddle
+
+from .._dist import average_gradients
+from .._hapi import world
+from .._hapi.optimizer import _inject, check_groups, optimizer_params
+from ..topk import TopKLoss as _CoreTopK
+from ..weighting.autoweight import AutoWeight as _CoreAutoWeight
+from ..weighting.base import Weighting
+from . import _losses
+
+PREFIX = "hapi_autoloss_"
+
+
+def _loss_layers(losses: Any) -> list[Any]:
+    """Every loss object in PaddleSeg's ``{'types': [...], 'coef': [...]}`` (MixedLoss's too)."""
+    if isinstance(losses, dict):
+        if "types" not in losses:
+            raise ValueError("losses has no 'types'. Fix: pass PaddleSeg's {'types': [...], 'coef': [...]}.")
+        items = list(losses["types"])
+    elif isinstance(losses, (list, tuple)):
+        items = list(losses)
+    else:
+        items = [losses]
+    found: list[Any] = []
+    for item in items:
+        found.append(item)
+        if type(item).__name__ == "MixedLoss":  # its sub-losses are a plain list, not sublayers
+            found.extend(getattr(item, "losses", []))
+    return found
+
+
+def _check(layer: Any) -> None:
+    if isinstance(layer, (_CoreAutoWeight, _CoreTopK)) and not isinstance(
+        layer, (_losses.AutoWeight, _losses.TopKLoss)
+    ):
+        name = type(layer).__name__
+        raise TypeError(
+            f"losses holds hapi_autoloss.{name}, whose 0-d output PaddleSeg 2.8.0's train cannot log "
+            f"(loss.numpy()[0]), and which calls its sub-losses with every tensor. Fix: use "
+            f"hapi_autoloss.paddleseg.{name} (type: {name} in a config)."
+        )
+    weighting = getattr(layer, "weighting", None)
+    if weighting is not None and (
+        type(weighting).end_epoch is not Weighting.end_epoch
+        or getattr(weighting, "wants_losses_after_update", False)
+    ):
+        raise ValueError(
+            f"AutoWeight(method={layer.method!r}) needs epoch ends or a forward after each update, which "
+            "PaddleSeg's train never gives. Fix: use kendall, liebel, uw_so, simple, imtl_l, rlw, gls or fixed."
+        )
+
+
+def attach(model: paddle.nn.Layer, losses: Any, optimizer: Any, lr_scale: float = 1.0) -> list[paddle.nn.Layer]:
+    """Make ``paddleseg.core.train(model, optimizer=optimizer, losses=losses, ...)`` train σ right.
+
+    Call it once, after building the optimizer from ``model.parameters()`` (by hand or by PaddleSeg's
+    ``Config``/``SegBuilder``) and before ``train``; on every rank under ``paddle.distributed.launch``,
+    and before ``train(resume_model=...)``. It replaces seed 000's hand ``parameters.append(σ)``.
+
+    Args:
+        model: the segmentation model given to ``train``.
+        losses: PaddleSeg's ``{'types': [...], 'coef': [...]}`` (or a loss, or a list of them).
+        optimizer: the optimizer given to ``train`` (a ``paddle.optimizer.Optimizer``).
+        lr_scale: σ's learning rate as a multiple of the optimizer's (> 0).
+
+    Returns the loss layers that own trainable parameters (now sublayers of ``model``); [] if none.
+
+    After it: σ gets no weight decay and no clipping; ``train`` clears σ's gradient every
+    iteration (``model.clear_gradients()``), averages it over ranks (DataParallel) and saves and
+    resumes it with ``iter_N/model.pdparams``/``model.pdopt``.
+
+    Example::
+
+        optimizer = paddle.optimizer.AdamW(lr, parameters=model.parameters(), weight_decay=0.01)
+        hapi_autoloss.paddleseg.attach(model, losses, optimizer)  # σ: optimizer, no decay, grads, ranks, checkpoints
+        paddleseg.core.train(model, train_dataset, optimizer=optimizer, losses=losses, iters=1000)
+    """
+    if not isinstance(model, paddle.nn.Layer):
+        raise TypeError(f"model must be a paddle.nn.Layer, got {type(model).__name__}. Fix: pass the model train gets.")
+    if not isinstance(optimizer, paddle.optimizer.Optimizer):
+        raise TypeError(
+            f"optimizer must be a paddle.optimizer.Optimizer, got {type(optimizer).__name__}. Fix: pass the "
+            "optimizer itself (train wraps it for fleet later), built from model.parameters()."
+        )
+    if isinstance(lr_scale, bool) or not isinstance(lr_scale, (int, float)) or not 0 < lr_scale < float("inf"):
+        raise ValueError(f"lr_scale must be a finite number > 0, got {lr_scale!r}. Fix: e.g. lr_scale=1.0.")
+    layers = _loss_layers(losses)
+    for layer in layers:
+        _check(layer)
+    learnable = [x for x in layers
+                 if isinstance(x, paddle.nn.Layer) and any(not p.stop_gradient for p in x.parameters())]
+    if not learnable:
+        warnings.warn("No loss in losses has trainable parameters, so attach has nothing to do. Fix: nothing, "
+                      "if that is intended.", stacklevel=2)
+        return []
+    in_opt = {id(p) for p in optimizer_params(optimizer)}
+    if not any(id(p) in in_opt for p in model.parameters()):
+        raise ValueError("optimizer holds none of model's parameters. Fix: build it from model.parameters() "
+                         "and pass the same model and optimizer to attach and train.")
+    sub = {id(x) for x in model.sublayers()}
+    params: list[Any] = []
+    for layer in learnable:
+        if id(layer) not in sub:
+            i = 0
+            while hasattr(model, f"{PREFIX}{i}"):
+                i += 1
+            model.add_sublayer(f"{PREFIX}{i}", layer)
+        params.extend(p for p in layer.parameters() if not p.stop_gradient)
+    check_groups(optimizer)
+    _inject(optimizer, params, lr_scale)
+    for p in params:
+        p.no_sync = True
+    _average_before_step(optimizer, params)
+    return learnable
+
+
+def _average_before_step(optimizer: Any, params: list[Any]) -> None:
+    """Make ``optimizer.step()`` average ``params``' gradients over the ranks first (once per optimizer)."""
+    held = getattr(optimizer, "_autoloss_synced", None)
+    if held is not None:
+        held.extend(p for p in params if all(p is not q for q in held))
+        return
+    optimizer._autoloss_synced = list(params)
+    original = optimizer.step
+
+    def step(*args: Any, **kwargs: Any) -> Any:
+        average_gradients(optimizer._autoloss_synced, world()[1])
+        return original(*args, **kwargs)
+
+    optimizer.step = step
