@@ -17,6 +17,8 @@ from paddleseg.cvlibs import manager
 from .. import losses as _losses
 from .. import topk as _topk
 from ..weighting import autoweight as _autoweight
+from ..weighting.base import Weighting
+from ..weighting.gradient import GradWeighting
 
 __all__ = ["AutoWeight", "SafeCrossEntropyLoss", "SafeDiceLoss", "TopKLoss"]
 
@@ -25,8 +27,17 @@ __all__ = ["AutoWeight", "SafeCrossEntropyLoss", "SafeDiceLoss", "TopKLoss"]
 # ignored pixels, and a loss that saved the label fails in backward).
 BROKEN = {"CrossEntropyLoss": "SafeCrossEntropyLoss", "DiceLoss": "SafeDiceLoss",
           "OhemCrossEntropyLoss": "TopKLoss (ratio, min_kept, thresh)"}
-# Methods that need hooks PaddleSeg's train never calls (epoch ends, a forward after each update).
-NEEDS_HOOKS = ("dwa", "stch", "famo")
+
+
+def unsupported(weighting: Any) -> str | None:
+    """Why PaddleSeg's ``train`` cannot run this method, or None. Asked of the method itself,
+    never by its name: epoch ends and a forward after each update are hooks ``train`` never
+    calls; a gradient-level method needs the network, which the loss is not told here."""
+    if isinstance(weighting, GradWeighting):
+        return "is gradient-level: it differentiates the network's parameters itself, which is not wired here"
+    if type(weighting).end_epoch is not Weighting.end_epoch or getattr(weighting, "wants_losses_after_update", False):
+        return "needs epoch ends or a forward after each update, which PaddleSeg's train never gives"
+    return None
 
 
 def _labels(labels: paddle.Tensor) -> paddle.Tensor:
@@ -200,12 +211,6 @@ class AutoWeight(_autoweight.AutoWeight):
         if not isinstance(losses, (list, tuple)) or not losses:
             raise TypeError(f"losses must be a non-empty list, as in MixedLoss, got {losses!r}. "
                             "Fix: losses=[{'type': 'SafeCrossEntropyLoss'}, {'type': 'SafeDiceLoss'}].")
-        if method in NEEDS_HOOKS:
-            raise ValueError(
-                f"method={method!r} needs epoch ends or a forward after each update, which PaddleSeg's "
-                "train never gives. Fix: use kendall, liebel, uw_so, simple, imtl_l, rlw, gls or fixed, or "
-                "train through paddle.Model.fit with AutoWeightCallback."
-            )
         fns = [build(f, f"AutoWeight's losses[{i}]") for i, f in enumerate(losses)]
         for i, f in enumerate(fns):
             own = getattr(f, "ignore_index", None)
@@ -218,6 +223,12 @@ class AutoWeight(_autoweight.AutoWeight):
         options.setdefault("task_types", ["classification"] * len(fns))
         super().__init__(dict(zip(names, fns)), method=method, routing="shared", **options)
         self.ignore_index = ignore_index
+        why = unsupported(self.weighting)
+        if why is not None:
+            raise ValueError(
+                f"method={self.method!r} {why}. Fix: use kendall, liebel, uw_so, simple, imtl_l, rlw, gls or "
+                "fixed, or train through paddle.Model.fit with AutoWeightCallback."
+            )
 
     def forward(self, *tensors: paddle.Tensor) -> paddle.Tensor:
         return super().forward(*tensors).reshape([1])

@@ -38,7 +38,6 @@ from .._hapi import world
 from .._hapi.optimizer import _inject, check_groups, optimizer_params
 from ..topk import TopKLoss as _CoreTopK
 from ..weighting.autoweight import AutoWeight as _CoreAutoWeight
-from ..weighting.base import Weighting
 from . import _losses
 
 PREFIX = "hapi_autoloss_"
@@ -73,13 +72,11 @@ def _check(layer: Any) -> None:
             f"hapi_autoloss.paddleseg.{name} (type: {name} in a config)."
         )
     weighting = getattr(layer, "weighting", None)
-    if weighting is not None and (
-        type(weighting).end_epoch is not Weighting.end_epoch
-        or getattr(weighting, "wants_losses_after_update", False)
-    ):
+    why = None if weighting is None else _losses.unsupported(weighting)
+    if why is not None:
         raise ValueError(
-            f"AutoWeight(method={layer.method!r}) needs epoch ends or a forward after each update, which "
-            "PaddleSeg's train never gives. Fix: use kendall, liebel, uw_so, simple, imtl_l, rlw, gls or fixed."
+            f"AutoWeight(method={layer.method!r}) {why}. Fix: use kendall, liebel, uw_so, simple, imtl_l, "
+            "rlw, gls or fixed."
         )
 
 
