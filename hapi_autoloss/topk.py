@@ -84,8 +84,9 @@ class TopKLoss(paddle.nn.Layer):
     ``band=(a, b)`` instead keeps the losses in ``[μ − b·σ, μ + a·σ]``, μ and σ
     (population std) of the valid losses of the batch, without gradient through them:
     the statistical rule of the JMLR 2022 version, whose official code uses a = 1,
-    b = 2 (on a validation set's losses; here on the batch's). With a >= 1 the band
-    is never empty. It replaces ``ratio``, ``drop`` and ``threshold``.
+    b = 2 (on a validation set's losses; here on the batch's). With min(a, b) >= 1 the
+    band is never empty (else it can be, and the loss is then 0). It replaces ``ratio``,
+    ``drop`` and ``threshold``.
 
     With ``threshold`` (PaddleSeg OHEM, in loss units; only with ``drop=0``) the kept
     set is ``{loss > threshold} ∪ top-k``. PaddleSeg's ``thresh=0.7`` is

@@ -237,3 +237,18 @@ def test_mode_auto_follows_the_name():
     assert TopKOnPlateau(monitor="acc").mode == "max"
     assert TopKOnPlateau(monitor="loss").mode == "min"
     assert TopKOnPlateau(monitor="loss", mode="max").mode == "max"
+
+
+def test_a_nan_evaluation_is_never_the_best():
+    """Paddle's rule starts best at ±inf, so a NaN first evaluation changes nothing; ours too
+    (a NaN stored as best would compare False forever and cut k every `patience` evaluations)."""
+    values = [float("nan"), 1.0, 0.9, 0.8, 0.7, 0.6, 0.5]
+    plateau = TopKOnPlateau(monitor="loss", patience=2, factor=0.5, min_ratio=0.1, verbose=0)
+    loss = TopKLoss(ce(), ratio=1.0)
+    plateau._layers = [loss]
+    ours = []
+    for v in values:
+        plateau.step(v)
+        ours.append(loss.ratio)
+    assert ours == paddle_lr_factors([{"loss": [v]} for v in values], "loss", patience=2, factor=0.5, min_lr=0.1)
+    assert ours == [1.0] * len(values)

@@ -26,3 +26,13 @@ def test_sigma_identical_on_two_ranks(tmp_path, mode):
         np.testing.assert_allclose(r0["w"], model.c1.weight.numpy(), rtol=1e-5, atol=1e-6)
     else:  # seed 000's way: each rank's σ follows its own data
         assert np.abs(r0["s"] - r1["s"]).max() > 1e-4
+
+
+@pytest.mark.distributed
+def test_sigma_is_averaged_when_the_update_goes_through_minimize(tmp_path):
+    """PaddleSeg's fp16 path updates by scaler.minimize → optimizer.minimize, never step."""
+    proc, logs = launch_two_ranks(SCRIPT, str(tmp_path), "minimize", log_dir=tmp_path / "log", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:] + logs[-4000:]
+    r0, r1 = (np.load(tmp_path / f"rank{k}.npz") for k in (0, 1))
+    assert np.abs(r0["s"] - 1.0).max() > 0.01  # σ trained, on different data per rank
+    np.testing.assert_array_equal(r0["s"], r1["s"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import numbers
 from typing import Any
 
@@ -207,9 +208,10 @@ class TopKOnPlateau(Callback):
         if self.cooldown_counter > 0:
             self.cooldown_counter -= 1
             self.wait = 0
-        better = self.best is None or (
+        # A NaN evaluation is never better, and never becomes the best (it would compare False forever).
+        better = math.isfinite(current) and (self.best is None or (
             current > self.best + self.min_delta if self.mode == "max" else current < self.best - self.min_delta
-        )
+        ))
         if better:
             self.best, self.wait = current, 0
             return False

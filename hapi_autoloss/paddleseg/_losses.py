@@ -143,7 +143,7 @@ class TopKLoss(_topk.TopKLoss):
 
     Example (YAML), PaddleSeg's ``OhemCrossEntropyLoss(thresh=0.7, min_kept=10000)``::
 
-        loss: {types: [{type: TopKLoss, ratio: 0.01, min_kept: 10000, thresh: 0.7}], coef: [1]}
+        loss: {types: [{type: TopKLoss, ratio: 1.0e-6, min_kept: 10000, thresh: 0.7}], coef: [1]}
     """
 
     def __init__(self, ratio: float = 0.7, min_kept: int = 1, thresh: float | None = None,

@@ -145,16 +145,20 @@ def attach(model: paddle.nn.Layer, losses: Any, optimizer: Any, lr_scale: float 
 
 
 def _average_before_step(optimizer: Any, params: list[Any]) -> None:
-    """Make ``optimizer.step()`` average ``params``' gradients over the ranks first (once per optimizer)."""
+    """Make ``optimizer.step()`` and ``optimizer.minimize()`` average ``params``' gradients over
+    the ranks first (once per optimizer). ``train`` calls ``step``, or with ``precision='fp16'``
+    ``scaler.minimize(optimizer, ...)``, which calls ``minimize`` (averaging twice is harmless:
+    the mean of equal gradients is the same gradient)."""
     held = getattr(optimizer, "_autoloss_synced", None)
     if held is not None:
         held.extend(p for p in params if all(p is not q for q in held))
         return
     optimizer._autoloss_synced = list(params)
-    original = optimizer.step
+    for name in ("step", "minimize"):
+        original = getattr(optimizer, name)
 
-    def step(*args: Any, **kwargs: Any) -> Any:
-        average_gradients(optimizer._autoloss_synced, world()[1])
-        return original(*args, **kwargs)
+        def averaged(*args: Any, _original: Any = original, **kwargs: Any) -> Any:
+            average_gradients(optimizer._autoloss_synced, world()[1])
+            return _original(*args, **kwargs)
 
-    optimizer.step = step
+        setattr(optimizer, name, averaged)
