@@ -22,6 +22,7 @@ NUMBER = re.compile(r"(?<![\w.])[-+]?(?:\d+\.\d+|\d+|nan|inf)(?![\w.])", re.IGNO
 
 STUDIES = {
     "study_multitask.py": (list(study_multitask.ROWS), ["study_multitask.png"]),
+    "study_multitask.py --rows grad": (list(study_multitask.GRAD_ROWS), ["study_multitask_grad.png"]),
     "study_hard_examples.py": (
         list(study_hard_examples.METHODS) + [study_hard_examples.lyu_name(k) for k in study_hard_examples.LYU_K],
         ["study_hard_examples.png", "study_lyu_synthetic.png"],
@@ -47,7 +48,8 @@ def table_rows(stdout: str) -> dict[str, list[str]]:
 def test_study_quick_prints_every_row_with_finite_numbers(script, tmp_path):
     methods, plots = STUDIES[script]
     proc = subprocess.run(
-        [sys.executable, os.path.join(SCRIPTS, script), "--quick", "--out", str(tmp_path)],
+        [sys.executable, os.path.join(SCRIPTS, script.split()[0]), *script.split()[1:], "--quick", "--out",
+         str(tmp_path)],
         capture_output=True, text=True, timeout=120, cwd=ROOT,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
