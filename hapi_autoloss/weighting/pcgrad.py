@@ -5,9 +5,8 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import numpy as np
-import paddle
 
-from .._hapi import world
+from ._stream import rank0_stream
 from .gradient import GradWeighting
 
 
@@ -45,15 +44,9 @@ class PCGrad(GradWeighting):
 
     def share_seed(self) -> None:
         """Every rank takes rank 0's seed (a collective, once; every rank calls it)."""
-        if self._shared:
-            return
-        self._shared = True
-        rank, nranks = world()
-        if nranks <= 1:
-            return
-        shared = paddle.to_tensor([int(self._rng.integers(0, 2**62)) if rank == 0 else 0], dtype="int64")
-        paddle.distributed.broadcast(shared, src=0)
-        self._rng = np.random.default_rng(int(shared.numpy()[0]))
+        if not self._shared:
+            self._shared = True
+            self._rng = rank0_stream(self._rng)
 
     def alphas(self, gram: np.ndarray, losses: np.ndarray) -> np.ndarray:
         self.share_seed()  # a plain loop has no begin_training

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import paddle
 
-from .._hapi import world
+from ._stream import rank0_stream
 from .base import Weighting
 
 
@@ -40,15 +40,9 @@ class RLW(Weighting):
 
     def share_seed(self) -> None:
         """Every rank takes rank 0's seed (a collective, once; every rank calls it)."""
-        if self._shared:
-            return
-        self._shared = True
-        rank, nranks = world()
-        if nranks <= 1:
-            return
-        shared = paddle.to_tensor([int(self._rng.integers(0, 2**62)) if rank == 0 else 0], dtype="int64")
-        paddle.distributed.broadcast(shared, src=0)
-        self._rng = np.random.default_rng(int(shared.numpy()[0]))
+        if not self._shared:
+            self._shared = True
+            self._rng = rank0_stream(self._rng)
 
     def observe(self, losses: paddle.Tensor, batch_size: int = 1) -> None:
         self.share_seed()  # a plain loop has no begin_training: the first forward agrees
