@@ -7,6 +7,7 @@ import math
 import numpy as np
 import paddle
 import pytest
+from test_topk import distinct, labels_for  # distinct losses; labels with 30% ignored
 
 from hapi_autoloss import TopKLoss, _ranked
 from hapi_autoloss.topk import k_of, m_of
@@ -62,17 +63,6 @@ def reference_band(loss, a, b, per, label=None, ignore_index=None):
     return value, (w @ jac).reshape(np.shape(loss)), margin
 
 
-def distinct(shape, seed):
-    rng = np.random.default_rng(seed)
-    n = int(np.prod(shape))
-    return (rng.permutation(n).astype(np.float64) / n * 3.0 + 0.01).reshape(shape)
-
-
-def labels_for(shape, seed, frac=0.3):
-    rng = np.random.default_rng(seed + 100)
-    lab = rng.integers(0, 5, shape)
-    lab[rng.random(shape) < frac] = IGNORE
-    return lab.astype("int64")
 
 
 def run(layer, x_np, label_np):
