@@ -23,6 +23,7 @@ per-task passes, the per-task gradients.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import random
 import statistics
@@ -110,7 +111,7 @@ def memory(model: paddle.Model, batch: list) -> tuple[float, float]:
         core.host_memory_stat_reset_peak_value("Allocated", 0)
     step(model, batch, 2)
     peak = paddle.device.cuda.max_memory_allocated() if gpu else core.host_memory_stat_peak_value("Allocated", 0)
-    own = 4 * sum(int(p.numel()) * p.element_size() for p in model.network.parameters())
+    own = 4 * sum(math.prod(p.shape) * p.element_size() for p in model.network.parameters())
     return (peak - base) / 2**20, (peak - base + own) / 2**20
 
 

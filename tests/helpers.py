@@ -221,3 +221,31 @@ class KillAt(paddle.callbacks.Callback):
     def on_train_batch_end(self, step, logs=None):
         if (self.epoch, step) == self.at:
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+class RaiseOnce(paddle.callbacks.Callback):
+    """Raises a RuntimeError once, after train batch ``step`` of epoch ``epoch`` (0-based): a
+    crash the same process survives."""
+
+    def __init__(self, epoch: int, step: int) -> None:
+        super().__init__()
+        self.at, self.armed, self.epoch = (epoch, step), True, -1
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, step, logs=None):
+        if self.armed and (self.epoch, step) == self.at:
+            self.armed = False
+            raise RuntimeError("boom")
+
+
+def forbid_host_reads(monkeypatch) -> None:
+    """Make every Tensor → host conversion raise until ``monkeypatch.undo()``."""
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("host read of a tensor inside TopKLoss.forward")
+
+    for name in ("numpy", "item", "tolist", "__int__", "__float__", "__bool__", "__index__"):
+        monkeypatch.setattr(paddle.Tensor, name, forbidden, raising=False)
+

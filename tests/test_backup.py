@@ -7,7 +7,7 @@ import signal
 import numpy as np
 import paddle
 import pytest
-from helpers import ROOT, TwoTaskData, build_model, launch_two_ranks, run_python, tb_read
+from helpers import ROOT, RaiseOnce, TwoTaskData, build_model, launch_two_ranks, run_python, tb_read
 
 import hapi_autoloss
 from hapi_autoloss import AutoWeight
@@ -87,21 +87,6 @@ def test_bad_backup_dir(tmp_path):
         BackupAndRestore("hdfs://x/y")
 
 
-class RaiseOnce(paddle.callbacks.Callback):
-    """Raises once, after batch 3 of epoch 2: a crash the same process survives."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.armed, self.epoch = True, -1
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.epoch = epoch
-
-    def on_train_batch_end(self, step, logs=None):
-        if self.armed and (self.epoch, step) == (2, 3):
-            self.armed = False
-            raise RuntimeError("boom")
-
 
 def test_fit_again_in_the_same_process_after_an_exception(tmp_path):
     """dwa's partial epoch sums of the failed fit must not leak into the restored one."""
@@ -118,7 +103,7 @@ def test_fit_again_in_the_same_process_after_an_exception(tmp_path):
     full, full_loss = build()
     fit(full, "full")
     model, loss = build()
-    boom = RaiseOnce()
+    boom = RaiseOnce(2, 3)
     with pytest.raises(RuntimeError, match="boom"):
         fit(model, "run", boom)
     fit(model, "run", boom)

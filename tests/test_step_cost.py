@@ -190,3 +190,33 @@ def test_the_clamp_gives_the_former_values_and_gradient(method, clamp):
     np.testing.assert_array_equal(p.numpy(), s + (np.clip(s, lo, hi) - s))  # float32 arithmetic, as before
     p.sum().backward()
     np.testing.assert_array_equal(aw.s.grad.numpy(), np.ones(5, dtype=np.float32))  # straight through
+
+
+@pytest.mark.parametrize("method, per_step", [
+    ("mgda", 2),  # the finite flags, then the Gram matrix and losses for the float64 rule
+    ("db_mtl", 1),  # the finite flags only: its rule runs on the device, α is read when shown
+    ("gradnorm", 1),  # the same; L(0) is kept on the device
+])
+def test_a_gradient_level_step_reads_the_host_once_or_twice(monkeypatch, method, per_step):
+    loss = AutoWeight({"y1": paddle.nn.MSELoss(), "y2": paddle.nn.MSELoss()}, method=method)
+    model = build_model(loss)
+    steps: list[Counter[str]] = []
+    for name in READS:
+        original = getattr(paddle.Tensor, name)
+
+        def read(tensor, *args, _original=original, **kwargs):
+            caller = sys._getframe(1).f_globals.get("__name__", "")
+            if caller.startswith("hapi_autoloss") and caller != "hapi_autoloss._hapi.finite" and steps:
+                steps[-1]["other"] += 1
+            return _original(tensor, *args, **kwargs)
+
+        monkeypatch.setattr(paddle.Tensor, name, read)
+    inner = model.train_batch
+
+    def train_batch(*args, **kwargs):
+        steps.append(Counter())
+        return inner(*args, **kwargs)
+
+    model.train_batch = train_batch
+    fit(model, verbose=0)
+    assert [s["other"] for s in steps[:-1]] == [per_step] * (STEPS - 1)  # the last step holds the epoch end's

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import paddle
 import pytest
-from helpers import tb_read
+from helpers import RaiseOnce, tb_read
 from paddle.callbacks import Callback
 
 import hapi_autoloss
@@ -134,21 +134,6 @@ def test_state_round_trips_through_model_save_and_load_state(tmp_path):
         wrong.set_state_dict(saved)
 
 
-class RaiseOnce(Callback):
-    """Raises once, after batch 1 of epoch 5: a crash the same process survives."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.armed, self.epoch = True, -1
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.epoch = epoch
-
-    def on_train_batch_end(self, step, logs=None):
-        if self.armed and (self.epoch, step) == (5, 1):
-            self.armed = False
-            raise RuntimeError("boom")
-
 
 def test_backup_and_restore_resumes_the_plateau_as_if_uninterrupted(tmp_path):
     def plateau():
@@ -159,7 +144,7 @@ def test_backup_and_restore_resumes_the_plateau_as_if_uninterrupted(tmp_path):
     fit(full_model, 8, [BackupAndRestore(tmp_path / "full"), full_cb])
     loss = TopKLoss(ce(), ratio=1.0, drop=0.1)
     model = build(loss)
-    boom = RaiseOnce()
+    boom = RaiseOnce(5, 1)
     with pytest.raises(RuntimeError, match="boom"):
         fit(model, 8, [BackupAndRestore(tmp_path / "run"), plateau(), boom])
     again = plateau()  # a fresh callback, as after a restart: the backup gives it its state

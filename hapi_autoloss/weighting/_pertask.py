@@ -9,6 +9,7 @@ them over ranks, lets the method combine them, and returns the loss built by
 
 from __future__ import annotations
 
+import math
 import weakref
 from collections.abc import Sequence
 from typing import Any, Callable, Union
@@ -131,12 +132,12 @@ class PerTask:
         owner = {id(p): name.rsplit(".", 1)[0] if "." in name else "" for name, p in network.named_parameters()}
         ids = self._shared_ids or set()
         shared = [p for p in params if id(p) in ids]
-        stop = sum(int(p.numel()) for p in shared)
+        stop = sum(math.prod(p.shape) for p in shared)
         start, last = stop, owner.get(id(shared[-1]), "")
         for p in reversed(shared):
             if owner.get(id(p), "") != last:
                 break
-            start -= int(p.numel())
+            start -= math.prod(p.shape)
         return slice(start, stop)
 
     # ------------------------------------------------------------ one training forward
@@ -175,14 +176,13 @@ class PerTask:
             index = {id(p): j for j, p in enumerate(params)}
             columns = [[g[index[id(p)]] for p in shared] for g in reached]
             reached = [[g[index[id(p)]] for p in specific] for g in reached]
-        sizes = [int(p.numel()) for p in shared]
+        sizes = [math.prod(p.shape) for p in shared]
         grads = paddle.stack([_surrogate.flat(c, sizes) for c in columns])
         local = paddle.stack([loss.detach() for loss in losses]).astype("float32")
         value = local.sum()
-        others_ok = _surrogate.all_finite([g for row in reached for g in row])
-        mean, others, grads, gram = _surrogate.average(local, others_ok, grads, self.rep_grad)
-        finite_losses = bool(paddle.isfinite(mean).all())
-        if not (finite_losses and others and bool(paddle.isfinite(grads if gram is None else gram).all())):
+        others_ok = _surrogate.finite_flag([g for row in reached for g in row])
+        mean, grads, gram, (finite_losses, finite) = _surrogate.average(local, others_ok, grads, self.rep_grad)
+        if not finite:
             # Non-finite somewhere (the sums carry it to every rank): the method must not see the step.
             return _surrogate.skipped(value, params, amp_overflow=finite_losses and scale is not None)
         method.last_shared = self._last or slice(None)

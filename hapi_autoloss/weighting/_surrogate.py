@@ -22,16 +22,16 @@ def flat(grads: list[Any], sizes: list[int]) -> paddle.Tensor:
     return paddle.concat(parts) if parts else paddle.zeros([0], "float32")
 
 
-def all_finite(grads: list[Any]) -> paddle.Tensor:
+def finite_flag(grads: list[Any]) -> paddle.Tensor:
     """A 0-d bool tensor: every gradient given is finite (no host read)."""
     flags = [paddle.isfinite(g).all() for g in grads if g is not None]
     return paddle.stack(flags).all() if flags else paddle.to_tensor(True)
 
 
 def average(losses: paddle.Tensor, others_ok: paddle.Tensor, grads: paddle.Tensor,
-            rep: bool) -> tuple[paddle.Tensor, bool, paddle.Tensor, paddle.Tensor | None]:
-    """(mean losses, whether every rank's other gradients are finite, gradients, Gram or None)
-    over the ranks of the launcher, in one all-reduce.
+            rep: bool) -> tuple[paddle.Tensor, paddle.Tensor, paddle.Tensor | None, tuple[bool, bool]]:
+    """(mean losses, gradients, Gram or None, (losses finite, everything finite)) over the ranks
+    of the launcher, in one all-reduce and one host read of three flags.
 
     Parameter mode averages G itself. Representation mode cannot (each rank holds other
     samples' representations): it sums the Gram matrices instead, which for losses that
@@ -47,8 +47,10 @@ def average(losses: paddle.Tensor, others_ok: paddle.Tensor, grads: paddle.Tenso
         paddle.distributed.all_reduce(buf)
         losses, flag = buf[:k] / nranks, buf[k : k + 1]
         payload = buf[k + 1 :].reshape(payload.shape) / (nranks * nranks if rep else nranks)
-    ok = bool(paddle.isfinite(flag).all())
-    return (losses, ok, grads, payload) if rep else (losses, ok, payload, None)
+    flags = paddle.stack([paddle.isfinite(losses).all(), paddle.isfinite(flag).all(),
+                          paddle.isfinite(payload).all()]).numpy()
+    finite = (bool(flags[0]), bool(flags.all()))
+    return (losses, grads, payload, finite) if rep else (losses, payload, None, finite)
 
 
 class _InfGrad(paddle.autograd.PyLayer):

@@ -24,11 +24,6 @@ from .base import METHODS, Weighting, make_method
 from .gradient import GradWeighting
 
 
-def _has_rep_mode(cls: type) -> bool:
-    """A gradient-level method whose rule is its Gram matrix's (``alphas``, not ``combine_grads``)."""
-    return issubclass(cls, GradWeighting) and cls.rep_grad and cls.combine_grads is GradWeighting.combine_grads
-
-
 class AutoWeight(paddle.nn.Layer):
     """Computes several losses and weights them into one, learning the weights during ``model.fit``.
 
@@ -106,8 +101,8 @@ class AutoWeight(paddle.nn.Layer):
                     f"method={self.method!r}, which weights the losses. Fix: drop them, or use one of those."
                 )
             return None
-        if rep_grad and not _has_rep_mode(type(self.weighting)):
-            able = ", ".join(sorted(n for n, c in METHODS.items() if _has_rep_mode(c)))
+        if rep_grad and not self.weighting.has_rep_mode():
+            able = ", ".join(sorted(n for n, c in METHODS.items() if issubclass(c, GradWeighting) and c.has_rep_mode()))
             raise ValueError(
                 f"method={self.method!r} needs the gradients of the parameters themselves, so it has no "
                 f"representation mode. Fix: drop rep_grad=True, or use one of {able}."

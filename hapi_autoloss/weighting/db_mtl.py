@@ -65,7 +65,7 @@ class DBMTL(GradWeighting):
         self._buffer["g"] = buf
         norms = paddle.linalg.norm(buf, axis=1)
         alpha = norms.max() / (norms + EPS)
-        self.show_alphas(alpha.numpy())
+        self.show_alphas(alpha)
         return paddle.matmul(alpha.unsqueeze(0), buf).squeeze(0)
 
     def checkpoint_state(self) -> dict[str, Any]:

@@ -80,11 +80,19 @@ class GradWeighting(Weighting):
         return paddle.matmul(alpha.unsqueeze(0), grads).squeeze(0)
 
     def combine_gram(self, gram: paddle.Tensor, losses: paddle.Tensor) -> paddle.Tensor:
-        """α as a float32 tensor [k], from :meth:`alphas` in float64 on the host (k×k values)."""
-        alpha = np.asarray(self.alphas(gram.numpy().astype(np.float64), losses.numpy().astype(np.float64)),
-                           dtype=np.float64)
+        """α as a float32 tensor [k], from :meth:`alphas` in float64 on the host (one read of
+        k×k + k values)."""
+        k = int(losses.shape[0])
+        host = paddle.concat([gram.reshape([-1]), losses.astype(gram.dtype)]).numpy().astype(np.float64)
+        alpha = np.asarray(self.alphas(host[: k * k].reshape(k, k), host[k * k :]), dtype=np.float64)
         self.show_alphas(alpha)
         return paddle.to_tensor(alpha, dtype="float32")
+
+    @classmethod
+    def has_rep_mode(cls) -> bool:
+        """Whether the rule can run on the representation's gradients: it is a function of the
+        Gram matrix (``alphas``), not of the gradients themselves (``combine_grads``)."""
+        return cls.rep_grad and cls.combine_grads is GradWeighting.combine_grads
 
     def method_loss(self, grads: paddle.Tensor, losses: paddle.Tensor) -> paddle.Tensor | None:
         """A loss whose gradient trains the method's parameters (``grads``, ``losses`` are detached)."""
@@ -92,14 +100,22 @@ class GradWeighting(Weighting):
 
     # ------------------------------------------------------------ display
 
-    def show_alphas(self, alpha: np.ndarray) -> None:
-        """Keep α for ``weights()`` / ``used()`` and the exporters."""
-        self._alphas = np.asarray(alpha, dtype=np.float64).copy()
+    def show_alphas(self, alpha: np.ndarray | paddle.Tensor) -> None:
+        """Keep α for ``weights()`` / ``used()`` and the exporters. A tensor is kept as it is and
+        read only when shown, so a method that computes α on the device adds no host read."""
+        if isinstance(alpha, paddle.Tensor):
+            self._seen["alphas"] = alpha.detach()  # in _seen: a Tensor attribute would become a buffer
+        else:
+            self._seen.pop("alphas", None)
+            self._alphas = np.asarray(alpha, dtype=np.float64).copy()
 
     def combine(self, losses: paddle.Tensor) -> paddle.Tensor:
         return losses.sum()
 
     def weight(self, used: bool) -> np.ndarray:
+        pending = self._seen.pop("alphas", None)  # read once, when first shown
+        if pending is not None:
+            self._alphas = pending.numpy().astype(np.float64)
         return self._alphas.copy()
 
     @property
@@ -108,8 +124,9 @@ class GradWeighting(Weighting):
 
     def checkpoint_state(self) -> dict[str, Any]:
         """The last step's α, so that a resumed run shows them (a subclass adds its own state)."""
-        return {"alphas": [float(a) for a in self._alphas]}
+        return {"alphas": [float(a) for a in self.weight(used=True)]}
 
     def set_checkpoint_state(self, state: dict[str, Any]) -> None:
         if "alphas" in state:
+            self._seen.pop("alphas", None)
             self._alphas = np.asarray(state["alphas"], dtype=np.float64)

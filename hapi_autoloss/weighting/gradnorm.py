@@ -61,10 +61,11 @@ class GradNorm(GradWeighting):
         return self.n * paddle.nn.functional.softmax(self.p)
 
     def record_initial(self, losses: paddle.Tensor) -> None:
-        """Keep the first finite losses as L(0) (once per run: a resumed run keeps its L(0))."""
-        if int(self.initial_set) == 0 and bool(paddle.isfinite(losses).all()):
-            self.initial_losses.set_value(losses.detach().astype("float32"))
-            self.initial_set.set_value(paddle.ones_like(self.initial_set))
+        """Keep the first losses as L(0) (once per run: a resumed run keeps its L(0)). On the
+        device, no host read; AutoWeight only calls the method on finite steps."""
+        known = self.initial_set > 0
+        self.initial_losses.set_value(paddle.where(known, self.initial_losses, losses.detach().astype("float32")))
+        self.initial_set.set_value(paddle.ones_like(self.initial_set))
 
     def task_scales(self, losses: paddle.Tensor) -> paddle.Tensor | None:
         return self.weights().detach()
@@ -72,7 +73,7 @@ class GradNorm(GradWeighting):
     def combine_grads(self, grads: paddle.Tensor, losses: paddle.Tensor) -> paddle.Tensor:
         self.record_initial(losses)
         w = self.weights().detach()
-        self.show_alphas(w.numpy())
+        self.show_alphas(w)
         return paddle.matmul(w.unsqueeze(0), grads).squeeze(0)
 
     def method_loss(self, grads: paddle.Tensor, losses: paddle.Tensor) -> paddle.Tensor | None:

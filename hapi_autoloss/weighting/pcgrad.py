@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 
-from ._stream import rank0_stream
+from ._stream import SharedStream
 from .gradient import GradWeighting
 
 
-class PCGrad(GradWeighting):
+class PCGrad(SharedStream, GradWeighting):
     """Gradient surgery: for each task i, in a random order of the tasks j (all of them,
     i included, as LibMTL and the official code), if ``g_i^PC·g_j < 0`` then
     ``g_i^PC ← g_i^PC − (g_i^PC·g_j / ‖g_j‖²)·g_j``; the combined gradient is
@@ -33,20 +33,7 @@ class PCGrad(GradWeighting):
 
     def __init__(self, seed: int | None = None) -> None:
         super().__init__()
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
-            raise ValueError(f"seed must be None or an int >= 0, got {seed!r}. Fix: e.g. seed=0.")
-        self.seed = seed
-        self._rng = np.random.default_rng(seed)
-        self._shared = seed is not None  # an explicit seed is the same on every rank
-
-    def begin_training(self) -> None:
-        self.share_seed()
-
-    def share_seed(self) -> None:
-        """Every rank takes rank 0's seed (a collective, once; every rank calls it)."""
-        if not self._shared:
-            self._shared = True
-            self._rng = rank0_stream(self._rng)
+        self.start_stream(seed)
 
     def alphas(self, gram: np.ndarray, losses: np.ndarray) -> np.ndarray:
         self.share_seed()  # a plain loop has no begin_training
@@ -59,15 +46,6 @@ class PCGrad(GradWeighting):
                 if dot < 0 and sq[j] > 0:
                     coef[i, j] -= dot / sq[j]
         return coef.sum(axis=0)
-
-    def checkpoint_state(self) -> dict[str, Any]:
-        return {**super().checkpoint_state(), "rng": self._rng.bit_generator.state}
-
-    def set_checkpoint_state(self, state: dict[str, Any]) -> None:
-        super().set_checkpoint_state(state)
-        if "rng" in state:
-            self._rng.bit_generator.state = state["rng"]
-            self._shared = True  # the saved stream is already the one every rank shares
 
     def extra_repr(self) -> str:
         return f"seed={self.seed}"

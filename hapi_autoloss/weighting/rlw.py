@@ -7,11 +7,11 @@ from typing import Any
 import numpy as np
 import paddle
 
-from ._stream import rank0_stream
+from ._stream import SharedStream
 from .base import Weighting
 
 
-class RLW(Weighting):
+class RLW(SharedStream, Weighting):
     """``Σ w_i·L_i`` with ``w = softmax(z)``, ``z ~ N(0, 1)`` drawn at every training step
     from its own NumPy generator (``seed``), so drawing never shifts Paddle's random
     stream. Evaluation uses the expected weight 1/n. Under ``paddle.distributed.launch``
@@ -26,23 +26,12 @@ class RLW(Weighting):
 
     def __init__(self, seed: int | None = None) -> None:
         super().__init__()
-        self.seed = seed
-        self._rng = np.random.default_rng(seed)
-        self._shared = seed is not None  # an explicit seed is the same on every rank
+        self.start_stream(seed)
         self._last = np.zeros(0)
 
     def bind(self, tasks: list[str], task_types: list[str | None]) -> None:
         super().bind(tasks, task_types)
         self._last = np.full(self.n, 1.0 / self.n)
-
-    def begin_training(self) -> None:
-        self.share_seed()
-
-    def share_seed(self) -> None:
-        """Every rank takes rank 0's seed (a collective, once; every rank calls it)."""
-        if not self._shared:
-            self._shared = True
-            self._rng = rank0_stream(self._rng)
 
     def observe(self, losses: paddle.Tensor, batch_size: int = 1) -> None:
         self.share_seed()  # a plain loop has no begin_training: the first forward agrees
@@ -60,12 +49,10 @@ class RLW(Weighting):
         return self._last.copy()
 
     def checkpoint_state(self) -> dict[str, Any]:
-        return {"rng": self._rng.bit_generator.state, "last": [float(w) for w in self._last]}
+        return {**super().checkpoint_state(), "last": [float(w) for w in self._last]}
 
     def set_checkpoint_state(self, state: dict[str, Any]) -> None:
-        if "rng" in state:
-            self._rng.bit_generator.state = state["rng"]
-            self._shared = True  # the saved stream is already the one every rank shares
+        super().set_checkpoint_state(state)
         if "last" in state:
             self._last = np.asarray(state["last"], dtype=np.float64)
 
