@@ -41,28 +41,67 @@ def check_loss(name: str, raw: Any, inputs: tuple[paddle.Tensor, ...], per: str)
     return raw if raw.dtype == paddle.float32 else raw.astype("float32")
 
 
-def ignored_mask(
-    ignore_index: int | None, values: paddle.Tensor, inputs: tuple[paddle.Tensor, ...]
-) -> paddle.Tensor | None:
-    """Which loss elements have the label ``ignore_index`` (shaped like ``values``); None: none set."""
-    if ignore_index is None:
-        return None
+def label_of(purpose: str, values: paddle.Tensor, inputs: tuple[paddle.Tensor, ...]) -> paddle.Tensor:
+    """The label (the last argument), checked to hold one entry per loss element."""
     if len(inputs) < 2 or not isinstance(inputs[-1], paddle.Tensor):
         raise ValueError(
-            "ignore_index is set, so TopKLoss reads the label from its last argument, but "
+            f"{purpose}, so TopKLoss reads the label from its last argument, but "
             f"it got {len(inputs)} argument(s). Fix: call it as loss(output, label)."
         )
     label = inputs[-1]
     n_label, n_loss = math.prod(label.shape), math.prod(values.shape)
     if n_label != n_loss:
         raise ValueError(
-            f"ignore_index needs one label per loss element, but the label has shape "
+            f"{purpose}, which needs one label per loss element, but the label has shape "
             f"{list(label.shape)} ({n_label} elements) and the per-element loss "
             f"{list(values.shape)} ({n_loss}). Fix: pass class-index labels shaped "
             "like the loss ([N,H,W] or [N,1,H,W]), not one-hot or soft labels."
         )
+    return label
+
+
+def ignored_mask(
+    ignore_index: int | None, values: paddle.Tensor, inputs: tuple[paddle.Tensor, ...]
+) -> paddle.Tensor | None:
+    """Which loss elements have the label ``ignore_index`` (shaped like ``values``); None: none set."""
+    if ignore_index is None:
+        return None
+    label = label_of("ignore_index is set", values, inputs)
     # equal() with a 0-d tensor of the label's dtype: no Python-scalar promotion of the label.
     return paddle.equal(label, paddle.full([], ignore_index, dtype=label.dtype)).reshape(values.shape)
+
+
+def per_class(
+    values: paddle.Tensor,
+    ignored: paddle.Tensor | None,
+    inputs: tuple[paddle.Tensor, ...],
+    num_classes: int | None,
+) -> tuple[paddle.Tensor, paddle.Tensor]:
+    """Each class's mean loss over the valid elements with that label ([C]), and which
+    classes have none in this batch (they are ranked like ignored elements)."""
+    label = label_of("per='class' ranks classes", values, inputs)
+    if num_classes is None:
+        first = inputs[0]
+        if len(first.shape) < 2 or int(first.shape[1]) < 1:
+            raise ValueError(
+                f"per='class' reads the number of classes from the first argument's axis 1, but it has "
+                f"shape {list(first.shape)}. Fix: TopKLoss(..., per='class', num_classes=C)."
+            )
+        num_classes = int(first.shape[1])
+    flat = values.reshape([-1])
+    index = label.reshape([-1]).astype("int64")
+    weight = paddle.ones_like(flat)
+    if ignored is not None:
+        mask = ignored.reshape([-1])
+        flat = paddle.masked_fill(flat, mask, 0.0)  # also a NaN of an ignored element
+        weight = paddle.masked_fill(weight, mask, 0.0)
+        index = paddle.masked_fill(index, mask, 0)
+    # Out-of-range labels (the wrapped loss rejects them) must not index out of bounds here.
+    index = paddle.clip(index, 0, num_classes - 1)
+    zeros = paddle.zeros([num_classes], dtype=flat.dtype)
+    total = paddle.index_add(zeros, index, 0, flat)
+    count = paddle.index_add(zeros, index, 0, weight)
+    return total / paddle.clip(count, min=1.0), count == 0
 
 
 def per_sample(

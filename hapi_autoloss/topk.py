@@ -10,51 +10,14 @@ import paddle
 
 from . import _ranked, _topk_input
 from ._ranked import ROUNDING_TOLERANCE, k_of, m_of
+from ._topk_args import validate_band, validate_drop, validate_ratio
 
 __all__ = ["ROUNDING_TOLERANCE", "TopKLoss", "k_of", "m_of", "validate_drop", "validate_ratio"]
 
-PER_CHOICES = ("sample", "pixel")
+PER_CHOICES = ("sample", "pixel", "class")
 DEFAULT_RATIO = 0.7
 
 LossFn = Callable[..., paddle.Tensor]
-
-
-def validate_ratio(ratio: Any, name: str = "ratio") -> float:
-    """``ratio`` as a float, or a clear error when it is not in (0, 1]."""
-    if isinstance(ratio, bool) or not isinstance(ratio, numbers.Real):
-        raise TypeError(
-            f"{name} must be a number in (0, 1], got {type(ratio).__name__} {ratio!r}. "
-            f"Fix: e.g. {name}=0.1 to keep the hardest 10%."
-        )
-    value = float(ratio)
-    if not (0.0 < value <= 1.0):  # also False for NaN
-        raise ValueError(
-            f"{name} must be in (0, 1] (the fraction of losses kept), got {ratio!r}. "
-            f"Fix: e.g. {name}=0.1 to keep the hardest 10%, or {name}=1.0 for the plain mean."
-        )
-    return value
-
-
-def validate_drop(drop: Any, name: str = "drop") -> float:
-    """``drop`` as a float, or a clear error when it is not in [0, 1)."""
-    if isinstance(drop, bool) or not isinstance(drop, numbers.Real) or not (0.0 <= float(drop) < 1.0):
-        raise ValueError(
-            f"{name} must be a number in [0, 1) (the fraction of the hardest losses dropped), got "
-            f"{drop!r}. Fix: e.g. {name}=0.1 to drop the hardest 10%, or {name}=0 to drop none."
-        )
-    return float(drop)
-
-
-def validate_band(band: Any) -> tuple[float, float]:
-    """``band`` as ``(a, b)``, two numbers >= 0 (inf allowed), or a clear error."""
-    ok = isinstance(band, (tuple, list)) and len(band) == 2
-    ok = ok and all(not isinstance(x, bool) and isinstance(x, numbers.Real) and float(x) >= 0.0 for x in band)
-    if not ok:  # NaN fails the >= 0 test too
-        raise ValueError(
-            f"band must be a pair (a, b) of numbers >= 0, got {band!r}: the kept losses are those in "
-            "[mean − b·std, mean + a·std]. Fix: e.g. band=(1.0, 2.0), the official AoRR code's rule."
-        )
-    return float(band[0]), float(band[1])
 
 
 class TopKLoss(paddle.nn.Layer):
@@ -70,7 +33,12 @@ class TopKLoss(paddle.nn.Layer):
 
     Which elements are ranked: ``per="sample"`` each sample's loss, i.e. its mean over
     the non-batch dimensions (over the valid elements when ``ignore_index`` is set; a
-    sample with none is left out); ``per="pixel"`` every element (OHEM).
+    sample with none is left out); ``per="pixel"`` every element (OHEM); ``per="class"``
+    each class's mean loss over the batch's valid elements with that label (classes
+    absent from the batch are left out), so ``ratio=1.0`` is the class-balanced mean
+    (every class present weighs the same, however rare) and ``ratio < 1`` mines the
+    hardest classes. Under symmetric label noise the class means move together, so the
+    mislabelled elements are not what gets selected.
 
     How many, out of the ``n`` valid ones (ignored pixels do not count)::
 
@@ -103,7 +71,8 @@ class TopKLoss(paddle.nn.Layer):
             argument the TopKLoss gets (hapi: ``*outputs, *labels``).
         ratio: fraction kept from the top, k/n, in (0, 1]; default 0.7. Settable
             (``TopKScheduler``, ``TopKOnPlateau``).
-        per: ``"sample"`` or ``"pixel"``.
+        per: ``"sample"``, ``"pixel"`` or ``"class"`` (n, k and ``min_kept`` then
+            count classes; the class labels are read from the last argument).
         ignore_index: elements whose label (the last argument) equals it are never
             kept and do not count in n. The label needs one entry per loss element;
             give the wrapped cross-entropy the same ``ignore_index``.
@@ -111,12 +80,15 @@ class TopKLoss(paddle.nn.Layer):
         threshold: optional loss threshold, see above.
         drop: fraction of the hardest dropped, m/n, in [0, ratio). Settable.
         band: ``(a, b)``, the statistical rule above.
+        num_classes: for ``per="class"``: the number of classes C (labels 0..C-1);
+            None reads it from the first argument's axis 1 (logits ``[N, C, ...]``).
 
     Example::
 
         ce = paddle.nn.CrossEntropyLoss(reduction="none", axis=1, ignore_index=255)
         loss = hapi_autoloss.TopKLoss(ce, ratio=0.1, per="pixel", ignore_index=255)
         robust = hapi_autoloss.TopKLoss(paddle.nn.CrossEntropyLoss(reduction="none"), ratio=0.7, drop=0.1)
+        balanced = hapi_autoloss.TopKLoss(paddle.nn.CrossEntropyLoss(reduction="none"), ratio=1.0, per="class")
         model.prepare(optimizer, loss)           # logits [N,C,H,W], label [N,1,H,W]
         model.fit(data, epochs=10, callbacks=[hapi_autoloss.callbacks.TopKScheduler()])
     """
@@ -127,6 +99,7 @@ class TopKLoss(paddle.nn.Layer):
     min_kept: int
     threshold: float | None
     band: tuple[float, float] | None
+    num_classes: int | None
     _ratio: float
     _drop: float
 
@@ -140,6 +113,7 @@ class TopKLoss(paddle.nn.Layer):
         threshold: float | None = None,
         drop: float = 0.0,
         band: tuple[float, float] | None = None,
+        num_classes: int | None = None,
     ) -> None:
         super().__init__()
         if not callable(loss):
@@ -150,7 +124,14 @@ class TopKLoss(paddle.nn.Layer):
         if per not in PER_CHOICES:
             raise ValueError(
                 f"Unknown per {per!r}. Fix: per='sample' ranks each sample's mean loss, "
-                "per='pixel' ranks every element."
+                "per='pixel' ranks every element, per='class' each class's mean loss."
+            )
+        if num_classes is not None and (
+            isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral) or num_classes < 1
+        ):
+            raise ValueError(
+                f"num_classes must be an int >= 1 or None, got {num_classes!r}. Fix: e.g. num_classes=19, "
+                "or None to read it from the logits' axis 1."
             )
         if isinstance(min_kept, bool) or not isinstance(min_kept, numbers.Integral) or min_kept < 1:
             raise ValueError(
@@ -190,6 +171,12 @@ class TopKLoss(paddle.nn.Layer):
         self.ignore_index = None if ignore_index is None else int(ignore_index)
         self.min_kept = int(min_kept)
         self.threshold = threshold
+        if num_classes is not None and per != "class":
+            raise ValueError(
+                f"num_classes={num_classes} only applies to per='class', but per={per!r}. "
+                "Fix: per='class', or leave num_classes out."
+            )
+        self.num_classes = None if num_classes is None else int(num_classes)
         self._ratio, self._drop = 1.0, 0.0
         if self.band is None:
             self.set_range(DEFAULT_RATIO if ratio is None else ratio, drop)
@@ -253,6 +240,7 @@ class TopKLoss(paddle.nn.Layer):
         return (
             f"{rule}, per={self.per}, ignore_index={self.ignore_index}, "
             f"min_kept={self.min_kept}, threshold={self.threshold}"
+            + (f", num_classes={self.num_classes}" if self.num_classes is not None else "")
         )
 
     # ------------------------------------------------------------ forward
@@ -263,6 +251,8 @@ class TopKLoss(paddle.nn.Layer):
         ignored = _topk_input.ignored_mask(self.ignore_index, values, inputs)
         if self.per == "sample":
             values, ignored = _topk_input.per_sample(values, ignored)
+        elif self.per == "class":
+            values, ignored = _topk_input.per_class(values, ignored, inputs, self.num_classes)
         else:
             values = values.reshape([-1])
             ignored = None if ignored is None else ignored.reshape([-1])
