@@ -82,10 +82,12 @@ def per_class(
     label = label_of("per='class' ranks classes", values, inputs)
     if num_classes is None:
         first = inputs[0]
-        if len(first.shape) < 2 or int(first.shape[1]) < 1:
+        # One channel is a binary logit (BCE), not one class: reading C = 1 would merge the classes.
+        if len(first.shape) < 2 or int(first.shape[1]) < 2:
             raise ValueError(
                 f"per='class' reads the number of classes from the first argument's axis 1, but it has "
-                f"shape {list(first.shape)}. Fix: TopKLoss(..., per='class', num_classes=C)."
+                f"shape {list(first.shape)}. Fix: TopKLoss(..., per='class', num_classes=C), e.g. 2 for a "
+                "binary logit."
             )
         num_classes = int(first.shape[1])
     flat = values.reshape([-1])

@@ -136,6 +136,9 @@ def test_bad_arguments_say_how_to_fix_them():
     layer = TopKLoss(identity, per="class")
     with pytest.raises(ValueError, match=r"axis 1.*Fix: TopKLoss\(\.\.\., per='class', num_classes=C\)"):
         layer(paddle.ones([4]), paddle.zeros([4], dtype="int64"))
+    bce = TopKLoss(paddle.nn.BCEWithLogitsLoss(reduction="none"), per="class")
+    with pytest.raises(ValueError, match=r"shape \[4, 1\].*num_classes=C\), e.g. 2 for a binary logit"):
+        bce(paddle.ones([4, 1]), paddle.zeros([4, 1]))
     with pytest.raises(ValueError, match=r"last argument.*Fix"):
         TopKLoss(lambda x: x, per="class", num_classes=2)(paddle.ones([4]))
     with pytest.raises(ValueError, match=r"one label per loss element.*Fix"):
