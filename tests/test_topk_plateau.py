@@ -170,6 +170,18 @@ def test_topk_ratio_is_shown_and_exported(tmp_path, capsys):
     assert [v for _, v in points["topk/ratio"]] == pytest.approx([1.0] * 6 + [0.5] * 3 + [0.25] * 3 + [0.2] * 6)
 
 
+def test_a_ranked_range_exports_its_dropped_fraction_next_to_the_ratio(tmp_path):
+    loss = TopKLoss(ce(), ratio=1.0, drop=0.1)
+    model = build(loss)
+    model.fit(Blobs(), Blobs(16, seed=1, noise=2.0), epochs=6, batch_size=BATCH, shuffle=False, verbose=0,
+              callbacks=[TopKOnPlateau(monitor="loss", patience=0, min_delta=10.0, factor=0.5, min_ratio=0.2),
+                         TensorBoardExport(tmp_path / "tb", every_n_steps=1)])  # fmt: skip
+    points = tb_read(tmp_path / "tb")
+    # drop is scaled with the ratio (scale_drop): 0.1, 0.05, 0.025, then 0.025·0.2/0.25
+    assert [v for _, v in points["topk/drop"]] == pytest.approx([0.1] * 6 + [0.05] * 3 + [0.025] * 3 + [0.02] * 6)
+    assert len(points["topk/drop"]) == len(points["topk/ratio"])
+
+
 def test_errors_come_before_any_step():
     model = build(TopKLoss(ce(), ratio=1.0))
     before = [p.numpy().copy() for p in model.parameters()]

@@ -59,6 +59,12 @@ def metric_names(model: Any) -> list[str]:
     return list(names()) if callable(names) else ["loss"]
 
 
+def lacks_eval_data(model: Any) -> bool:
+    """True when the running ``fit`` got no ``eval_data`` (False if unknown)."""
+    # hapi 3.3.1 keeps fit's eval loader here (None without eval_data) before any callback starts.
+    return getattr(model, "_test_dataloader", "unknown") is None
+
+
 def iter_layers(model: Any, cls: type) -> Iterator[Any]:
     """Every instance of ``cls`` inside the model's loss, the loss itself included."""
     root = loss_layer(model)

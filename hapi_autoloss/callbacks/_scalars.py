@@ -164,6 +164,7 @@ class ScalarExport(Callback):
         # Per AutoWeight: {task: (sigma tag, weight tag, loss tag)}, built once per fit.
         self._weighting: list[tuple[AutoWeight, dict[str, tuple[str, str, str]]]] = []
         self._topk: list[Any] = []
+        self._drop_shown: set[int] = set()
 
     # ------------------------------------------------------------ to implement
 
@@ -320,9 +321,15 @@ class ScalarExport(Callback):
                     if task in tags:
                         values[tags[task][kind]] = float(value)
         for i, layer in enumerate(self._topk):
+            suffix = "" if i == 0 else f"/{i}"
             ratio = _scalar(getattr(layer, "ratio", None))
             if ratio is not None:
-                values["topk/ratio" if i == 0 else f"topk/ratio/{i}"] = ratio
+                values[f"topk/ratio{suffix}"] = ratio
+            # The dropped fraction (AoRR) once a ranked range is used; then on, so a drop back to 0 shows.
+            drop = _scalar(getattr(layer, "drop", None))
+            if drop is not None and (drop > 0 or i in self._drop_shown):
+                self._drop_shown.add(i)
+                values[f"topk/drop{suffix}"] = drop
         opt = _hapi.optimizer_of(self.model)
         if opt is not None and hasattr(opt, "get_lr"):
             lr = _scalar(opt.get_lr())

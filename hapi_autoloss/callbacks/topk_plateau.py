@@ -157,8 +157,7 @@ class TopKOnPlateau(Callback):
                 "TopKOnPlateau and TopKScheduler both set the ratio in this fit, so each would undo the "
                 "other. Fix: use one of them."
             )
-        # hapi 3.3.1 keeps fit's eval loader here (None without eval_data) before any callback starts.
-        if getattr(self.model, "_test_dataloader", "unknown") is None:
+        if _hapi.lacks_eval_data(self.model):
             raise ValueError(
                 f"TopKOnPlateau monitors {self.monitor!r} of the evaluation, but fit got no eval_data, so "
                 "it would never evaluate. Fix: model.fit(train_data, eval_data=val_data, ...)."
