@@ -43,3 +43,18 @@ def test_the_gradient_level_examples_run_as_written():
     assert weights != {"cls": 1.0, "reg": 1.0}  # α came from a step
     exec(block_after("Your own gradient-level method"), scope)  # builds on the first block's losses
     assert type(scope["loss"].weighting).__name__ == "UnitGrad"
+
+
+def test_the_hard_example_lines_build_what_they_say():
+    """Each line of the TopKLoss block constructs (bad arguments raise at construction)."""
+    from hapi_autoloss import TopKLoss
+    from hapi_autoloss.callbacks import TopKOnPlateau, TopKScheduler
+
+    code = block_after("## Hard examples: `TopKLoss`, `TopKScheduler` and `TopKOnPlateau`")
+    scope = {"paddle": paddle, "TopKLoss": TopKLoss, "TopKScheduler": TopKScheduler, "TopKOnPlateau": TopKOnPlateau}
+    built = [eval(compile(line.split("#")[0].strip() or "None", "README.md", "eval"), scope) for line in
+             code.replace(",\n", ", ").splitlines()]  # fmt: skip
+    losses = [b for b in built if isinstance(b, TopKLoss)]
+    assert [loss.per for loss in losses] == ["sample", "pixel", "sample", "sample", "class"]
+    assert losses[-1].ratio == 1.0 and losses[2].drop == 0.1 and losses[3].band == (1.0, 2.0)
+    assert sum(isinstance(b, TopKScheduler) for b in built) == 3 and isinstance(built[-1], TopKOnPlateau)
