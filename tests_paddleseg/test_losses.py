@@ -165,3 +165,24 @@ def test_autoweight_from_a_nested_dict_config():
     dice = float(hp.SafeDiceLoss()(paddle.to_tensor(logits), paddle.to_tensor(y)))
     out = aw(paddle.to_tensor(logits), paddle.to_tensor(y))
     np.testing.assert_allclose(out.numpy()[0], 0.8 * top + 0.2 * dice, rtol=1e-5)
+
+
+def test_topk_ranked_range_band_and_class_balanced_from_the_config_keys():
+    logits, y = batch()
+    ce, valid = ce64(logits, y)
+    v = np.sort(ce[valid])[::-1]
+    n = v.size
+    k, m = max(math.ceil(0.3 * n - 1e-6), 1), math.floor(0.05 * n + 1e-6)
+    out = hp.TopKLoss(ratio=0.3, drop=0.05)(paddle.to_tensor(logits), paddle.to_tensor(y))
+    np.testing.assert_allclose(out.numpy()[0], v[m:k].mean(), rtol=1e-5)
+    mu, sd = v.mean(), v.std()
+    inside = v[(v <= mu + 1.0 * sd) & (v >= mu - 2.0 * sd)]
+    out = hp.TopKLoss(band=(1.0, 2.0))(paddle.to_tensor(logits), paddle.to_tensor(y))
+    np.testing.assert_allclose(out.numpy()[0], inside.mean(), rtol=1e-5)
+    # per: class, ratio 1: the mean over the classes present of each class's mean pixel CE
+    means = [ce[valid & (y == c)].mean() for c in range(3) if np.any(valid & (y == c))]
+    out = hp.TopKLoss(ratio=1.0, per="class")(paddle.to_tensor(logits), paddle.to_tensor(y))
+    np.testing.assert_allclose(out.numpy()[0], np.mean(means), rtol=1e-5)
+    assert len(means) >= 2 and abs(np.mean(means) - ce[valid].mean()) > 1e-3  # not the pixel mean
+    with pytest.raises(ValueError, match=r"band=.*Fix"):
+        hp.TopKLoss(ratio=0.5, band=(1.0, 2.0))

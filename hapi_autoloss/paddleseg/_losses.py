@@ -134,21 +134,28 @@ class TopKLoss(_topk.TopKLoss):
     never reads a value back to the host. Returns ``[1]``.
 
     Args:
-        ratio: fraction of the valid pixels kept at least, in (0, 1].
+        ratio: fraction of the valid pixels kept at least, in (0, 1]; default 0.7.
         min_kept: the least number of pixels kept (PaddleSeg's ``min_kept``).
         thresh: PaddleSeg's probability threshold, in (0, 1): same as ``threshold = −ln(thresh)``.
         threshold: a loss threshold instead of ``thresh``.
         ignore_index: label of pixels never kept.
         loss: the per-pixel loss; default ``paddle.nn.CrossEntropyLoss(axis=1, reduction="none")``.
+        per: ``"pixel"`` (OHEM), ``"sample"`` (each image's mean) or ``"class"`` (each class's mean
+            over the batch's pixels; ``ratio: 1.0`` is the class-balanced CE).
+        drop, band, num_classes: as in :class:`hapi_autoloss.TopKLoss` (AoRR's dropped fraction,
+            the JMLR band rule, the class count for ``per: class``).
 
-    Example (YAML), PaddleSeg's ``OhemCrossEntropyLoss(thresh=0.7, min_kept=10000)``::
+    Example (YAML), PaddleSeg's ``OhemCrossEntropyLoss(thresh=0.7, min_kept=10000)``, then a
+    ranked range (the hardest 0.5% dropped as likely label noise) and the class-balanced CE::
 
         loss: {types: [{type: TopKLoss, ratio: 1.0e-6, min_kept: 10000, thresh: 0.7}], coef: [1]}
+        loss: {types: [{type: TopKLoss, ratio: 0.1, drop: 0.005}], coef: [1]}
+        loss: {types: [{type: TopKLoss, ratio: 1.0, per: class}], coef: [1]}
     """
 
-    def __init__(self, ratio: float = 0.7, min_kept: int = 1, thresh: float | None = None,
+    def __init__(self, ratio: float | None = None, min_kept: int = 1, thresh: float | None = None,
                  threshold: float | None = None, ignore_index: int = 255, per: str = "pixel",
-                 loss: Any = None) -> None:
+                 loss: Any = None, drop: float = 0.0, band: Any = None, num_classes: int | None = None) -> None:
         if thresh is not None:
             if threshold is not None or loss is not None:
                 raise ValueError("thresh (a cross-entropy probability) was given with threshold or loss. "
@@ -159,7 +166,7 @@ class TopKLoss(_topk.TopKLoss):
         if loss is None:
             loss = paddle.nn.CrossEntropyLoss(axis=1, reduction="none", ignore_index=int(ignore_index))
         super().__init__(build(loss, "TopKLoss's loss"), ratio=ratio, per=per, ignore_index=ignore_index,
-                         min_kept=min_kept, threshold=threshold)
+                         min_kept=min_kept, threshold=threshold, drop=drop, band=band, num_classes=num_classes)
 
     def forward(self, *inputs: paddle.Tensor) -> paddle.Tensor:
         logits, labels = inputs
