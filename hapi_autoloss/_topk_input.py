@@ -77,33 +77,43 @@ def per_class(
     inputs: tuple[paddle.Tensor, ...],
     num_classes: int | None,
 ) -> tuple[paddle.Tensor, paddle.Tensor]:
-    """Each class's mean loss over the valid elements with that label ([C]), and which
-    classes have none in this batch (they are ranked like ignored elements)."""
+    """Each class's mean loss over the valid elements with that label ([C], float32), and
+    which classes have none in this batch (they are ranked like ignored elements).
+
+    Float labels (BCE targets, smoothed ones too) are rounded to the nearest class; labels
+    outside 0..C−1 are left out like ignored ones (no host read can check them here).
+    """
     label = label_of("per='class' ranks classes", values, inputs)
     if num_classes is None:
-        first = inputs[0]
-        # One channel is a binary logit (BCE), not one class: reading C = 1 would merge the classes.
-        if len(first.shape) < 2 or int(first.shape[1]) < 2:
-            raise ValueError(
-                f"per='class' reads the number of classes from the first argument's axis 1, but it has "
-                f"shape {list(first.shape)}. Fix: TopKLoss(..., per='class', num_classes=C), e.g. 2 for a "
-                "binary logit."
-            )
-        num_classes = int(first.shape[1])
-    flat = values.reshape([-1])
+        num_classes = _classes_on_axis_1(inputs[0], values)
+    if paddle.is_floating_point(label):
+        label = paddle.round(label)
     index = label.reshape([-1]).astype("int64")
-    weight = paddle.ones_like(flat)
-    if ignored is not None:
-        mask = ignored.reshape([-1])
-        flat = paddle.masked_fill(flat, mask, 0.0)  # also a NaN of an ignored element
-        weight = paddle.masked_fill(weight, mask, 0.0)
-        index = paddle.masked_fill(index, mask, 0)
-    # Out-of-range labels (the wrapped loss rejects them) must not index out of bounds here.
-    index = paddle.clip(index, 0, num_classes - 1)
-    zeros = paddle.zeros([num_classes], dtype=flat.dtype)
+    outside = paddle.logical_or(index < 0, index >= num_classes)
+    mask = outside if ignored is None else paddle.logical_or(ignored.reshape([-1]), outside)
+    # Sums and counts in float64: float32 stops counting at 2**24 elements (a batch of 8 at 1024×2048).
+    flat = paddle.masked_fill(values.reshape([-1]).astype("float64"), mask, 0.0)  # also an ignored NaN
+    weight = paddle.logical_not(mask).astype("float64")
+    index = paddle.masked_fill(index, mask, 0)
+    zeros = paddle.zeros([num_classes], dtype="float64")
     total = paddle.index_add(zeros, index, 0, flat)
     count = paddle.index_add(zeros, index, 0, weight)
-    return total / paddle.clip(count, min=1.0), count == 0
+    return (total / paddle.clip(count, min=1.0)).astype("float32"), count == 0
+
+
+def _classes_on_axis_1(first: paddle.Tensor, values: paddle.Tensor) -> int:
+    """C read from logits ``[N, C, ...]``, refused when the shapes say axis 1 is not the class axis."""
+    shape = list(first.shape)
+    classes = int(shape[1]) if len(shape) >= 2 else 0
+    # A binary logit [N, 1] (BCE), channels-last logits, [N, T, C] sequences and multi-label
+    # [N, C] losses all fail this: the logits must hold C values per loss element.
+    if classes < 2 or math.prod(shape) != classes * math.prod(values.shape):
+        raise ValueError(
+            f"per='class' reads the number of classes C from the first argument's axis 1, but shape "
+            f"{shape} is not logits [N, C, ...] with C values per loss element (the loss has shape "
+            f"{list(values.shape)}). Fix: TopKLoss(..., per='class', num_classes=C), e.g. 2 for a binary logit."
+        )
+    return classes
 
 
 def per_sample(

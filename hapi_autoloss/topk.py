@@ -37,8 +37,8 @@ class TopKLoss(paddle.nn.Layer):
     each class's mean loss over the batch's valid elements with that label (classes
     absent from the batch are left out), so ``ratio=1.0`` is the class-balanced mean
     (every class present weighs the same, however rare) and ``ratio < 1`` mines the
-    hardest classes. Under symmetric label noise the class means move together, so the
-    mislabelled elements are not what gets selected.
+    hardest classes. Float labels are rounded to the nearest class; labels outside
+    0..C−1 are left out like ignored ones.
 
     How many, out of the ``n`` valid ones (ignored pixels do not count)::
 

@@ -173,3 +173,45 @@ def test_in_fit_it_trains_exactly_like_cross_entropy_weighted_by_inverse_class_c
     annealed = TopKLoss(ce, ratio=1.0, per="class")
     train(annealed, [TopKScheduler(start=1.0, end=0.5, schedule="linear", by="epoch")])
     assert annealed.ratio == pytest.approx(0.5)
+
+
+def test_labels_outside_the_classes_are_left_out_and_float_labels_are_rounded():
+    loss = np.array([1.0, 2.0, 3.0, 10.0, 20.0])
+    label = np.array([0, 0, 1, 7, -100])  # 7 and -100: no class of 3 (e.g. a CE's own ignore_index)
+    value, grad = run(TopKLoss(identity, ratio=1.0, per="class", num_classes=3), loss, label)
+    assert value == pytest.approx((1.5 + 3.0) / 2) and grad[3] == 0.0 and grad[4] == 0.0
+    # BCE with smoothed targets 0.05 / 0.95: classes 0 and 1, not all truncated to 0
+    bce = TopKLoss(lambda x, y: x, ratio=1.0, per="class", num_classes=2)
+    value, _ = run(bce, np.array([1.0, 2.0, 6.0]), np.array([0.05, 0.05, 0.95], dtype="float32"))
+    assert value == pytest.approx((1.5 + 6.0) / 2)
+
+
+@pytest.mark.parametrize(
+    "logits, ce_axis",
+    [((2, 5, 6, 4), -1),  # channels-last [N,H,W,C]: axis 1 is H
+     ((2, 7, 4), -1)],  # a sequence [N,T,C]: axis 1 is T
+)  # fmt: skip
+def test_logits_whose_axis_1_is_not_the_class_axis_are_refused(logits, ce_axis):
+    x = paddle.randn(logits)
+    label = paddle.randint(0, logits[-1], logits[:-1])
+    layer = TopKLoss(paddle.nn.CrossEntropyLoss(reduction="none", axis=ce_axis), per="class")
+    with pytest.raises(ValueError, match=r"is not logits \[N, C, \.\.\.\].*Fix: .*num_classes=C"):
+        layer(x, label)
+    multi_label = TopKLoss(paddle.nn.BCEWithLogitsLoss(reduction="none"), per="class")
+    with pytest.raises(ValueError, match=r"C values per loss element"):
+        multi_label(paddle.randn([4, 3]), paddle.ones([4, 3]))
+    explicit = TopKLoss(paddle.nn.CrossEntropyLoss(reduction="none", axis=ce_axis), per="class",
+                        num_classes=logits[-1])  # fmt: skip
+    assert np.isfinite(float(explicit(x, label)))
+
+
+def test_class_means_are_exact_on_millions_of_elements():
+    """Sums and counts in float64: a float32 running sum drifts by ~2e-4 at 4M elements."""
+    n = 4 * 1024 * 1024
+    rng = np.random.default_rng(0)
+    loss = rng.uniform(0.05, 0.6, n).astype("float32")
+    label = (rng.random(n) < 0.3).astype("int64")
+    value = TopKLoss(identity, ratio=1.0, per="class", num_classes=2)(paddle.to_tensor(loss), paddle.to_tensor(label))
+    l64 = loss.astype(np.float64)
+    want = (l64[label == 0].mean() + l64[label == 1].mean()) / 2
+    assert float(value) == pytest.approx(want, rel=2e-7)

@@ -202,6 +202,7 @@ class ScalarExport(Callback):
         self._metrics = [m for m in _hapi.metric_names(self.model) if m != "loss"]
         self._weighting = self._autoweight_tags()
         self._topk = _topk_layers(self.model)
+        self._drop_shown = set()  # per fit: a new run shows drop from its first step above 0
         if not self.is_writer:
             return
         check_log_dir(self.log_dir, type(self).__name__)

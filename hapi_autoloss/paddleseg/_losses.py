@@ -141,7 +141,8 @@ class TopKLoss(_topk.TopKLoss):
         ignore_index: label of pixels never kept.
         loss: the per-pixel loss; default ``paddle.nn.CrossEntropyLoss(axis=1, reduction="none")``.
         per: ``"pixel"`` (OHEM), ``"sample"`` (each image's mean) or ``"class"`` (each class's mean
-            over the batch's pixels; ``ratio: 1.0`` is the class-balanced CE).
+            over the batch's pixels; ``ratio: 1.0`` is the class-balanced CE; ratio and min_kept
+            then count classes, not pixels).
         drop, band, num_classes: as in :class:`hapi_autoloss.TopKLoss` (AoRR's dropped fraction,
             the JMLR band rule, the class count for ``per: class``).
 
