@@ -21,6 +21,19 @@ import math
 
 import paddle
 
+from . import _select
+
+# From this many losses on, a CPU ranking uses the radix select of _select (one bincount
+# over all losses) instead of paddle.topk; below, topk is cheaper (measured crossover).
+SELECT_MIN_SIZE = 2**15
+
+
+def use_select(values: paddle.Tensor) -> bool:
+    """Whether to rank ``values`` (1-D) by the radix select: large, on the CPU, eager."""
+    return (
+        int(values.shape[0]) >= SELECT_MIN_SIZE and paddle.in_dynamic_mode() and values.place.is_cpu_place()
+    )
+
 # ratio·n within this of an integer counts as that integer, so float noise such as
 # 0.07·100 = 7.000000000000001 keeps 7 elements, not 8.
 ROUNDING_TOLERANCE = 1e-6
@@ -144,6 +157,14 @@ def ranked_range_mean(
 ) -> paddle.Tensor:
     """Mean of ranks m+1..k of the valid entries of the 1-D ``values`` (AoRR); 0-d."""
     n = int(values.shape[0])
+    if use_select(values):
+        k_max = k_of(ratio, n, min_kept)
+
+        def counts(n_valid: paddle.Tensor) -> list[paddle.Tensor]:
+            k = k_tensor(n_valid, ratio, min_kept, k_max)
+            return [k, m_tensor(n_valid, drop, k, min_kept)]
+
+        return _select.ranked_sum_mean(values, ignored, counts)
     n_valid = None if ignored is None else count_valid(ignored)
     if ratio >= 1.0:  # k = n_valid: the candidates are all valid entries
         kept, ranked, keep = values, values.detach(), None
@@ -206,6 +227,9 @@ def top_k_mean(
             return values.mean()
         total = paddle.masked_fill(values, ignored, 0.0).sum()
         return total / paddle.clip(count_valid(ignored).astype("float32"), min=1.0)
+    if threshold is None and use_select(values):
+        k_max = k_of(ratio, int(values.shape[0]), min_kept)
+        return _select.ranked_sum_mean(values, ignored, lambda n_valid: [k_tensor(n_valid, ratio, min_kept, k_max)])
     kept, top, keep, k = top_k(values, ignored, ratio, min_kept)
     if threshold is not None:
         return _with_threshold(values, ignored, kept, top, keep, threshold)
