@@ -1,40 +1,90 @@
-"""Exact rank selection without sorting, for large 1-D float32 losses on the CPU.
+"""Exact ranked sums without sorting, for large 1-D float32 losses on the CPU.
 
 ``paddle.topk`` of k out of n ≈ 10⁶ costs ≈ 7% of a segmentation cross-entropy on the
-CPU. Here the k-th largest valid loss τ_k is found exactly from two histograms of the
-float32 bit patterns instead (a radix select): one ``bincount`` of the high 16 bits of
-all n losses, then one of the low 16 bits of the few losses in the bucket holding
-τ_k. The mean of ranks m+1..k is then
+CPU. Here the c-th largest valid loss τ_c is found exactly from two histograms of the
+float32 bit patterns (a radix select): one ``bincount`` of the high 16 bits of all n
+losses, then one of the low 16 bits of the few losses in the bucket that holds τ_c.
+The mean of ranks m+1..k is then
 
     (S_k − S_m) / (k − m),   S_c = Σ_{v > τ_c} v + (c − #{v > τ_c})·τ_c,
 
-exact (with ties at τ_c the value is the same as any tie-break's), and its gradient is
-the weight ``W_k − W_m`` on each valid loss, ``W_c = 1`` above τ_c and
+exact (with ties at τ_c it is the value any tie-break gives), and its gradient is the
+weight ``(W_k − W_m) / (k − m)`` on each valid loss, ``W_c = 1`` above τ_c and
 ``(c − #{v > τ_c}) / #{v = τ_c}`` on the losses equal to τ_c (1 without ties): a valid
-subgradient that splits a tie evenly. Counts and sums come from the histograms, the
-counts k and m may be 0-d tensors, and nothing is read on the host. Float32 bins are
-ordered as floats by reading the high 16 bits without sign extension: bins
-0..32767 are the non-negative floats, ascending; bins 32768..65535 the negative ones,
-descending; ignored losses go to an extra bin 65536.
+subgradient that splits a tie evenly. The counts and the sum above each bucket come
+from the histograms (a count bincount and a value-weighted one), k and m are 0-d
+tensors computed from the valid count, and nothing is read on the host.
+
+The high 16 bits read without sign extension order the floats this way: bins
+0..32767 are the non-negative floats, ascending; bins 32768..65535 the negative
+ones, descending. Ignored losses go to an extra bin 65536.
+
+Example::
+
+    counts = lambda n_valid: [k_tensor(n_valid, 0.1, 1, k_max)]  # ATk, ratio 0.1
+    loss = ranked_sum_mean(losses, ignored, counts)
 """
 
 from __future__ import annotations
 
+from typing import Callable
+
+import numpy as np
 import paddle
 
 HALF = 1 << 16
 SIGN = 1 << 15
 DUMP = HALF  # the bin of the ignored losses
+F64 = "float64"
+
+CountsOf = Callable[[paddle.Tensor], list]
+
+ROWS, COLS = 512, 128  # a 65536-bin histogram is searched as 512 rows of 128: small ops only
+_CONST: dict[str, paddle.Tensor] = {}
+
+
+def _const(name: str) -> paddle.Tensor:
+    """Cached index constants on the CPU: the rows in descending value order (rows 255..0
+    hold the non-negative floats, 256..511 the negative ones), and columns forward/backward."""
+    if name not in _CONST:
+        arrays = {
+            "rows": np.concatenate([np.arange(ROWS // 2 - 1, -1, -1), np.arange(ROWS // 2, ROWS)]),
+            "cols": np.stack([np.arange(COLS - 1, -1, -1), np.arange(COLS)]),
+        }
+        _CONST.update({k: paddle.to_tensor(a.astype(np.int64), place=paddle.CPUPlace()) for k, a in arrays.items()})
+    return _CONST[name]
+
+
+def _reach(cells: paddle.Tensor, c: paddle.Tensor) -> tuple[paddle.Tensor, paddle.Tensor, paddle.Tensor]:
+    """For each row i of ``cells`` [r, L] (counts in descending value order) and ``c[i]``: the
+    first position whose cumulated count reaches c[i], the count before it and the count at it."""
+    cum = paddle.cumsum(cells, axis=1)
+    pos = (cum < c.unsqueeze(1)).astype("int64").sum(axis=1, keepdim=True)  # [r, 1]
+    at = paddle.take_along_axis(cells, pos, axis=1)
+    return pos.reshape([-1]), (paddle.take_along_axis(cum, pos, axis=1) - at).reshape([-1]), at.reshape([-1])
+
+
+def ranked_sum_mean(values: paddle.Tensor, ignored: paddle.Tensor | None, counts_of: CountsOf) -> paddle.Tensor:
+    """(S_k − S_m) / max(k − m, 1) of the 1-D float32 ``values``, ``[k, m] = counts_of(n_valid)``
+    (or ``[k]``: m = 0) with ``n_valid`` a 0-d float64 tensor and 0-d int64 counts,
+    m <= k <= n_valid; see the module docstring. 0-d float32, differentiable in ``values``."""
+    return _Selected.apply(values, _Args(ignored, counts_of))
+
+
+class _Args:
+    """Carries what PyLayer must not treat as an input with a gradient."""
+
+    def __init__(self, ignored: paddle.Tensor | None, counts_of: CountsOf) -> None:
+        self.ignored, self.counts_of = ignored, counts_of
 
 
 class _Selected(paddle.autograd.PyLayer):
-    """Forward: the mean of the ranked range. Backward: the weights times the incoming
-    gradient, built only then, so the forward allocates nothing of size n but one int32 buffer."""
+    """Forward: the ranked mean. Backward: the weights times the incoming gradient, built
+    only then, so that nothing of size n is allocated for them in the forward."""
 
     @staticmethod
     def forward(ctx, values, args):  # type: ignore[override]
-        value, rule = _select(values, *args)
-        ctx.rule = rule
+        value, ctx.rule = _select(values.detach(), args.ignored, args.counts_of)
         ctx.save_for_backward(values)
         return value
 
@@ -44,110 +94,90 @@ class _Selected(paddle.autograd.PyLayer):
         return ctx.rule.weights(values.detach(), grad)
 
 
-def _desc_order() -> paddle.Tensor:
-    """Bin of each position when the 65536 high-16-bit bins are read in descending value order."""
-    return paddle.concat(
-        [paddle.arange(SIGN - 1, -1, -1, dtype="int64"), paddle.arange(SIGN, HALF, dtype="int64")]
-    )
+class _Weights:
+    """The backward's weights: 1 on ``taus[0] <= v < taus[1]`` (the second bound only with
+    two counts), 0 on ignored losses, the exact ``W_k − W_m`` on the bucket members, all
+    times ``scale`` = 1 / max(k − m, 1)."""
 
+    def __init__(self, ignored, taus, member_index, member_weight, scale) -> None:
+        self.ignored, self.taus, self.scale = ignored, taus, scale
+        self.member_index, self.member_weight = member_index, member_weight
 
-class _Rule:
-    """Who gets which weight, for the backward: ``lo`` below (τ_k, c = k) and ``hi`` (τ_m)."""
-
-    def __init__(self, ignored, taus, fracs, member_index, member_weight, scale) -> None:
-        self.ignored = ignored
-        self.taus = taus
-        self.fracs = fracs
-        self.member_index = member_index
-        self.member_weight = member_weight
-        self.scale = scale
-
-    def weights(self, values: paddle.Tensor, grad: paddle.Tensor) -> paddle.Tensor:
-        keep = values >= self.taus[0]
+    def weights(self, v: paddle.Tensor, grad: paddle.Tensor) -> paddle.Tensor:
+        keep = v >= self.taus[0]
+        # a > b on bools is a & ~b, and far cheaper than logical_not on the CPU.
         if len(self.taus) > 1:
-            keep = paddle.logical_and(keep, paddle.logical_not(values >= self.taus[1]))
+            keep = keep > (v >= self.taus[1])
         if self.ignored is not None:
-            keep = paddle.logical_and(keep, paddle.logical_not(self.ignored))
-        w = keep.astype(values.dtype)
-        # The losses in τ's buckets get their exact weight (ties at τ split evenly).
+            keep = keep > self.ignored
+        w = keep.astype(v.dtype)
         w.put_along_axis_(self.member_index, self.member_weight, 0)
         return w.scale_(grad * self.scale)
 
 
-class _Args:
-    """Holds the tensors that must not reach PyLayer's argument scan (they get no gradient)."""
-
-    def __init__(self, *items) -> None:
-        self.items = items
-
-    def __iter__(self):
-        return iter(self.items)
+def _prefix(cells: paddle.Tensor, pos: paddle.Tensor) -> paddle.Tensor:
+    """Sum of ``cells[i, :pos[i]]`` for each row i."""
+    return (paddle.cumsum(cells, axis=1) - cells).take_along_axis(pos.unsqueeze(1), axis=1).reshape([-1])
 
 
-def ranked_sum_mean(values: paddle.Tensor, ignored: paddle.Tensor | None, counts_of) -> paddle.Tensor:
-    """(S_k − S_m) / max(k − m, 1) with ``[k, m] = counts_of(n_valid)`` (or ``[k]``: m = 0),
-    ``n_valid`` a 0-d float64 tensor, k, m int64 0-d, m <= k <= n_valid; see the module
-    docstring. 0-d float32, differentiable in ``values``."""
-    return _Selected.apply(values, _Args(ignored, counts_of))
-
-
-def _select(values, ignored, counts_of):
-    v = values.detach()
+def _select(v: paddle.Tensor, ignored: paddle.Tensor | None, counts_of: CountsOf):
+    """(value, _Weights) for the detached 1-D float32 ``v``."""
+    n = int(v.shape[0])
     bits = v.view(paddle.int32)
     high = paddle.bitwise_right_shift(bits, paddle.full([], 16, dtype="int32"), is_arithmetic=False)
     if ignored is not None:
         high.masked_fill_(ignored, DUMP)
-    order = _desc_order()
-    hist = paddle.bincount(high, minlength=HALF + 1)
-    counts = counts_of(int(values.shape[0]) - hist[DUMP].astype("float64"))
-    divisor = paddle.clip(counts[0] - counts[1] if len(counts) > 1 else counts[0], min=1)
-    count = paddle.gather(hist, order)
-    total = paddle.gather(paddle.bincount(high, weights=v, minlength=HALF + 1).astype("float64"), order)
-    c = paddle.stack([x.reshape([]) for x in counts]).astype("int64")  # [r]
-    cum = paddle.cumsum(count)
-    pos = (cum.unsqueeze(0) < c.unsqueeze(1)).astype("int64").sum(axis=1)  # [r] bucket of the c-th largest
-    count_at = paddle.gather(count, pos)
-    above = paddle.gather(cum, pos) - count_at
-    sum_above = paddle.gather(paddle.cumsum(total), pos) - paddle.gather(total, pos)
-    bucket = paddle.gather(order, pos).astype("int32")  # [r] high 16 bits of τ
-    # The members of the buckets: their indices, bits and values (few, whatever n).
+    count = paddle.bincount(high, minlength=HALF + 1)
+    counts = counts_of(n - count[DUMP].astype(F64))
+    r = len(counts)
+    c = paddle.stack([x.reshape([]) for x in counts]).astype(F64)  # [r]
+    # The bucket of τ_c: first the row, then the column of the histograms as [512, 128].
+    hist = paddle.stack([count[:HALF].astype(F64), paddle.bincount(high, weights=v, minlength=HALF + 1)[:HALF].astype(F64)])
+    hist = paddle.gather(hist.reshape([2, ROWS, COLS]), _const("rows"), axis=1)  # rows descending
+    row_sums = hist.sum(axis=2)  # [2, 512]: count, sum
+    row, above_rows, _ = _reach(row_sums[:1].expand([r, ROWS]), c)
+    cols = paddle.gather(_const("cols"), (row >= ROWS // 2).astype("int64"))  # [r, 128] descending
+    cells = paddle.take_along_axis(paddle.gather(hist, row, axis=1), cols.unsqueeze(0).expand([2, r, COLS]), axis=2)
+    col, above_cols, _ = _reach(cells[0], c - above_rows)
+    above_count = above_rows + above_cols  # [r] losses above the bucket, and their sum:
+    above_sum = _prefix(row_sums[1].expand([r, ROWS]), row) + _prefix(cells[1], col)
+    raw_row = paddle.gather(_const("rows"), row)
+    bucket = (raw_row * COLS + paddle.take_along_axis(cols, col.unsqueeze(1), axis=1).reshape([-1])).astype("int32")
+    # The losses of those buckets (few, whatever n): their index, bits and value.
     inside = high == bucket[0]
-    if len(counts) > 1:
-        inside = paddle.logical_or(inside, high == bucket[1])
+    for i in range(1, len(counts)):
+        inside = paddle.logical_or(inside, high == bucket[i])
     index = paddle.nonzero(inside).reshape([-1])
     m_bits = paddle.gather(bits, index)
-    m_high = paddle.gather(high, index)
-    m_val = paddle.gather(v, index)
-    taus, fracs, sums = [], [], []
-    for i in range(len(counts)):
-        member = m_high == bucket[i]
-        # Low 16 bits, flipped for negative floats so that larger means larger; others to DUMP.
-        negative = (bucket[i] >= SIGN).astype("int32")
-        low = paddle.bitwise_xor(paddle.bitwise_and(m_bits, paddle.full([], HALF - 1, "int32")), negative * (HALF - 1))
-        low = paddle.where(member, low, paddle.full([], DUMP, "int32"))
-        count2 = paddle.flip(paddle.bincount(low, minlength=HALF + 1)[:HALF], 0)
-        cum2 = paddle.cumsum(count2)
-        rest = c[i] - above[i]
-        pos2 = (cum2 < rest).astype("int64").sum()
-        eq = paddle.gather(count2, pos2)
-        gt = above[i] + paddle.gather(cum2, pos2) - eq
-        low_tau = (HALF - 1 - pos2).astype("int32")
-        tau_bits = bucket[i] * HALF + paddle.bitwise_xor(low_tau, negative * (HALF - 1))
-        tau = tau_bits.view(paddle.float32)
-        m_gt = paddle.logical_and(member, m_val > tau)
-        sum_gt = sum_above[i] + paddle.where(m_gt, m_val, paddle.zeros_like(m_val)).astype("float64").sum()
-        tied = (c[i] - gt).astype("float64")
-        sums.append(sum_gt + paddle.where(tied > 0, tied * tau.astype("float64"), paddle.zeros_like(tied)))
-        taus.append(tau)
-        fracs.append(tied / paddle.clip(eq.astype("float64"), min=1))
-    # Exact weights W_k − W_m of the bucket members.
-    weight = paddle.zeros_like(m_val)
-    for i, sign in zip(range(len(counts)), (1.0, -1.0)):
-        w = (m_val > taus[i]).astype("float32") + (m_bits == taus[i].view(paddle.int32)).astype("float32") * fracs[
-            i
-        ].astype("float32")
-        weight = weight + sign * w
-    value = sums[0] if len(sums) == 1 else sums[0] - sums[1]
-    scale = 1.0 / divisor.astype("float32")
-    value = (value.astype("float32") * scale).reshape([])
-    return value, _Rule(ignored, taus, fracs, index, weight, scale)
+    m_val = m_bits.view(paddle.float32)
+    member = paddle.gather(high, index).unsqueeze(0) == bucket.unsqueeze(1)  # [r, s]
+    # Low 16 bits as a descending key (0 = largest): flipped for non-negative floats.
+    flip = paddle.where(bucket < SIGN, paddle.full([], HALF - 1, "int32"), paddle.zeros([], "int32"))
+    key = paddle.bitwise_xor(paddle.bitwise_and(m_bits, paddle.full([], HALF - 1, "int32")).unsqueeze(0),
+                             flip.unsqueeze(1))
+    key = paddle.where(member, key, paddle.full([], DUMP, "int32"))
+    key = key + paddle.arange(r, dtype="int32").unsqueeze(1) * (HALF + 1)  # one bincount for all rows
+    count2 = paddle.bincount(key.reshape([-1]), minlength=r * (HALF + 1)).reshape([r, HALF + 1])[:, :HALF]
+    count2 = count2.reshape([r, ROWS, COLS]).astype(F64)
+    rest = c - above_count  # rank of τ_c inside its bucket
+    row2, above_rows2, _ = _reach(count2.sum(axis=2), rest)
+    cells2 = paddle.take_along_axis(count2, row2.reshape([r, 1, 1]).expand([r, 1, COLS]), axis=1).reshape([r, COLS])
+    col2, above_cols2, eq = _reach(cells2, rest - above_rows2)
+    gt = above_count + above_rows2 + above_cols2
+    pos2 = row2 * COLS + col2
+    tau_bits = bucket.astype("int64") * HALF + paddle.bitwise_xor(pos2.astype("int32"), flip).astype("int64")
+    tau_bits = (tau_bits - (tau_bits >= 2**31).astype("int64") * 2**32).astype("int32")  # as signed int32
+    tau = tau_bits.view(paddle.float32)  # [r]
+    higher = m_val.unsqueeze(0) > tau.unsqueeze(1)  # [r, s]
+    zero = paddle.zeros([], F64)
+    above_in = paddle.where(paddle.logical_and(higher, member), m_val.astype(F64).unsqueeze(0), zero).sum(axis=1)
+    tied = c - gt
+    sums = above_sum + above_in + paddle.where(tied > 0, tied * tau.astype(F64), zero)  # S_c, [r]
+    frac = tied / paddle.clip(eq, min=1.0)
+    w = higher.astype(F64) + (m_bits.unsqueeze(0) == tau_bits.unsqueeze(1)).astype(F64) * frac.unsqueeze(1)
+    sign = paddle.to_tensor([1.0, -1.0][:r], dtype=F64, place=paddle.CPUPlace())
+    scale = 1.0 / paddle.clip(c[0] - c[1] if r > 1 else c[0], min=1.0)
+    value = ((sums * sign).sum() * scale).astype("float32")
+    weights = (w * sign.unsqueeze(1)).sum(axis=0).astype("float32")
+    taus = [tau[i] for i in range(r)]
+    return value, _Weights(ignored, taus, index, weights, scale.astype("float32"))
