@@ -95,19 +95,19 @@ class _Selected(paddle.autograd.PyLayer):
 
 
 class _Weights:
-    """The backward's weights: 1 on ``taus[0] <= v < taus[1]`` (the second bound only with
-    two counts), 0 on ignored losses, the exact ``W_k − W_m`` on the bucket members, all
-    times ``scale`` = 1 / max(k − m, 1)."""
+    """The backward's weights: 1 on ``taus[1] >= v > taus[0]`` (the upper bound only with
+    two counts), 0 on ignored losses, the exact ``W_k − W_m`` on the members of τ's
+    buckets (which hold every loss equal to a τ), all times ``scale`` = 1 / max(k − m, 1)."""
 
     def __init__(self, ignored, taus, member_index, member_weight, scale) -> None:
         self.ignored, self.taus, self.scale = ignored, taus, scale
         self.member_index, self.member_weight = member_index, member_weight
 
     def weights(self, v: paddle.Tensor, grad: paddle.Tensor) -> paddle.Tensor:
-        keep = v >= self.taus[0]
+        keep = v > self.taus[0]
         # a > b on bools is a & ~b, and far cheaper than logical_not on the CPU.
         if len(self.taus) > 1:
-            keep = keep > (v >= self.taus[1])
+            keep = keep > (v > self.taus[1])
         if self.ignored is not None:
             keep = keep > self.ignored
         w = keep.astype(v.dtype)
@@ -115,9 +115,25 @@ class _Weights:
         return w.scale_(grad * self.scale)
 
 
-def _prefix(cells: paddle.Tensor, pos: paddle.Tensor) -> paddle.Tensor:
-    """Sum of ``cells[i, :pos[i]]`` for each row i."""
-    return (paddle.cumsum(cells, axis=1) - cells).take_along_axis(pos.unsqueeze(1), axis=1).reshape([-1])
+def _times(count: paddle.Tensor, tau: paddle.Tensor) -> paddle.Tensor:
+    """count·τ in float64, 0 when the count is 0 (also for an infinite or NaN τ)."""
+    return paddle.where(count > 0, count * tau.astype(F64), paddle.zeros([], F64))
+
+
+def _between(row, col, row_sums, cells, r):
+    """Sum of the buckets strictly between τ_m's and τ_k's (above τ_k's when r = 1), from
+    the bucket sums: rows ``row_sums`` [512] and the two rows ``cells`` [r, 128] that hold
+    the τs, all in descending order. Masked sums, not differences of prefix sums, so that
+    infinite losses ranked above m do not turn the result into inf − inf."""
+    rows, cols = paddle.arange(ROWS, dtype="int64"), paddle.arange(COLS, dtype="int64")
+    zero = paddle.zeros([], F64)
+    row_m, col_m = (row[1], col[1]) if r > 1 else (paddle.full([], -1, "int64"), paddle.full([], -1, "int64"))
+    total = paddle.where(paddle.logical_and(rows > row_m, rows < row[0]), row_sums, zero).sum()
+    in_k = paddle.logical_and(cols < col[0], paddle.logical_or(row[0] != row_m, cols > col_m))
+    total = total + paddle.where(in_k, cells[0], zero).sum()
+    if r > 1:
+        total = total + paddle.where(paddle.logical_and(cols > col_m, row[0] != row_m), cells[1], zero).sum()
+    return total
 
 
 def _select(v: paddle.Tensor, ignored: paddle.Tensor | None, counts_of: CountsOf):
@@ -132,15 +148,15 @@ def _select(v: paddle.Tensor, ignored: paddle.Tensor | None, counts_of: CountsOf
     r = len(counts)
     c = paddle.stack([x.reshape([]) for x in counts]).astype(F64)  # [r]
     # The bucket of τ_c: first the row, then the column of the histograms as [512, 128].
-    hist = paddle.stack([count[:HALF].astype(F64), paddle.bincount(high, weights=v, minlength=HALF + 1)[:HALF].astype(F64)])
+    sums = paddle.bincount(high, weights=v, minlength=HALF + 1)
+    hist = paddle.stack([count[:HALF].astype(F64), sums[:HALF].astype(F64)])
     hist = paddle.gather(hist.reshape([2, ROWS, COLS]), _const("rows"), axis=1)  # rows descending
     row_sums = hist.sum(axis=2)  # [2, 512]: count, sum
     row, above_rows, _ = _reach(row_sums[:1].expand([r, ROWS]), c)
     cols = paddle.gather(_const("cols"), (row >= ROWS // 2).astype("int64"))  # [r, 128] descending
     cells = paddle.take_along_axis(paddle.gather(hist, row, axis=1), cols.unsqueeze(0).expand([2, r, COLS]), axis=2)
     col, above_cols, _ = _reach(cells[0], c - above_rows)
-    above_count = above_rows + above_cols  # [r] losses above the bucket, and their sum:
-    above_sum = _prefix(row_sums[1].expand([r, ROWS]), row) + _prefix(cells[1], col)
+    above_count = above_rows + above_cols  # [r] losses above the bucket
     raw_row = paddle.gather(_const("rows"), row)
     bucket = (raw_row * COLS + paddle.take_along_axis(cols, col.unsqueeze(1), axis=1).reshape([-1])).astype("int32")
     # The losses of those buckets (few, whatever n): their index, bits and value.
@@ -168,16 +184,26 @@ def _select(v: paddle.Tensor, ignored: paddle.Tensor | None, counts_of: CountsOf
     tau_bits = bucket.astype("int64") * HALF + paddle.bitwise_xor(pos2.astype("int32"), flip).astype("int64")
     tau_bits = (tau_bits - (tau_bits >= 2**31).astype("int64") * 2**32).astype("int32")  # as signed int32
     tau = tau_bits.view(paddle.float32)  # [r]
-    higher = m_val.unsqueeze(0) > tau.unsqueeze(1)  # [r, s]
-    zero = paddle.zeros([], F64)
-    above_in = paddle.where(paddle.logical_and(higher, member), m_val.astype(F64).unsqueeze(0), zero).sum(axis=1)
-    tied = c - gt
-    sums = above_sum + above_in + paddle.where(tied > 0, tied * tau.astype(F64), zero)  # S_c, [r]
-    frac = tied / paddle.clip(eq, min=1.0)
-    w = higher.astype(F64) + (m_bits.unsqueeze(0) == tau_bits.unsqueeze(1)).astype(F64) * frac.unsqueeze(1)
-    sign = paddle.to_tensor([1.0, -1.0][:r], dtype=F64, place=paddle.CPUPlace())
+    # Compared as floats, −0.0 equals +0.0 but ranks below it: strictly above τ = −0.0 is
+    # >= −0.0, i.e. > the negative float next to it.
+    above_tau = (tau_bits + (tau_bits == -(2**31)).astype("int32")).view(paddle.float32)
+    tied_bits = m_bits.unsqueeze(0) == tau_bits.unsqueeze(1)  # [r, s]
+    higher = (m_val.unsqueeze(0) > above_tau.unsqueeze(1)) > tied_bits
+    frac = (c - gt) / paddle.clip(eq, min=1.0)
+    total = _between(row, col, row_sums[1], cells[1], r)
+    # The members strictly between τ_k and τ_m, then the losses equal to τ_k or τ_m.
+    inside = higher[0] if r == 1 else paddle.logical_and(higher[0], (higher[1] | tied_bits[1]).logical_not())
+    total = total + paddle.where(inside, m_val.astype(F64), paddle.zeros([], F64)).sum()
+    tied, untied = c - gt, eq - (c - gt)  # how many equal to τ_c are ranked <= c, and > c
+    if r == 1:
+        total = total + _times(tied[0], tau[0])
+    else:
+        same = tau_bits[0] == tau_bits[1]
+        apart = _times(tied[0], tau[0]) + _times(untied[1], tau[1])
+        total = total + paddle.where(same, _times(tied[0] - tied[1], tau[0]), apart)
+    w = higher.astype(F64) + tied_bits.astype(F64) * frac.unsqueeze(1)
     scale = 1.0 / paddle.clip(c[0] - c[1] if r > 1 else c[0], min=1.0)
-    value = ((sums * sign).sum() * scale).astype("float32")
-    weights = (w * sign.unsqueeze(1)).sum(axis=0).astype("float32")
-    taus = [tau[i] for i in range(r)]
+    value = (total * scale).astype("float32")
+    weights = (w[0] if r == 1 else w[0] - w[1]).astype("float32")  # W_k − W_m
+    taus = [above_tau[i] for i in range(r)]
     return value, _Weights(ignored, taus, index, weights, scale.astype("float32"))
