@@ -1,6 +1,6 @@
 """The radix select behind TopKLoss on large CPU inputs, against a float64 full sort.
 
-Most cases lower ``_ranked.SELECT_MIN_SIZE`` so that a few thousand losses take the
+Most cases lower ``_select.SELECT_MIN_SIZE`` so that a few thousand losses take the
 radix path (the same code as at 10⁶, only faster to check); one case runs at the real
 threshold with cross-entropy losses.
 """
@@ -14,7 +14,7 @@ import paddle
 import pytest
 from helpers import forbid_host_reads
 
-from hapi_autoloss import TopKLoss, _ranked
+from hapi_autoloss import TopKLoss, _select
 from hapi_autoloss.topk import k_of, m_of
 
 IGNORE = 255
@@ -48,7 +48,7 @@ def reference(x, valid, ratio, drop, min_kept=1):
 
 @pytest.fixture
 def small_threshold(monkeypatch):
-    monkeypatch.setattr(_ranked, "SELECT_MIN_SIZE", 1024)
+    monkeypatch.setattr(_select, "SELECT_MIN_SIZE", 1024)
 
 
 def run(layer, x_np, label_np):
@@ -135,7 +135,7 @@ def test_zeros_of_both_signs_infinities_and_subnormals(small_threshold):
     x[:3] = np.inf  # so that the top-k is finite only from the 4th rank on
     for ratio, drop in [(0.3, 0.01), (0.5, 0.2), (0.7, 0.3), (0.9, 0.5)]:
         value, grad = run(TopKLoss(identity, ratio=ratio, drop=drop, per="pixel"), x, np.zeros(4000, "int64"))
-        want, want_grad, k, m = reference(x, np.ones(4000, bool), ratio, drop)
+        want, want_grad, _, _ = reference(x, np.ones(4000, bool), ratio, drop)
         assert value == want or value == pytest.approx(want, rel=1e-6)
         assert grad.sum() == pytest.approx(1.0, rel=1e-6)
         for v in np.unique(x):  # each group of equal values gets the reference's total weight
@@ -150,7 +150,7 @@ def test_real_threshold_with_cross_entropy():
     lab[rng.random(lab.shape) < 0.1] = IGNORE
     ce = paddle.nn.CrossEntropyLoss(reduction="none", axis=1, ignore_index=IGNORE)
     per_pixel = ce(logits, paddle.to_tensor(lab)).numpy().ravel()
-    assert _ranked.use_select(paddle.to_tensor(per_pixel)) and not _ranked.use_select(paddle.ones([2**18 - 1]))
+    assert _select.use_select(paddle.to_tensor(per_pixel)) and not _select.use_select(paddle.ones([2**18 - 1]))
     for drop in (0.0, 0.02):
         layer = TopKLoss(ce, ratio=0.1, drop=drop, per="pixel", ignore_index=IGNORE)
         out = layer(logits, paddle.to_tensor(lab))
@@ -170,7 +170,7 @@ def test_forward_never_reads_a_tensor_on_the_host(monkeypatch, small_threshold):
     label = paddle.to_tensor(labels(6000, 8, 0.2))
     layers = [TopKLoss(identity, per="pixel", ignore_index=ii, ratio=0.2, drop=d) for ii in (None, IGNORE)
               for d in (0.0, 0.05)]
-    assert _ranked.use_select(x)
+    assert _select.use_select(x)
     forbid_host_reads(monkeypatch)
     outs = [layer(x, label) for layer in layers]
     monkeypatch.undo()
