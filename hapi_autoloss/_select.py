@@ -126,6 +126,11 @@ class _Weights:
         return w.scale_(grad * self.scale)
 
 
+def _hist256(key: paddle.Tensor, r: int) -> paddle.Tensor:
+    """Counts [r, 256] of the keys of row i, shifted by 257·i (256: left out), as float64."""
+    return paddle.bincount(key.reshape([-1]), minlength=r * 257).reshape([r, 257])[:, :256].astype(F64)
+
+
 def _times(count: paddle.Tensor, tau: paddle.Tensor) -> paddle.Tensor:
     """count·τ in float64, 0 when the count is 0 (also for an infinite or NaN τ)."""
     return paddle.where(count > 0, count * tau.astype(F64), paddle.zeros([], F64))
@@ -159,16 +164,18 @@ def _select(v: paddle.Tensor, ignored: paddle.Tensor | None, counts_of: CountsOf
     r = len(counts)
     c = paddle.stack([x.reshape([]) for x in counts]).astype(F64)  # [r]
     # The bucket of τ_c: first the row, then the column of the histograms as [512, 128].
-    sums = paddle.bincount(high, weights=v, minlength=HALF + 1)
-    hist = paddle.stack([count[:HALF].astype(F64), sums[:HALF].astype(F64)])
-    hist = paddle.gather(hist.reshape([2, ROWS, COLS]), _const("rows"), axis=1)  # rows descending
-    row_sums = hist.sum(axis=2)  # [2, 512]: count, sum
+    count = count[:HALF].reshape([ROWS, COLS])
+    sums = paddle.bincount(high, weights=v, minlength=HALF + 1)[:HALF].reshape([ROWS, COLS])
+    rows = _const("rows")
+    row_sums = paddle.stack([paddle.gather(count.sum(axis=1).astype(F64), rows),
+                             paddle.gather(sums.sum(axis=1, dtype=F64), rows)])  # [2, 512] descending
     row, above_rows, _ = _reach(row_sums[:1].expand([r, ROWS]), c)
+    raw_row = paddle.gather(rows, row)
     cols = paddle.gather(_const("cols"), (row >= ROWS // 2).astype("int64"))  # [r, 128] descending
-    cells = paddle.take_along_axis(paddle.gather(hist, row, axis=1), cols.unsqueeze(0).expand([2, r, COLS]), axis=2)
+    cells = paddle.stack([paddle.take_along_axis(paddle.gather(t, raw_row), cols, axis=1).astype(F64)
+                          for t in (count, sums)])  # [2, r, 128]
     col, above_cols, _ = _reach(cells[0], c - above_rows)
     above_count = above_rows + above_cols  # [r] losses above the bucket
-    raw_row = paddle.gather(_const("rows"), row)
     bucket = (raw_row * COLS + paddle.take_along_axis(cols, col.unsqueeze(1), axis=1).reshape([-1])).astype("int32")
     # The losses of those buckets (few, whatever n): their index, bits and value.
     inside = high == bucket[0]
@@ -182,16 +189,17 @@ def _select(v: paddle.Tensor, ignored: paddle.Tensor | None, counts_of: CountsOf
     flip = paddle.where(bucket < SIGN, paddle.full([], HALF - 1, "int32"), paddle.zeros([], "int32"))
     key = paddle.bitwise_xor(paddle.bitwise_and(m_bits, paddle.full([], HALF - 1, "int32")).unsqueeze(0),
                              flip.unsqueeze(1))
-    key = paddle.where(member, key, paddle.full([], DUMP, "int32"))
-    key = key + paddle.arange(r, dtype="int32").unsqueeze(1) * (HALF + 1)  # one bincount for all rows
-    count2 = paddle.bincount(key.reshape([-1]), minlength=r * (HALF + 1)).reshape([r, HALF + 1])[:, :HALF]
-    count2 = count2.reshape([r, ROWS, COLS]).astype(F64)
-    rest = c - above_count  # rank of τ_c inside its bucket
-    row2, above_rows2, _ = _reach(count2.sum(axis=2), rest)
-    cells2 = paddle.take_along_axis(count2, row2.reshape([r, 1, 1]).expand([r, 1, COLS]), axis=1).reshape([r, COLS])
-    col2, above_cols2, eq = _reach(cells2, rest - above_rows2)
+    # Its rank inside the bucket, from two 256-bin histograms per row (high, then low byte).
+    rest = c - above_count
+    offset = paddle.arange(r, dtype="int32").unsqueeze(1) * 257
+    high2 = paddle.where(member, paddle.bitwise_right_shift(key, paddle.full([], 8, "int32")),
+                         paddle.full([], 256, "int32"))
+    row2, above_rows2, _ = _reach(_hist256(high2 + offset, r), rest)
+    low2 = paddle.where(high2 == row2.astype("int32").unsqueeze(1),
+                        paddle.bitwise_and(key, paddle.full([], 255, "int32")), paddle.full([], 256, "int32"))
+    col2, above_cols2, eq = _reach(_hist256(low2 + offset, r), rest - above_rows2)
     gt = above_count + above_rows2 + above_cols2
-    pos2 = row2 * COLS + col2
+    pos2 = row2 * 256 + col2
     tau_bits = bucket.astype("int64") * HALF + paddle.bitwise_xor(pos2.astype("int32"), flip).astype("int64")
     tau_bits = (tau_bits - (tau_bits >= 2**31).astype("int64") * 2**32).astype("int32")  # as signed int32
     tau = tau_bits.view(paddle.float32)  # [r]
