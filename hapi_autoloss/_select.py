@@ -9,7 +9,9 @@ The mean of ranks m+1..k is then
 
     (S_k − S_m) / (k − m),   S_c = Σ_{v > τ_c} v + (c − #{v > τ_c})·τ_c,
 
-exact (with ties at τ_c it is the value any tie-break gives), and its gradient is the
+exact (with ties at τ_c it is the value any tie-break gives; summed as the losses between
+the two τs, never as a difference, so infinite losses among the top m do not give
+inf − inf), and its gradient is the
 weight ``(W_k − W_m) / (k − m)`` on each valid loss, ``W_c = 1`` above τ_c and
 ``(c − #{v > τ_c}) / #{v = τ_c}`` on the losses equal to τ_c (1 without ties): a valid
 subgradient that splits a tie evenly. The counts and the sum above each bucket come
