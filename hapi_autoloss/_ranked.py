@@ -12,7 +12,10 @@ Kept set, out of the ``n`` valid losses sorted in descending order (ranks 1..n):
   the valid losses, both without gradient.
 
 The result is the mean over the kept set; each kept loss gets the gradient
-``1/|kept|``, every other loss exactly 0.
+``1/|kept|``, every other loss exactly 0. From ``_select.SELECT_MIN_SIZE`` losses on
+the CPU, top-k and the ranked range go through the radix select of
+:mod:`hapi_autoloss._select` instead of ``paddle.topk`` (same values; a tie at the k-th
+value shares its weight evenly there).
 """
 
 from __future__ import annotations
@@ -20,6 +23,9 @@ from __future__ import annotations
 import math
 
 import paddle
+
+from . import _select
+from ._select import use_select
 
 # ratio·n within this of an integer counts as that integer, so float noise such as
 # 0.07·100 = 7.000000000000001 keeps 7 elements, not 8.
@@ -139,11 +145,19 @@ def top_k(
     return kept, top, keep, k
 
 
+def _k_m(n_valid: paddle.Tensor, ratio: float, drop: float, min_kept: int, k_max: int) -> list[paddle.Tensor]:
+    k = k_tensor(n_valid, ratio, min_kept, k_max)
+    return [k, m_tensor(n_valid, drop, k, min_kept)]
+
+
 def ranked_range_mean(
     values: paddle.Tensor, ignored: paddle.Tensor | None, ratio: float, drop: float, min_kept: int
 ) -> paddle.Tensor:
     """Mean of ranks m+1..k of the valid entries of the 1-D ``values`` (AoRR); 0-d."""
     n = int(values.shape[0])
+    if use_select(values):  # large on the CPU: a radix select, k and m from the valid count
+        k_max = k_of(ratio, n, min_kept)
+        return _select.ranked_sum_mean(values, ignored, lambda n_valid: _k_m(n_valid, ratio, drop, min_kept, k_max))
     n_valid = None if ignored is None else count_valid(ignored)
     if ratio >= 1.0:  # k = n_valid: the candidates are all valid entries
         kept, ranked, keep = values, values.detach(), None
@@ -206,6 +220,9 @@ def top_k_mean(
             return values.mean()
         total = paddle.masked_fill(values, ignored, 0.0).sum()
         return total / paddle.clip(count_valid(ignored).astype("float32"), min=1.0)
+    if threshold is None and use_select(values):
+        k_max = k_of(ratio, int(values.shape[0]), min_kept)
+        return _select.ranked_sum_mean(values, ignored, lambda n_valid: [k_tensor(n_valid, ratio, min_kept, k_max)])
     kept, top, keep, k = top_k(values, ignored, ratio, min_kept)
     if threshold is not None:
         return _with_threshold(values, ignored, kept, top, keep, threshold)
