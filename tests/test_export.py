@@ -331,7 +331,10 @@ def test_only_rank_0_writes(tmp_path):
         for tag in ["train/loss", "lr", *TASK_TAGS]:
             assert steps(points[tag]) == list(range(1, 17)), (read.__name__, tag)
     # The progress bar: rank 0 draws both epochs to their 8 steps and the last step's σ, rank 1 is silent.
-    done = [line for line in final_lines((tmp_path / "bar0.txt").read_text()) if "| 8/8 [" in line]
+    # newline="": keep tqdm's carriage returns (read_text() turns them into line breaks, and a
+    # loaded machine then shows the bar's last update and its redraw at close as two lines).
+    with open(tmp_path / "bar0.txt", encoding="utf-8", newline="") as bar:
+        done = [line for line in final_lines(bar.read()) if "| 8/8 [" in line]
     assert [line.split(":")[0] for line in done] == ["Epoch 1/2", "Epoch 2/2"]
     sigma = ranks[0]["used"]  # σ the last step's forward used
     assert done[-1].endswith(f"σ_y1={sigma[0]:.4g}, σ_y2={sigma[1]:.4g}]"), done[-1]
