@@ -64,6 +64,9 @@ class TopKLoss(paddle.nn.Layer):
     ``paddle.topk`` of a static size ``k_max`` (from the shapes), and for ``drop > 0``
     a second one of size ``m_max`` among those k_max; with ``ignore_index`` k and m
     are tensors and +inf pads fill the static sizes (see :mod:`hapi_autoloss._ranked`).
+    On the CPU from 2**18 ranked losses on (per-pixel segmentation), an exact radix
+    select on the float bits replaces ``topk`` (:mod:`hapi_autoloss._select`): the same
+    values, a tie at the k-th loss sharing its weight evenly.
 
     Args:
         loss: a Layer or function returning per-element losses, e.g.
