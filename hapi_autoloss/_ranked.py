@@ -181,8 +181,17 @@ def ranked_range_mean(
     total = paddle.where(use, kept, paddle.zeros_like(kept)).sum()
     count = k - m
     if isinstance(count, int):
-        return total / float(max(count, 1))
-    return total / paddle.clip(count.astype("float32"), min=1.0)
+        return nan_if_any(total / float(max(count, 1)), values, ignored)
+    return nan_if_any(total / paddle.clip(count.astype("float32"), min=1.0), values, ignored)
+
+
+def nan_if_any(result: paddle.Tensor, values: paddle.Tensor, ignored: paddle.Tensor | None) -> paddle.Tensor:
+    """NaN when a valid loss is NaN, else ``result``: a rule that drops the hardest (ranked range,
+    band) must not hide one, so that hapi_autoloss's non-finite check sees it (as the top-k's does)."""
+    bad = paddle.isnan(values.detach())
+    if ignored is not None:
+        bad = bad > ignored  # a & ~b on bools
+    return paddle.where(bad.any(), paddle.full([], math.nan, dtype=result.dtype), result)
 
 
 def band_mean(values: paddle.Tensor, ignored: paddle.Tensor | None, above: float, below: float) -> paddle.Tensor:
@@ -207,7 +216,7 @@ def band_mean(values: paddle.Tensor, ignored: paddle.Tensor | None, above: float
     for condition in conditions:
         inside = paddle.logical_and(inside, condition)
     total = paddle.where(inside, values, paddle.zeros_like(values)).sum()
-    return total / paddle.clip(inside.astype("float32").sum(), min=1.0)
+    return nan_if_any(total / paddle.clip(inside.astype("float32").sum(), min=1.0), values, ignored)
 
 
 def top_k_mean(

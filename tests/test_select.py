@@ -177,3 +177,33 @@ def test_forward_never_reads_a_tensor_on_the_host(monkeypatch, small_threshold):
     for out in outs:
         out.backward()
     assert all(math.isfinite(float(o)) for o in outs)
+
+
+NANS = {"+nan": 0x7FC00000, "-nan (paddle's 0*inf, log(-1))": 0xFFC00000, "-nan, payload": 0xFFFFFFFF}
+
+
+@pytest.mark.parametrize("size", [4096, 512])  # the radix path (threshold lowered), the topk path
+@pytest.mark.parametrize("nan", list(NANS))
+@pytest.mark.parametrize("rule", [dict(ratio=0.1), dict(ratio=0.5, drop=0.1), dict(band=(1.0, 2.0))])
+def test_a_nan_among_the_valid_losses_makes_the_result_nan_whatever_its_sign(small_threshold, size, nan, rule):
+    """A rule that drops the hardest must not hide a NaN (hapi_autoloss's non-finite check
+    then skips the step); a NaN at an ignored position does not count."""
+    x = np.random.default_rng(0).random(size).astype("float32")
+    x[7:8] = np.array([NANS[nan]], dtype=np.uint32).view(np.float32)
+    label = np.zeros(size, dtype="int64")
+    layer = TopKLoss(identity, per="pixel", ignore_index=IGNORE, **rule)
+    assert math.isnan(float(layer(paddle.to_tensor(x), paddle.to_tensor(label))))
+    label[7] = IGNORE
+    assert math.isfinite(float(layer(paddle.to_tensor(x), paddle.to_tensor(label))))
+
+
+@pytest.mark.parametrize("drop", [0.0, 0.05])
+def test_the_value_stays_exact_on_millions_of_losses(drop):
+    """Bucket sums per slice of 2**18 losses, added in float64: one float32 bincount over
+    2**22 cross-entropy-like losses drifted by ~8e-5."""
+    n = 2**22
+    x = np.random.default_rng(2).uniform(2.4, 3.5, n).astype("float32")
+    layer = TopKLoss(identity, ratio=0.7, drop=drop, per="pixel", ignore_index=IGNORE)
+    got = float(layer(paddle.to_tensor(x), paddle.to_tensor(np.zeros(n, dtype="int64"))))
+    want = reference(x, np.ones(n, bool), 0.7, drop)[0]
+    assert got == pytest.approx(want, rel=1e-6)
