@@ -78,9 +78,11 @@ def _reach(cells: paddle.Tensor, c: paddle.Tensor) -> tuple[paddle.Tensor, paddl
 
 def use_select(values: paddle.Tensor) -> bool:
     """Whether to rank the 1-D ``values`` here: large, on the CPU, in eager mode (the GPU
-    keeps paddle.topk, which needs no host sync there, unlike bincount and nonzero)."""
+    keeps paddle.topk, which needs no host sync there, unlike bincount and nonzero). The
+    default device must be the CPU too: the select's own constants are made there."""
     n = int(values.shape[0])
-    return n >= SELECT_MIN_SIZE and paddle.in_dynamic_mode() and values.place.is_cpu_place()
+    return (n >= SELECT_MIN_SIZE and paddle.in_dynamic_mode() and paddle.get_device() == "cpu"
+            and values.place.is_cpu_place())  # fmt: skip
 
 
 def ranked_sum_mean(values: paddle.Tensor, ignored: paddle.Tensor | None, counts_of: CountsOf) -> paddle.Tensor:
