@@ -13,6 +13,7 @@ import numpy as np
 import paddle
 import pytest
 from helpers import forbid_host_reads
+from test_aorr import run  # forward + backward: (value, float64 gradient)
 
 from hapi_autoloss import TopKLoss, _select
 from hapi_autoloss.topk import k_of, m_of
@@ -51,12 +52,6 @@ def small_threshold(monkeypatch):
     monkeypatch.setattr(_select, "SELECT_MIN_SIZE", 1024)
 
 
-def run(layer, x_np, label_np):
-    x = paddle.to_tensor(x_np.astype("float32"), stop_gradient=False)
-    out = layer(x, paddle.to_tensor(label_np))
-    out.backward()
-    assert out.shape == [] and out.dtype == paddle.float32
-    return float(out), x.grad.numpy().astype(np.float64)
 
 
 def losses(n, seed, kind):
