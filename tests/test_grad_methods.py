@@ -72,9 +72,11 @@ def test_registered_and_rep_grad():
     ("gradnorm", {"alpha": -1.0}), ("gradnorm", {"alpha": float("inf")}), ("aligned_mtl", {"scale": "max"}),
     ("nash_mtl", {"max_norm": -1.0}), ("nash_mtl", {"update_weights_every": 0}),
     ("nash_mtl", {"update_weights_every": 1.5}), ("db_mtl", {"beta": 1.0}), ("db_mtl", {"beta_sigma": -0.5}),
+    ("famo", {"w_lr": 0.0}), ("famo", {"w_lr": True}), ("famo", {"gamma": -1e-3}),
 ])
 def test_bad_options(name, options):
-    with pytest.raises(ValueError, match=r"\. Fix: "):
+    (option,) = options
+    with pytest.raises(ValueError, match=rf"^{option} must .*\. Fix: "):
         METHODS[name](**options)
 
 

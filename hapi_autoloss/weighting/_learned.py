@@ -53,12 +53,7 @@ class LearnedScale(Weighting):
     def bind(self, tasks: list[str], task_types: list[str | None]) -> None:
         super().bind(tasks, task_types)
         start = self.default_init if self.init in (None, "auto") else float(self.init)  # type: ignore[arg-type]
-        self.s = self.create_parameter(
-            shape=[self.n],
-            dtype="float32",
-            attr=paddle.ParamAttr(regularizer=paddle.regularizer.L2Decay(0.0)),
-            default_initializer=paddle.nn.initializer.Constant(start),
-        )
+        self.s = self.task_parameter(start)
         # auto init: still to do (1) or done (0); a buffer, so a resumed run does not redo it
         self.register_buffer("auto_pending", paddle.to_tensor(1 if self.init == "auto" else 0, dtype="int32"))
         self._auto = self.init == "auto"

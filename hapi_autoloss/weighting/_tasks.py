@@ -187,3 +187,11 @@ def positive(value: object, name: str, example: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
         raise ValueError(f"{name} must be a finite number > 0, got {value!r}. Fix: e.g. {example}.")
     return float(value)
+
+
+def non_negative(value: object, name: str, example: str, meaning: str = "") -> float:
+    """``value`` as a float, or a clear error when it is not a finite number >= 0
+    (``meaning``, e.g. " (0: no clipping)", is said after the bound)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"{name} must be a finite number >= 0{meaning}, got {value!r}. Fix: e.g. {example}.")
+    return float(value)

@@ -150,6 +150,21 @@ class Weighting(paddle.nn.Layer):
             self._seen["train_last"] = losses
             self.observe(losses, batch_size)
 
+    def task_parameter(self, start: float = 0.0) -> paddle.Tensor:
+        """A trainable float32 [n] parameter (one value per task) starting at ``start``,
+        without weight decay: hapi's optimizer must not pull it towards 0.
+
+        Example::
+
+            self.s = self.task_parameter(0.0)   # in bind(), after super().bind(...)
+        """
+        return self.create_parameter(
+            shape=[self.n],
+            dtype="float32",
+            attr=paddle.ParamAttr(regularizer=paddle.regularizer.L2Decay(0.0)),
+            default_initializer=paddle.nn.initializer.Constant(start),
+        )
+
     def const(self, key: str, values: list[float]) -> paddle.Tensor:
         """A constant float32 tensor made once, not a host-to-device copy every step."""
         if key not in self._seen:

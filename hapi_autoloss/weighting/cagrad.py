@@ -8,6 +8,7 @@ from typing import ClassVar
 import numpy as np
 
 from ._simplex import simplex_qp
+from ._tasks import non_negative
 from .gradient import GradWeighting
 
 RESCALE = (0, 1, 2)
@@ -90,8 +91,7 @@ class CAGrad(GradWeighting):
 
     def __init__(self, c: float = 0.5, rescale: int = 1) -> None:
         super().__init__()
-        if isinstance(c, bool) or not isinstance(c, (int, float)) or not (math.isfinite(c) and c >= 0):
-            raise ValueError(f"c must be a finite number >= 0, got {c!r}. Fix: e.g. c=0.5 (LibMTL's default).")
+        c = non_negative(c, "c", "c=0.5 (LibMTL's default)")
         if isinstance(rescale, bool) or rescale not in RESCALE:
             raise ValueError(
                 f"rescale must be 0, 1 or 2, got {rescale!r}. Fix: rescale=1 (divide by 1 + c², the default)."

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any, ClassVar
 
 import numpy as np
 import paddle
 
+from ._tasks import non_negative
 from .gradient import GradWeighting
 
 EPS = 1e-8  # LibMTL's, in log(L + ε) and in the norm ratio
@@ -42,12 +42,8 @@ class DBMTL(GradWeighting):
         super().__init__()
         if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not (0 <= beta < 1):
             raise ValueError(f"beta must be a number in [0, 1), got {beta!r}. Fix: e.g. beta=0.9 (LibMTL's).")
-        if isinstance(beta_sigma, bool) or not isinstance(beta_sigma, (int, float)) or not (
-                math.isfinite(beta_sigma) and beta_sigma >= 0):
-            raise ValueError(
-                f"beta_sigma must be a finite number >= 0, got {beta_sigma!r}. Fix: e.g. beta_sigma=0.0 (LibMTL's)."
-            )
-        self.beta, self.beta_sigma = float(beta), float(beta_sigma)
+        self.beta = float(beta)
+        self.beta_sigma = non_negative(beta_sigma, "beta_sigma", "beta_sigma=0.0 (LibMTL's)")
         self._step = 0
         self._buffer: dict[str, paddle.Tensor] = {}  # not a Layer attribute: its size is known at the first step
 

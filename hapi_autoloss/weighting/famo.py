@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import paddle
 
 from .._hapi import world
+from ._tasks import non_negative, positive
 from .base import Weighting
 
 EPS = 1e-8
@@ -44,11 +43,8 @@ class FAMO(Weighting):
 
     def __init__(self, w_lr: float = 0.025, gamma: float = 1e-3) -> None:
         super().__init__()
-        if not (isinstance(w_lr, (int, float)) and math.isfinite(w_lr) and w_lr > 0):
-            raise ValueError(f"w_lr must be a finite number > 0, got {w_lr!r}. Fix: e.g. w_lr=0.025 (the paper's).")
-        if not (isinstance(gamma, (int, float)) and math.isfinite(gamma) and gamma >= 0):
-            raise ValueError(f"gamma must be a finite number >= 0, got {gamma!r}. Fix: e.g. gamma=1e-3 (LibMTL's).")
-        self.w_lr, self.gamma = float(w_lr), float(gamma)
+        self.w_lr = positive(w_lr, "w_lr", "w_lr=0.025 (the paper's)")
+        self.gamma = non_negative(gamma, "gamma", "gamma=1e-3 (LibMTL's)")
 
     def bind(self, tasks: list[str], task_types: list[str | None]) -> None:
         super().bind(tasks, task_types)

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import math
 from typing import ClassVar
 
 import paddle
 
+from ._tasks import non_negative
 from .gradient import GradWeighting
 
 FLOOR = 1e-12  # a zero initial loss must not divide by zero
@@ -39,19 +39,12 @@ class GradNorm(GradWeighting):
 
     def __init__(self, alpha: float = 1.5) -> None:
         super().__init__()
-        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not (math.isfinite(alpha) and alpha >= 0):
-            raise ValueError(f"alpha must be a finite number >= 0, got {alpha!r}. Fix: e.g. alpha=1.5 (the paper's).")
-        self.alpha = float(alpha)
+        self.alpha = non_negative(alpha, "alpha", "alpha=1.5 (the paper's)")
         self.p: paddle.Tensor | None = None
 
     def bind(self, tasks: list[str], task_types: list[str | None]) -> None:
         super().bind(tasks, task_types)
-        self.p = self.create_parameter(
-            shape=[self.n],
-            dtype="float32",
-            attr=paddle.ParamAttr(regularizer=paddle.regularizer.L2Decay(0.0)),
-            default_initializer=paddle.nn.initializer.Constant(0.0),
-        )
+        self.p = self.task_parameter(0.0)
         self.register_buffer("initial_losses", paddle.zeros([self.n], dtype="float32"))
         self.register_buffer("initial_set", paddle.zeros([], dtype="int32"))
 

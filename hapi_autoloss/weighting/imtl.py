@@ -72,12 +72,7 @@ class IMTL(GradWeighting):
 
     def bind(self, tasks: list[str], task_types: list[str | None]) -> None:
         super().bind(tasks, task_types)
-        self.s = self.create_parameter(
-            shape=[self.n],
-            dtype="float32",
-            attr=paddle.ParamAttr(regularizer=paddle.regularizer.L2Decay(0.0)),
-            default_initializer=paddle.nn.initializer.Constant(0.0),
-        )
+        self.s = self.task_parameter(0.0)
 
     def scales(self) -> np.ndarray:
         assert self.s is not None

@@ -8,6 +8,7 @@ from typing import Any, ClassVar
 import numpy as np
 import paddle
 
+from ._tasks import non_negative
 from .gradient import GradWeighting
 
 RIDGE = 1e-10  # on the unit-Frobenius Gram, only where no solution exists: bounds α
@@ -87,12 +88,7 @@ class NashMTL(GradWeighting):
 
     def __init__(self, max_norm: float = 1.0, update_weights_every: int = 1) -> None:
         super().__init__()
-        if isinstance(max_norm, bool) or not isinstance(max_norm, (int, float)) or not (
-                math.isfinite(max_norm) and max_norm >= 0):
-            raise ValueError(
-                f"max_norm must be a finite number >= 0 (0: no clipping), got {max_norm!r}. "
-                "Fix: e.g. max_norm=1.0 (the paper's)."
-            )
+        max_norm = non_negative(max_norm, "max_norm", "max_norm=1.0 (the paper's)", " (0: no clipping)")
         every = update_weights_every
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise ValueError(
