@@ -32,7 +32,7 @@ import paddle
 import paddle.nn.functional as F
 from paddleseg.core import train
 from paddleseg.models import MixedLoss
-from study_segmentation import TinySegNet, segmentation_scores, shapes
+from study_segmentation import TinySegNet, segmentation_scores, splits
 
 import hapi_autoloss.paddleseg as hp
 
@@ -43,7 +43,6 @@ RUNS = (*GRID_RUNS, LIEBEL, OHEM_SEG, OHEM_OURS)
 METHODS = ("CE+Dice 0.8/0.2", BEST, LIEBEL, OHEM_SEG, OHEM_OURS)
 ITERS, QUICK_ITERS = 300, 6
 LR, BATCH, WEIGHT_DECAY = 2e-3, 16, 0.01
-N_TRAIN, N_TEST, QUICK_TRAIN, QUICK_TEST = 300, 100, 32, 16
 THRESH, MIN_KEPT = 0.7, 10000
 
 
@@ -119,10 +118,7 @@ def make_loss(method: str) -> paddle.nn.Layer:
 
 
 def job(method: str, seed: int, iters: int, quick: bool) -> dict:
-    n_train, n_test = (QUICK_TRAIN, QUICK_TEST) if quick else (N_TRAIN, N_TEST)
-    x_tr, y_tr = shapes(seed, n_train)
-    x_te, y_te = shapes(10_000 + seed, n_test)
-    x_va, y_va = shapes(20_000 + seed, n_test)
+    x_tr, y_tr, x_te, y_te, x_va, y_va = splits(seed, quick)
     _study.seed_everything(seed)
     net = SegNet()
     loss = make_loss(method)

@@ -135,11 +135,14 @@ def segmentation_scores(pred: np.ndarray, label: np.ndarray) -> dict[str, float]
     return out
 
 
-def job(method: str, seed: int, epochs: int, quick: bool) -> dict:
+def splits(seed: int, quick: bool) -> tuple[np.ndarray, ...]:
+    """(x_train, y_train, x_test, y_test, x_val, y_val) of one seed: three disjoint image streams."""
     n_train, n_test = (QUICK_TRAIN, QUICK_TEST) if quick else (N_TRAIN, N_TEST)
-    x_tr, y_tr = shapes(seed, n_train)
-    x_te, y_te = shapes(10_000 + seed, n_test)
-    x_va, y_va = shapes(20_000 + seed, n_test)
+    return (*shapes(seed, n_train), *shapes(10_000 + seed, n_test), *shapes(20_000 + seed, n_test))
+
+
+def job(method: str, seed: int, epochs: int, quick: bool) -> dict:
+    x_tr, y_tr, x_te, y_te, x_va, y_va = splits(seed, quick)
     _study.seed_everything(seed)
     net = TinySegNet()
     model = paddle.Model(net)

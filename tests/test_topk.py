@@ -284,13 +284,18 @@ def test_gradient_support_through_cross_entropy_per_sample():
     assert set(np.flatnonzero((x.grad.numpy() != 0).any(axis=1)).tolist()) == hardest
 
 
-def test_forward_never_reads_a_tensor_on_the_host(monkeypatch):
-    """No .numpy(), .item(), int(), float() or bool() of a tensor inside forward."""
+def segmentation_batch():
+    """(logits [2,3,6,6], label [2,1,6,6]) with two ignored rows: every code path of a forward."""
     rng = np.random.default_rng(5)
     logits = paddle.to_tensor(rng.standard_normal((2, 3, 6, 6)).astype("float32"), stop_gradient=False)
     lab = rng.integers(0, 3, (2, 1, 6, 6))
     lab[0, 0, :2] = IGNORE
-    label = paddle.to_tensor(lab)
+    return logits, paddle.to_tensor(lab)
+
+
+def test_forward_never_reads_a_tensor_on_the_host(monkeypatch):
+    """No .numpy(), .item(), int(), float() or bool() of a tensor inside forward."""
+    logits, label = segmentation_batch()
     layers = [
         TopKLoss(paddle.nn.CrossEntropyLoss(reduction="none", axis=1, ignore_index=IGNORE), ratio=r,
                  per=p, ignore_index=ii, threshold=t)

@@ -88,6 +88,28 @@ def train(model, losses, opt, data, save_dir, iters: int = 8, batch_size: int = 
               batch_size=batch_size, log_iters=2, save_interval=kw.pop("save_interval", iters), **kw)
 
 
+def hand_loop(model, aw, data, optimizers, iters: int, batch_size: int, sched=None):
+    """What ``train`` should do with a learned loss, as a plain loop in the same batch order
+    (train's loader shuffles with the sampler's RandomState(epoch)): step every optimizer and
+    the lr schedule, clear every gradient. Returns ``(model, aw)``."""
+    sampler = paddle.io.DistributedBatchSampler(data, batch_size=batch_size, shuffle=True, drop_last=True)
+    step = 0
+    while step < iters:
+        for idx in sampler:
+            x = paddle.to_tensor(np.stack([data[i]["img"] for i in idx]))
+            y = paddle.to_tensor(np.stack([data[i]["label"] for i in idx]))
+            aw(model(x)[0], y).backward()
+            for opt in optimizers:
+                opt.step()
+                opt.clear_grad()
+            if sched is not None:
+                sched.step()
+            step += 1
+            if step == iters:
+                break
+    return model, aw
+
+
 def run(mode: str, data, save_dir, iters: int = 8, weight_decay: float = 0.1, **kw):
     """build + train, with parameter and optimizer-state names as in a fresh process (PaddleSeg's
     resume matches the optimizer's state by name). Returns (model, AutoWeight)."""

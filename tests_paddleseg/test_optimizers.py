@@ -5,7 +5,7 @@ optimizer and σ under a second instance of the same class with no decay and no 
 import numpy as np
 import paddle
 import pytest
-from seg_helpers import SegData, TinyNet, train
+from seg_helpers import SegData, TinyNet, hand_loop, train
 
 import hapi_autoloss.paddleseg as hp
 
@@ -42,19 +42,7 @@ def build(name, grouped):
 def reference(name, grouped, data):
     model, aw = build(name, grouped)
     net_opt, sigma_opt = optimizer(name, layout(model, name, grouped)), optimizer(name, aw.parameters(), sigma=True)
-    sampler = paddle.io.DistributedBatchSampler(data, batch_size=BATCH, shuffle=True, drop_last=True)
-    step = 0
-    for idx in sampler:  # train's loader order: the sampler shuffles with RandomState(epoch)
-        x = paddle.to_tensor(np.stack([data[i]["img"] for i in idx]))
-        y = paddle.to_tensor(np.stack([data[i]["label"] for i in idx]))
-        aw(model(x)[0], y).backward()
-        for opt in (net_opt, sigma_opt):
-            opt.step()
-            opt.clear_grad()
-        step += 1
-        if step == ITERS:
-            break
-    return model, aw
+    return hand_loop(model, aw, data, [net_opt, sigma_opt], ITERS, BATCH)
 
 
 @pytest.mark.parametrize("grouped", [False, True], ids=["flat", "groups"])

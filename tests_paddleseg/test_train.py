@@ -4,7 +4,7 @@ resumed exactly from an iter_N checkpoint."""
 import numpy as np
 import paddle
 import pytest
-from seg_helpers import SegData, build, run, train
+from seg_helpers import SegData, build, hand_loop, run, train
 
 from hapi_autoloss import param_groups
 
@@ -16,20 +16,7 @@ def reference(data, iters=8, batch_size=4, weight_decay=0.1, lr=0.05, seed=0):
     aw = losses["types"][0]
     sched = paddle.optimizer.lr.PolynomialDecay(lr, decay_steps=iters, end_lr=0.0)
     opt = paddle.optimizer.AdamW(sched, parameters=param_groups(model, aw), weight_decay=weight_decay)
-    sampler = paddle.io.DistributedBatchSampler(data, batch_size=batch_size, shuffle=True, drop_last=True)
-    step = 0
-    while step < iters:
-        for idx in sampler:  # the same order as train's loader: the sampler shuffles with RandomState(epoch)
-            x = paddle.to_tensor(np.stack([data[i]["img"] for i in idx]))
-            y = paddle.to_tensor(np.stack([data[i]["label"] for i in idx]))
-            aw(model(x)[0], y).backward()
-            opt.step()
-            sched.step()
-            opt.clear_grad()
-            step += 1
-            if step == iters:
-                break
-    return model, aw
+    return hand_loop(model, aw, data, [opt], iters, batch_size, sched)
 
 
 def test_sigma_trained_like_a_plain_loop_with_no_decay(tmp_path):
