@@ -92,6 +92,22 @@ def test_without_a_line_only_the_epoch_end_reads(monkeypatch):
     assert [r["check"] for r in reads.steps] == [2] * STEPS
 
 
+def test_our_topk_callbacks_do_not_make_sigma_read_every_step(monkeypatch):
+    """TopKScheduler and TopKOnPlateau never read σ from logs: AutoWeightCallback still fills
+    them at the epoch's end only (a callback it does not know makes it read every step)."""
+    from hapi_autoloss import TopKLoss
+    from hapi_autoloss.callbacks import TopKOnPlateau, TopKScheduler
+
+    for topk_callback in (TopKScheduler(start=1.0, end=0.5), TopKOnPlateau(monitor="loss", patience=0, verbose=0)):
+        loss = AutoWeight({"y1": TopKLoss(paddle.nn.MSELoss(reduction="none"), ratio=1.0), "y2": paddle.nn.MSELoss()},
+                          method="kendall", task_types=["regression", "regression"])  # fmt: skip
+        model = build_model(loss)
+        reads = StepReads(model, loss, monkeypatch)
+        fit(model, [topk_callback], verbose=0, eval_data=TwoTaskData(32))
+        assert [r["other"] for r in reads.steps][:-1] == [0] * (STEPS - 1), type(topk_callback).__name__
+        monkeypatch.undo()
+
+
 def test_equal_reads_the_loss_only(monkeypatch):
     loss = AutoWeight({"y1": paddle.nn.MSELoss(), "y2": paddle.nn.MSELoss()}, method="equal")
     model = build_model(loss)
@@ -194,6 +210,7 @@ def test_the_clamp_gives_the_former_values_and_gradient(method, clamp):
 
 @pytest.mark.parametrize("method, per_step", [
     ("mgda", 2),  # the finite flags, then the Gram matrix and losses for the float64 rule
+    ("imtl", 2),  # the same as mgda: its scales e^s stay on the device
     ("db_mtl", 1),  # the finite flags only: its rule runs on the device, α is read when shown
     ("gradnorm", 1),  # the same; L(0) is kept on the device
 ])

@@ -118,6 +118,7 @@ class AutoWeightCallback(Callback):
         from .backup import BackupAndRestore
         from .progress import TqdmProgressBar
         from .tensorboard import TensorBoardExport
+        from .topk_plateau import TopKOnPlateau
         from .topk_scheduler import TopKScheduler
         from .visualdl import VisualDLExport
 
@@ -127,8 +128,8 @@ class AutoWeightCallback(Callback):
         if not self._fill or callbacks is None:  # not inside hapi's fit: every step, as a reader may be anywhere
             return
         # Exact types: a subclass may read logs. The exporters read used() themselves, on the steps they write.
-        silent = (*_hapi.SILENT, AutoWeightCallback, TopKScheduler, BackupAndRestore, TensorBoardExport,
-                  VisualDLExport)
+        silent = (*_hapi.SILENT, AutoWeightCallback, TopKScheduler, TopKOnPlateau, BackupAndRestore,
+                  TensorBoardExport, VisualDLExport)
         unknown = False
         for cb in callbacks.callbacks:
             if _hapi.is_progbar(cb):

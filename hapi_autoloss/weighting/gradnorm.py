@@ -64,8 +64,7 @@ class GradNorm(GradWeighting):
         return self.weights().detach()
 
     def combine_grads(self, grads: paddle.Tensor, losses: paddle.Tensor) -> paddle.Tensor:
-        self.record_initial(losses)
-        w = self.weights().detach()
+        w = self.weights().detach()  # L(0) is recorded by method_loss, which follows in the same step
         self.show_alphas(w)
         return paddle.matmul(w.unsqueeze(0), grads).squeeze(0)
 

@@ -86,6 +86,17 @@ class IMTL(GradWeighting):
         e = self.scales()
         return imtl_g(gram * np.outer(e, e)) * e
 
+    def combine_gram(self, gram: paddle.Tensor, losses: paddle.Tensor) -> paddle.Tensor:
+        """:meth:`alphas` with the scales kept on the device: the Gram of e^s·g is outer(e, e)·G,
+        so a training step reads only that k×k matrix (``alphas`` would read s too)."""
+        assert self.s is not None
+        e = paddle.exp(self.s.detach()).astype(gram.dtype)
+        k = int(losses.shape[0])
+        scaled = imtl_g((gram * paddle.outer(e, e)).numpy().astype(np.float64).reshape(k, k))
+        alpha = paddle.to_tensor(scaled, dtype="float32") * e.astype("float32")
+        self.show_alphas(alpha)
+        return alpha
+
     def method_loss(self, grads: paddle.Tensor, losses: paddle.Tensor) -> paddle.Tensor | None:
         assert self.s is not None
         return (paddle.exp(self.s) * losses.detach() - self.s).sum()
