@@ -76,7 +76,7 @@ def value(p: float, schedule: str = "linear", start: float = 1.0, end: float = 0
     the dropped fraction of a ranked range usually grows)."""
     if schedule not in SCHEDULES:
         raise ValueError(f"Unknown schedule {schedule!r}. Fix: use one of {', '.join(SCHEDULES)}.")
-    if p <= 0.0:
+    if start == end or p <= 0.0:  # a constant is constant whatever the curve ('exp' of 0 → 0: no 0/0)
         return start
     if p >= 1.0:
         return end

@@ -61,3 +61,10 @@ def test_ratio_at_docstring_example():
 def test_unknown_schedule():
     with pytest.raises(ValueError, match=r"Unknown schedule 'poly'.*Fix: use one of linear"):
         schedules.value(0.5, "poly")
+
+
+@pytest.mark.parametrize("schedule", ["linear", "cosine", "exp", "step"])
+@pytest.mark.parametrize("level", [0.0, 0.3])
+def test_a_constant_schedule_is_constant_even_at_zero(schedule, level):
+    """start == end: every curve gives it (exp's start·(end/start)^p would divide 0 by 0)."""
+    assert [schedules.value(p, schedule, level, level, 3) for p in (0.0, 0.25, 0.5, 1.0)] == [level] * 4

@@ -132,7 +132,8 @@ def test_autoweight_liebel_value_and_checks():
         hp.AutoWeight([{"type": "SafeCrossEntropyLoss"}, {"type": "DiceLoss"}])
     with pytest.raises(ValueError, match="epoch ends"):
         hp.AutoWeight([hp.SafeCrossEntropyLoss(), hp.SafeDiceLoss()], method="dwa")
-    with pytest.raises(ValueError, match="is gradient-level"):
+    supported = "equal, fixed, gls, imtl_l, kendall, liebel, rlw, simple, uw_so"
+    with pytest.raises(ValueError, match=rf"is gradient-level.*Fix: use one of {supported}, or train through paddle"):
         hp.AutoWeight([hp.SafeCrossEntropyLoss(), hp.SafeDiceLoss()], method="mgda")
     with pytest.raises(ValueError, match="ignore"):
         hp.AutoWeight([hp.SafeCrossEntropyLoss(ignore_index=0), hp.SafeDiceLoss()], ignore_index=255)

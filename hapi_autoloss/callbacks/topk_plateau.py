@@ -10,16 +10,10 @@ from paddle.callbacks import Callback
 
 from .. import _hapi
 from ..topk import TopKLoss, validate_ratio
-from .topk_scheduler import TopKScheduler
+from .topk_scheduler import TopKScheduler, _check_count
 
 STATE_KEY = "TopKOnPlateau"
 MODES = ("auto", "min", "max")
-
-
-def _count(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
-        raise ValueError(f"{name} must be an int >= 0 (evaluations), got {value!r}. Fix: e.g. {name}=3.")
-    return int(value)
 
 
 class TopKOnPlateau(Callback):
@@ -87,7 +81,6 @@ class TopKOnPlateau(Callback):
     cooldown_counter: int
     evaluations: int
     reductions: int
-    ratio: float | None
 
     def __init__(
         self,
@@ -114,8 +107,8 @@ class TopKOnPlateau(Callback):
             raise ValueError(f"min_delta must be a number >= 0, got {min_delta!r}. Fix: e.g. min_delta=1e-4.")
         self.monitor = monitor
         self.factor = float(factor)
-        self.patience = _count(patience, "patience")
-        self.cooldown = _count(cooldown, "cooldown")
+        self.patience = _check_count(patience, "patience", 0, "patience=3 (evaluations)")
+        self.cooldown = _check_count(cooldown, "cooldown", 0, "cooldown=0 (evaluations)")
         self.verbose = int(verbose)
         self.min_ratio = validate_ratio(min_ratio, "min_ratio")
         self.min_delta = float(min_delta)
@@ -126,8 +119,12 @@ class TopKOnPlateau(Callback):
         self.cooldown_counter = 0
         self.evaluations = 0
         self.reductions = 0
-        self.ratio = None
         self._layers: list[TopKLoss] = []
+
+    @property
+    def ratio(self) -> float | None:
+        """The first TopKLoss's ratio (None before the first fit finds the layers)."""
+        return self._layers[0].ratio if self._layers else None
 
     # ------------------------------------------------------------ checks before any step
 
@@ -173,8 +170,6 @@ class TopKOnPlateau(Callback):
 
     def on_train_begin(self, logs: Any = None) -> None:
         self._check_fit()
-        if self.ratio is None:
-            self.ratio = self._layers[0].ratio
         # A state loaded by hapi_autoloss.load_state before fit is applied here.
         _hapi.register_state(self.model, STATE_KEY, self)
         _hapi.show_in_progress_bar(self.params, ["topk_ratio"])
@@ -230,7 +225,6 @@ class TopKOnPlateau(Callback):
         if reduced:
             self.reductions += 1
             self.cooldown_counter = self.cooldown
-            self.ratio = self._layers[0].ratio
             if self.verbose > 0 and _hapi.world()[0] == 0:
                 print(f"\nTopKOnPlateau: {self.monitor} has not improved for {self.patience} evaluations; "
                       f"ratio reduced to {self.ratio:.4g} (drop {self._layers[0].drop:.4g}).")  # fmt: skip
@@ -267,5 +261,4 @@ class TopKOnPlateau(Callback):
         if len(ranges) == len(self._layers):
             for layer, (ratio, drop) in zip(self._layers, ranges):
                 layer.set_range(ratio, drop)
-        if self._layers:
-            self.ratio = self._layers[0].ratio
+

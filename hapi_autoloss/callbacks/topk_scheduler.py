@@ -185,8 +185,6 @@ class TopKScheduler(Callback):
 
     def _drop_value(self, p: float) -> float:
         assert self.drop_start is not None and self.drop_end is not None
-        if self.drop_start == self.drop_end:  # constant (also keeps 'exp' away from 0/0)
-            return self.drop_start
         return schedules.value(p, self.schedule, self.drop_start, self.drop_end, self.drops)
 
     def _check_range(self, points: list[tuple[str, float]]) -> None:

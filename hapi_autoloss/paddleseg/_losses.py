@@ -17,7 +17,7 @@ from paddleseg.cvlibs import manager
 from .. import losses as _losses
 from .. import topk as _topk
 from ..weighting import autoweight as _autoweight
-from ..weighting.base import Weighting
+from ..weighting.base import METHODS, Weighting
 from ..weighting.gradient import GradWeighting
 
 __all__ = ["AutoWeight", "SafeCrossEntropyLoss", "SafeDiceLoss", "TopKLoss"]
@@ -29,15 +29,21 @@ BROKEN = {"CrossEntropyLoss": "SafeCrossEntropyLoss", "DiceLoss": "SafeDiceLoss"
           "OhemCrossEntropyLoss": "TopKLoss (ratio, min_kept, thresh)"}
 
 
-def unsupported(weighting: Any) -> str | None:
-    """Why PaddleSeg's ``train`` cannot run this method, or None. Asked of the method itself,
-    never by its name: epoch ends and a forward after each update are hooks ``train`` never
-    calls; a gradient-level method needs the network, which the loss is not told here."""
-    if isinstance(weighting, GradWeighting):
+def unsupported(method: Weighting | type[Weighting]) -> str | None:
+    """Why PaddleSeg's ``train`` cannot run this method (an instance or a class), or None. Asked
+    of the method itself, never by its name: epoch ends and a forward after each update are hooks
+    ``train`` never calls; a gradient-level method needs the network, which the loss is not told here."""
+    cls = method if isinstance(method, type) else type(method)
+    if issubclass(cls, GradWeighting):
         return "is gradient-level: it differentiates the network's parameters itself, which is not wired here"
-    if type(weighting).end_epoch is not Weighting.end_epoch or getattr(weighting, "wants_losses_after_update", False):
+    if cls.has_training_hooks():
         return "needs epoch ends or a forward after each update, which PaddleSeg's train never gives"
     return None
+
+
+def supported() -> str:
+    """The registered methods PaddleSeg's ``train`` can run, for error messages."""
+    return ", ".join(sorted(name for name, cls in METHODS.items() if unsupported(cls) is None))
 
 
 def _labels(labels: paddle.Tensor) -> paddle.Tensor:
@@ -234,8 +240,8 @@ class AutoWeight(_autoweight.AutoWeight):
         why = unsupported(self.weighting)
         if why is not None:
             raise ValueError(
-                f"method={self.method!r} {why}. Fix: use kendall, liebel, uw_so, simple, imtl_l, rlw, gls or "
-                "fixed, or train through paddle.Model.fit with AutoWeightCallback."
+                f"method={self.method!r} {why}. Fix: use one of {supported()}, or train through "
+                "paddle.Model.fit with AutoWeightCallback."
             )
 
     def forward(self, *tensors: paddle.Tensor) -> paddle.Tensor:

@@ -35,7 +35,7 @@ import paddle
 
 from .._dist import average_gradients
 from .._hapi import world
-from .._hapi.optimizer import _inject, check_groups, optimizer_params
+from .._hapi.optimizer import _inject, _track, check_groups, optimizer_params
 from ..topk import TopKLoss as _CoreTopK
 from ..weighting.autoweight import AutoWeight as _CoreAutoWeight
 from . import _losses
@@ -71,13 +71,7 @@ def _check(layer: Any) -> None:
             f"(loss.numpy()[0]), and which calls its sub-losses with every tensor. Fix: use "
             f"hapi_autoloss.paddleseg.{name} (type: {name} in a config)."
         )
-    weighting = getattr(layer, "weighting", None)
-    why = None if weighting is None else _losses.unsupported(weighting)
-    if why is not None:
-        raise ValueError(
-            f"AutoWeight(method={layer.method!r}) {why}. Fix: use kendall, liebel, uw_so, simple, imtl_l, "
-            "rlw, gls or fixed."
-        )
+    # A hapi_autoloss.paddleseg.AutoWeight refused an unsupported method when it was built.
 
 
 def attach(model: paddle.nn.Layer, losses: Any, optimizer: Any, lr_scale: float = 1.0) -> list[paddle.nn.Layer]:
@@ -149,11 +143,8 @@ def _average_before_step(optimizer: Any, params: list[Any]) -> None:
     the ranks first (once per optimizer). ``train`` calls ``step``, or with ``precision='fp16'``
     ``scaler.minimize(optimizer, ...)``, which calls ``minimize`` (averaging twice is harmless:
     the mean of equal gradients is the same gradient)."""
-    held = getattr(optimizer, "_autoloss_synced", None)
-    if held is not None:
-        held.extend(p for p in params if all(p is not q for q in held))
+    if _track(optimizer, "_autoloss_synced", params):
         return
-    optimizer._autoloss_synced = list(params)
     for name in ("step", "minimize"):
         original = getattr(optimizer, name)
 

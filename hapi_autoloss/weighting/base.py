@@ -136,12 +136,13 @@ class Weighting(paddle.nn.Layer):
     @property
     def needs_callback(self) -> bool:
         """Whether training needs ``AutoWeightCallback``: it learns, or has epoch or update hooks."""
-        cls = type(self)
-        return (
-            any(not p.stop_gradient for p in self.parameters())
-            or cls.end_epoch is not Weighting.end_epoch
-            or cls.wants_losses_after_update
-        )
+        return any(not p.stop_gradient for p in self.parameters()) or type(self).has_training_hooks()
+
+    @classmethod
+    def has_training_hooks(cls) -> bool:
+        """Whether the method needs epoch ends or a forward after each update (hooks only
+        ``AutoWeightCallback`` calls, never a plain trainer such as PaddleSeg's)."""
+        return cls.end_epoch is not Weighting.end_epoch or cls.wants_losses_after_update
 
     def record(self, losses: paddle.Tensor, training: bool, batch_size: int = 1) -> None:
         """Keep the detached losses for display, and let a training forward be observed."""
