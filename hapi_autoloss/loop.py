@@ -21,7 +21,6 @@ Example::
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Sequence
 from typing import Any, Union
@@ -30,6 +29,7 @@ import paddle
 
 from . import _hapi
 from ._dist import average_gradients
+from .weighting._tasks import positive
 
 Params = Union[paddle.nn.Layer, Sequence[Any]]
 
@@ -100,8 +100,7 @@ def param_groups(
         opt = paddle.optimizer.AdamW(1e-3, parameters=param_groups(net, loss_fn),
                                      weight_decay=0.01, grad_clip=paddle.nn.ClipGradByGlobalNorm(1.0))
     """
-    if not (isinstance(lr_scale, (int, float)) and math.isfinite(lr_scale) and lr_scale > 0):
-        raise ValueError(f"lr_scale must be a finite number > 0, got {lr_scale!r}. Fix: e.g. lr_scale=1.0.")
+    lr_scale = positive(lr_scale, "lr_scale", "lr_scale=1.0")
     if weight_decay is not None and (isinstance(weight_decay, bool) or not isinstance(weight_decay, (int, float))):
         raise TypeError(
             f"weight_decay must be a float or None, got {type(weight_decay).__name__}. Fix: pass the "

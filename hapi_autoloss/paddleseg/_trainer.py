@@ -37,6 +37,7 @@ from .._dist import average_gradients
 from .._hapi import world
 from .._hapi.optimizer import _inject, _track, check_groups, optimizer_params
 from ..topk import TopKLoss as _CoreTopK
+from ..weighting._tasks import positive
 from ..weighting.autoweight import AutoWeight as _CoreAutoWeight
 from . import _losses
 
@@ -106,8 +107,7 @@ def attach(model: paddle.nn.Layer, losses: Any, optimizer: Any, lr_scale: float 
             f"optimizer must be a paddle.optimizer.Optimizer, got {type(optimizer).__name__}. Fix: pass the "
             "optimizer itself (train wraps it for fleet later), built from model.parameters()."
         )
-    if isinstance(lr_scale, bool) or not isinstance(lr_scale, (int, float)) or not 0 < lr_scale < float("inf"):
-        raise ValueError(f"lr_scale must be a finite number > 0, got {lr_scale!r}. Fix: e.g. lr_scale=1.0.")
+    lr_scale = positive(lr_scale, "lr_scale", "lr_scale=1.0")
     layers = _loss_layers(losses)
     for layer in layers:
         _check(layer)
