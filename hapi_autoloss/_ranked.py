@@ -89,6 +89,18 @@ def m_tensor(n_valid: paddle.Tensor, drop: float, k: paddle.Tensor, min_kept: in
     return paddle.maximum(paddle.minimum(m, k - floor_kept), paddle.zeros([], dtype="int64"))
 
 
+def padded_topk(ranked: paddle.Tensor, count: paddle.Tensor, count_max: int) -> tuple[paddle.Tensor, paddle.Tensor]:
+    """One unsorted static ``topk(count_max)`` of ``ranked`` with ``count_max − count`` +inf pads
+    appended (``count`` a 0-d tensor): it holds the ``count`` largest entries and the pads, whose
+    indices are >= len(ranked)."""
+    pad = paddle.masked_fill(
+        paddle.full([count_max], -math.inf, dtype=ranked.dtype),
+        paddle.arange(count_max, dtype="int64") < count_max - count,
+        math.inf,
+    )
+    return paddle.topk(paddle.concat([ranked, pad]), count_max, sorted=False)
+
+
 def largest_mask(ranked: paddle.Tensor, count: paddle.Tensor | int, count_max: int) -> paddle.Tensor:
     """Bool mask of the ``count`` largest entries of the 1-D ``ranked`` (entries that
     must never be picked are −inf; ``count`` may be a 0-d tensor <= ``count_max``).
@@ -102,12 +114,7 @@ def largest_mask(ranked: paddle.Tensor, count: paddle.Tensor | int, count_max: i
     if isinstance(count, int):
         index = paddle.topk(ranked, count, sorted=False)[1] if count > 0 else None
     else:
-        pad = paddle.masked_fill(
-            paddle.full([count_max], -math.inf, dtype=ranked.dtype),
-            paddle.arange(count_max, dtype="int64") < count_max - count,
-            math.inf,
-        )
-        index = paddle.topk(paddle.concat([ranked, pad]), count_max, sorted=False)[1]
+        index = padded_topk(ranked, count, count_max)[1]
     if index is None:
         return paddle.zeros([n], dtype="bool")
     # Pads land at index >= n and fall off the slice.
@@ -133,12 +140,7 @@ def top_k(
         return kept, kept.detach(), None, k_max
     k = k_tensor(count_valid(ignored) if n_valid is None else n_valid, ratio, min_kept, k_max)
     ranked = paddle.masked_fill(values.detach(), ignored, -math.inf)
-    pad = paddle.masked_fill(
-        paddle.full([k_max], -math.inf, dtype="float32"),
-        paddle.arange(k_max, dtype="int64") < k_max - k,
-        math.inf,
-    )
-    top, index = paddle.topk(paddle.concat([ranked, pad]), k_max, sorted=False)
+    top, index = padded_topk(ranked, k, k_max)
     keep = index < n
     # Gather with gradient from the unmasked values: the backward is one scatter.
     kept = paddle.take_along_axis(values, paddle.minimum(index, paddle.full([], n - 1, dtype="int64")), axis=0)
