@@ -30,10 +30,21 @@ Example::
 
 from __future__ import annotations
 
-from typing import Callable, Final
+from typing import Any, Callable, Final
 
 import numpy as np
 import paddle
+
+# Under paddle.jit.to_static's default (SOT) mode this runs the calling function and its
+# callees eagerly, and outside a trace it does nothing: the select views float bits as
+# ints, which a static graph cannot. SOT recognises the function itself, so it is called
+# directly where needed, not through a helper. Checked against paddle 3.3.1.
+try:
+    from paddle.jit.sot.psdb import fallback as _eager_from_here
+except ImportError:  # pragma: no cover - a paddle without SOT
+
+    def _eager_from_here(recursive: Any = False) -> Any:
+        return None
 
 HALF = 1 << 16
 SIGN = 1 << 15
@@ -81,6 +92,8 @@ def use_select(values: paddle.Tensor) -> bool:
     keeps paddle.topk, which needs no host sync there, unlike bincount and nonzero). The
     default device must be the CPU too: the select's own constants are made there."""
     n = int(values.shape[0])
+    if n >= SELECT_MIN_SIZE:
+        _eager_from_here(recursive=True)  # before .place, which a trace cannot read off a computed tensor
     return (n >= SELECT_MIN_SIZE and paddle.in_dynamic_mode() and paddle.get_device() == "cpu"
             and values.place.is_cpu_place())  # fmt: skip
 
@@ -89,6 +102,7 @@ def ranked_sum_mean(values: paddle.Tensor, ignored: paddle.Tensor | None, counts
     """(S_k − S_m) / max(k − m, 1) of the 1-D float32 ``values``, ``[k, m] = counts_of(n_valid)``
     (or ``[k]``: m = 0) with ``n_valid`` a 0-d float64 tensor and 0-d int64 counts,
     m <= k <= n_valid; see the module docstring. 0-d float32, differentiable in ``values``."""
+    _eager_from_here(recursive=True)
     return _Selected.apply(values, _Args(ignored, counts_of))
 
 
