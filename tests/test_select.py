@@ -203,27 +203,3 @@ def test_the_value_stays_exact_on_millions_of_losses(drop):
     want = reference(x, np.ones(n, bool), 0.7, drop)[0]
     assert got == pytest.approx(want, rel=1e-6)
 
-
-@pytest.mark.parametrize("drop", [0.0, 0.02])
-def test_inside_to_static_the_select_runs_eagerly_and_gives_the_eager_value_and_gradient(drop):
-    """paddle.jit.to_static's default mode (SOT) traced into the select, which views float
-    bits as ints, and failed from 2**18 losses on; now the select's frame runs eagerly."""
-    rng = np.random.default_rng(9)
-    logits = paddle.to_tensor(rng.standard_normal((1, 4, 512, 512)).astype("float32"), stop_gradient=False)
-    lab = rng.integers(0, 4, (1, 1, 512, 512))
-    lab[rng.random(lab.shape) < 0.1] = IGNORE
-    label = paddle.to_tensor(lab)
-    ce = paddle.nn.CrossEntropyLoss(reduction="none", axis=1, ignore_index=IGNORE)
-    layer = TopKLoss(ce, ratio=0.1, drop=drop, per="pixel", ignore_index=IGNORE)
-    traced = paddle.jit.to_static(lambda x, y: layer(x, y) * 2.0)  # the * 2 stays in the graph
-    results = []
-    for fn in (traced, traced, lambda x, y: layer(x, y) * 2.0):  # twice: the second call reuses the trace
-        out = fn(logits, label)
-        out.backward()
-        results.append((float(out), logits.grad.numpy().copy()))
-        logits.clear_gradient()
-    want = 2 * reference(ce(logits, label).numpy(), lab != IGNORE, 0.1, drop)[0]
-    for value, grad in results:
-        assert value == pytest.approx(want, rel=1e-5)
-        np.testing.assert_array_equal(grad, results[-1][1])
-    assert np.count_nonzero(np.abs(results[-1][1]).sum(axis=1)) > 0
