@@ -30,21 +30,12 @@ Example::
 
 from __future__ import annotations
 
-from typing import Any, Callable, Final
+from typing import Callable, Final
 
 import numpy as np
 import paddle
 
-# Under paddle.jit.to_static's default (SOT) mode this runs the calling function and its
-# callees eagerly, and outside a trace it does nothing: the select views float bits as
-# ints, which a static graph cannot. SOT recognises the function itself, so it is called
-# directly where needed, not through a helper. Checked against paddle 3.3.1.
-try:
-    from paddle.jit.sot.psdb import fallback as _eager_from_here
-except ImportError:  # pragma: no cover - a paddle without SOT
-
-    def _eager_from_here(recursive: Any = False) -> Any:
-        return None
+from ._sot import eager_from_here
 
 HALF = 1 << 16
 SIGN = 1 << 15
@@ -93,7 +84,7 @@ def use_select(values: paddle.Tensor) -> bool:
     default device must be the CPU too: the select's own constants are made there."""
     n = int(values.shape[0])
     if n >= SELECT_MIN_SIZE:
-        _eager_from_here(recursive=True)  # before .place, which a trace cannot read off a computed tensor
+        eager_from_here(recursive=True)  # a trace can neither read .place here nor view bits as ints
     return (n >= SELECT_MIN_SIZE and paddle.in_dynamic_mode() and paddle.get_device() == "cpu"
             and values.place.is_cpu_place())  # fmt: skip
 
@@ -102,7 +93,7 @@ def ranked_sum_mean(values: paddle.Tensor, ignored: paddle.Tensor | None, counts
     """(S_k − S_m) / max(k − m, 1) of the 1-D float32 ``values``, ``[k, m] = counts_of(n_valid)``
     (or ``[k]``: m = 0) with ``n_valid`` a 0-d float64 tensor and 0-d int64 counts,
     m <= k <= n_valid; see the module docstring. 0-d float32, differentiable in ``values``."""
-    _eager_from_here(recursive=True)
+    eager_from_here(recursive=True)
     return _Selected.apply(values, _Args(ignored, counts_of))
 
 
