@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import numbers
 from typing import Any
 
@@ -42,3 +43,49 @@ def validate_band(band: Any) -> tuple[float, float]:
             "[mean − b·std, mean + a·std]. Fix: e.g. band=(1.0, 2.0), the official AoRR code's rule."
         )
     return float(band[0]), float(band[1])
+
+
+def validate_per(per: Any, choices: tuple[str, ...], num_classes: Any) -> None:
+    """A known ``per``, and ``num_classes`` an int >= 1 given only with ``per="class"``."""
+    if per not in choices:
+        raise ValueError(
+            f"Unknown per {per!r}. Fix: per='sample' ranks each sample's mean loss, "
+            "per='pixel' ranks every element, per='class' each class's mean loss."
+        )
+    if num_classes is None:
+        return
+    if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral) or num_classes < 1:
+        raise ValueError(
+            f"num_classes must be an int >= 1 or None, got {num_classes!r}. Fix: e.g. num_classes=19, "
+            "or None to read it from the logits' axis 1."
+        )
+    if per != "class":
+        raise ValueError(
+            f"num_classes={num_classes} only applies to per='class', but per={per!r}. "
+            "Fix: per='class', or leave num_classes out."
+        )
+
+
+def validate_counts(min_kept: Any, ignore_index: Any, threshold: Any) -> tuple[int, int | None, float | None]:
+    """``(min_kept, ignore_index, threshold)`` as int, int or None, finite float or None."""
+    if isinstance(min_kept, bool) or not isinstance(min_kept, numbers.Integral) or min_kept < 1:
+        raise ValueError(
+            f"min_kept must be an int >= 1 (the least number of losses kept), got "
+            f"{min_kept!r}. Fix: e.g. min_kept=1."
+        )
+    if ignore_index is not None and (isinstance(ignore_index, bool) or not isinstance(ignore_index, numbers.Integral)):
+        raise TypeError(
+            f"ignore_index must be an int label value or None, got {ignore_index!r}. Fix: e.g. ignore_index=255."
+        )
+    if threshold is not None and (
+        isinstance(threshold, bool) or not isinstance(threshold, numbers.Real) or not math.isfinite(threshold)
+    ):
+        raise ValueError(
+            f"threshold must be a finite number (a loss value) or None, got {threshold!r}. "
+            "Fix: e.g. threshold=0.357 (cross-entropy of probability 0.7)."
+        )
+    return (
+        int(min_kept),
+        None if ignore_index is None else int(ignore_index),
+        None if threshold is None else float(threshold),
+    )

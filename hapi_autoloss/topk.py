@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import math
-import numbers
 from typing import Any, Callable
 
 import paddle
 
 from . import _ranked, _topk_input
 from ._ranked import ROUNDING_TOLERANCE, k_of, m_of
-from ._topk_args import validate_band, validate_drop, validate_ratio
+from ._topk_args import validate_band, validate_counts, validate_drop, validate_per, validate_ratio
 
 __all__ = ["ROUNDING_TOLERANCE", "TopKLoss", "k_of", "m_of", "validate_drop", "validate_ratio"]
 
@@ -124,39 +122,8 @@ class TopKLoss(paddle.nn.Layer):
                 f"loss must be a paddle.nn.Layer or a function, got {type(loss).__name__}. "
                 "Fix: e.g. TopKLoss(paddle.nn.CrossEntropyLoss(reduction='none'))."
             )
-        if per not in PER_CHOICES:
-            raise ValueError(
-                f"Unknown per {per!r}. Fix: per='sample' ranks each sample's mean loss, "
-                "per='pixel' ranks every element, per='class' each class's mean loss."
-            )
-        if num_classes is not None and (
-            isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral) or num_classes < 1
-        ):
-            raise ValueError(
-                f"num_classes must be an int >= 1 or None, got {num_classes!r}. Fix: e.g. num_classes=19, "
-                "or None to read it from the logits' axis 1."
-            )
-        if isinstance(min_kept, bool) or not isinstance(min_kept, numbers.Integral) or min_kept < 1:
-            raise ValueError(
-                f"min_kept must be an int >= 1 (the least number of losses kept), got "
-                f"{min_kept!r}. Fix: e.g. min_kept=1."
-            )
-        if ignore_index is not None and (
-            isinstance(ignore_index, bool) or not isinstance(ignore_index, numbers.Integral)
-        ):
-            raise TypeError(
-                f"ignore_index must be an int label value or None, got {ignore_index!r}. "
-                "Fix: e.g. ignore_index=255."
-            )
-        if threshold is not None:
-            if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real) or not math.isfinite(
-                threshold
-            ):
-                raise ValueError(
-                    f"threshold must be a finite number (a loss value) or None, got {threshold!r}. "
-                    "Fix: e.g. threshold=0.357 (cross-entropy of probability 0.7)."
-                )
-            threshold = float(threshold)
+        validate_per(per, PER_CHOICES, num_classes)
+        min_kept, ignore_index, threshold = validate_counts(min_kept, ignore_index, threshold)
         self.band = None if band is None else validate_band(band)
         if self.band is not None and (ratio is not None or drop != 0 or threshold is not None):
             raise ValueError(
@@ -171,14 +138,7 @@ class TopKLoss(paddle.nn.Layer):
             )
         self.loss = loss
         self.per = per
-        self.ignore_index = None if ignore_index is None else int(ignore_index)
-        self.min_kept = int(min_kept)
-        self.threshold = threshold
-        if num_classes is not None and per != "class":
-            raise ValueError(
-                f"num_classes={num_classes} only applies to per='class', but per={per!r}. "
-                "Fix: per='class', or leave num_classes out."
-            )
+        self.ignore_index, self.min_kept, self.threshold = ignore_index, min_kept, threshold
         self.num_classes = None if num_classes is None else int(num_classes)
         self._ratio, self._drop = 1.0, 0.0
         if self.band is None:
