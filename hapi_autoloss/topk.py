@@ -6,7 +6,7 @@ from typing import Any, Callable
 
 import paddle
 
-from . import _ranked, _topk_input
+from . import _hapi, _ranked, _topk_input
 from ._ranked import ROUNDING_TOLERANCE, k_of, m_of
 from ._topk_args import validate_band, validate_counts, validate_drop, validate_per, validate_ratio
 
@@ -117,6 +117,7 @@ class TopKLoss(paddle.nn.Layer):
         num_classes: int | None = None,
     ) -> None:
         super().__init__()
+        _hapi.require_dynamic_mode()  # in static mode the wrapped loss returns graph values, not tensors
         if not callable(loss):
             raise TypeError(
                 f"loss must be a paddle.nn.Layer or a function, got {type(loss).__name__}. "

@@ -10,7 +10,7 @@ import paddle
 import pytest
 from helpers import TwoTaskData, build_model, kendall_loss
 
-from hapi_autoloss import AutoWeight, attach
+from hapi_autoloss import AutoWeight, TopKLoss, attach
 from hapi_autoloss.callbacks import AutoWeightCallback
 
 mse = paddle.nn.MSELoss()
@@ -117,6 +117,10 @@ def test_static_graph_mode_is_refused_with_a_clear_error():
     try:
         with pytest.raises(RuntimeError) as info:
             kendall_loss()
+        check(info, "dynamic graph mode", "paddle.enable_static()")
+        # TopKLoss said "CrossEntropyLoss returned Value, not a paddle.Tensor" at the first batch
+        with pytest.raises(RuntimeError) as info:
+            TopKLoss(paddle.nn.CrossEntropyLoss(reduction="none"))
         check(info, "dynamic graph mode", "paddle.enable_static()")
     finally:
         paddle.disable_static()
