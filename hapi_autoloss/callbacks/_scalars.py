@@ -1,7 +1,8 @@
 """What the log exporters write, at which step, on which rank, and when it reaches disk.
 
 ``TensorBoardExport`` and ``VisualDLExport`` share everything here; each only says
-how to open its file and how to append records to it (:class:`ScalarFile`).
+how to open its file and how to append records to it (:class:`ScalarFile`, in
+``_logfile.py``). What a point holds is read by ``_readout.Readout``.
 
 Design decisions (the issue was silent on them):
 
@@ -37,102 +38,23 @@ Design decisions (the issue was silent on them):
 from __future__ import annotations
 
 import atexit
-import math
 import numbers
 import os
-import tempfile
 import time
 import warnings
-import weakref
-from typing import IO, Any, Protocol
+from typing import Any
 
 from paddle.callbacks import Callback
 
 from .. import _hapi
-from ..topk import TopKLoss
-from ..weighting import AutoWeight
 from ._checks import check_epoch_had_batches, check_has_batches, local_folder
+from ._logfile import AppendOnlyFile, ScalarFile, check_log_dir
+from ._readout import Readout, _scalar
+
+# The exporters and TqdmProgressBar import these from here.
+__all__ = ["TEXT_TAG", "AppendOnlyFile", "ScalarExport", "ScalarFile", "_scalar", "check_log_dir"]
 
 TEXT_TAG = "autoloss/config"
-# model -> (the batch's 'loss' list, global step, values read): see _train_values.
-_SHARED: weakref.WeakKeyDictionary[Any, tuple[Any, int, dict[str, float]]] = weakref.WeakKeyDictionary()
-
-
-class ScalarFile(Protocol):
-    """A log file being written; all calls come from the training thread."""
-
-    path: str
-
-    def write_scalars(self, step: int, values: dict[str, float], walltime: float) -> None: ...
-
-    def write_text(self, step: int, tag: str, text: str, walltime: float) -> None: ...
-
-    def flush(self) -> None: ...
-
-    def sync(self) -> None: ...
-
-    def close(self) -> None: ...
-
-
-class AppendOnlyFile:
-    """The durability part both writers share: a flush is a plain OS write (cheap,
-    survives a crash of this process); ``sync`` and ``close`` also fsync."""
-
-    _file: IO[bytes]
-
-    def flush(self) -> None:
-        if not self._file.closed:
-            self._file.flush()
-
-    def sync(self) -> None:
-        if not self._file.closed:
-            self._file.flush()
-            os.fsync(self._file.fileno())
-
-    def close(self) -> None:
-        if not self._file.closed:
-            self.sync()
-            self._file.close()
-
-
-def _topk_layers(model: Any) -> list[Any]:
-    return list(_hapi.iter_layers(model, TopKLoss))
-
-
-def _scalar(value: Any) -> float | None:
-    """A logs entry as one float: hapi gives lists (one loss per output), metrics floats."""
-    if isinstance(value, (list, tuple)):
-        if not value:
-            return None
-        # Several losses are summed by hapi before the update: log what is optimized.
-        parts = [_scalar(v) for v in value]
-        return None if any(p is None for p in parts) else float(sum(p for p in parts if p is not None))
-    if isinstance(value, numbers.Number):
-        return float(value)  # type: ignore[arg-type]
-    size = getattr(value, "size", None)
-    if size == 1:
-        return float(value.reshape(-1)[0]) if hasattr(value, "reshape") else float(value)
-    return None
-
-
-def check_log_dir(log_dir: str, owner: str) -> None:
-    """Create ``log_dir`` and prove a file can be written there, or raise a clear error."""
-    if os.path.exists(log_dir) and not os.path.isdir(log_dir):
-        raise NotADirectoryError(
-            f"{owner}: log_dir {log_dir!r} is a file, not a folder. Fix: pass a folder "
-            "path, e.g. log_dir='runs/exp1'."
-        )
-    try:
-        os.makedirs(log_dir, exist_ok=True)
-        fd, probe = tempfile.mkstemp(dir=log_dir, prefix=".autoloss-probe-")
-        os.close(fd)
-        os.remove(probe)
-    except OSError as err:
-        raise PermissionError(
-            f"{owner} cannot write to log_dir {log_dir!r} ({err.strerror or err}). Fix: "
-            "pass a folder you can write to, e.g. log_dir='runs/exp1', or fix its "
-            "permissions."
-        ) from err
 
 
 class ScalarExport(Callback):
@@ -156,15 +78,11 @@ class ScalarExport(Callback):
         self.file: ScalarFile | None = None
         self._in_fit = False
         self._warned_eval = False
-        self._metrics: list[str] = []
         self._eval_metrics: list[str] = ["loss"]
         self._batches = 0  # train batches seen in this epoch
         self._eval_sum = 0.0  # Σ batch loss · batch size over this evaluation
         self._eval_count = 0
-        # Per AutoWeight: {task: (sigma tag, weight tag, loss tag)}, built once per fit.
-        self._weighting: list[tuple[AutoWeight, dict[str, tuple[str, str, str]]]] = []
-        self._topk: list[Any] = []
-        self._drop_shown: set[int] = set()
+        self._readout: Readout | None = None  # built once per fit
 
     # ------------------------------------------------------------ to implement
 
@@ -199,16 +117,14 @@ class ScalarExport(Callback):
         _hapi.register_state(self.model, type(self).__name__, self)  # may restore the step
         self._close()  # a previous fit that raised may have left its file open
         self._in_fit = True
-        self._metrics = [m for m in _hapi.metric_names(self.model) if m != "loss"]
-        self._weighting = self._autoweight_tags()
-        self._topk = _topk_layers(self.model)
-        self._drop_shown = set()  # per fit: a new run shows drop from its first step above 0
+        self._readout = Readout(self.model)
         if not self.is_writer:
             return
         check_log_dir(self.log_dir, type(self).__name__)
         self.file = self._open(self.global_step)
         atexit.register(self.file.close)  # VisualDL has no atexit close of its own
-        self.file.write_text(self.global_step, TEXT_TAG, self._config_text(), time.time())
+        text = self._readout.config_text(type(self).__name__, self.every_n_steps, self.global_step)
+        self.file.write_text(self.global_step, TEXT_TAG, text, time.time())
         self.file.flush()
 
     def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
@@ -217,10 +133,10 @@ class ScalarExport(Callback):
     def on_train_batch_end(self, step: int, logs: Any = None) -> None:
         self.global_step += 1
         self._batches += 1
-        if self.file is None or self.global_step % self.every_n_steps:
+        if self.file is None or self._readout is None or self.global_step % self.every_n_steps:
             return
         # Read everything now (logs is hapi's shared, mutable dict): floats, not refs.
-        values = self._train_values(logs or {})
+        values = self._readout.train_values(logs or {}, self.global_step)
         self.file.write_scalars(self.global_step, values, time.time())
         self.file.flush()
 
@@ -280,81 +196,3 @@ class ScalarExport(Callback):
             atexit.unregister(self.file.close)
             self.file.close()
             self.file = None
-
-    def _autoweight_tags(self) -> list[tuple[AutoWeight, dict[str, tuple[str, str, str]]]]:
-        """Per AutoWeight layer, its tags per task; a task name seen twice gets ``_<i>``."""
-        out, used = [], set()
-        for i, aw in enumerate(_hapi.iter_layers(self.model, AutoWeight)):
-            tags = {}
-            for task in aw.task_names:
-                key = task if task not in used else f"{task}_{i}"
-                used.add(key)
-                tags[task] = (f"autoloss/sigma/{key}", f"autoloss/weight/{key}", f"autoloss/loss/{key}")
-            out.append((aw, tags))
-        return out
-
-    def _train_values(self, logs: dict[str, Any]) -> dict[str, float]:
-        # Two exporters on one model read the same values at the same step: read them
-        # once. hapi builds a new 'loss' list for every batch, which marks the batch.
-        batch = logs.get("loss")
-        cached = _SHARED.get(self.model) if batch is not None else None
-        if cached is not None and cached[0] is batch and cached[1] == self.global_step:
-            return cached[2]
-        values = self._read_values(logs)
-        if batch is not None:
-            _SHARED[self.model] = (batch, self.global_step, values)
-        return values
-
-    def _read_values(self, logs: dict[str, Any]) -> dict[str, float]:
-        values: dict[str, float] = {}
-        loss = _scalar(logs.get("loss"))
-        if loss is not None:
-            values["train/loss"] = loss
-        for name in self._metrics:
-            value = _scalar(logs.get(name))
-            if value is not None:
-                values[f"train/{name}"] = value
-        # σ and the weights this step's forward used (before its update), as hapi's
-        # logs show them; reading syncs the device, so only on written steps.
-        for aw, tags in self._weighting:
-            for kind, read in enumerate((*aw.used(), aw.last_losses())):
-                for task, value in read.items():
-                    if task in tags:
-                        values[tags[task][kind]] = float(value)
-        for i, layer in enumerate(self._topk):
-            suffix = "" if i == 0 else f"/{i}"
-            ratio = _scalar(getattr(layer, "ratio", None))
-            if ratio is not None:
-                values[f"topk/ratio{suffix}"] = ratio
-            # The dropped fraction (AoRR) once a ranked range is used; then on, so a drop back to 0 shows.
-            drop = _scalar(getattr(layer, "drop", None))
-            if drop is not None and (drop > 0 or i in self._drop_shown):
-                self._drop_shown.add(i)
-                values[f"topk/drop{suffix}"] = drop
-        opt = _hapi.optimizer_of(self.model)
-        if opt is not None and hasattr(opt, "get_lr"):
-            lr = _scalar(opt.get_lr())
-            if lr is not None and math.isfinite(lr):
-                values["lr"] = lr
-        return values
-
-    def _config_text(self) -> str:
-        """Markdown: the run's settings, the AutoWeight and TopKLoss configuration."""
-        nranks = _hapi.world()[1]
-        opt = _hapi.optimizer_of(self.model)
-        rows = [
-            ("exporter", type(self).__name__),
-            ("every_n_steps", str(self.every_n_steps)),
-            ("start step", str(self.global_step)),
-            ("ranks", f"{nranks} (rank 0 writes)"),
-            ("optimizer", type(opt).__name__ if opt is not None else "none"),
-        ]
-        for i, (aw, _) in enumerate(self._weighting):
-            rows.append((f"AutoWeight {i}", aw.extra_repr()))
-        for i, layer in enumerate(self._topk):
-            extra = layer.extra_repr() if hasattr(layer, "extra_repr") else ""
-            rows.append((f"TopKLoss {i}", extra or type(layer).__name__))
-        table = "\n".join(f"| {k} | {v.replace('|', '/')} |" for k, v in rows)
-        loss = _hapi.loss_layer(self.model)
-        tree = "\n".join("    " + line for line in repr(loss).splitlines()) if loss is not None else ""
-        return f"| setting | value |\n|---|---|\n{table}\n\nLoss:\n\n{tree}\n"
