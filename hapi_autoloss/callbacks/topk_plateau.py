@@ -10,7 +10,8 @@ from paddle.callbacks import Callback
 
 from .. import _hapi
 from ..topk import TopKLoss, validate_ratio
-from .topk_scheduler import TopKScheduler, _check_count
+from ._checks import check_count
+from .topk_scheduler import TopKScheduler
 
 STATE_KEY = "TopKOnPlateau"
 MODES = ("auto", "min", "max")
@@ -107,8 +108,8 @@ class TopKOnPlateau(Callback):
             raise ValueError(f"min_delta must be a number >= 0, got {min_delta!r}. Fix: e.g. min_delta=1e-4.")
         self.monitor = monitor
         self.factor = float(factor)
-        self.patience = _check_count(patience, "patience", 0, "patience=3 (evaluations)")
-        self.cooldown = _check_count(cooldown, "cooldown", 0, "cooldown=0 (evaluations)")
+        self.patience = check_count(patience, "patience", 0, "patience=3 (evaluations)")
+        self.cooldown = check_count(cooldown, "cooldown", 0, "cooldown=0 (evaluations)")
         self.verbose = int(verbose)
         self.min_ratio = validate_ratio(min_ratio, "min_ratio")
         self.min_delta = float(min_delta)

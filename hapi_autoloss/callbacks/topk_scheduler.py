@@ -2,26 +2,21 @@
 
 from __future__ import annotations
 
-import numbers
 from typing import Any
 
 from paddle.callbacks import Callback
 
 from .. import _hapi, schedules
-from ..topk import TopKLoss, validate_drop, validate_ratio
-from ._checks import check_epoch_had_batches, check_has_batches
+from ..topk import TopKLoss
+from ._checks import check_count, check_epoch_had_batches, check_has_batches
+from ._topk_schedule import BY_CHOICES, RangeSchedule
 
-BY_CHOICES = ("epoch", "step")
+__all__ = ["BY_CHOICES", "STATE_KEY", "TopKScheduler"]
+
 STATE_KEY = "TopKScheduler"
 
 
-def _check_count(value: Any, name: str, least: int, example: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least:
-        raise ValueError(f"{name} must be an int >= {least}, got {value!r}. Fix: e.g. {example}.")
-    return int(value)
-
-
-class TopKScheduler(Callback):
+class TopKScheduler(RangeSchedule, Callback):
     """Anneals ``TopKLoss.ratio`` from ``start`` to ``end`` over a ``model.fit`` run.
 
     Training on every example first and on the hardest ones later (k from 100% to
@@ -99,44 +94,8 @@ class TopKScheduler(Callback):
         drop_start: float | None = None,
         drop_end: float | None = None,
     ) -> None:
-        super().__init__()
-        self.start = validate_ratio(start, "start")
-        self.end = validate_ratio(end, "end")
-        if self.end > self.start:
-            raise ValueError(
-                f"end ({end}) is above start ({start}), but TopKScheduler anneals the kept "
-                "fraction down, from all examples to the hardest. Fix: swap them, e.g. "
-                "TopKScheduler(start=1.0, end=0.1)."
-            )
-        if schedule not in schedules.SCHEDULES:
-            raise ValueError(
-                f"Unknown schedule {schedule!r}. Fix: use one of {', '.join(schedules.SCHEDULES)}."
-            )
-        if by not in BY_CHOICES:
-            raise ValueError(
-                f"Unknown by {by!r}. Fix: by='epoch' changes the ratio once per epoch, "
-                "by='step' every batch."
-            )
-        self.schedule = schedule
-        self.by = by
-        self.warmup = _check_count(warmup, "warmup", 0, "warmup=0, or the number of units held at start")
-        self.drops = _check_count(drops, "drops", 1, "drops=3")
-        self.total: int | None = None
-        if total is not None:
-            self.total = _check_count(total, "total", 1, f"total=10 ({by}s)")
-            self._check_warmup(self.total)
-        self._explicit_total = total is not None
-        self.drop_start: float | None = None
-        self.drop_end: float | None = None
-        if drop_start is not None or drop_end is not None:
-            self.drop_start = validate_drop(0.0 if drop_start is None else drop_start, "drop_start")
-            self.drop_end = validate_drop(self.drop_start if drop_end is None else drop_end, "drop_end")
-            if schedule == "exp" and 0.0 in (self.drop_start, self.drop_end) and self.drop_start != self.drop_end:
-                raise ValueError(
-                    "schedule='exp' multiplies by the same factor each unit, which cannot start or end "
-                    "at a drop of 0. Fix: schedule='linear' (or 'cosine', 'step'), or drop bounds > 0."
-                )
-            self._check_range([(f"progress {i / 1000:g}", i / 1000) for i in range(1001)])
+        Callback.__init__(self)
+        RangeSchedule.__init__(self, start, end, schedule, by, warmup, total, drops, drop_start, drop_end)
         self.epochs_done = 0  # absolute, across fit calls and resumes
         self.steps_done = 0
         self.ratio = self.start
@@ -153,51 +112,10 @@ class TopKScheduler(Callback):
 
             TopKScheduler.deeplab(top_k=0.2, hard_example_mining_step=100000)
         """
-        steps = _check_count(hard_example_mining_step, "hard_example_mining_step", 1, "100000")
+        steps = check_count(hard_example_mining_step, "hard_example_mining_step", 1, "100000")
         return cls(start=1.0, end=top_k, schedule="linear", by="step", total=steps + 1)
 
-    # ------------------------------------------------------------ schedule
-
-    def _check_warmup(self, total: int) -> None:
-        if self.warmup >= total:
-            raise ValueError(
-                f"warmup ({self.warmup} {self.by}s) is not shorter than the schedule ({total} "
-                f"{self.by}s), so the ratio would never leave start. Fix: a smaller warmup, "
-                "or a longer total / more epochs."
-            )
-
-    def ratio_at(self, position: int) -> float:
-        """The ratio of the 0-based epoch or global step ``position``."""
-        if self.total is None:
-            raise RuntimeError(
-                "TopKScheduler does not know the schedule's length before training starts. "
-                "Fix: pass total=..., or call this after model.fit has begun."
-            )
-        return schedules.ratio_at(
-            position, self.total, self.schedule, self.start, self.end, self.warmup, self.drops
-        )
-
-    def drop_at(self, position: int) -> float | None:
-        """The dropped fraction of the 0-based ``position`` (None: not scheduled)."""
-        if self.drop_start is None or self.total is None:
-            return None
-        return self._drop_value(schedules.progress(position, self.total, self.warmup))
-
-    def _drop_value(self, p: float) -> float:
-        assert self.drop_start is not None and self.drop_end is not None
-        return schedules.value(p, self.schedule, self.drop_start, self.drop_end, self.drops)
-
-    def _check_range(self, points: list[tuple[str, float]]) -> None:
-        """drop < ratio at every (label, progress) point, or an error naming the first clash."""
-        for label, p in points:
-            ratio = schedules.value(p, self.schedule, self.start, self.end, self.drops)
-            drop = self._drop_value(p)
-            if drop >= ratio:
-                raise ValueError(
-                    f"At {label} the scheduled drop ({drop:.4g}) is not below the ratio ({ratio:.4g}), but "
-                    "a ranked range averages ranks drop·n+1..ratio·n. Fix: a smaller drop_end/drop_start "
-                    "or a larger end/start, e.g. TopKScheduler(1.0, 0.2, drop_end=0.1)."
-                )
+    # ------------------------------------------------------------ position
 
     @property
     def position(self) -> int:
