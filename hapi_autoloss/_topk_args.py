@@ -46,20 +46,24 @@ def validate_band(band: Any) -> tuple[float, float]:
 
 
 def validate_per(per: Any, choices: tuple[str, ...], num_classes: Any) -> None:
-    """A known ``per``, and ``num_classes`` an int >= 1 given only with ``per="class"``."""
+    """A known ``per``, and ``num_classes`` None or an int >= 1."""
     if per not in choices:
         raise ValueError(
             f"Unknown per {per!r}. Fix: per='sample' ranks each sample's mean loss, "
             "per='pixel' ranks every element, per='class' each class's mean loss."
         )
-    if num_classes is None:
-        return
-    if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral) or num_classes < 1:
+    if num_classes is not None and (
+        isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral) or num_classes < 1
+    ):
         raise ValueError(
             f"num_classes must be an int >= 1 or None, got {num_classes!r}. Fix: e.g. num_classes=19, "
             "or None to read it from the logits' axis 1."
         )
-    if per != "class":
+
+
+def check_num_classes_applies(per: str, num_classes: int | None) -> None:
+    """``num_classes`` only with ``per="class"`` (checked last, after the range arguments)."""
+    if num_classes is not None and per != "class":
         raise ValueError(
             f"num_classes={num_classes} only applies to per='class', but per={per!r}. "
             "Fix: per='class', or leave num_classes out."

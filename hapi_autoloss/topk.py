@@ -8,7 +8,14 @@ import paddle
 
 from . import _hapi, _ranked, _topk_input
 from ._ranked import ROUNDING_TOLERANCE, k_of, m_of
-from ._topk_args import validate_band, validate_counts, validate_drop, validate_per, validate_ratio
+from ._topk_args import (
+    check_num_classes_applies,
+    validate_band,
+    validate_counts,
+    validate_drop,
+    validate_per,
+    validate_ratio,
+)
 
 __all__ = ["ROUNDING_TOLERANCE", "TopKLoss", "k_of", "m_of", "validate_drop", "validate_ratio"]
 
@@ -117,12 +124,12 @@ class TopKLoss(paddle.nn.Layer):
         num_classes: int | None = None,
     ) -> None:
         super().__init__()
-        _hapi.require_dynamic_mode()  # in static mode the wrapped loss returns graph values, not tensors
         if not callable(loss):
             raise TypeError(
                 f"loss must be a paddle.nn.Layer or a function, got {type(loss).__name__}. "
                 "Fix: e.g. TopKLoss(paddle.nn.CrossEntropyLoss(reduction='none'))."
             )
+        _hapi.require_dynamic_mode()  # in static mode the wrapped loss returns graph values, not tensors
         validate_per(per, PER_CHOICES, num_classes)
         min_kept, ignore_index, threshold = validate_counts(min_kept, ignore_index, threshold)
         self.band = None if band is None else validate_band(band)
@@ -137,6 +144,7 @@ class TopKLoss(paddle.nn.Layer):
                 "threshold keeps every loss above it, drop removes the hardest: the two contradict. "
                 "Fix: use threshold with drop=0, or drop without threshold."
             )
+        check_num_classes_applies(per, num_classes)
         self.loss = loss
         self.per = per
         self.ignore_index, self.min_kept, self.threshold = ignore_index, min_kept, threshold

@@ -9,6 +9,7 @@ import numpy as np
 import paddle
 import pytest
 from helpers import TwoTaskData, build_model, kendall_loss
+from paddle.static import InputSpec
 
 from hapi_autoloss import AutoWeight, TopKLoss, attach
 from hapi_autoloss.callbacks import AutoWeightCallback
@@ -121,6 +122,17 @@ def test_static_graph_mode_is_refused_with_a_clear_error():
         # TopKLoss said "CrossEntropyLoss returned Value, not a paddle.Tensor" at the first batch
         with pytest.raises(RuntimeError) as info:
             TopKLoss(paddle.nn.CrossEntropyLoss(reduction="none"))
+        check(info, "dynamic graph mode", "paddle.enable_static()")
+    finally:
+        paddle.disable_static()
+    # A TopKLoss built before static mode was turned on: the first forward names the mode.
+    topk = TopKLoss(paddle.nn.CrossEntropyLoss(reduction="none"))
+    paddle.enable_static()
+    try:
+        net = paddle.nn.Linear(8, 4)
+        model = paddle.Model(net, [InputSpec([None, 8], "float32", "x")], [InputSpec([None, 1], "int64", "y")])
+        with pytest.raises(RuntimeError) as info:
+            model.prepare(paddle.optimizer.SGD(0.1, parameters=model.parameters()), topk)
         check(info, "dynamic graph mode", "paddle.enable_static()")
     finally:
         paddle.disable_static()

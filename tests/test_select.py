@@ -202,4 +202,3 @@ def test_the_value_stays_exact_on_millions_of_losses(drop):
     got = float(layer(paddle.to_tensor(x), paddle.to_tensor(np.zeros(n, dtype="int64"))))
     want = reference(x, np.ones(n, bool), 0.7, drop)[0]
     assert got == pytest.approx(want, rel=1e-6)
-

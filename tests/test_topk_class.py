@@ -131,6 +131,11 @@ def test_forward_never_reads_a_tensor_on_the_host(monkeypatch):
 def test_bad_arguments_say_how_to_fix_them():
     with pytest.raises(ValueError, match=r"num_classes=3 only applies to per='class'.*Fix"):
         TopKLoss(identity, per="sample", num_classes=3)
+    # The misplaced num_classes is checked last: a wrong value of another argument is named first.
+    with pytest.raises(TypeError, match=r"ignore_index must be an int"):
+        TopKLoss(identity, per="pixel", num_classes=3, ignore_index=1.5)
+    with pytest.raises(ValueError, match=r"band=\(1.0, 2.0\) chooses the kept losses itself"):
+        TopKLoss(identity, per="sample", num_classes=3, band=(1.0, 2.0), ratio=0.5)
     with pytest.raises(ValueError, match=r"num_classes must be an int >= 1.*Fix"):
         TopKLoss(identity, per="class", num_classes=0)
     layer = TopKLoss(identity, per="class")

@@ -67,6 +67,16 @@ def test_every_ranking_path_traces_to_the_eager_value_and_gradient(case):
         np.testing.assert_allclose(grad, results[-1][1], rtol=1e-5, atol=1e-8)
 
 
+def test_full_graph_mode_is_refused_with_the_fix():
+    layer = TopKLoss(ce(), ratio=0.5)
+
+    def step(x, y):
+        return layer(x, y)
+
+    with pytest.raises(RuntimeError, match=r"dynamic graph mode.*Fix: .*without full_graph=True"):
+        paddle.jit.to_static(step, full_graph=True)(paddle.randn([8, 4]), paddle.randint(0, 4, [8, 1]))
+
+
 @pytest.mark.parametrize("drop", [0.0, 0.02])
 def test_the_radix_select_runs_eagerly_inside_the_trace(drop):
     """1×4×512×512 = 2**18 pixels: SOT traced into the select and failed there before."""
