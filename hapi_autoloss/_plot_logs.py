@@ -49,6 +49,11 @@ class MissingDependencyError(PlotError, ImportError):
     """matplotlib, or the reader for the logs, is not installed."""
 
 
+# Public as hapi_autoloss.plot.*: tracebacks and pickles name that module.
+for _error in (PlotError, LogDirNotFoundError, NoLogsError, NoKnownTagsError, MissingDependencyError):
+    _error.__module__ = "hapi_autoloss.plot"
+
+
 def _files(log_dir: str, marker: str) -> list[str]:
     return sorted(n for n in os.listdir(log_dir) if marker in n and os.path.isfile(os.path.join(log_dir, n)))
 

@@ -95,8 +95,9 @@ def test_missing_empty_and_foreign_logdirs(tmp_path, capsys):
 
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(NoLogsError, match="empty"):
+    with pytest.raises(NoLogsError, match="empty") as info:
         plot_curves(empty)
+    assert type(info.value).__module__ == "hapi_autoloss.plot"  # what a traceback names: the public module
     assert main([str(empty)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("hapi-autoloss plot: error:") and "holds no TensorBoard or VisualDL log" in err

@@ -48,11 +48,10 @@ from paddle.callbacks import Callback
 
 from .. import _hapi
 from ._checks import check_epoch_had_batches, check_has_batches, local_folder
-from ._logfile import AppendOnlyFile, ScalarFile, check_log_dir
+from ._logfile import ScalarFile, check_log_dir
 from ._readout import Readout, _scalar
 
-# The exporters and TqdmProgressBar import these from here.
-__all__ = ["TEXT_TAG", "AppendOnlyFile", "ScalarExport", "ScalarFile", "_scalar", "check_log_dir"]
+__all__ = ["ScalarExport"]
 
 TEXT_TAG = "autoloss/config"
 

@@ -10,7 +10,7 @@ from tqdm import tqdm
 
 from .. import _hapi
 from ._checks import check_epoch_had_batches, check_has_batches
-from ._scalars import _scalar
+from ._readout import _scalar
 
 
 class _Bar(tqdm):  # type: ignore[misc]

@@ -12,7 +12,8 @@ from tensorboardX.proto.summary_pb2 import Summary
 from tensorboardX.record_writer import masked_crc32c
 from tensorboardX.summary import text as text_summary
 
-from ._scalars import AppendOnlyFile, ScalarExport
+from ._logfile import AppendOnlyFile
+from ._scalars import ScalarExport
 
 
 class _EventFile(AppendOnlyFile):

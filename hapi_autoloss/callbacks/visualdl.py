@@ -6,7 +6,8 @@ import os
 import time
 from typing import Any
 
-from ._scalars import AppendOnlyFile, ScalarExport
+from ._logfile import AppendOnlyFile
+from ._scalars import ScalarExport
 
 INSTALL_HINT = 'pip install "hapi-autoloss[visualdl]"'
 
