@@ -82,11 +82,10 @@ def use_select(values: paddle.Tensor) -> bool:
     """Whether to rank the 1-D ``values`` here: large, on the CPU, in eager mode (the GPU
     keeps paddle.topk, which needs no host sync there, unlike bincount and nonzero). The
     default device must be the CPU too: the select's own constants are made there."""
-    n = int(values.shape[0])
-    if n >= SELECT_MIN_SIZE:
-        eager_from_here(recursive=True)  # a trace can neither read .place here nor view bits as ints
-    return (n >= SELECT_MIN_SIZE and paddle.in_dynamic_mode() and paddle.get_device() == "cpu"
-            and values.place.is_cpu_place())  # fmt: skip
+    if int(values.shape[0]) < SELECT_MIN_SIZE or not paddle.in_dynamic_mode() or paddle.get_device() != "cpu":
+        return False  # a to_static trace on the GPU stays one graph here
+    eager_from_here(recursive=True)  # a trace can neither read .place here nor view bits as ints
+    return values.place.is_cpu_place()
 
 
 def ranked_sum_mean(values: paddle.Tensor, ignored: paddle.Tensor | None, counts_of: CountsOf) -> paddle.Tensor:
