@@ -10,13 +10,13 @@ import paddle
 
 def check_loss(name: str, raw: Any, inputs: tuple[paddle.Tensor, ...], per: str) -> paddle.Tensor:
     """The wrapped loss's output as float32, or a clear error when there is nothing to rank."""
-    if not isinstance(raw, paddle.Tensor) and not paddle.in_dynamic_mode():
-        raise RuntimeError(
-            f"The wrapped loss {name} returned a static-graph {type(raw).__name__}: TopKLoss needs "
-            "PaddlePaddle's dynamic graph mode (eager, or paddle.jit.to_static's default mode). Fix: "
-            "remove paddle.enable_static(), or use paddle.jit.to_static without full_graph=True."
-        )
     if not isinstance(raw, paddle.Tensor):
+        if not paddle.in_dynamic_mode():
+            raise RuntimeError(
+                f"The wrapped loss {name} returned a static-graph {type(raw).__name__}: TopKLoss needs "
+                "PaddlePaddle's dynamic graph mode (eager, or paddle.jit.to_static's default mode). Fix: "
+                "remove paddle.enable_static(), or use paddle.jit.to_static without full_graph=True."
+            )
         raise TypeError(
             f"The wrapped loss {name} returned {type(raw).__name__}, not a paddle.Tensor. "
             "Fix: return one loss value per element as a tensor."

@@ -28,8 +28,8 @@ from typing import Any, Union
 import paddle
 
 from . import _hapi
+from ._args import positive
 from ._dist import average_gradients
-from .weighting._tasks import positive
 
 Params = Union[paddle.nn.Layer, Sequence[Any]]
 

@@ -94,9 +94,13 @@ def test_sub_loss_returning_a_non_tensor():
 
 
 def test_callback_arguments():
-    with pytest.raises(ValueError) as info:
-        AutoWeightCallback(lr_scale=0)
-    check(info, "lr_scale must be > 0")
+    for bad in (0, float("inf"), True, "2"):  # inf, True and "2" passed, or gave a bare TypeError
+        with pytest.raises(ValueError) as info:
+            AutoWeightCallback(lr_scale=bad)
+        check(info, "lr_scale must be a finite number > 0")
+    with pytest.raises(ValueError) as info:  # the plain attach checked only > 0: inf reached the optimizer
+        attach(build_model(kendall_loss()), lr_scale=float("inf"))
+    check(info, "lr_scale must be a finite number > 0")
 
 
 class SumLoss(paddle.nn.Layer):

@@ -73,6 +73,7 @@ def test_registered_and_rep_grad():
     ("nash_mtl", {"max_norm": -1.0}), ("nash_mtl", {"update_weights_every": 0}),
     ("nash_mtl", {"update_weights_every": 1.5}), ("db_mtl", {"beta": 1.0}), ("db_mtl", {"beta_sigma": -0.5}),
     ("famo", {"w_lr": 0.0}), ("famo", {"w_lr": True}), ("famo", {"gamma": -1e-3}),
+    ("stch", {"mu": 0.0}), ("stch", {"mu": True}), ("stch", {"warmup_epochs": -1}), ("stch", {"warmup_epochs": 1.5}),
 ])
 def test_bad_options(name, options):
     (option,) = options

@@ -221,7 +221,7 @@ def test_a_key_missing_from_the_evaluation_logs_raises_at_the_first_eval_end():
         ({"cooldown": 1.5}, r"cooldown must be an int >= 0"),
         ({"min_ratio": 0}, r"min_ratio must be in \(0, 1\].*Fix"),
         ({"mode": "up"}, r"Unknown mode 'up'.*Fix"),
-        ({"min_delta": -1}, r"min_delta must be a number >= 0.*Fix"),
+        ({"min_delta": -1}, r"min_delta must be a finite number >= 0.*Fix"),
         ({"monitor": ""}, r"monitor must be a log key.*Fix"),
     ],
 )

@@ -32,7 +32,7 @@ def optimizer(name, params, sigma=False):
     return getattr(paddle.optimizer, name)(learning_rate=LR, parameters=params, **kwargs)
 
 
-def build(name, grouped):
+def build():
     paddle.seed(0)
     model = TinyNet()
     aw = hp.AutoWeight([{"type": "SafeCrossEntropyLoss"}, {"type": "SafeDiceLoss"}], method="liebel")
@@ -40,7 +40,7 @@ def build(name, grouped):
 
 
 def reference(name, grouped, data):
-    model, aw = build(name, grouped)
+    model, aw = build()
     net_opt, sigma_opt = optimizer(name, layout(model, name, grouped)), optimizer(name, aw.parameters(), sigma=True)
     return hand_loop(model, aw, data, [net_opt, sigma_opt], ITERS, BATCH)
 
@@ -50,7 +50,7 @@ def reference(name, grouped, data):
 def test_paddleseg_train_follows_the_reference_loop(tmp_path, name, grouped):
     data = SegData()
     with paddle.utils.unique_name.guard():
-        model, aw = build(name, grouped)
+        model, aw = build()
         opt = optimizer(name, layout(model, name, grouped))
         losses = {"types": [aw], "coef": [1]}
         hp.attach(model, losses, opt)

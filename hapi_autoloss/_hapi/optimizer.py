@@ -13,6 +13,7 @@ from typing import Any, Callable
 
 import paddle
 
+from .._args import positive
 from .._dist import average_gradients
 from .finite import agree, finite
 from .model import ATTACHED, bind_network, loss_layer, loss_parameters, optimizer_of, require_dynamic_mode, world
@@ -241,8 +242,7 @@ def attach(
             "paddle.Model has no optimizer, so the loss's weights cannot learn. "
             "Fix: call model.prepare(optimizer, loss=...) with an optimizer before fit."
         )
-    if not lr_scale > 0:
-        raise ValueError(f"lr_scale must be > 0, got {lr_scale!r}. Fix: e.g. lr_scale=1.0.")
+    lr_scale = positive(lr_scale, "lr_scale", "lr_scale=1.0")
     ref = getattr(loss, "_autoloss_owner", None)
     owner = ref() if ref is not None else None
     if owner is not None and owner is not model:

@@ -1,4 +1,4 @@
-"""Checks the callbacks share: a folder or count argument, and an epoch that trained on no batch at all.
+"""Checks the callbacks share: a folder argument, and an epoch that trained on no batch at all.
 
 hapi itself says nothing useful then: an empty training set, or ``drop_last=True``
 with a batch larger than the data, gives its progress bar a ``TypeError`` about
@@ -15,7 +15,6 @@ Example::
 
 from __future__ import annotations
 
-import numbers
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -71,10 +70,3 @@ def local_folder(path: str | os.PathLike[str], owner: str, arg: str, example: st
             f"{owner}: {arg} {folder!r} is a file, not a folder. Fix: pass a folder path, e.g. {example!r}."
         )
     return folder
-
-
-def check_count(value: Any, name: str, least: int, example: str) -> int:
-    """``value`` as an int, or a clear error when it is not an int >= ``least``."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least:
-        raise ValueError(f"{name} must be an int >= {least}, got {value!r}. Fix: e.g. {example}.")
-    return int(value)

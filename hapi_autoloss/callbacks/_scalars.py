@@ -47,6 +47,7 @@ from typing import Any
 from paddle.callbacks import Callback
 
 from .. import _hapi
+from .._args import check_count
 from ._checks import check_epoch_had_batches, check_has_batches, local_folder
 from ._logfile import ScalarFile, check_log_dir
 from ._readout import Readout, _scalar
@@ -65,13 +66,8 @@ class ScalarExport(Callback):
     def __init__(self, log_dir: str | os.PathLike[str], every_n_steps: int = 1) -> None:
         super().__init__()
         log_dir = local_folder(log_dir, type(self).__name__, "log_dir", "runs/exp1")
-        if isinstance(every_n_steps, bool) or not isinstance(every_n_steps, int) or every_n_steps < 1:
-            raise ValueError(
-                f"every_n_steps must be an int >= 1, got {every_n_steps!r}. Fix: e.g. "
-                "every_n_steps=1 (every step) or 10."
-            )
         self.log_dir = log_dir
-        self.every_n_steps = every_n_steps
+        self.every_n_steps = check_count(every_n_steps, "every_n_steps", 1, "every_n_steps=1 (every step) or 10")
         self.global_step = 0
         self.epoch = 0
         self.file: ScalarFile | None = None

@@ -8,8 +8,8 @@ The curves and the progress of a position are :mod:`hapi_autoloss.schedules`.
 from __future__ import annotations
 
 from .. import schedules
+from .._args import check_count
 from ..topk import validate_drop, validate_ratio
-from ._checks import check_count
 
 BY_CHOICES = ("epoch", "step")
 

@@ -10,6 +10,7 @@ import paddle
 from paddle.callbacks import Callback
 
 from .. import _hapi
+from .._args import positive
 from ..weighting import AutoWeight
 from ._checks import check_epoch_had_batches, check_has_batches
 
@@ -69,8 +70,7 @@ class AutoWeightCallback(Callback):
         show_in_progress_bar: bool = True,
     ) -> None:
         super().__init__()
-        if not lr_scale > 0:
-            raise ValueError(f"lr_scale must be > 0, got {lr_scale!r}. Fix: e.g. lr_scale=1.0.")
+        lr_scale = positive(lr_scale, "lr_scale", "lr_scale=1.0")
         if on_nonfinite not in NONFINITE_POLICIES:
             raise ValueError(
                 f"Unknown on_nonfinite {on_nonfinite!r}. Fix: use 'raise' or 'skip'."

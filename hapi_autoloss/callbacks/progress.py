@@ -9,6 +9,7 @@ from paddle.callbacks import ProgBarLogger
 from tqdm import tqdm
 
 from .. import _hapi
+from .._args import check_count
 from ._checks import check_epoch_had_batches, check_has_batches
 from ._readout import _scalar
 
@@ -90,8 +91,7 @@ class TqdmProgressBar(ProgBarLogger):
     ) -> None:
         if verbose not in (None, 0, 1, 2, 3):
             raise ValueError(f"verbose must be None, 0, 1 or 2, got {verbose!r}. Fix: e.g. verbose=1.")
-        if isinstance(log_freq, bool) or not isinstance(log_freq, int) or log_freq < 1:
-            raise ValueError(f"log_freq must be an int >= 1, got {log_freq!r}. Fix: e.g. log_freq=10.")
+        log_freq = check_count(log_freq, "log_freq", 1, "log_freq=10")
         super().__init__(log_freq=log_freq, verbose=2 if verbose is None else verbose)
         self.model = None
         self.params = {}  # type: ignore[typeddict-item]  # set by hapi's set_params

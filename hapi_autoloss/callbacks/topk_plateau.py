@@ -9,8 +9,8 @@ from typing import Any
 from paddle.callbacks import Callback
 
 from .. import _hapi
+from .._args import check_count, non_negative
 from ..topk import TopKLoss, validate_ratio
-from ._checks import check_count
 from .topk_scheduler import TopKScheduler
 
 STATE_KEY = "TopKOnPlateau"
@@ -104,15 +104,13 @@ class TopKOnPlateau(Callback):
             )
         if mode not in MODES:
             raise ValueError(f"Unknown mode {mode!r}. Fix: mode='max' for accuracies, 'min' for losses, or 'auto'.")
-        if isinstance(min_delta, bool) or not isinstance(min_delta, numbers.Real) or not float(min_delta) >= 0.0:
-            raise ValueError(f"min_delta must be a number >= 0, got {min_delta!r}. Fix: e.g. min_delta=1e-4.")
         self.monitor = monitor
         self.factor = float(factor)
         self.patience = check_count(patience, "patience", 0, "patience=3 (evaluations)")
         self.cooldown = check_count(cooldown, "cooldown", 0, "cooldown=0 (evaluations)")
         self.verbose = int(verbose)
         self.min_ratio = validate_ratio(min_ratio, "min_ratio")
-        self.min_delta = float(min_delta)
+        self.min_delta = non_negative(min_delta, "min_delta", "min_delta=1e-4")
         self.scale_drop = bool(scale_drop)
         self.mode = "max" if mode == "max" or (mode == "auto" and "acc" in monitor) else "min"
         self.best = None
@@ -262,4 +260,3 @@ class TopKOnPlateau(Callback):
         if len(ranges) == len(self._layers):
             for layer, (ratio, drop) in zip(self._layers, ranges):
                 layer.set_range(ratio, drop)
-

@@ -7,8 +7,9 @@ from typing import Any
 from paddle.callbacks import Callback
 
 from .. import _hapi, schedules
+from .._args import check_count
 from ..topk import TopKLoss
-from ._checks import check_count, check_epoch_had_batches, check_has_batches
+from ._checks import check_epoch_had_batches, check_has_batches
 from ._topk_schedule import BY_CHOICES, RangeSchedule
 
 __all__ = ["BY_CHOICES", "STATE_KEY", "TopKScheduler"]

@@ -33,11 +33,11 @@ from typing import Any
 
 import paddle
 
+from .._args import positive
 from .._dist import average_gradients
 from .._hapi import world
 from .._hapi.optimizer import _inject, _track, check_groups, optimizer_params
 from ..topk import TopKLoss as _CoreTopK
-from ..weighting._tasks import positive
 from ..weighting.autoweight import AutoWeight as _CoreAutoWeight
 from . import _losses
 

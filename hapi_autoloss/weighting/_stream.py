@@ -37,6 +37,7 @@ class SharedStream:
         self._shared = seed is not None  # an explicit seed is the same on every rank
 
     def begin_training(self) -> None:
+        super().begin_training()  # type: ignore[misc]
         self.share_seed()
 
     def share_seed(self) -> None:

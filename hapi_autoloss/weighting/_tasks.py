@@ -106,7 +106,6 @@ def parse_routing(routing: Routing, names: list[str]) -> list[tuple[int, ...]] |
     return out
 
 
-
 Routes = Union[list[tuple[int, ...]], None]
 
 
@@ -136,7 +135,6 @@ def route(routes: Routes, n: int, tensors: tuple[paddle.Tensor, ...]) -> list[tu
     return [tuple(tensors[i] for i in r) for r in routes]
 
 
-
 def check_inputs(name: str, kind: str | None, args: tuple[paddle.Tensor, ...]) -> None:
     """Shape and dtype mistakes that a loss would otherwise broadcast silently."""
     shapes = [a.shape for a in args if isinstance(a, paddle.Tensor)]
@@ -163,7 +161,6 @@ def check_inputs(name: str, kind: str | None, args: tuple[paddle.Tensor, ...]) -
         )
 
 
-
 def as_scalar(name: str, value: object) -> paddle.Tensor:
     if not isinstance(value, paddle.Tensor):
         raise TypeError(
@@ -179,19 +176,3 @@ def as_scalar(name: str, value: object) -> paddle.Tensor:
     if value.ndim:
         value = value.reshape([])
     return value if value.dtype == paddle.float32 else value.astype("float32")
-
-
-
-def positive(value: object, name: str, example: str) -> float:
-    """``value`` as a float, or a clear error when it is not a finite number > 0."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}. Fix: e.g. {example}.")
-    return float(value)
-
-
-def non_negative(value: object, name: str, example: str, meaning: str = "") -> float:
-    """``value`` as a float, or a clear error when it is not a finite number >= 0
-    (``meaning``, e.g. " (0: no clipping)", is said after the bound)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value >= 0):
-        raise ValueError(f"{name} must be a finite number >= 0{meaning}, got {value!r}. Fix: e.g. {example}.")
-    return float(value)

@@ -102,7 +102,7 @@ class AutoWeight(paddle.nn.Layer):
                 )
             return None
         if rep_grad and not self.weighting.has_rep_mode():
-            able = ", ".join(sorted(n for n, c in METHODS.items() if issubclass(c, GradWeighting) and c.has_rep_mode()))
+            able = ", ".join(sorted(n for n, c in METHODS.items() if c.has_rep_mode()))
             raise ValueError(
                 f"method={self.method!r} needs the gradients of the parameters themselves, so it has no "
                 f"representation mode. Fix: drop rep_grad=True, or use one of {able}."

@@ -139,6 +139,11 @@ class Weighting(paddle.nn.Layer):
         return any(not p.stop_gradient for p in self.parameters()) or type(self).has_training_hooks()
 
     @classmethod
+    def has_rep_mode(cls) -> bool:
+        """Whether ``AutoWeight(rep_grad=True)`` can run the method (gradient-level ones only)."""
+        return False
+
+    @classmethod
     def has_training_hooks(cls) -> bool:
         """Whether the method needs epoch ends or a forward after each update (hooks only
         ``AutoWeightCallback`` calls, never a plain trainer such as PaddleSeg's)."""

@@ -7,8 +7,8 @@ from typing import ClassVar
 
 import numpy as np
 
+from .._args import non_negative
 from ._simplex import simplex_qp
-from ._tasks import non_negative
 from .gradient import GradWeighting
 
 RESCALE = (0, 1, 2)
@@ -96,7 +96,7 @@ class CAGrad(GradWeighting):
             raise ValueError(
                 f"rescale must be 0, 1 or 2, got {rescale!r}. Fix: rescale=1 (divide by 1 + c², the default)."
             )
-        self.c, self.rescale = float(c), int(rescale)
+        self.c, self.rescale = c, int(rescale)
 
     def alphas(self, gram: np.ndarray, losses: np.ndarray) -> np.ndarray:
         k = gram.shape[0]

@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 import numpy as np
 import paddle
 
-from ._tasks import non_negative
+from .._args import non_negative
 from .gradient import GradWeighting
 
 EPS = 1e-8  # LibMTL's, in log(L + ε) and in the norm ratio

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import paddle
 
+from .._args import positive
 from .._hapi import world
-from ._tasks import positive
 from .base import Weighting
 
 FLOOR = 1e-12  # a zero epoch average must not divide by zero

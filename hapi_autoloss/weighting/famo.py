@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import paddle
 
+from .._args import non_negative, positive
 from .._hapi import world
-from ._tasks import non_negative, positive
 from .base import Weighting
 
 EPS = 1e-8

@@ -6,7 +6,7 @@ from typing import ClassVar
 
 import paddle
 
-from ._tasks import non_negative
+from .._args import non_negative
 from .gradient import GradWeighting
 
 FLOOR = 1e-12  # a zero initial loss must not divide by zero

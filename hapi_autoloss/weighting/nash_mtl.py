@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 import numpy as np
 import paddle
 
-from ._tasks import non_negative
+from .._args import check_count, non_negative
 from .gradient import GradWeighting
 
 RIDGE = 1e-10  # on the unit-Frobenius Gram, only where no solution exists: bounds α
@@ -89,12 +89,8 @@ class NashMTL(GradWeighting):
     def __init__(self, max_norm: float = 1.0, update_weights_every: int = 1) -> None:
         super().__init__()
         max_norm = non_negative(max_norm, "max_norm", "max_norm=1.0 (the paper's)", " (0: no clipping)")
-        every = update_weights_every
-        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
-            raise ValueError(
-                f"update_weights_every must be an int >= 1, got {every!r}. Fix: e.g. update_weights_every=1."
-            )
-        self.max_norm, self.update_weights_every = float(max_norm), every
+        every = check_count(update_weights_every, "update_weights_every", 1, "update_weights_every=1")
+        self.max_norm, self.update_weights_every = max_norm, every
         self._step = 0
         self._nash = np.zeros(0)
 

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import math
-
 import paddle
 
+from .._args import check_count, positive
 from .._hapi import world
 from .base import Weighting
 
@@ -38,11 +37,8 @@ class STCH(Weighting):
 
     def __init__(self, mu: float = 1.0, warmup_epochs: int = 4) -> None:
         super().__init__()
-        if not (isinstance(mu, (int, float)) and math.isfinite(mu) and mu > 0):
-            raise ValueError(f"mu must be > 0, got {mu!r}. Fix: e.g. mu=1.0 (the paper's MTL default).")
-        if isinstance(warmup_epochs, bool) or not isinstance(warmup_epochs, int) or warmup_epochs < 0:
-            raise ValueError(f"warmup_epochs must be an int >= 0, got {warmup_epochs!r}. Fix: e.g. warmup_epochs=4.")
-        self.mu, self.warmup_epochs = float(mu), warmup_epochs
+        self.mu = positive(mu, "mu", "mu=1.0 (the paper's MTL default)")
+        self.warmup_epochs = check_count(warmup_epochs, "warmup_epochs", 0, "warmup_epochs=4")
 
     def bind(self, tasks: list[str], task_types: list[str | None]) -> None:
         super().bind(tasks, task_types)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import paddle
 
-from ._tasks import positive
+from .._args import positive
 from .base import Weighting
 
 EPS = 1e-8

@@ -1,0 +1,35 @@
+"""Checks of plain number arguments, shared by the methods, callbacks and trainers.
+
+Each returns the value converted, or raises ``ValueError("<name> must be ... Fix: e.g. <example>.")``.
+
+Example::
+
+    self.w_lr = positive(w_lr, "w_lr", "w_lr=0.025 (the paper's)")
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+
+def positive(value: object, name: str, example: str) -> float:
+    """``value`` as a float, or a clear error when it is not a finite number > 0."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}. Fix: e.g. {example}.")
+    return float(value)
+
+
+def check_count(value: object, name: str, least: int, example: str) -> int:
+    """``value`` as an int, or a clear error when it is not an int >= ``least``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least:
+        raise ValueError(f"{name} must be an int >= {least}, got {value!r}. Fix: e.g. {example}.")
+    return int(value)
+
+
+def non_negative(value: object, name: str, example: str, meaning: str = "") -> float:
+    """``value`` as a float, or a clear error when it is not a finite number >= 0
+    (``meaning``, e.g. " (0: no clipping)", is said after the bound)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"{name} must be a finite number >= 0{meaning}, got {value!r}. Fix: e.g. {example}.")
+    return float(value)
