@@ -59,11 +59,14 @@ _CONST: dict[str, paddle.Tensor] = {}
 
 def _const(name: str) -> paddle.Tensor:
     """Cached index constants on the CPU: the rows in descending value order (rows 255..0
-    hold the non-negative floats, 256..511 the negative ones), and columns forward/backward."""
+    hold the non-negative floats, 256..511 the negative ones), columns forward/backward, and
+    plain row and column indices."""
     if name not in _CONST:
         arrays = {
             "rows": np.concatenate([np.arange(ROWS // 2 - 1, -1, -1), np.arange(ROWS // 2, ROWS)]),
             "cols": np.stack([np.arange(COLS - 1, -1, -1), np.arange(COLS)]),
+            "row_index": np.arange(ROWS),
+            "col_index": np.arange(COLS),
         }
         _CONST.update({k: paddle.to_tensor(a.astype(np.int64), place=paddle.CPUPlace()) for k, a in arrays.items()})
     return _CONST[name]
@@ -167,7 +170,7 @@ def _between(row, col, row_sums, cells, r):
     the bucket sums: rows ``row_sums`` [512] and the two rows ``cells`` [r, 128] that hold
     the τs, all in descending order. Masked sums, not differences of prefix sums, so that
     infinite losses ranked above m do not turn the result into inf − inf."""
-    rows, cols = paddle.arange(ROWS, dtype="int64"), paddle.arange(COLS, dtype="int64")
+    rows, cols = _const("row_index"), _const("col_index")
     zero = paddle.zeros([], F64)
     row_m, col_m = (row[1], col[1]) if r > 1 else (paddle.full([], -1, "int64"), paddle.full([], -1, "int64"))
     total = paddle.where(paddle.logical_and(rows > row_m, rows < row[0]), row_sums, zero).sum()

@@ -7,18 +7,14 @@ import math
 import numpy as np
 import paddle
 import pytest
-from helpers import forbid_host_reads
+from helpers import forbid_host_reads, identity
+from test_aorr import run  # forward + backward: (value, float64 gradient)
 from test_topk import distinct
 
 from hapi_autoloss import TopKLoss
 from hapi_autoloss.callbacks import TopKScheduler
 
 IGNORE = 255
-
-
-def identity(out, label):
-    """A 'loss' equal to its input, so the gradient shows each element's weight."""
-    return out
 
 
 def reference(loss, label, ratio, drop=0.0, classes=5, ignore_index=None, min_kept=1):
@@ -40,13 +36,6 @@ def reference(loss, label, ratio, drop=0.0, classes=5, ignore_index=None, min_ke
         members = valid & (label == c)
         grad[members] = 1.0 / (len(kept) * members.sum())
     return float(np.mean([means[c] for c in kept])), grad
-
-
-def run(layer, x_np, label_np):
-    x = paddle.to_tensor(x_np.astype("float32"), stop_gradient=False)
-    value = layer(x, paddle.to_tensor(label_np))
-    value.backward()
-    return float(value), x.grad.numpy().astype(np.float64)
 
 
 def class_labels(n, seed, classes=5, ignored=0.2, absent=()):
@@ -126,6 +115,14 @@ def test_forward_never_reads_a_tensor_on_the_host(monkeypatch):
     want, want_grad = reference(loss.numpy(), label.numpy(), 0.5, 0.2, ignore_index=IGNORE)
     assert float(value) == pytest.approx(want, rel=1e-6)
     np.testing.assert_allclose(loss.grad.numpy(), want_grad, rtol=1e-5, atol=1e-9)
+    # The class-balanced mean and the band rule on classes: forward and backward without a read too.
+    for other in (TopKLoss(identity, ratio=1.0, per="class", num_classes=5, ignore_index=IGNORE),
+                  TopKLoss(identity, band=(1.0, 2.0), per="class", num_classes=5, ignore_index=IGNORE)):
+        loss.clear_gradient()
+        forbid_host_reads(monkeypatch)
+        other(loss, label).backward()
+        monkeypatch.undo()
+        assert np.count_nonzero(loss.grad.numpy()) > 0
 
 
 def test_bad_arguments_say_how_to_fix_them():

@@ -84,5 +84,5 @@ def test_the_radix_select_runs_eagerly_inside_the_trace(drop):
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = json.loads(proc.stdout.strip().splitlines()[-1])
     assert got["values"] == pytest.approx([got["want"]] * 3, rel=1e-5)
-    assert got["same_gradient"] == [True, True, True]
+    assert got["same_gradient"] == [True, True]
     assert got["pixels_with_gradient"] == got["kept"] > 0  # k − m pixels, as the reference keeps

@@ -14,6 +14,7 @@ import paddle
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from test_select import IGNORE, reference
+from test_topk_to_static import traced_and_eager
 
 from hapi_autoloss import TopKLoss
 
@@ -25,19 +26,13 @@ lab[rng.random(lab.shape) < 0.1] = IGNORE
 label = paddle.to_tensor(lab)
 loss = paddle.nn.CrossEntropyLoss(reduction="none", axis=1, ignore_index=IGNORE)
 layer = TopKLoss(loss, ratio=0.1, drop=drop, per="pixel", ignore_index=IGNORE)
-traced = paddle.jit.to_static(lambda a, b: layer(a, b) * 2.0)  # the * 2 stays in the graph
-values, grads = [], []
-for fn in (traced, traced, lambda a, b: layer(a, b) * 2.0):  # the second call reuses the trace
-    out = fn(logits, label)
-    out.backward()
-    values.append(float(out))
-    grads.append(logits.grad.numpy().copy())
-    logits.clear_gradient()
+results = traced_and_eager(layer, logits, label)  # two traced calls, then the eager one
+values, grads = [v for v, _ in results], [g for _, g in results]
 want, _, k, m = reference(loss(logits, label).numpy(), lab != IGNORE, 0.1, drop)
 print(json.dumps({
     "values": values,
     "want": 2 * want,
     "kept": int(k - m),
-    "same_gradient": [bool(np.array_equal(g, grads[-1])) for g in grads],
+    "same_gradient": [bool(np.array_equal(g, grads[-1])) for g in grads[:2]],  # traced vs eager
     "pixels_with_gradient": int(np.count_nonzero(np.abs(grads[-1]).sum(axis=1))),
 }))
