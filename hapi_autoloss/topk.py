@@ -7,7 +7,7 @@ from typing import Any, Callable
 import paddle
 
 from . import _hapi, _ranked, _topk_input
-from ._ranked import ROUNDING_TOLERANCE, k_of, m_of
+from ._kept_counts import ROUNDING_TOLERANCE, k_of, m_of
 from ._topk_args import (
     check_num_classes_applies,
     validate_band,

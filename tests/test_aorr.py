@@ -10,7 +10,7 @@ import pytest
 from helpers import forbid_host_reads
 from test_topk import distinct, labels_for, segmentation_batch  # distinct losses; labels with 30% ignored
 
-from hapi_autoloss import TopKLoss, _ranked
+from hapi_autoloss import TopKLoss, _kept_counts
 from hapi_autoloss.topk import k_of, m_of
 
 IGNORE = 255
@@ -99,9 +99,9 @@ def test_m_tensor_matches_the_host_formula():
     for ratio, drop, min_kept in [(0.7, 0.1, 1), (0.3, 0.29, 1), (1.0, 0.2, 3), (0.1, 0.07, 2), (0.5, 0.45, 4)]:
         k_max = k_of(ratio, n_total, min_kept)
         for n_valid in (0, 1, 2, 3, 7, 10, 30, 99, 100, 101, 200):
-            nv = _ranked.count_valid(paddle.to_tensor(np.arange(n_total) >= n_valid))
-            k = _ranked.k_tensor(nv, ratio, min_kept, k_max)
-            m = _ranked.m_tensor(nv, drop, k, min_kept)
+            nv = _kept_counts.count_valid(paddle.to_tensor(np.arange(n_total) >= n_valid))
+            k = _kept_counts.k_tensor(nv, ratio, min_kept, k_max)
+            m = _kept_counts.m_tensor(nv, drop, k, min_kept)
             want_k = k_of(ratio, n_valid, min_kept)
             assert (int(k), int(m)) == (want_k, m_of(drop, n_valid, want_k, min_kept)), (ratio, drop, n_valid)
 

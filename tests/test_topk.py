@@ -9,7 +9,7 @@ import paddle
 import pytest
 from helpers import forbid_host_reads
 
-from hapi_autoloss import AutoWeight, TopKLoss, _ranked
+from hapi_autoloss import AutoWeight, TopKLoss, _kept_counts
 from hapi_autoloss.topk import k_of
 
 IGNORE = 255
@@ -114,7 +114,7 @@ def test_k_tensor_matches_the_host_formula():
         k_max = k_of(ratio, n_total, 2)
         for n_valid in (0, 1, 2, 3, 10, 30, 99, 100, 101, 200):
             ignored = paddle.to_tensor(np.arange(n_total) >= n_valid)
-            got = int(_ranked.k_tensor(_ranked.count_valid(ignored), ratio, 2, k_max))
+            got = int(_kept_counts.k_tensor(_kept_counts.count_valid(ignored), ratio, 2, k_max))
             assert got == k_of(ratio, n_valid, 2), (ratio, n_valid)
 
 
