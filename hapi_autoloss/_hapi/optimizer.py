@@ -15,6 +15,7 @@ import paddle
 
 from .._args import positive
 from .._dist import average_gradients
+from .decay import idle_zero_decay, skip_decoupled_decay
 from .finite import agree, finite
 from .model import ATTACHED, bind_network, loss_layer, loss_parameters, optimizer_of, require_dynamic_mode, world
 from .state import wrap_save
@@ -34,42 +35,6 @@ def optimizer_params(opt: Any) -> list[Any]:
     return list(opt._parameter_list or [])
 
 
-def _skip_decoupled_decay(opt: Any, params: list[Any]) -> None:
-    """AdamW and Lamb decay by their own switches, which a parameter's regularizer does not reach."""
-    if hasattr(opt, "_apply_decay_param_fun"):  # AdamW: by name
-        names = {p.name for p in params}
-        previous = opt._apply_decay_param_fun
-        if getattr(previous, "_autoloss_skip", None) is not None:
-            previous._autoloss_skip.update(names)
-        else:
-
-            def apply_decay(name: str, _prev: Any = previous) -> bool:
-                if name in apply_decay._autoloss_skip:  # type: ignore[attr-defined]
-                    return False
-                return True if _prev is None else bool(_prev(name))
-
-            apply_decay._autoloss_skip = set(names)  # type: ignore[attr-defined]
-            opt._apply_decay_param_fun = apply_decay
-    if hasattr(opt, "_exclude_from_weight_decay_fn"):  # Lamb: by parameter; groups re-read their dict
-        ids = {id(p) for p in params}
-        for holder, key in ((opt, "_exclude_from_weight_decay_fn"),
-                            (opt._default_dict, "exclude_from_weight_decay_fn")):
-            prev = holder[key] if isinstance(holder, dict) else getattr(holder, key)
-            if getattr(prev, "_autoloss_skip", None) is not None:  # a second fit: extend, not re-wrap
-                prev._autoloss_skip.update(ids)
-                continue
-            skip = set(ids)
-
-            def exclude(param: Any, _prev: Any = prev, _skip: set[int] = skip) -> bool:
-                return id(param) in _skip or (_prev is not None and bool(_prev(param)))
-
-            exclude._autoloss_skip = skip  # type: ignore[attr-defined]
-            if isinstance(holder, dict):
-                holder[key] = exclude
-            else:
-                setattr(holder, key, exclude)
-
-
 def _inject(opt: Any, params: list[Any], lr_scale: float) -> None:
     """Make ``opt`` update ``params`` by the rule above.
 
@@ -82,7 +47,7 @@ def _inject(opt: Any, params: list[Any], lr_scale: float) -> None:
         p.regularizer = paddle.regularizer.L2Decay(0.0)
         p.optimize_attr["learning_rate"] = float(lr_scale)
         p.need_clip = False  # every ClipGrad* skips it: the network's global norm stays the network's
-    _skip_decoupled_decay(opt, params)
+    skip_decoupled_decay(opt, params)
     owned = {id(p) for p in optimizer_params(opt)}
     new = [p for p in params if id(p) not in owned]
     if not new:
@@ -143,26 +108,6 @@ def _track(obj: Any, attr: str, params: list[Any]) -> bool:
     return True
 
 
-def _idle_zero_decay(opt: Any, params: list[Any]) -> list[Any]:
-    """The parameters whose ``L2Decay(0.0)`` (set by ``_inject``) nothing would override.
-
-    Paddle 3.3.1's base ``Optimizer._create_regularization_of_grad`` adds ``0·σ`` to their
-    gradients, two ops a step for nothing; without a regularizer it returns the gradient
-    as it is, the same update, unless the optimizer has a coupled decay of its own (a
-    group's decay is a parameter's regularizer too). Momentum fuses L2 decay into its own
-    op and reads ``param.regularizer`` there: it is left alone (it adds no op anyway).
-    """
-    if getattr(opt, "regularization", True) is not None:
-        return []
-    if type(opt)._create_regularization_of_grad is not paddle.optimizer.Optimizer._create_regularization_of_grad:
-        return []
-    return [p for p in params if _is_zero_l2(getattr(p, "regularizer", None))]
-
-
-def _is_zero_l2(reg: Any) -> bool:
-    return isinstance(reg, paddle.regularizer.L2Decay) and float(reg._coeff) == 0.0
-
-
 def _wrap_minimize(opt: Any, params: list[Any], nranks: int) -> None:
     """Fix what hapi's ``optimizer.minimize(loss)`` call misses, right before an update.
 
@@ -191,7 +136,7 @@ def _wrap_minimize(opt: Any, params: list[Any], nranks: int) -> None:
                         p.clear_gradient()
                 return [], []
         average_gradients(opt._autoloss_sync, nranks)
-        idle = [(p, p.regularizer) for p in _idle_zero_decay(opt, opt._autoloss_sync)]
+        idle = [(p, p.regularizer) for p in idle_zero_decay(opt, opt._autoloss_sync)]
         for p, _ in idle:  # for this update only: the parameter keeps its regularizer
             p.regularizer = None
         try:
