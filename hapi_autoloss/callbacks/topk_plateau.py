@@ -11,7 +11,7 @@ from paddle.callbacks import Callback
 from .. import _hapi
 from .._args import check_count, non_negative
 from ..topk import TopKLoss, validate_ratio
-from .topk_scheduler import TopKScheduler
+from ._plateau_checks import check_plateau_fit
 
 STATE_KEY = "TopKOnPlateau"
 MODES = ("auto", "min", "max")
@@ -125,50 +125,11 @@ class TopKOnPlateau(Callback):
         """The first TopKLoss's ratio (None before the first fit finds the layers)."""
         return self._layers[0].ratio if self._layers else None
 
-    # ------------------------------------------------------------ checks before any step
-
-    def _check_fit(self) -> None:
-        self._layers = list(_hapi.iter_layers(self.model, TopKLoss))
-        loss = getattr(self.model, "_loss", None)
-        if not self._layers:
-            raise ValueError(
-                f"TopKOnPlateau found no TopKLoss in the model's loss ({type(loss).__name__}), so it has "
-                "no k to reduce. Fix: prepare the model with hapi_autoloss.TopKLoss(..., ratio=1.0), or drop "
-                "the callback."
-            )
-        for layer in self._layers:
-            if layer.band is not None:
-                raise ValueError(
-                    f"TopKOnPlateau reduces ratio, but a TopKLoss uses band={layer.band}, which has none. "
-                    "Fix: build it with ratio=/drop= instead of band=."
-                )
-            if not self.scale_drop and layer.drop >= self.min_ratio:
-                raise ValueError(
-                    f"A TopKLoss drops {layer.drop} and scale_drop=False keeps it, so ratio may reach "
-                    f"min_ratio={self.min_ratio} with nothing left. Fix: min_ratio > drop, or scale_drop=True."
-                )
-        callbacks = _hapi.callback_list_of(self)
-        if callbacks is not None and any(isinstance(c, TopKScheduler) for c in callbacks.callbacks):
-            raise ValueError(
-                "TopKOnPlateau and TopKScheduler both set the ratio in this fit, so each would undo the "
-                "other. Fix: use one of them."
-            )
-        if _hapi.lacks_eval_data(self.model):
-            raise ValueError(
-                f"TopKOnPlateau monitors {self.monitor!r} of the evaluation, but fit got no eval_data, so "
-                "it would never evaluate. Fix: model.fit(train_data, eval_data=val_data, ...)."
-            )
-        names = _hapi.metric_names(self.model)
-        if self.monitor not in names:
-            raise ValueError(
-                f"TopKOnPlateau monitors {self.monitor!r}, which the evaluation logs will not have: they "
-                f"hold {names}. Fix: monitor one of them, e.g. monitor='{names[-1]}'."
-            )
-
     # ------------------------------------------------------------ hapi hooks
 
     def on_train_begin(self, logs: Any = None) -> None:
-        self._check_fit()
+        self._layers = list(_hapi.iter_layers(self.model, TopKLoss))
+        check_plateau_fit(self, self._layers)  # before any step
         # A state loaded by hapi_autoloss.load_state before fit is applied here.
         _hapi.register_state(self.model, STATE_KEY, self)
         _hapi.show_in_progress_bar(self.params, ["topk_ratio"])

@@ -1,0 +1,53 @@
+"""The checks ``TopKOnPlateau`` makes at train begin, before any step: what it would reduce, and what it monitors."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .. import _hapi
+from ..topk import TopKLoss
+from .topk_scheduler import TopKScheduler
+
+if TYPE_CHECKING:
+    from .topk_plateau import TopKOnPlateau
+
+
+def check_plateau_fit(plateau: TopKOnPlateau, layers: list[TopKLoss]) -> None:
+    """Raise when ``plateau`` cannot work in this ``fit``: ``layers`` (the model's TopKLoss
+    layers) empty or with a rule it cannot reduce, a TopKScheduler beside it, no eval_data,
+    or a monitored key the evaluation will not log."""
+    loss = getattr(plateau.model, "_loss", None)
+    if not layers:
+        raise ValueError(
+            f"TopKOnPlateau found no TopKLoss in the model's loss ({type(loss).__name__}), so it has "
+            "no k to reduce. Fix: prepare the model with hapi_autoloss.TopKLoss(..., ratio=1.0), or drop "
+            "the callback."
+        )
+    for layer in layers:
+        if layer.band is not None:
+            raise ValueError(
+                f"TopKOnPlateau reduces ratio, but a TopKLoss uses band={layer.band}, which has none. "
+                "Fix: build it with ratio=/drop= instead of band=."
+            )
+        if not plateau.scale_drop and layer.drop >= plateau.min_ratio:
+            raise ValueError(
+                f"A TopKLoss drops {layer.drop} and scale_drop=False keeps it, so ratio may reach "
+                f"min_ratio={plateau.min_ratio} with nothing left. Fix: min_ratio > drop, or scale_drop=True."
+            )
+    callbacks = _hapi.callback_list_of(plateau)
+    if callbacks is not None and any(isinstance(c, TopKScheduler) for c in callbacks.callbacks):
+        raise ValueError(
+            "TopKOnPlateau and TopKScheduler both set the ratio in this fit, so each would undo the "
+            "other. Fix: use one of them."
+        )
+    if _hapi.lacks_eval_data(plateau.model):
+        raise ValueError(
+            f"TopKOnPlateau monitors {plateau.monitor!r} of the evaluation, but fit got no eval_data, so "
+            "it would never evaluate. Fix: model.fit(train_data, eval_data=val_data, ...)."
+        )
+    names = _hapi.metric_names(plateau.model)
+    if plateau.monitor not in names:
+        raise ValueError(
+            f"TopKOnPlateau monitors {plateau.monitor!r}, which the evaluation logs will not have: they "
+            f"hold {names}. Fix: monitor one of them, e.g. monitor='{names[-1]}'."
+        )
