@@ -30,17 +30,15 @@ Example::
 
 from __future__ import annotations
 
-from typing import Callable, Final
+from typing import Callable
 
-import numpy as np
 import paddle
 
+from ._select_bins import COLS, F64, HALF, ROWS, between, bucket_sums, const, hist256, reach, times
 from ._sot import eager_from_here
 
-HALF = 1 << 16
 SIGN = 1 << 15
 DUMP = HALF  # the bin of the ignored losses
-F64: Final = "float64"
 
 CountsOf = Callable[[paddle.Tensor], list]
 
@@ -48,37 +46,8 @@ CountsOf = Callable[[paddle.Tensor], list]
 # (measured on 2 EPYC cores: equal at 2**17 losses, the select faster in every variant
 # from 2**18 on; its fixed cost is ≈ 1.8 ms of small ops).
 SELECT_MIN_SIZE = 2**18
-ROWS, COLS = 512, 128  # a 65536-bin histogram is searched as 512 rows of 128: small ops only
-# bincount adds its weights one by one in float32; per slice of this many losses the drift stays
-# below 1e-6 (2e-3 for 2**24 losses in one call), and the slices are added in float64.
-SUM_SLICE = 2**18
 # The high 16 bits of a NaN: +NaN above +inf's bucket (0x7F80), −NaN below −inf's (0xFF80).
 NAN_BINS = ((0x7F81, 0x8000), (0xFF81, 0x10000))
-_CONST: dict[str, paddle.Tensor] = {}
-
-
-def _const(name: str) -> paddle.Tensor:
-    """Cached index constants on the CPU: the rows in descending value order (rows 255..0
-    hold the non-negative floats, 256..511 the negative ones), columns forward/backward, and
-    plain row and column indices."""
-    if name not in _CONST:
-        arrays = {
-            "rows": np.concatenate([np.arange(ROWS // 2 - 1, -1, -1), np.arange(ROWS // 2, ROWS)]),
-            "cols": np.stack([np.arange(COLS - 1, -1, -1), np.arange(COLS)]),
-            "row_index": np.arange(ROWS),
-            "col_index": np.arange(COLS),
-        }
-        _CONST.update({k: paddle.to_tensor(a.astype(np.int64), place=paddle.CPUPlace()) for k, a in arrays.items()})
-    return _CONST[name]
-
-
-def _reach(cells: paddle.Tensor, c: paddle.Tensor) -> tuple[paddle.Tensor, paddle.Tensor, paddle.Tensor]:
-    """For each row i of ``cells`` [r, L] (counts in descending value order) and ``c[i]``: the
-    first position whose cumulated count reaches c[i], the count before it and the count at it."""
-    cum = paddle.cumsum(cells, axis=1)
-    pos = (cum < c.unsqueeze(1)).astype("int64").sum(axis=1, keepdim=True)  # [r, 1]
-    at = paddle.take_along_axis(cells, pos, axis=1)
-    return pos.reshape([-1]), (paddle.take_along_axis(cum, pos, axis=1) - at).reshape([-1]), at.reshape([-1])
 
 
 def use_select(values: paddle.Tensor) -> bool:
@@ -143,44 +112,6 @@ class _Weights:
         return w.scale_(grad * self.scale)
 
 
-def _bucket_sums(high: paddle.Tensor, v: paddle.Tensor) -> paddle.Tensor:
-    """The sum of the losses of each of the 65536 buckets, float64 [65536] (ignored: left out)."""
-    n = int(v.shape[0])
-    total = None
-    for start in range(0, n, SUM_SLICE):
-        part = paddle.bincount(high[start : start + SUM_SLICE], weights=v[start : start + SUM_SLICE],
-                               minlength=HALF + 1)[:HALF].astype(F64)  # fmt: skip
-        total = part if total is None else total + part
-    assert total is not None
-    return total
-
-
-def _hist256(key: paddle.Tensor, r: int) -> paddle.Tensor:
-    """Counts [r, 256] of the keys of row i, shifted by 257·i (256: left out), as float64."""
-    return paddle.bincount(key.reshape([-1]), minlength=r * 257).reshape([r, 257])[:, :256].astype(F64)
-
-
-def _times(count: paddle.Tensor, tau: paddle.Tensor) -> paddle.Tensor:
-    """count·τ in float64, 0 when the count is 0 (also for an infinite or NaN τ)."""
-    return paddle.where(count > 0, count * tau.astype(F64), paddle.zeros([], F64))
-
-
-def _between(row, col, row_sums, cells, r):
-    """Sum of the buckets strictly between τ_m's and τ_k's (above τ_k's when r = 1), from
-    the bucket sums: rows ``row_sums`` [512] and the two rows ``cells`` [r, 128] that hold
-    the τs, all in descending order. Masked sums, not differences of prefix sums, so that
-    infinite losses ranked above m do not turn the result into inf − inf."""
-    rows, cols = _const("row_index"), _const("col_index")
-    zero = paddle.zeros([], F64)
-    row_m, col_m = (row[1], col[1]) if r > 1 else (paddle.full([], -1, "int64"), paddle.full([], -1, "int64"))
-    total = paddle.where(paddle.logical_and(rows > row_m, rows < row[0]), row_sums, zero).sum()
-    in_k = paddle.logical_and(cols < col[0], paddle.logical_or(row[0] != row_m, cols > col_m))
-    total = total + paddle.where(in_k, cells[0], zero).sum()
-    if r > 1:
-        total = total + paddle.where(paddle.logical_and(cols > col_m, row[0] != row_m), cells[1], zero).sum()
-    return total
-
-
 def _select(v: paddle.Tensor, ignored: paddle.Tensor | None, counts_of: CountsOf):
     """(value, _Weights) for the detached 1-D float32 ``v``."""
     n = int(v.shape[0])
@@ -196,16 +127,16 @@ def _select(v: paddle.Tensor, ignored: paddle.Tensor | None, counts_of: CountsOf
     c = paddle.stack([x.reshape([]) for x in counts]).astype(F64)  # [r]
     # The bucket of τ_c: first the row, then the column of the histograms as [512, 128].
     count = count[:HALF].reshape([ROWS, COLS])
-    sums = _bucket_sums(high, v).reshape([ROWS, COLS])
-    rows = _const("rows")
+    sums = bucket_sums(high, v).reshape([ROWS, COLS])
+    rows = const("rows")
     row_sums = paddle.stack([paddle.gather(count.sum(axis=1).astype(F64), rows),
                              paddle.gather(sums.sum(axis=1, dtype=F64), rows)])  # [2, 512] descending
-    row, above_rows, _ = _reach(row_sums[:1].expand([r, ROWS]), c)
+    row, above_rows, _ = reach(row_sums[:1].expand([r, ROWS]), c)
     raw_row = paddle.gather(rows, row)
-    cols = paddle.gather(_const("cols"), (row >= ROWS // 2).astype("int64"))  # [r, 128] descending
+    cols = paddle.gather(const("cols"), (row >= ROWS // 2).astype("int64"))  # [r, 128] descending
     cells = paddle.stack([paddle.take_along_axis(paddle.gather(t, raw_row), cols, axis=1).astype(F64)
                           for t in (count, sums)])  # [2, r, 128]
-    col, above_cols, _ = _reach(cells[0], c - above_rows)
+    col, above_cols, _ = reach(cells[0], c - above_rows)
     above_count = above_rows + above_cols  # [r] losses above the bucket
     bucket = (raw_row * COLS + paddle.take_along_axis(cols, col.unsqueeze(1), axis=1).reshape([-1])).astype("int32")
     # The losses of those buckets (few, whatever n): their index, bits and value.
@@ -225,10 +156,10 @@ def _select(v: paddle.Tensor, ignored: paddle.Tensor | None, counts_of: CountsOf
     offset = paddle.arange(r, dtype="int32").unsqueeze(1) * 257
     high2 = paddle.where(member, paddle.bitwise_right_shift(key, paddle.full([], 8, "int32")),
                          paddle.full([], 256, "int32"))
-    row2, above_rows2, _ = _reach(_hist256(high2 + offset, r), rest)
+    row2, above_rows2, _ = reach(hist256(high2 + offset, r), rest)
     low2 = paddle.where(high2 == row2.astype("int32").unsqueeze(1),
                         paddle.bitwise_and(key, paddle.full([], 255, "int32")), paddle.full([], 256, "int32"))
-    col2, above_cols2, eq = _reach(_hist256(low2 + offset, r), rest - above_rows2)
+    col2, above_cols2, eq = reach(hist256(low2 + offset, r), rest - above_rows2)
     gt = above_count + above_rows2 + above_cols2
     pos2 = row2 * 256 + col2
     tau_bits = bucket.astype("int64") * HALF + paddle.bitwise_xor(pos2.astype("int32"), flip).astype("int64")
@@ -240,17 +171,17 @@ def _select(v: paddle.Tensor, ignored: paddle.Tensor | None, counts_of: CountsOf
     tied_bits = m_bits.unsqueeze(0) == tau_bits.unsqueeze(1)  # [r, s]
     higher = (m_val.unsqueeze(0) > above_tau.unsqueeze(1)) > tied_bits
     frac = (c - gt) / paddle.clip(eq, min=1.0)
-    total = _between(row, col, row_sums[1], cells[1], r)
+    total = between(row, col, row_sums[1], cells[1], r)
     # The members strictly between τ_k and τ_m, then the losses equal to τ_k or τ_m.
     inside = higher[0] if r == 1 else paddle.logical_and(higher[0], (higher[1] | tied_bits[1]).logical_not())
     total = total + paddle.where(inside, m_val.astype(F64), paddle.zeros([], F64)).sum()
     tied, untied = c - gt, eq - (c - gt)  # how many equal to τ_c are ranked <= c, and > c
     if r == 1:
-        total = total + _times(tied[0], tau[0])
+        total = total + times(tied[0], tau[0])
     else:
         same = tau_bits[0] == tau_bits[1]
-        apart = _times(tied[0], tau[0]) + _times(untied[1], tau[1])
-        total = total + paddle.where(same, _times(tied[0] - tied[1], tau[0]), apart)
+        apart = times(tied[0], tau[0]) + times(untied[1], tau[1])
+        total = total + paddle.where(same, times(tied[0] - tied[1], tau[0]), apart)
     w = higher.astype(F64) + tied_bits.astype(F64) * frac.unsqueeze(1)
     scale = 1.0 / paddle.clip(c[0] - c[1] if r > 1 else c[0], min=1.0)
     value = paddle.where(has_nan, paddle.full([], float("nan"), F64), total * scale).astype("float32")
