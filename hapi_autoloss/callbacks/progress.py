@@ -6,40 +6,11 @@ import sys
 from typing import IO, Any, Callable
 
 from paddle.callbacks import ProgBarLogger
-from tqdm import tqdm
 
 from .. import _hapi
 from .._args import check_count
 from ._checks import check_epoch_had_batches, check_has_batches
-from ._readout import _scalar
-
-
-class _Bar(tqdm):  # type: ignore[misc]
-    """A tqdm bar whose postfix is formatted only when the bar is drawn."""
-
-    def __init__(self, *args: Any, render: Callable[[], str], **kwargs: Any) -> None:
-        self._render = render  # before tqdm's __init__, which may draw already
-        super().__init__(*args, **kwargs)
-
-    @property
-    def format_dict(self) -> dict[str, Any]:
-        d = super().format_dict
-        # close() sets disable before its last draw, which must show the values too.
-        if "postfix" in d:
-            d["postfix"] = self._render() or None
-        return d
-
-
-def _label(key: str) -> str:
-    if key.startswith("sigma_"):
-        return "σ_" + key[len("sigma_"):]
-    if key.startswith("weight_"):
-        return "w_" + key[len("weight_"):]
-    return "k" if key == "topk_ratio" else key
-
-
-def _render(values: dict[str, float]) -> str:
-    return ", ".join(f"{_label(k)}={v:.4g}" for k, v in values.items())
+from ._tqdm_bar import LazyBar, copy_values, format_postfix
 
 
 class TqdmProgressBar(ProgBarLogger):
@@ -100,7 +71,7 @@ class TqdmProgressBar(ProgBarLogger):
         self.file = file
         self.mininterval = float(mininterval)
         self.tqdm_kwargs = tqdm_kwargs
-        self._bar: _Bar | None = None
+        self._bar: LazyBar | None = None
         self._mode = "train"
         self._train: dict[str, float] = {}  # last train values shown, copied from logs
         self._eval: dict[str, float] = {}
@@ -127,22 +98,11 @@ class TqdmProgressBar(ProgBarLogger):
         keys = list(metrics) if isinstance(metrics, list) else ["loss"]
         return [k for k in keys if self.show_weights or not k.startswith("weight_")]
 
-    def _copy(self, logs: Any, keys: list[str], into: dict[str, float]) -> None:
-        # hapi reuses one logs dict for every hook: keep floats, not the dict.
-        if not logs:
-            return
-        for k in keys:
-            v = logs.get(k)
-            if v is not None:
-                f = v if type(v) is float else _scalar(v)
-                if f is not None:
-                    into[k] = f
-
     def _open(self, desc: str, total: Any, values: Callable[[], dict[str, float]]) -> None:
         self._close()
         self._count = 0
         line_mode = self._level() >= 2
-        self._bar = _Bar(
+        self._bar = LazyBar(
             total=total if isinstance(total, int) and total > 0 else None,
             desc=desc,
             unit="step",
@@ -151,7 +111,7 @@ class TqdmProgressBar(ProgBarLogger):
             leave=True,
             # verbose 2 prints its own lines: the bar itself never draws.
             delay=float("inf") if line_mode else 0.0,
-            render=lambda: _render(values()),
+            render=lambda: format_postfix(values()),
             **self.tqdm_kwargs,
         )
 
@@ -164,7 +124,7 @@ class TqdmProgressBar(ProgBarLogger):
         if self._level() >= 2 and self._count % self.log_freq == 0 and self._count != bar.total:
             self._line(bar)
 
-    def _line(self, bar: _Bar) -> None:
+    def _line(self, bar: LazyBar) -> None:
         # Not tqdm.write: that clears and redraws the bars on the same file.
         out = self._out()
         out.write(str(bar) + "\n")
@@ -206,7 +166,7 @@ class TqdmProgressBar(ProgBarLogger):
         self._batches += 1
         if self._bar is None:
             return
-        self._copy(logs, self._keys, self._train)
+        copy_values(logs, self._keys, self._train)
         self._step()
 
     def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
@@ -234,12 +194,12 @@ class TqdmProgressBar(ProgBarLogger):
     def on_eval_batch_end(self, step: int, logs: Any = None) -> None:
         if self._bar is None:
             return
-        self._copy(logs, self._eval_keys, self._eval)
+        copy_values(logs, self._eval_keys, self._eval)
         self._step()
 
     def on_eval_end(self, logs: Any = None) -> None:
         if self._bar is not None:
-            self._copy(logs, self._eval_keys, self._eval)
+            copy_values(logs, self._eval_keys, self._eval)
         self._close()
 
     # ------------------------------------------------------------ predict
