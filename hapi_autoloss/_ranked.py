@@ -82,9 +82,13 @@ def top_k(
     k = k_tensor(count_valid(ignored) if n_valid is None else n_valid, ratio, min_kept, k_max)
     ranked = paddle.masked_fill(values.detach(), ignored, -math.inf)
     top, index = padded_topk(ranked, k, k_max)
-    keep = index < n
+    # A −inf among the k picked (an ignored entry, a −inf pad or a valid −inf) means the k-th
+    # largest valid loss is −inf (k <= the valid count): it counts, as −inf, never as an ignored loss.
+    low = paddle.isneginf(top)
+    keep = paddle.logical_or(index < n, low)
     # Gather with gradient from the unmasked values: the backward is one scatter.
     kept = paddle.take_along_axis(values, paddle.minimum(index, paddle.full([], n - 1, dtype="int64")), axis=0)
+    kept = paddle.where(low, top.astype(kept.dtype), kept)
     return kept, top, keep, k
 
 
@@ -128,10 +132,13 @@ def ranked_range_mean(
     return nan_if_any(total / paddle.clip(count.astype("float32"), min=1.0), values, ignored)
 
 
-def nan_if_any(result: paddle.Tensor, values: paddle.Tensor, ignored: paddle.Tensor | None) -> paddle.Tensor:
-    """NaN when a valid loss is NaN, else ``result``: a rule that drops the hardest (ranked range,
-    band) must not hide one, so that hapi_autoloss's non-finite check sees it (as the top-k's does)."""
-    bad = paddle.isnan(values.detach())
+def nan_if_any(
+    result: paddle.Tensor, values: paddle.Tensor, ignored: paddle.Tensor | None, infinite: bool = False
+) -> paddle.Tensor:
+    """NaN when a valid loss is NaN (with ``infinite``: or ±inf), else ``result``: a rule that
+    drops some losses (ranked range, band, threshold) must not hide one, so that hapi_autoloss's
+    non-finite check sees it (as the top-k's does)."""
+    bad = paddle.isnan(values.detach()) if not infinite else paddle.isfinite(values.detach()).logical_not()
     if ignored is not None:
         bad = bad > ignored  # a & ~b on bools
     return paddle.where(bad.any(), paddle.full([], math.nan, dtype=result.dtype), result)
@@ -139,7 +146,7 @@ def nan_if_any(result: paddle.Tensor, values: paddle.Tensor, ignored: paddle.Ten
 
 def band_mean(values: paddle.Tensor, ignored: paddle.Tensor | None, above: float, below: float) -> paddle.Tensor:
     """Mean of the valid entries in ``[μ − below·σ, μ + above·σ]`` (μ, σ of the valid
-    entries, population std, no gradient through them); 0 when none is inside."""
+    entries, population std, no gradient through them); 0 when none is inside; NaN when a valid entry is NaN or ±inf."""
     v = values.detach().astype("float64")  # the statistics in float64: thresholds without cancellation
     valid = None if ignored is None else paddle.logical_not(ignored)
     if valid is None:
@@ -159,7 +166,8 @@ def band_mean(values: paddle.Tensor, ignored: paddle.Tensor | None, above: float
     for condition in conditions:
         inside = paddle.logical_and(inside, condition)
     total = paddle.where(inside, values, paddle.zeros_like(values)).sum()
-    return nan_if_any(total / paddle.clip(inside.astype("float32").sum(), min=1.0), values, ignored)
+    # An infinite loss leaves μ or σ undefined, so no band exists: NaN, not a mean over nothing.
+    return nan_if_any(total / paddle.clip(inside.astype("float32").sum(), min=1.0), values, ignored, infinite=True)
 
 
 def top_k_mean(
@@ -205,4 +213,4 @@ def _with_threshold(
         extra, kept, paddle.zeros_like(kept)
     ).sum()
     count = above.astype("float32").sum() + extra.astype("float32").sum()
-    return total / paddle.clip(count, min=1.0)
+    return nan_if_any(total / paddle.clip(count, min=1.0), values, ignored)  # NaN > t and NaN <= t are False

@@ -174,7 +174,8 @@ NANS = {"+nan": 0x7FC00000, "-nan (paddle's 0*inf, log(-1))": 0xFFC00000, "-nan,
 
 @pytest.mark.parametrize("size", [4096, 512])  # the radix path (threshold lowered), the topk path
 @pytest.mark.parametrize("nan", list(NANS))
-@pytest.mark.parametrize("rule", [dict(ratio=0.1), dict(ratio=0.5, drop=0.1), dict(band=(1.0, 2.0))])
+@pytest.mark.parametrize("rule", [dict(ratio=0.1), dict(ratio=0.5, drop=0.1), dict(band=(1.0, 2.0)),
+                                  dict(ratio=0.1, threshold=0.5)])  # fmt: skip
 def test_a_nan_among_the_valid_losses_makes_the_result_nan_whatever_its_sign(small_threshold, size, nan, rule):
     """A rule that drops the hardest must not hide a NaN (hapi_autoloss's non-finite check
     then skips the step); a NaN at an ignored position does not count."""
@@ -197,3 +198,40 @@ def test_the_value_stays_exact_on_millions_of_losses(drop):
     got = float(layer(paddle.to_tensor(x), paddle.to_tensor(np.zeros(n, dtype="int64"))))
     want = reference(x, np.ones(n, bool), 0.7, drop)[0]
     assert got == pytest.approx(want, rel=1e-6)
+
+
+@pytest.mark.parametrize("size", [4096, 512])
+@pytest.mark.parametrize("inf", [math.inf, -math.inf])
+def test_an_infinite_loss_leaves_no_band_and_gives_nan(small_threshold, size, inf):
+    """μ or σ of losses holding ±inf is undefined: NaN (which the non-finite check catches),
+    not the 0 of an empty band with a zero gradient; an ignored inf does not count."""
+    x = np.random.default_rng(1).random(size).astype("float32")
+    x[3] = inf
+    label = np.zeros(size, dtype="int64")
+    layer = TopKLoss(identity, per="pixel", ignore_index=IGNORE, band=(1.0, 2.0))
+    assert math.isnan(float(layer(paddle.to_tensor(x), paddle.to_tensor(label))))
+    label[3] = IGNORE
+    value, grad = run(layer, x, label)
+    assert math.isfinite(value) and grad[3] == 0.0 and grad.sum() == pytest.approx(1.0, rel=1e-6)
+
+
+@pytest.mark.parametrize("size", [4096, 512])  # the radix path (threshold lowered), the topk path
+@pytest.mark.parametrize("rule", [dict(ratio=0.9), dict(ratio=0.9, drop=0.2), dict(ratio=0.3),
+                                  dict(ratio=0.9, threshold=0.5)])  # fmt: skip
+def test_valid_minus_inf_losses_never_let_an_ignored_loss_in(small_threshold, size, rule):
+    """Ignored losses are ranked as −inf: a top-k reaching into valid −inf losses must count
+    those (−inf), not an ignored loss picked in their place (the topk path read its value)."""
+    rng = np.random.default_rng(2)
+    x = rng.random(size).astype("float32")
+    label = np.zeros(size, dtype="int64")
+    label[: size // 2] = IGNORE
+    x[: size // 2] = 5.0 + rng.random(size // 2)  # ignored, and larger than every valid loss
+    x[size // 2 :][rng.random(size - size // 2) < 0.5] = -np.inf
+    valid = label != IGNORE
+    layer = TopKLoss(identity, per="pixel", ignore_index=IGNORE, **rule)
+    got = float(layer(paddle.to_tensor(x), paddle.to_tensor(label)))
+    if "threshold" in rule:  # {loss > 0.5} ∪ top-k holds a −inf here
+        want = -math.inf
+    else:
+        want = reference(x, valid, rule["ratio"], rule.get("drop", 0.0))[0]
+    assert got == want or got == pytest.approx(want, rel=1e-6)
