@@ -93,3 +93,13 @@ def validate_counts(min_kept: Any, ignore_index: Any, threshold: Any) -> tuple[i
         None if ignore_index is None else int(ignore_index),
         None if threshold is None else float(threshold),
     )
+
+
+def check_threshold_drop(threshold: float | None, drop: float, where: str = "") -> None:
+    """Refuse a dropped fraction beside a threshold: PaddleSeg's OHEM keeps every loss above the
+    threshold, AoRR drops the hardest. ``where``: who sets the drop, for the message."""
+    if threshold is not None and drop > 0:
+        raise ValueError(
+            f"threshold keeps every loss above it, drop removes the hardest: the two contradict{where}. "
+            "Fix: use threshold with drop=0, or drop without threshold."
+        )

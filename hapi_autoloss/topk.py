@@ -10,6 +10,7 @@ from . import _hapi, _ranked, _topk_input
 from ._kept_counts import ROUNDING_TOLERANCE, k_of, m_of
 from ._topk_args import (
     check_num_classes_applies,
+    check_threshold_drop,
     validate_band,
     validate_counts,
     validate_drop,
@@ -139,11 +140,7 @@ class TopKLoss(paddle.nn.Layer):
                 "apply. Fix: give either band=(a, b) alone, or ratio/drop/threshold without band."
             )
         drop = validate_drop(drop)
-        if threshold is not None and drop > 0:
-            raise ValueError(
-                "threshold keeps every loss above it, drop removes the hardest: the two contradict. "
-                "Fix: use threshold with drop=0, or drop without threshold."
-            )
+        check_threshold_drop(threshold, drop)
         check_num_classes_applies(per, num_classes)
         self.loss = loss
         self.per = per
@@ -185,6 +182,7 @@ class TopKLoss(paddle.nn.Layer):
             )
         new_ratio = validate_ratio(ratio)
         new_drop = self._drop if drop is None else validate_drop(drop)
+        check_threshold_drop(self.threshold, new_drop, f" (drop={new_drop} with threshold={self.threshold})")
         if new_drop >= new_ratio:
             raise ValueError(
                 f"drop ({new_drop}) must be below ratio ({new_ratio}): ranks drop·n+1..ratio·n are "
@@ -201,6 +199,8 @@ class TopKLoss(paddle.nn.Layer):
         drop = validate_drop(state.get("drop", 0.0), f"drop saved in {source}")
         if self.band is None and drop >= ratio:
             raise ValueError(f"{source} holds drop {drop} >= ratio {ratio}. Fix: use the checkpoint it wrote.")
+        where = f" ({source} holds drop {drop}, this loss threshold={self.threshold})"
+        check_threshold_drop(self.threshold, drop, where)
 
     def set_checkpoint_state(self, state: dict[str, Any]) -> None:
         """Restore ratio and drop, so ``model.evaluate`` after ``load_state`` keeps the right k and m."""

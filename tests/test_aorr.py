@@ -279,3 +279,17 @@ def test_setters_check_the_pair_and_checkpoint_state_round_trips():
     with pytest.raises(ValueError, match=r"uses band=\(1.0, 2.0\), which has no ratio.*Fix"):
         band.ratio = 0.5
     assert TopKLoss(paddle.nn.CrossEntropyLoss(reduction="none")).ratio == 0.7  # the default
+
+
+def test_a_threshold_loss_refuses_a_drop_however_it_comes():
+    """Refused at construction, and so through the setters and a checkpoint: else the forward
+    took the ranked-range branch and silently left the threshold out."""
+    layer = TopKLoss(paddle.nn.CrossEntropyLoss(reduction="none"), ratio=0.2, threshold=0.3)
+    for set_drop in (lambda: setattr(layer, "drop", 0.1), lambda: layer.set_range(0.5, 0.1)):
+        with pytest.raises(ValueError, match=r"the two contradict \(drop=0.1 with threshold=0.3\).*Fix"):
+            set_drop()
+    with pytest.raises(ValueError, match=r"contradict \(ck/3.autoloss holds drop 0.1, this loss threshold=0.3\)"):
+        layer.check_checkpoint_state({"ratio": 0.5, "drop": 0.1}, "ck/3.autoloss")
+    assert (layer.ratio, layer.drop) == (0.2, 0.0)
+    layer.set_range(0.5, 0.0)  # drop 0 stays allowed
+    assert (layer.ratio, layer.drop, layer.threshold) == (0.5, 0.0, 0.3)

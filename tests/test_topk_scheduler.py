@@ -360,5 +360,9 @@ def test_drop_clashes_found_before_any_step():
         fit(model, 2, [TopKScheduler(1.0, 0.2)])
     with pytest.raises(ValueError, match=r"band=\(1.0, 2.0\), which has neither.*Fix"):
         fit(build(TopKLoss(ce(), band=(1.0, 2.0))), 2, [TopKScheduler()])
+    threshold = build(TopKLoss(ce(), ratio=0.5, threshold=0.3))
+    with pytest.raises(ValueError, match=r"contradict \(TopKScheduler takes drop to 0.2 on a TopKLoss with threshold"):
+        fit(threshold, 2, [TopKScheduler(1.0, 0.5, drop_start=0.0, drop_end=0.2)])
+    fit(threshold, 1, [TopKScheduler(1.0, 0.5, drop_start=0.0)])  # a drop held at 0 is allowed
     for p, b in zip(model.parameters(), before):
         np.testing.assert_array_equal(p.numpy(), b)

@@ -8,6 +8,7 @@ from paddle.callbacks import Callback
 
 from .. import _hapi, schedules
 from .._args import check_count
+from .._topk_args import check_threshold_drop
 from ..topk import TopKLoss
 from ._checks import check_epoch_had_batches, check_has_batches
 from ._topk_schedule import BY_CHOICES, RangeSchedule
@@ -170,6 +171,10 @@ class TopKScheduler(RangeSchedule, Callback):
                 "has neither. Fix: build it with ratio=/drop= instead, or drop the callback."
             )
         if self.drop_start is not None:
+            for layer in self._layers:  # the drop moves monotonically from drop_start to drop_end
+                check_threshold_drop(layer.threshold, max(self.drop_start, self.drop_end or 0.0),
+                                     f" (TopKScheduler takes drop to {max(self.drop_start, self.drop_end or 0.0)} "
+                                     f"on a TopKLoss with threshold={layer.threshold})")  # fmt: skip
             # Every position of the schedule, exactly, before any step (later ones hold end).
             self._check_range([(f"{self.by} {t}", schedules.progress(t, self.total, self.warmup))
                                for t in range(self.total)])  # fmt: skip
