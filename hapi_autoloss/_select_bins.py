@@ -10,8 +10,10 @@ import paddle
 HALF = 1 << 16
 F64: Final = "float64"
 ROWS, COLS = 512, 128  # a 65536-bin histogram is searched as 512 rows of 128: small ops only
-# bincount adds its weights one by one in float32; per slice of this many losses the drift stays
-# below 1e-6 (2e-3 for 2**24 losses in one call), and the slices are added in float64.
+# bincount adds its weights one by one in float32, so a bucket's sum drifts with how many losses
+# it holds: ~1e-8 relative for spread losses, up to ~2e-3 when most of a slice shares one bucket
+# (losses equal to 3 digits). Slices of this many, added in float64, bound that; the gradient is
+# exact either way. Float64 weights would cost ~5 ms per 2**20 losses (measured), ~2% of a CE.
 SUM_SLICE = 2**18
 _CONST: dict[str, paddle.Tensor] = {}
 

@@ -191,6 +191,8 @@ def test_errors_come_before_any_step():
         (dict(callbacks=[TopKOnPlateau(monitor="accuracy")]),
          r"monitors 'accuracy', which the evaluation logs will not have: they hold \['loss', 'acc'\].*Fix"),
         (dict(callbacks=[TopKOnPlateau(), TopKScheduler()]), r"TopKOnPlateau and TopKScheduler both set.*Fix"),
+        (dict(callbacks=[TopKOnPlateau(), TopKOnPlateau()]), r"Two TopKOnPlateau callbacks.*compound. Fix"),
+        (dict(callbacks=[TopKScheduler(), TopKScheduler(1.0, 0.5)]), r"Two TopKSchedulers.*silently win. Fix"),
     ]
     for kwargs, match in cases:
         with pytest.raises(ValueError, match=match):
@@ -223,11 +225,16 @@ def test_a_key_missing_from_the_evaluation_logs_raises_at_the_first_eval_end():
         ({"mode": "up"}, r"Unknown mode 'up'.*Fix"),
         ({"min_delta": -1}, r"min_delta must be a finite number >= 0.*Fix"),
         ({"monitor": ""}, r"monitor must be a log key.*Fix"),
+        ({"verbose": "x"}, r"verbose must be an int >= 0, got 'x'.*Fix"),
     ],
 )
 def test_bad_arguments_at_construction(kwargs, match):
     with pytest.raises(ValueError, match=match):
         TopKOnPlateau(**kwargs)
+
+
+def test_verbose_takes_ints_and_bools_like_reduce_lr_on_plateau():
+    assert [TopKOnPlateau(verbose=v).verbose for v in (0, 2, True, False)] == [0, 2, 1, 0]
 
 
 def test_mode_auto_follows_the_name():

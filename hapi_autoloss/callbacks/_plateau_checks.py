@@ -35,10 +35,16 @@ def check_plateau_fit(plateau: TopKOnPlateau, layers: list[TopKLoss]) -> None:
                 f"min_ratio={plateau.min_ratio} with nothing left. Fix: min_ratio > drop, or scale_drop=True."
             )
     callbacks = _hapi.callback_list_of(plateau)
-    if callbacks is not None and any(isinstance(c, TopKScheduler) for c in callbacks.callbacks):
+    others = [] if callbacks is None else [c for c in callbacks.callbacks if c is not plateau]
+    if any(isinstance(c, TopKScheduler) for c in others):
         raise ValueError(
             "TopKOnPlateau and TopKScheduler both set the ratio in this fit, so each would undo the "
             "other. Fix: use one of them."
+        )
+    if any(isinstance(c, type(plateau)) for c in others):
+        raise ValueError(
+            "Two TopKOnPlateau callbacks in this fit would each reduce the ratio, so the reductions would "
+            "compound. Fix: pass one TopKOnPlateau."
         )
     if _hapi.lacks_eval_data(plateau.model):
         raise ValueError(

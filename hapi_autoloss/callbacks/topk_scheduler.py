@@ -159,6 +159,12 @@ class TopKScheduler(RangeSchedule, Callback):
                 "model.prepare(opt, hapi_autoloss.TopKLoss(paddle.nn.CrossEntropyLoss("
                 "reduction='none'))) or inside AutoWeight, or drop the callback."
             )
+        callbacks = _hapi.callback_list_of(self)
+        if callbacks is not None and any(isinstance(c, TopKScheduler) and c is not self for c in callbacks.callbacks):
+            raise ValueError(
+                "Two TopKSchedulers in this fit both set the ratio at every unit, so the last one would "
+                "silently win. Fix: pass one TopKScheduler."
+            )
         # A state loaded by hapi_autoloss.load_state before fit is applied here.
         _hapi.register_state(self.model, STATE_KEY, self)  # also makes model.save write it
         if self.total is None:
