@@ -187,7 +187,8 @@ mse = paddle.nn.MSELoss()
 def test_bad_input_errors_name_problem_and_fix():
     with expect(ValueError, "Unknown method 'kendal'", "liebel"):
         AutoWeight([mse], method="kendal")
-    with expect(ValueError, "needs task_types"):
+    with expect(ValueError, "needs task_types", "one per task, in the order of the losses (2)",
+                "'classification' (e.g. CrossEntropyLoss"):
         AutoWeight([mse, mse], method="kendall")
     with expect(ValueError, "task_types has 1 entries but there are 2 tasks"):
         AutoWeight([mse, mse], method="kendall", task_types=["regression"])

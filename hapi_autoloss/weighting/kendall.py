@@ -25,12 +25,14 @@ class Kendall(LearnedScale):
     name = "kendall"
 
     def bind(self, tasks: list[str], task_types: list[str | None]) -> None:
-        example = f"task_types={['regression'] * len(tasks)}"
         if all(t is None for t in task_types):
+            # No example list of this length: copied as is, it would give every task one type.
             raise ValueError(
                 "method='kendall' needs task_types, since a regression task is weighted "
-                "½·e^(−s) and a classification task e^(−s). Fix: pass "
-                f"{example} (one of 'regression', 'classification' per task)."
+                "½·e^(−s) and a classification task e^(−s). Fix: pass one per task, in the order of "
+                f"the losses ({len(tasks)}): 'regression' (e.g. MSELoss, L1Loss) or 'classification' "
+                "(e.g. CrossEntropyLoss, BCEWithLogitsLoss), e.g. task_types=['regression', 'classification'] "
+                "for [MSELoss, CrossEntropyLoss]."
             )
         super().bind(tasks, task_types)
         self.factors = [0.5 if t == "regression" else 1.0 for t in task_types]
