@@ -120,9 +120,10 @@ def test_gls_exported_weight_is_the_gradient_of_that_step(tmp_path):
 
 def test_eval_loss_is_the_batch_size_weighted_mean(tmp_path):
     evaluation = TwoTaskData(40, seed=1)  # batches of 16, 16 and 8
-    model = build_model(make_loss("kendall"))
+    model, bar = build_model(make_loss("kendall")), io.StringIO()
     model.fit(TwoTaskData(96), evaluation, epochs=1, batch_size=16, verbose=0,
-              callbacks=[AutoWeightCallback(), TensorBoardExport(tmp_path), VisualDLExport(tmp_path)])
+              callbacks=[AutoWeightCallback(), TensorBoardExport(tmp_path), VisualDLExport(tmp_path),
+                         TqdmProgressBar(verbose=2, log_freq=1, file=bar)])
     s = model._loss.s.numpy().astype(np.float64)
     batch_losses, sizes = [], []
     model.network.eval()
@@ -138,6 +139,11 @@ def test_eval_loss_is_the_batch_size_weighted_mean(tmp_path):
         steps, values = read_scalars(tmp_path, reader)["eval/loss"]
         assert steps == [STEPS]
         assert values[0] == pytest.approx(expected, rel=1e-5), reader
+    # The bar's Eval lines: the mean of the batches so far, the set's mean at the end.
+    shown = [float(m) for m in re.findall(r"^Eval.* loss=([-0-9.e+]+)", bar.getvalue(), re.M)]
+    running = np.cumsum(np.multiply(batch_losses, sizes)) / np.cumsum(sizes)
+    np.testing.assert_allclose(shown, running, rtol=1e-3)
+    assert running[-1] == pytest.approx(expected)
     # Neither hapi's last batch nor an unweighted mean of batches.
     assert abs(expected - batch_losses[-1]) > 1e-3 * expected
     assert abs(expected - np.mean(batch_losses)) > 1e-4 * expected

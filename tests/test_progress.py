@@ -37,16 +37,24 @@ def fmt(value: float) -> str:
 
 
 class LastLosses(paddle.callbacks.Callback):
-    """The loss hapi logged at each epoch's last step and at each evaluation's end."""
+    """The loss hapi logged at each epoch's last step, and each evaluation's mean loss
+    (hapi's eval batch losses weighted by batch size; its own end log is the last batch's)."""
 
     def __init__(self):
-        self.train, self.eval = [], []
+        self.train, self.eval, self.batches = [], [], []
 
     def on_epoch_end(self, epoch, logs=None):
         self.train.append(float(np.ravel(logs["loss"])[0]))
 
+    def on_eval_begin(self, logs=None):
+        self.batches = []
+
+    def on_eval_batch_end(self, step, logs=None):
+        self.batches.append((float(np.ravel(logs["loss"])[0]), logs["batch_size"]))
+
     def on_eval_end(self, logs=None):
-        self.eval.append(float(np.ravel(logs["loss"])[0]))
+        losses, sizes = np.array(self.batches, dtype=np.float64).T
+        self.eval.append(float(np.dot(losses, sizes) / sizes.sum()))
 
 
 def test_bars_show_loss_sigma_and_replace_hapis_bar(capsys):

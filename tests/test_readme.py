@@ -58,3 +58,26 @@ def test_the_hard_example_lines_build_what_they_say():
     assert [loss.per for loss in losses] == ["sample", "pixel", "sample", "sample", "class"]
     assert losses[-1].ratio == 1.0 and losses[2].drop == 0.1 and losses[3].band == (1.0, 2.0)
     assert sum(isinstance(b, TopKScheduler) for b in built) == 3 and isinstance(built[-1], TopKOnPlateau)
+
+
+def test_the_manual_resume_recipe_runs_as_written_on_a_finished_run(tmp_path, monkeypatch):
+    """latest_checkpoint finds 'final' after a finished run: the recipe must train nothing there
+    (hapi's fit fails on epochs=0) and train the epochs left on an earlier one."""
+    from helpers import kendall_loss
+
+    import hapi_autoloss
+
+    monkeypatch.chdir(tmp_path)
+    code = block_after("By hand: ").replace("callbacks=[...]", "callbacks=[AutoWeightCallback()]")
+    data = TwoTaskData(32)
+    with paddle.utils.unique_name.guard():
+        build_model(kendall_loss()).fit(data, epochs=2, batch_size=16, verbose=0, save_dir="ckpt",
+                                        callbacks=[AutoWeightCallback()])
+    for epochs, want in ((2, 2), (3, 3)):  # finished; one epoch left
+        with paddle.utils.unique_name.guard():
+            loss = kendall_loss()
+            scope = {"model": build_model(loss), "train_data": data, "EPOCHS": epochs,
+                     "AutoWeightCallback": AutoWeightCallback}
+            exec(compile(code, "README.md", "exec"), scope)
+        assert scope["done"] == 2
+        assert hapi_autoloss.checkpoint_info("ckpt/final")["epoch"] == want

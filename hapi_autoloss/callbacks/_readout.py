@@ -44,6 +44,26 @@ def _scalar(value: Any) -> float | None:
     return None
 
 
+class EvalMean:
+    """The evaluation set's mean loss so far, Σ batch loss · batch size / Σ batch size
+    (hapi's own ``logs['loss']`` in evaluation is the last batch's alone)."""
+
+    def __init__(self) -> None:
+        self.total, self.count = 0.0, 0
+
+    def add(self, logs: Any) -> float | None:
+        """Adds one eval batch's ``logs``; returns the mean so far (None before any)."""
+        loss, size = _scalar((logs or {}).get("loss")), (logs or {}).get("batch_size")
+        if loss is not None and isinstance(size, numbers.Integral) and int(size) > 0:
+            self.total += loss * int(size)
+            self.count += int(size)
+        return self.mean
+
+    @property
+    def mean(self) -> float | None:
+        return self.total / self.count if self.count else None
+
+
 def _autoweight_tags(model: Any) -> list[tuple[AutoWeight, dict[str, tuple[str, str, str]]]]:
     """Per AutoWeight layer, its tags per task; a task name seen twice gets ``_<i>``."""
     out, used = [], set()

@@ -38,7 +38,6 @@ Design decisions (the issue was silent on them):
 from __future__ import annotations
 
 import atexit
-import numbers
 import os
 import time
 import warnings
@@ -50,7 +49,7 @@ from .. import _hapi
 from .._args import check_count
 from ._checks import check_epoch_had_batches, check_has_batches, local_folder
 from ._logfile import ScalarFile, check_log_dir
-from ._readout import Readout, _scalar
+from ._readout import EvalMean, Readout, _scalar
 
 __all__ = ["ScalarExport"]
 
@@ -75,8 +74,7 @@ class ScalarExport(Callback):
         self._warned_eval = False
         self._eval_metrics: list[str] = ["loss"]
         self._batches = 0  # train batches seen in this epoch
-        self._eval_sum = 0.0  # Σ batch loss · batch size over this evaluation
-        self._eval_count = 0
+        self._eval_loss = EvalMean()
         self._readout: Readout | None = None  # built once per fit
 
     # ------------------------------------------------------------ to implement
@@ -144,15 +142,12 @@ class ScalarExport(Callback):
     def on_eval_begin(self, logs: Any = None) -> None:
         metrics = (logs or {}).get("metrics")
         self._eval_metrics = list(metrics) if isinstance(metrics, (list, tuple)) else ["loss"]
-        self._eval_sum, self._eval_count = 0.0, 0
+        self._eval_loss = EvalMean()
 
     def on_eval_batch_end(self, step: int, logs: Any = None) -> None:
         if self.file is None or not logs:
             return
-        loss, size = _scalar(logs.get("loss")), logs.get("batch_size")
-        if loss is not None and isinstance(size, numbers.Integral) and int(size) > 0:
-            self._eval_sum += loss * int(size)
-            self._eval_count += int(size)
+        self._eval_loss.add(logs)
 
     def on_eval_end(self, logs: Any = None) -> None:
         if not self._in_fit:
@@ -170,8 +165,8 @@ class ScalarExport(Callback):
         logs = logs or {}
         for name in self._eval_metrics:
             if name == "loss":  # the set's mean, not hapi's last batch
-                if self._eval_count:
-                    values["eval/loss"] = self._eval_sum / self._eval_count
+                if self._eval_loss.mean is not None:
+                    values["eval/loss"] = self._eval_loss.mean
                 continue
             value = _scalar(logs.get(name))
             if value is not None:

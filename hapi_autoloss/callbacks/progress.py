@@ -10,6 +10,7 @@ from paddle.callbacks import ProgBarLogger
 from .. import _hapi
 from .._args import check_count
 from ._checks import check_epoch_had_batches, check_has_batches
+from ._readout import EvalMean
 from ._tqdm_bar import LazyBar, copy_values, format_postfix
 
 
@@ -24,10 +25,12 @@ class TqdmProgressBar(ProgBarLogger):
     What a step shows: the σ, weights and k that step's own forward pass used,
     i.e. σ *before* that step's update, the same values hapi's progress line and
     the exporters (``TensorBoardExport``, ``VisualDLExport``) show for that step.
-    An epoch's final line is its last step's; the eval bar shows the eval loss and
-    metrics plus σ and k of the last train step. Being a ``ProgBarLogger``, it
-    stops hapi from adding its own bar. Silent on every rank but 0. Training data
-    that gives no batch raises a ``ValueError`` saying so.
+    An epoch's final line is its last step's. The eval bar shows the mean loss of
+    the batches evaluated so far (at the end the exporters' ``eval/loss``; hapi's
+    own line shows the last batch's), the metrics, and σ and k of the last train
+    step. Being a ``ProgBarLogger``, it stops hapi from adding its own bar. Silent
+    on every rank but 0. Training data that gives no batch raises a ``ValueError``
+    saying so.
 
     Values are copied at each step's end and formatted only when tqdm redraws
     (every ``mininterval`` seconds): about 10 µs a step.
@@ -76,6 +79,7 @@ class TqdmProgressBar(ProgBarLogger):
         self._train: dict[str, float] = {}  # last train values shown, copied from logs
         self._eval: dict[str, float] = {}
         self._eval_keys: list[str] = ["loss"]
+        self._eval_loss = EvalMean()
         self._count = 0
         self._batches = 0  # train batches in this epoch, on every rank
         self._keys: list[str] = []
@@ -185,6 +189,7 @@ class TqdmProgressBar(ProgBarLogger):
         metrics = logs.get("metrics")
         self._eval_keys = list(metrics) if isinstance(metrics, (list, tuple)) else ["loss"]
         self._eval = {}
+        self._eval_loss = EvalMean()
         if self._on():
             self._open("Eval", logs.get("steps"), self._eval_values)
 
@@ -194,13 +199,21 @@ class TqdmProgressBar(ProgBarLogger):
     def on_eval_batch_end(self, step: int, logs: Any = None) -> None:
         if self._bar is None:
             return
-        copy_values(logs, self._eval_keys, self._eval)
+        self._copy_eval(logs)
         self._step()
 
     def on_eval_end(self, logs: Any = None) -> None:
         if self._bar is not None:
             copy_values(logs, self._eval_keys, self._eval)
+            if self._eval_loss.mean is not None:
+                self._eval["loss"] = self._eval_loss.mean
         self._close()
+
+    def _copy_eval(self, logs: Any) -> None:
+        copy_values(logs, self._eval_keys, self._eval)
+        mean = self._eval_loss.add(logs)
+        if mean is not None and "loss" in self._eval:  # the set's mean so far, as eval/loss
+            self._eval["loss"] = mean
 
     # ------------------------------------------------------------ predict
 
