@@ -53,7 +53,7 @@ for epoch in range(20):
         sync_gradients(loss_fn)  # σ's gradient becomes its mean over ranks; nothing on one process
         opt.step()
         opt.clear_grad()
-    loss_fn.end_epoch()  # needed by method="dwa" only
+    loss_fn.end_epoch()  # dwa and stch close their epoch statistics here; a no-op for kendall
 print("sigmas", loss_fn.sigmas())  # about {'y1': 2.0, 'y2': 0.3}
 
 if paddle.distributed.get_rank() == 0:

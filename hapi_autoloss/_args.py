@@ -11,18 +11,29 @@ from __future__ import annotations
 
 import math
 import numbers
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from typing import TypeGuard  # Python 3.10+; read by the type checker only
+
+
+def is_real(value: object) -> TypeGuard[float]:
+    """A real number, NumPy scalars included (np.float32(1.0), np.int64(3)); never a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
 
 
 def positive(value: object, name: str, example: str) -> float:
     """``value`` as a float, or a clear error when it is not a finite number > 0."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
+    if not is_real(value) or not (math.isfinite(value) and value > 0):
         raise ValueError(f"{name} must be a finite number > 0, got {value!r}. Fix: e.g. {example}.")
     return float(value)
 
 
 def check_count(value: object, name: str, least: int, example: str) -> int:
     """``value`` as an int, or a clear error when it is not an int >= ``least``."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least:
+    if not is_real(value) or not isinstance(value, numbers.Integral) or value < least:
         raise ValueError(f"{name} must be an int >= {least}, got {value!r}. Fix: e.g. {example}.")
     return int(value)
 
@@ -30,6 +41,6 @@ def check_count(value: object, name: str, least: int, example: str) -> int:
 def non_negative(value: object, name: str, example: str, meaning: str = "") -> float:
     """``value`` as a float, or a clear error when it is not a finite number >= 0
     (``meaning``, e.g. " (0: no clipping)", is said after the bound)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value >= 0):
+    if not is_real(value) or not (math.isfinite(value) and value >= 0):
         raise ValueError(f"{name} must be a finite number >= 0{meaning}, got {value!r}. Fix: e.g. {example}.")
     return float(value)

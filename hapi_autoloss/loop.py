@@ -28,7 +28,7 @@ from typing import Any, Union
 import paddle
 
 from . import _hapi
-from ._args import positive
+from ._args import is_real, positive
 from ._dist import average_gradients
 
 Params = Union[paddle.nn.Layer, Sequence[Any]]
@@ -101,7 +101,7 @@ def param_groups(
                                      weight_decay=0.01, grad_clip=paddle.nn.ClipGradByGlobalNorm(1.0))
     """
     lr_scale = positive(lr_scale, "lr_scale", "lr_scale=1.0")
-    if weight_decay is not None and (isinstance(weight_decay, bool) or not isinstance(weight_decay, (int, float))):
+    if weight_decay is not None and not is_real(weight_decay):
         raise TypeError(
             f"weight_decay must be a float or None, got {type(weight_decay).__name__}. Fix: pass the "
             "coefficient (weight_decay=0.01), or None and give the decay to the optimizer."
@@ -139,10 +139,12 @@ def param_groups(
         groups.append(_no_decay_group(own, 1.0, clip=True))
     gradient_level = _hapi.bind_network(loss, network)
     if not loss_params and not gradient_level:
+        calls: list[str] = getattr(loss, "training_calls", list)()
+        learns = (f"it learns only through calls your loop must make: {'; '.join(calls)}" if calls
+                  else "nothing to learn, as with rlw, gls, fixed or equal")
         warnings.warn(
-            "The loss has no trainable parameters (nothing to learn: method 'dwa', 'rlw', 'gls', "
-            "'fixed' or 'equal'), so param_groups returns the network's groups only. Fix: nothing "
-            "to fix if that is intended; else pass the AutoWeight instance as loss.",
+            f"The loss has no trainable parameters ({learns}), so param_groups returns the network's "
+            "groups only. Fix: nothing to fix if that is intended; else pass the AutoWeight instance as loss.",
             stacklevel=2,
         )
         return groups

@@ -12,6 +12,8 @@ import math
 import paddle
 import paddle.nn.functional as F
 
+from ._args import is_real
+
 __all__ = ["DiceLoss"]
 
 
@@ -59,9 +61,9 @@ class DiceLoss(paddle.nn.Layer):
 
     def __init__(self, ignore_index: int | None = 255, smooth: float = 1.0, eps: float = 1e-8) -> None:
         super().__init__()
-        if not (isinstance(smooth, (int, float)) and math.isfinite(smooth) and smooth >= 0):
+        if not (is_real(smooth) and math.isfinite(smooth) and smooth >= 0):
             raise ValueError(f"smooth must be a finite number >= 0, got {smooth!r}. Fix: e.g. smooth=1.0.")
-        if not (isinstance(eps, (int, float)) and math.isfinite(eps) and eps > 0):
+        if not (is_real(eps) and math.isfinite(eps) and eps > 0):
             raise ValueError(f"eps must be a finite number > 0, got {eps!r}. Fix: e.g. eps=1e-8.")
         if ignore_index is not None and not isinstance(ignore_index, int):
             raise TypeError(

@@ -156,3 +156,71 @@ def test_dwa_without_the_callback_raises_too():
         build_model(loss).fit(TwoTaskData(32), epochs=1, batch_size=16, verbose=0)
     fixed = AutoWeight({"y1": mse, "y2": mse}, method="fixed", weights=[0.8, 0.2])
     build_model(fixed).fit(TwoTaskData(32), epochs=1, batch_size=16, verbose=0)  # nothing to learn: fine
+
+
+# ---------------------------------------------------------------- from the cold review of the weighting side
+
+
+@pytest.mark.parametrize("kwargs,fragments", [
+    ({"method": "liebel", "clamp": 5}, ["clamp must be two finite numbers", "got 5"]),
+    ({"method": "liebel", "clamp": (1.0, 2.0, 3.0)}, ["clamp must be two finite numbers"]),
+    ({"method": "kendall", "clamp": (False, True)}, ["clamp must be two finite numbers"]),  # bools
+    ({"method": "liebel", "init": 0.0}, ["within clamp (0.01, 100.0)", "got 0.0"]),  # c = 0: weight 1/(2·0.01²)
+    ({"method": "kendall", "init": 20.0}, ["within clamp (-10.0, 10.0)"]),
+    ({"method": "liebel", "init": True}, ["init must be 'auto' or a number"]),
+    ({"method": "rlw", "seed": True}, ["seed must be an int >= 0"]),
+    ({"method": "fixed", "weights": [0.0]}, ["at least one > 0"]),  # trained nothing, silently
+    ({"method": "fixed", "weights": ["0.5"]}, ["must be numbers"]),
+    ({"method": "fixed", "weights": [True]}, ["must be numbers"]),
+])
+def test_number_arguments_are_numbers_in_range(kwargs, fragments):
+    with pytest.raises(ValueError) as info:
+        AutoWeight([mse], **kwargs)
+    check(info, *fragments)
+
+
+def test_numpy_scalars_are_numbers():
+    """np.float32(1.0) was refused with 'must be a finite number > 0, got np.float32(1.0)'."""
+    assert AutoWeight([mse, mse], method="stch", mu=np.float32(0.5)).weighting.mu == 0.5
+    assert AutoWeight([mse, mse], method="dwa", temperature=np.float32(3.0)).weighting.temperature == 3.0
+    assert AutoWeight([mse, mse], method="rlw", seed=np.int64(4)).weighting.seed == 4
+    assert AutoWeight([mse, mse], method="liebel", init=np.float32(2.0), clamp=(np.float64(0.1), 10)).sigmas() == {
+        "task0": 2.0, "task1": 2.0}
+    assert AutoWeight([mse, mse], method="fixed", weights=[np.float32(0.8), 0.2]).weighting.values == [
+        pytest.approx(0.8), pytest.approx(0.2)]
+
+
+def test_task_names_equal_as_text_are_refused():
+    with pytest.raises(ValueError) as info:
+        AutoWeight({1: mse, "1": mse})
+    check(info, "equal as text", "[1, '1']")
+
+
+@pytest.mark.parametrize("dtype", ["int64", "int32", "bool"])
+def test_a_loss_of_integers_is_refused_before_any_update(dtype):
+    """It was cast to float32: its task never trained the network, and σ learned from the truncated value."""
+    class Truncated(paddle.nn.Layer):
+        def forward(self, out, label):
+            return mse(out, label).astype(dtype)
+
+    loss = AutoWeight({"y1": Truncated(), "y2": mse}, method="kendall", task_types=["regression"] * 2)
+    model = build_model(loss)
+    before = model.network.trunk.weight.numpy().copy()
+    with pytest.raises(TypeError) as info:
+        model.fit(TwoTaskData(32), epochs=1, batch_size=16, verbose=0, callbacks=[AutoWeightCallback()])
+    check(info, "loss 'y1'", dtype, "no gradient")
+    np.testing.assert_array_equal(model.network.trunk.weight.numpy(), before)
+    np.testing.assert_array_equal(loss.s.numpy(), [0.0, 0.0])
+
+
+def test_the_error_without_the_callback_names_the_methods_own_calls():
+    """attach + train_batch left famo's logits at 0 and stch in warm-up: the Fix named only dwa's call."""
+    for method, call in (("famo", "loss.after_update("), ("stch", "loss.end_epoch()"), ("dwa", "loss.end_epoch()")):
+        model = build_model(AutoWeight({"y1": mse, "y2": mse}, method=method))
+        with pytest.raises(RuntimeError) as info:
+            model.fit(TwoTaskData(32), epochs=1, batch_size=16, verbose=0)
+        check(info, "AutoWeightCallback", call)
+    kendall = build_model(kendall_loss())
+    with pytest.raises(RuntimeError) as info:
+        kendall.fit(TwoTaskData(32), epochs=1, batch_size=16, verbose=0)
+    assert "end_epoch" not in str(info.value) and "after_update" not in str(info.value)

@@ -202,3 +202,44 @@ def test_dwa_gets_its_epoch_averages_from_the_callback():
 
 def test_lamb_weight_decay_does_not_reach_sigma():
     check_decay_skips_sigma("lamb", 2, 1e-4, lamb_weight_decay=0.5)
+
+
+class Keys(paddle.callbacks.Callback):
+    """The logs keys a user's callback sees at each train step of one fit."""
+
+    def __init__(self):
+        self.seen = []
+
+    def on_train_batch_end(self, step, logs=None):
+        self.seen.append(sorted(k for k in logs if k.startswith(("sigma_", "weight_"))))
+
+
+def test_a_second_model_in_the_process_sees_no_sigma_of_the_first():
+    """hapi's train logs dict is a mutable default shared by every fit: kendall's y1/y2 σ reached dwa's fit."""
+    from hapi_autoloss import AutoWeight
+
+    fit(build_model(kendall_loss()), epochs=1, callbacks=[AutoWeightCallback()])
+    dwa = AutoWeight({"depth": paddle.nn.MSELoss(), "seg": paddle.nn.MSELoss()}, method="dwa")
+    keys = Keys()
+    fit(build_model(dwa), epochs=1, callbacks=[AutoWeightCallback(), keys])
+    assert keys.seen[0] == ["weight_depth", "weight_seg"] and keys.seen[-1] == keys.seen[0]
+
+
+def test_show_in_progress_bar_false_hides_sigma_from_the_line_not_from_logs(capsys):
+    keys = Keys()
+    fit(build_model(kendall_loss()), epochs=1, callbacks=[AutoWeightCallback(show_in_progress_bar=False), keys],
+        verbose=1, log_freq=1)
+    assert "sigma_y1" not in capsys.readouterr().out
+    assert keys.seen[0] == ["sigma_y1", "sigma_y2", "weight_y1", "weight_y2"]
+
+
+def test_two_callbacks_in_one_fit_are_refused_before_any_step():
+    """Each ended every epoch: stch counted 2 epochs per epoch."""
+    from hapi_autoloss import AutoWeight
+
+    loss = AutoWeight({"y1": paddle.nn.MSELoss(), "y2": paddle.nn.MSELoss()}, method="stch", warmup_epochs=2)
+    model = build_model(loss)
+    before = model.network.trunk.weight.numpy().copy()
+    with pytest.raises(ValueError, match=r"Two AutoWeightCallbacks.*Fix: pass one"):
+        fit(model, epochs=1, callbacks=[AutoWeightCallback(), AutoWeightCallback()])
+    np.testing.assert_array_equal(model.network.trunk.weight.numpy(), before)

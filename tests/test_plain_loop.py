@@ -264,3 +264,25 @@ def test_readme_shows_the_plain_loop_example_verbatim():
     readme = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
     block = readme.split("## Your own training loop", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
     assert block == open(os.path.join(ROOT, "examples", "plain_loop.py"), encoding="utf-8").read()
+
+
+def test_famo_in_a_plain_loop_learns_with_the_calls_param_groups_names():
+    """famo has no parameter: param_groups warned 'nothing to learn', and its logits stayed at 0."""
+    paddle.seed(0)
+    net, loss = TwoTaskNet(), AutoWeight({"y1": paddle.nn.MSELoss(), "y2": paddle.nn.MSELoss()}, method="famo")
+    with pytest.warns(UserWarning, match=r"learns only through calls your loop must make: with paddle.no_grad\(\): "
+                                         r"loss.after_update"):
+        groups = param_groups(net, loss)
+    opt = OPT.Adam(learning_rate=0.01, parameters=groups)
+    for x, y1, y2 in TwoTaskData(64).batches(16):
+        o1, o2 = net(x)
+        loss(o1, o2, y1, y2).backward()
+        opt.step()
+        opt.clear_grad()
+        with paddle.no_grad():  # the README's line
+            loss.after_update(*net(x), y1, y2)
+    logits = loss.weighting.logits.numpy()
+    assert np.abs(logits).max() > 1e-3 and np.isfinite(logits).all()
+    stch = AutoWeight([paddle.nn.MSELoss()], method="stch")
+    assert stch.training_calls() == ["loss.end_epoch() after each epoch"]
+    assert AutoWeight([paddle.nn.MSELoss()], method="kendall", task_types=["regression"]).training_calls() == []

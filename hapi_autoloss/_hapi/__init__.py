@@ -20,7 +20,7 @@ owns parameters, and where we fix it:
    runs and lets a restored run skip the epochs it has done.
 """
 
-from .logs import SILENT, before_epoch_end, is_progbar, progbar_on, progbar_prints
+from .logs import SILENT, before_epoch_end, forget_earlier_fits, is_progbar, progbar_on, progbar_prints
 from .model import (
     bind_network,
     callback_list_of,
@@ -58,6 +58,7 @@ __all__ = [
     "callback_list_of",
     "check_attached",
     "checkpoint_info",
+    "forget_earlier_fits",
     "forward_again",
     "is_attached",
     "is_progbar",

@@ -51,3 +51,22 @@ def before_epoch_end(callbacks: Any, fn: Callable[[int, Any], None]) -> None:
         end(epoch, logs)
 
     callbacks.on_epoch_end = on_epoch_end
+
+
+# The logs keys our callbacks write (prefixes and whole names).
+OUR_KEYS = ("sigma_", "weight_", "topk_ratio", "topk_drop", "nonfinite_skipped")
+
+
+def forget_earlier_fits() -> None:
+    """Drop the keys our callbacks wrote from hapi's train-step ``logs`` dict.
+
+    ``Model._run_one_epoch(..., logs={})`` has a mutable default: every ``fit`` in the process
+    fills the same dict, so another model's ``sigma_<task>`` from an earlier fit would reach
+    this fit's callbacks. Called at train begin, before a step fills it again.
+    """
+    from paddle.hapi.model import Model
+
+    for shared in Model._run_one_epoch.__defaults__ or ():
+        if isinstance(shared, dict):
+            for key in [k for k in shared if isinstance(k, str) and k.startswith(OUR_KEYS)]:
+                del shared[key]

@@ -153,13 +153,15 @@ def check_attached(layer: paddle.nn.Layer, needed: bool) -> None:
         return
     if not paddle.is_grad_enabled() or not called_from_hapi_train():
         return
+    calls: list[str] = getattr(layer, "training_calls", list)()  # the method's own hooks (dwa, stch, famo)
+    also = f" and {'; '.join(calls)}" if calls else ""
     raise RuntimeError(
         f"{type(layer).__name__} learns during training, but paddle.Model's optimizer "
-        "does not update its parameters and hapi never clears their gradients (nor feeds "
-        "dwa its epoch averages), so its weights would stay frozen or drift. Fix: pass "
+        "does not update its parameters and hapi never clears their gradients (nor calls "
+        "the method's epoch or update hooks), so its weights would stay frozen or drift. Fix: pass "
         "hapi_autoloss.callbacks.AutoWeightCallback() in "
         "model.fit(callbacks=[...]), or call hapi_autoloss.attach(model) before "
-        "model.train_batch(...) (and, for dwa, loss.end_epoch() after each epoch)."
+        f"model.train_batch(...){also}."
     )
 
 

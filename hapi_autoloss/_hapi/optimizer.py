@@ -165,7 +165,9 @@ def attach(
 
     Idempotent: calling it again (a second ``fit``) adds nothing twice. Returns the
     loss's trainable parameters. ``AutoWeightCallback`` calls it at train begin; call
-    it yourself only when you drive ``model.train_batch`` by hand.
+    it yourself only when you drive ``model.train_batch`` by hand, and then also make the
+    calls ``loss.training_calls()`` lists (dwa and stch: ``end_epoch``; famo:
+    ``after_update``), which the callback would make.
     With ``on_nonfinite``, the loss is checked before each update (on every rank);
     if it is not finite somewhere, ``on_nonfinite(loss, here)`` is called (``here``:
     on this rank) and either raises, or returns to skip the update and clear every

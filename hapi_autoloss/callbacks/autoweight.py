@@ -53,7 +53,8 @@ class AutoWeightCallback(Callback):
         lr_scale: multiplies the optimizer's learning rate for the loss's
             parameters; > 0.
         on_nonfinite: ``"raise"`` (default) or ``"skip"``.
-        show_in_progress_bar: add σ and the weights to hapi's progress line.
+        show_in_progress_bar: show σ and the weights on hapi's progress line and
+            ``TqdmProgressBar`` (they are put into ``logs`` either way).
 
     Example::
 
@@ -95,6 +96,14 @@ class AutoWeightCallback(Callback):
 
     def on_train_begin(self, logs: Any = None) -> None:
         check_has_batches(self.params)
+        _hapi.forget_earlier_fits()  # another model's sigma_/topk_ keys
+        callbacks = _hapi.callback_list_of(self)
+        if callbacks is not None and any(isinstance(c, AutoWeightCallback) and c is not self
+                                         for c in callbacks.callbacks):
+            raise ValueError(
+                "Two AutoWeightCallbacks in this fit would both end each epoch of the loss (stch would "
+                "count 2 epochs, dwa lose its averages) and both put σ into the logs. Fix: pass one."
+            )
         params = _hapi.attach(self.model, lr_scale=self.lr_scale, on_nonfinite=self._on_nonfinite)
         self._weighting = list(_hapi.iter_layers(self.model, AutoWeight))
         if not self._weighting and not params:
@@ -122,7 +131,7 @@ class AutoWeightCallback(Callback):
         from .topk_scheduler import TopKScheduler
         from .visualdl import VisualDLExport
 
-        self._fill = self.show_in_progress_bar and bool(self._weighting)
+        self._fill = bool(self._weighting)
         self._every_step, self._lines, self._bars, self._stale = True, [], [], False
         callbacks = _hapi.callback_list_of(self)
         if not self._fill or callbacks is None:  # not inside hapi's fit: every step, as a reader may be anywhere

@@ -129,6 +129,7 @@ class TopKOnPlateau(Callback):
     # ------------------------------------------------------------ hapi hooks
 
     def on_train_begin(self, logs: Any = None) -> None:
+        _hapi.forget_earlier_fits()  # another model's sigma_/topk_ keys
         self._layers = list(_hapi.iter_layers(self.model, TopKLoss))
         check_plateau_fit(self, self._layers)  # before any step
         # A state loaded by hapi_autoloss.load_state before fit is applied here.

@@ -150,6 +150,7 @@ class TopKScheduler(RangeSchedule, Callback):
 
     def on_train_begin(self, logs: Any = None) -> None:
         check_has_batches(self.params)
+        _hapi.forget_earlier_fits()  # another model's sigma_/topk_ keys
         self._layers = list(_hapi.iter_layers(self.model, TopKLoss))
         if not self._layers:
             loss = getattr(self.model, "_loss", None)

@@ -16,6 +16,7 @@ from paddleseg.cvlibs import manager
 
 from .. import losses as _losses
 from .. import topk as _topk
+from .._args import is_real
 from ..weighting import autoweight as _autoweight
 from ..weighting.base import METHODS, Weighting
 from ..weighting.gradient import GradWeighting
@@ -167,7 +168,7 @@ class TopKLoss(_topk.TopKLoss):
             if threshold is not None or loss is not None:
                 raise ValueError("thresh (a cross-entropy probability) was given with threshold or loss. "
                                  "Fix: give thresh alone, or threshold (in loss units) with your loss.")
-            if isinstance(thresh, bool) or not isinstance(thresh, (int, float)) or not 0 < thresh < 1:
+            if not is_real(thresh) or not 0 < thresh < 1:
                 raise ValueError(f"thresh must be a probability in (0, 1), got {thresh!r}. Fix: e.g. thresh=0.7.")
             threshold = -math.log(float(thresh))
         if loss is None:

@@ -9,6 +9,7 @@ from typing import Any, ClassVar
 import numpy as np
 import paddle
 
+from .._args import is_real
 from .._hapi import world
 from .base import Weighting
 
@@ -31,17 +32,20 @@ class LearnedScale(Weighting):
 
     def __init__(self, clamp: tuple[float, float] | None = None, init: float | str | None = None) -> None:
         super().__init__()
-        lo, hi = clamp if clamp is not None else self.default_clamp
-        if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+        bounds = clamp if clamp is not None else self.default_clamp
+        if not (isinstance(bounds, (tuple, list)) and len(bounds) == 2 and all(is_real(b) for b in bounds)
+                and math.isfinite(bounds[0]) and math.isfinite(bounds[1]) and bounds[0] < bounds[1]):
             raise ValueError(
-                f"clamp must be finite with min < max, got ({lo}, {hi}). Fix: e.g. clamp={self.default_clamp}."
+                f"clamp must be two finite numbers (min, max) with min < max, got {clamp!r}. "
+                f"Fix: e.g. clamp={self.default_clamp}."
             )
-        self.check_clamp(float(lo), float(hi))
-        self.clamp = (float(lo), float(hi))
-        if init is not None and init != "auto" and not (isinstance(init, (int, float)) and math.isfinite(init)):
+        lo, hi = float(bounds[0]), float(bounds[1])
+        self.check_clamp(lo, hi)
+        self.clamp = (lo, hi)
+        if init is not None and init != "auto" and not (is_real(init) and lo <= init <= hi):
             raise ValueError(
-                f"init must be a finite number or 'auto', got {init!r}. Fix: e.g. init={self.default_init} "
-                "or init='auto' (start at the first batch's optimum)."
+                f"init must be 'auto' or a number within clamp {self.clamp}, got {init!r}. Fix: e.g. "
+                f"init={self.default_init} or init='auto' (start at the first batch's optimum)."
             )
         self.init = init
         self.s: paddle.Tensor | None = None

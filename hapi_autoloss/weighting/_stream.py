@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 import paddle
 
+from .._args import check_count
 from .._hapi import world
 
 
@@ -30,8 +31,8 @@ class SharedStream:
     seed: int | None
 
     def start_stream(self, seed: int | None) -> None:
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
-            raise ValueError(f"seed must be None or an int >= 0, got {seed!r}. Fix: e.g. seed=0.")
+        if seed is not None:
+            seed = check_count(seed, "seed", 0, "seed=0, or seed=None (rank 0 draws one)")
         self.seed = seed
         self._rng = np.random.default_rng(seed)
         self._shared = seed is not None  # an explicit seed is the same on every rank

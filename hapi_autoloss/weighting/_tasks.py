@@ -20,6 +20,11 @@ _FLOATS = (paddle.float16, paddle.bfloat16, paddle.float32, paddle.float64)
 def names_and_losses(losses: Losses) -> tuple[list[str], list[LossFn]]:
     if isinstance(losses, Mapping):
         names, fns = [str(k) for k in losses], list(losses.values())
+        if len(set(names)) < len(names):
+            raise ValueError(
+                f"losses has task names that are equal as text: {list(losses)}. Fix: give each task a "
+                "distinct name (they key sigmas(), weights() and the logged tags)."
+            )
     elif isinstance(losses, (list, tuple)):
         fns = list(losses)
         names = [f"task{i}" for i in range(len(fns))]
@@ -172,6 +177,11 @@ def as_scalar(name: str, value: object) -> paddle.Tensor:
             f"loss '{name}' returned shape {list(value.shape)}, but AutoWeight needs one "
             "scalar per task. Fix: use reduction='mean', or wrap a reduction='none' loss "
             "in hapi_autoloss.TopKLoss."
+        )
+    if value.dtype not in _FLOATS:
+        raise TypeError(
+            f"loss '{name}' returned a {value.dtype} tensor, which has no gradient: its task would never "
+            "train the network. Fix: return the loss as floats (compute it in float32; do not cast it)."
         )
     if value.ndim:
         value = value.reshape([])

@@ -167,6 +167,17 @@ class AutoWeight(paddle.nn.Layer):
         """A ``fit`` starts (``AutoWeightCallback`` calls it on every rank)."""
         self.weighting.begin_training()
 
+    def training_calls(self) -> list[str]:
+        """What a loop without ``AutoWeightCallback`` must call for this method to learn
+        (``AutoWeightCallback`` makes these calls); [] if nothing.
+
+        Example::
+
+            AutoWeight([mse, mse], method="famo").training_calls()
+            # ['with paddle.no_grad(): loss.after_update(*net(x), *labels) after each optimizer step ...']
+        """
+        return type(self.weighting).training_calls()
+
     def end_epoch(self) -> None:
         """Close a training epoch (dwa's next weights, stch's nadir point); a collective under
         ``paddle.distributed.launch``. ``AutoWeightCallback`` calls it at every epoch end."""

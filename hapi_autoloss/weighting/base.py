@@ -147,7 +147,19 @@ class Weighting(paddle.nn.Layer):
     def has_training_hooks(cls) -> bool:
         """Whether the method needs epoch ends or a forward after each update (hooks only
         ``AutoWeightCallback`` calls, never a plain trainer such as PaddleSeg's)."""
-        return cls.end_epoch is not Weighting.end_epoch or cls.wants_losses_after_update
+        return bool(cls.training_calls())
+
+    @classmethod
+    def training_calls(cls) -> list[str]:
+        """What a loop without ``AutoWeightCallback`` must call on the ``AutoWeight`` for this
+        method to learn, as code to show in messages and docs; [] if nothing."""
+        calls = []
+        if cls.end_epoch is not Weighting.end_epoch:
+            calls.append("loss.end_epoch() after each epoch")
+        if cls.wants_losses_after_update:
+            calls.append("with paddle.no_grad(): loss.after_update(*net(x), *labels) after each "
+                         "optimizer step (the same batch again)")
+        return calls
 
     def record(self, losses: paddle.Tensor, training: bool, batch_size: int = 1) -> None:
         """Keep the detached losses for display, and let a training forward be observed."""

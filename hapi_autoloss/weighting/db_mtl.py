@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 import numpy as np
 import paddle
 
-from .._args import non_negative
+from .._args import is_real, non_negative
 from .gradient import GradWeighting
 
 EPS = 1e-8  # LibMTL's, in log(L + ε) and in the norm ratio
@@ -40,7 +40,7 @@ class DBMTL(GradWeighting):
 
     def __init__(self, beta: float = 0.9, beta_sigma: float = 0.0) -> None:
         super().__init__()
-        if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not (0 <= beta < 1):
+        if not is_real(beta) or not (0 <= beta < 1):
             raise ValueError(f"beta must be a number in [0, 1), got {beta!r}. Fix: e.g. beta=0.9 (LibMTL's).")
         self.beta = float(beta)
         self.beta_sigma = non_negative(beta_sigma, "beta_sigma", "beta_sigma=0.0 (LibMTL's)")

@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import paddle
 
+from .._args import is_real
 from ._tasks import per_task
 from .base import Weighting
 
@@ -33,10 +34,12 @@ class Fixed(Weighting):
         example = f"weights={[round(1.0 / len(tasks), 3)] * len(tasks)}"
         if self._given is None:
             raise ValueError(f"method='fixed' needs weights, one per task. Fix: {example}.")
-        ws = [float(w) for w in per_task(self._given, tasks, "weights", example)]
-        if not all(math.isfinite(w) and w >= 0 for w in ws):
-            raise ValueError(f"fixed weights must be finite and >= 0, got {ws}. Fix: {example}.")
-        self.values = ws
+        given = per_task(self._given, tasks, "weights", example)
+        if not all(is_real(w) and math.isfinite(w) and w >= 0 for w in given) or not any(w > 0 for w in given):
+            raise ValueError(
+                f"fixed weights must be numbers, finite and >= 0, at least one > 0, got {given}. Fix: {example}."
+            )
+        self.values = [float(w) for w in given]
 
     def combine(self, losses: paddle.Tensor) -> paddle.Tensor:
         return (losses * self.const("fixed", self.values)).sum()
