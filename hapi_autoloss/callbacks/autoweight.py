@@ -190,20 +190,25 @@ class AutoWeightCallback(Callback):
             for task, value in aw.last_losses().items()
             if not math.isfinite(value)
         ]
+        grads = [note for aw in self._weighting for note in [aw.nonfinite_gradients()] if note]
+        what, fix = "loss", "check that task's data and learning rate"
         if not here:
             where = "on another rank"
         elif bad:
             where = ", ".join(bad)
+        elif grads:  # finite losses, a gradient-level method's per-task gradient is not
+            where, what = ", ".join(grads), "gradient"
+            fix = ("look on the named task's path for an operation whose derivative is infinite where its "
+                   "value is finite (sqrt(x) or x**0.5 at x = 0, asin/acos at ±1)")
         elif not math.isfinite(float(loss)):
             where = f"the total loss = {float(loss)}"
         else:
             where = "a non-finite gradient from a batch accumulated since the last update"
         if self.on_nonfinite == "raise":
             raise FloatingPointError(
-                f"Non-finite loss at epoch {self._epoch}, step {self._step}: {where}. No "
-                "parameter, σ or optimizer moment was updated by this step. Fix: check that "
-                "task's data and learning rate, or pass AutoWeightCallback(on_nonfinite='skip') "
-                "to skip such steps."
+                f"Non-finite {what} at epoch {self._epoch}, step {self._step}: {where}. No "
+                f"parameter, σ or optimizer moment was updated by this step. Fix: {fix}, or pass "
+                "AutoWeightCallback(on_nonfinite='skip') to skip such steps."
             )
         self.skipped += 1
 

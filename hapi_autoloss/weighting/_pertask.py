@@ -16,7 +16,7 @@ from typing import Any, Callable, Union
 
 import paddle
 
-from . import _surrogate
+from . import _checks, _surrogate
 from .gradient import GradWeighting
 
 Shared = Union[None, paddle.nn.Layer, Sequence[Any]]
@@ -30,7 +30,7 @@ class PerTask:
     with respect to the output of the Layer ``shared`` instead (LibMTL's representation mode).
     """
 
-    def __init__(self, shared: Shared, rep_grad: bool) -> None:
+    def __init__(self, shared: Shared, rep_grad: bool, tasks: Sequence[str] = ()) -> None:
         if shared is not None and not isinstance(shared, (paddle.nn.Layer, list, tuple)):
             raise TypeError(
                 f"shared must be a paddle.nn.Layer or a list of parameters, got {type(shared).__name__}. "
@@ -54,12 +54,18 @@ class PerTask:
         self._amp_scale: Callable[[], Any] | None = None
         self._shared_ids: set[int] | None = None if shared is None or isinstance(shared, paddle.nn.Layer) else \
             {id(p) for p in shared}
+        self.tasks = list(tasks)
         self._last: slice | None = None
         self._upstream: set[int] | None = None  # rep mode: parameters before the shared Layer
+        self._checked = False  # the first training step's structural checks are done
         self._rep: dict[str, Any] = {}
+        self._ran: Any = None  # parameter mode, shared Layer: the hook noting that it ran
+        self.problem = ""  # why the last training forward's gradients were not finite
         if rep_grad:
             assert isinstance(shared, paddle.nn.Layer)
             shared.register_forward_post_hook(self._capture)  # type: ignore[arg-type]
+        elif isinstance(shared, paddle.nn.Layer):
+            self._ran = shared.register_forward_post_hook(self._mark)  # type: ignore[arg-type]
 
     # ------------------------------------------------------------ setup
 
@@ -104,6 +110,27 @@ class PerTask:
             )
         self._rep["z"] = output
 
+    def _mark(self, layer: paddle.nn.Layer, inputs: Any, output: Any) -> None:
+        """Forward post hook of the shared Layer (parameter mode, first training step only): it ran."""
+        if paddle.is_grad_enabled() and layer.training:
+            self._rep["ran"] = True
+
+    def _name(self, i: int) -> str:
+        return self.tasks[i] if i < len(self.tasks) else str(i)
+
+    def _check(self, columns: list[list[Any]], ran: bool) -> None:
+        """First training step, before any update: the shared Layer ran, and every task's loss
+        reaches the shared parameters (or the representation) in the autograd graph."""
+        if isinstance(self.shared, paddle.nn.Layer) and not self.rep_grad and not ran:
+            raise RuntimeError(_checks.not_run(self.shared, rep=False))
+        missing = [self._name(i) for i, row in enumerate(columns) if all(g is None for g in row)]
+        if missing:
+            raise ValueError(_checks.unreached(missing, self.rep_grad))
+        if self._ran is not None:
+            self._ran.remove()
+            self._ran = None
+        self._checked = True
+
     def _split(self, params: list[Any], reached: list[list[Any]]) -> tuple[list[Any], list[Any]]:
         """(shared, task-specific) parameters; found once, at the first training step."""
         if self._shared_ids is None:
@@ -147,15 +174,14 @@ class PerTask:
         ``losses``: each task's 0-d loss (float32), as computed; ``extra``: trainable
         parameters of the loss functions themselves (task-specific like the heads)."""
         k = len(losses)
+        self.problem = ""
         known = self._params()
         params = known + [p for p in extra if all(p is not q for q in known)]
-        z = self._rep.pop("z", None)
+        z, ran = self._rep.pop("z", None), self._rep.pop("ran", False)
         if self.rep_grad and z is None:
-            raise RuntimeError(
-                f"rep_grad=True, but the shared Layer {type(self.shared).__name__} did not run in this "
-                "training step's forward. Fix: pass the Layer the network's forward calls as shared=."
-            )
-        heads = self._heads(params, z) if self.rep_grad else []
+            assert isinstance(self.shared, paddle.nn.Layer)
+            raise RuntimeError(_checks.not_run(self.shared, rep=True))
+        heads = self._heads(params, z, losses) if self.rep_grad else []
         inputs = [z, *heads] if self.rep_grad else params
         # AMP: differentiate the scaled losses, as hapi's backward does, so float16 gradients
         # do not underflow; unscaled right after, in float32.
@@ -176,15 +202,20 @@ class PerTask:
             index = {id(p): j for j, p in enumerate(params)}
             columns = [[g[index[id(p)]] for p in shared] for g in reached]
             reached = [[g[index[id(p)]] for p in specific] for g in reached]
+        if not self._checked:
+            self._check(columns, ran)
         sizes = [math.prod(p.shape) for p in shared]
-        grads = paddle.stack([_surrogate.flat(c, sizes) for c in columns])
+        rows = paddle.stack([_surrogate.flat(c, sizes) for c in columns])
         local = paddle.stack([loss.detach() for loss in losses]).astype("float32")
         value = local.sum()
         others_ok = _surrogate.finite_flag([g for row in reached for g in row])
-        mean, grads, gram, (finite_losses, finite) = _surrogate.average(local, others_ok, grads, self.rep_grad)
+        mean, grads, gram, (finite_losses, finite) = _surrogate.average(local, others_ok, rows, self.rep_grad)
         if not finite:
             # Non-finite somewhere (the sums carry it to every rank): the method must not see the step.
-            return _surrogate.skipped(value, params, amp_overflow=finite_losses and scale is not None)
+            overflow = finite_losses and scale is not None
+            if finite_losses and not overflow:  # name the task; read only on this failing step
+                self.problem = _checks.nonfinite([self._name(i) for i in range(k)], rows, reached, self.rep_grad)
+            return _surrogate.skipped(value, params, amp_overflow=overflow)
         method.last_shared = self._last or slice(None)
         if gram is None:
             combined = method.combine_grads(grads, mean)
@@ -200,14 +231,21 @@ class PerTask:
                 terms.append(_surrogate.term(p, paddle.add_n(parts).detach()))
         return _surrogate.total(value, terms, method.method_loss(grads.detach(), mean))
 
-    def _heads(self, params: list[Any], z: paddle.Tensor) -> list[Any]:
+    def _heads(self, params: list[Any], z: paddle.Tensor, losses: list[paddle.Tensor]) -> list[Any]:
         """Rep mode: the parameters after the representation. Those before it (inside the shared
-        Layer, or a stem that feeds it) reach the losses through z only, so they get the
-        combined gradient through hapi's backward; found once, by one pass from z."""
+        Layer, or a stem that feeds it) get the combined gradient through z from hapi's backward,
+        so they must reach the losses through z only (a skip connection around the Layer is
+        refused); found once, by one pass from z and one walk of the graph from the losses."""
         if self._upstream is None:
-            inner = {id(p) for p in self.shared.parameters()}  # type: ignore[union-attr]
+            assert isinstance(self.shared, paddle.nn.Layer)
+            inner = {id(p) for p in self.shared.parameters()}
             outer = [p for p in params if id(p) not in inner]
             before = paddle.grad(z, outer, grad_outputs=paddle.ones_like(z), retain_graph=True,
                                  allow_unused=True) if outer else []
-            self._upstream = inner | {id(p) for p, g in zip(outer, before) if g is not None}
+            upstream = inner | {id(p) for p, g in zip(outer, before) if g is not None}
+            names = {id(p): name for name, p in self._network().named_parameters()}
+            found = _checks.around(losses, z, [p for p in params if id(p) in upstream], names)
+            if found:
+                raise ValueError(_checks.skip_connection(self.shared, found))
+            self._upstream = upstream
         return [p for p in params if id(p) not in self._upstream]

@@ -107,7 +107,7 @@ class AutoWeight(paddle.nn.Layer):
                 f"method={self.method!r} needs the gradients of the parameters themselves, so it has no "
                 f"representation mode. Fix: drop rep_grad=True, or use one of {able}."
             )
-        return PerTask(shared, bool(rep_grad))
+        return PerTask(shared, bool(rep_grad), self.task_names)
 
     def set_network(self, network: paddle.nn.Layer, amp_scale: Callable[[], Any] | None = None) -> bool:
         """The network whose parameters a gradient-level method differentiates, and a function
@@ -219,6 +219,11 @@ class AutoWeight(paddle.nn.Layer):
         """The raw (unweighted) per-task losses of the last forward; {} before one."""
         last = self.weighting._seen.get("last")
         return {} if last is None else self._named(last.numpy())
+
+    def nonfinite_gradients(self) -> str:
+        """Gradient-level methods: which task's gradients made the last training forward skip
+        its step while every loss was finite ("" if none did); AutoWeightCallback's message."""
+        return self._pertask.problem if self._pertask is not None else ""
 
     # ------------------------------------------------------------ checkpoints
 

@@ -1,0 +1,90 @@
+"""What ``_pertask`` checks at the first training step (before any update), and how it names
+the tasks whose gradients made a step non-finite. Structural checks only: which parameters a
+task's loss reaches in the autograd graph, never whether a gradient happens to be zero (a met
+hinge loss is a task with a zero gradient, not a task without one)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import paddle
+
+
+def not_run(layer: paddle.nn.Layer, rep: bool) -> str:
+    return (
+        f"{'rep_grad=True, but the' if rep else 'The'} shared Layer {type(layer).__name__} did not run in "
+        "this training step's forward, so no task has a gradient of it. Fix: pass the Layer the "
+        "network's forward calls as shared=."
+    )
+
+
+def unreached(tasks: list[str], rep: bool) -> str:
+    """The message for tasks whose loss reaches none of the shared parameters."""
+    names, many = ", ".join(f"'{t}'" for t in tasks), len(tasks) > 1
+    reach = (f"do{'' if many else 'es'} not reach the shared representation (the output of the Layer shared=)"
+             if rep else f"reach{'' if many else 'es'} none of the shared parameters")
+    return (
+        f"Task{'s' if many else ''} {names} {reach}, "
+        "so a gradient-level method would weight a gradient that is zero by construction (mgda would "
+        "stop training the shared parameters, nash_mtl's and cagrad's weights blow up). Fix: make every "
+        "task's output depend on the shared trunk, pass as shared= a Layer (or parameters) that every "
+        "task's loss reaches, or use a loss-level method (e.g. method='kendall')."
+    )
+
+
+def around(losses: list[paddle.Tensor], z: paddle.Tensor, params: list[Any], names: dict[int, str]) -> list[str]:
+    """Rep mode: the names of ``params`` (those before the representation z) that a loss reaches
+    by a path that does not pass through z: a skip connection around the shared Layer, or a
+    parameter the heads use too. One walk of the autograd graph from the losses, stopped at z."""
+    node = getattr(z, "grad_fn", None)
+    if node is None or not params or any(getattr(p, "grad_fn", None) is None for p in params):
+        return []  # no graph to walk (a leaf representation, or a Paddle without grad_fn)
+    stop = node.node_ptr()
+    wanted = {p.grad_fn.node_ptr(): names.get(id(p), p.name) for p in params}
+    seen: set[int] = set()
+    stack = [loss.grad_fn for loss in losses]
+    found = []
+    while stack:
+        node = stack.pop()
+        if node is None:
+            continue
+        ptr = node.node_ptr()
+        if ptr in seen or ptr == stop:
+            continue
+        seen.add(ptr)
+        if ptr in wanted:
+            found.append(wanted[ptr])
+        stack.extend(node.next_functions)
+    return sorted(found)
+
+
+def skip_connection(layer: paddle.nn.Layer, found: list[str]) -> str:
+    shown = ", ".join(found[:4]) + (f" and {len(found) - 4} more" if len(found) > 4 else "")
+    return (
+        f"rep_grad=True, but {shown} reach{'' if len(found) > 1 else 'es'} the task losses both through "
+        f"the output of the shared Layer {type(layer).__name__} and another way (a skip connection "
+        "around it, or a parameter the heads use too); representation mode would give them only the "
+        "combined gradient through that output and drop the rest. Fix: use rep_grad=False (each task's "
+        "gradient of the parameters themselves), or pass as shared= a Layer whose output is the only "
+        "way its inputs reach the heads."
+    )
+
+
+def nonfinite(tasks: list[str], grads: paddle.Tensor, own: list[list[Any]], rep: bool) -> str:
+    """Which task's gradients are not finite on this rank (read only on the step that failed)."""
+    rows = paddle.isfinite(grads).all(axis=1).numpy()
+    shared = [t for t, ok in zip(tasks, rows) if not ok]
+    mine = [t for t, row in zip(tasks, own) if not all(bool(paddle.isfinite(g).all()) for g in row if g is not None)]
+    what = "representation" if rep else "parameters"
+    out = [_gradients(shared, f"the shared {what}"), _gradients(mine, "their own parameters" if len(mine) > 1
+                                                                  else "its own parameters")]
+    return ", ".join(o for o in out if o) or "a task's gradient on another rank is not finite"
+
+
+def _gradients(tasks: list[str], of: str) -> str:
+    if not tasks:
+        return ""
+    names = ", ".join(f"'{t}'" for t in tasks)
+    if len(tasks) == 1:
+        return f"the gradient of task {names} with respect to {of} is not finite"
+    return f"the gradients of tasks {names} with respect to {of} are not finite"

@@ -1,0 +1,191 @@
+"""Gradient-level methods: the graph's structure, checked at the first training step before any
+update (a skip connection around the shared Layer in representation mode, a task that reaches
+no shared parameter, a shared Layer that did not run), and a non-finite gradient of finite
+losses named as such."""
+
+from __future__ import annotations
+
+import numpy as np
+import paddle
+import pytest
+
+import hapi_autoloss
+from hapi_autoloss import AutoWeight
+from hapi_autoloss.callbacks import AutoWeightCallback
+from hapi_autoloss.weighting.gradient import GradWeighting
+
+mse = paddle.nn.functional.mse_loss
+
+
+class Ones(GradWeighting):
+    """α = 1: the combination is the plain sum, so every gradient must equal Σ∇L."""
+
+    def alphas(self, gram, losses):
+        return np.ones(len(losses))
+
+
+class Net(paddle.nn.Layer):
+    """stem → trunk → z; heads a and b read z (and the stem's output if ``skip``), head c reads
+    z, or the input itself if ``bypass``; ``nan``: head b reads z + √(z − z) (finite value,
+    NaN gradient); ``unused``: the forward calls ``other`` instead of the trunk."""
+
+    def __init__(self, skip=False, bypass=False, nan=False, unused=False):
+        super().__init__()
+        self.stem = paddle.nn.Linear(3, 4)
+        self.trunk = paddle.nn.Sequential(paddle.nn.Linear(4, 4), paddle.nn.Tanh())
+        self.other = paddle.nn.Linear(4, 4)
+        width = 8 if skip else 4
+        self.a, self.b = paddle.nn.Linear(width, 1), paddle.nn.Linear(width, 1)
+        self.c = paddle.nn.Linear(3 if bypass else 4, 1)
+        self.skip, self.bypass, self.nan, self.unused = skip, bypass, nan, unused
+
+    def forward(self, x):
+        s = paddle.tanh(self.stem(x))
+        z = self.other(s) if self.unused else self.trunk(s)
+        f = paddle.concat([z, s], axis=1) if self.skip else z
+        return self.a(f), self.b(f + paddle.sqrt(f - f) if self.nan else f), self.c(x if self.bypass else z)
+
+
+def data(n=16):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((n, 3)).astype("float32")
+    return [x], [(x @ rng.standard_normal((3, 1))).astype("float32") for _ in range(3)]
+
+
+def build(net, method, **kw):
+    loss = AutoWeight({"a": paddle.nn.MSELoss(), "b": paddle.nn.MSELoss(), "c": paddle.nn.MSELoss()},
+                      method=method, **kw)
+    model = paddle.Model(net)
+    opt = paddle.optimizer.Adam(0.01, parameters=net.parameters())
+    model.prepare(opt, loss)
+    hapi_autoloss.attach(model)
+    return model, opt
+
+
+def refused(net, error, match, **kw):
+    """The first step raises, and nothing (parameters, Adam's moments) was updated."""
+    model, opt = build(net, "mgda", **kw)
+    before = [p.numpy().copy() for p in net.parameters()]
+    with pytest.raises(error, match=match):
+        model.train_batch(*data())
+    for p, b in zip(net.parameters(), before):
+        np.testing.assert_array_equal(p.numpy(), b, err_msg=p.name)
+    assert sum(len(v) for v in opt._accumulators.values()) == 0
+
+
+def test_rep_mode_refuses_a_skip_connection_around_the_shared_layer():
+    paddle.seed(0)
+    net = Net(skip=True)
+    refused(net, ValueError, r"rep_grad=True, but stem\.bias, stem\.weight reach the task losses both through "
+            r"the output of the shared Layer Sequential and another way.*Fix: use rep_grad=False",
+            shared=net.trunk, rep_grad=True)
+
+
+def test_parameter_mode_gives_a_skip_connection_its_whole_gradient():
+    paddle.seed(0)
+    net = Net(skip=True)
+    x, ys = data()
+    params = list(net.parameters())
+    outs = net(paddle.to_tensor(x[0]))
+    want = paddle.grad(paddle.add_n([mse(o, paddle.to_tensor(y)) for o, y in zip(outs, ys)]), params,
+                       allow_unused=True)
+    model, _ = build(net, Ones(), shared=net.trunk)
+    model.train_batch(x, ys, update=False)
+    for p, w in zip(params, want):
+        if w is not None:  # `other` is not used
+            np.testing.assert_allclose(p.grad.numpy(), w.numpy(), rtol=1e-5, atol=1e-7, err_msg=p.name)
+
+
+def test_rep_mode_without_a_skip_connection_trains_as_before():
+    paddle.seed(0)
+    net = Net()
+    model, _ = build(net, Ones(), shared=net.trunk, rep_grad=True)
+    x, ys = data()
+    params = list(net.parameters())
+    outs = net(paddle.to_tensor(x[0]))
+    want = paddle.grad(paddle.add_n([mse(o, paddle.to_tensor(y)) for o, y in zip(outs, ys)]), params,
+                       allow_unused=True)
+    model._loss._pertask.forget()  # the reference forward ran the trunk too
+    model.train_batch(x, ys, update=False)
+    for p, w in zip(params, want):
+        if w is not None:
+            np.testing.assert_allclose(p.grad.numpy(), w.numpy(), rtol=1e-5, atol=1e-7, err_msg=p.name)
+
+
+@pytest.mark.parametrize("mode", ["found", "layer", "list", "rep"])
+def test_a_task_that_reaches_no_shared_parameter_is_named_before_any_update(mode):
+    paddle.seed(0)
+    net = Net(bypass=True)
+    kw = {"found": {}, "layer": {"shared": net.trunk}, "list": {"shared": net.trunk.parameters()},
+          "rep": {"shared": net.trunk, "rep_grad": True}}[mode]
+    reach = "does not reach the shared representation" if mode == "rep" else "reaches none of the shared parameters"
+    refused(net, ValueError, f"Task 'c' {reach}.*Fix: make every task's output depend on the shared trunk", **kw)
+
+
+def test_a_shared_layer_the_forward_does_not_call_is_refused_in_parameter_mode():
+    paddle.seed(0)
+    net = Net(unused=True)
+    refused(net, RuntimeError, r"^The shared Layer Sequential did not run in this training step's forward.*"
+            r"Fix: pass the Layer the network's forward calls as shared=\.", shared=net.trunk)
+
+
+class Hinge(paddle.nn.Layer):
+    def forward(self, out, y):
+        return paddle.nn.functional.relu(1.0 - out * paddle.sign(y)).mean()
+
+
+def test_a_task_whose_gradient_is_zero_at_the_first_step_is_not_refused():
+    """A met hinge loss: zero loss and gradient, but its head does reach the trunk."""
+    paddle.seed(0)
+    net = Net()
+    with paddle.no_grad():
+        net.c.weight.set_value(paddle.zeros_like(net.c.weight))
+        net.c.bias.set_value(paddle.to_tensor([50.0]))
+    loss = AutoWeight({"a": paddle.nn.MSELoss(), "b": paddle.nn.MSELoss(), "c": Hinge()}, method="mgda")
+    model = paddle.Model(net)
+    model.prepare(paddle.optimizer.SGD(0.1, parameters=net.parameters()), loss)
+    hapi_autoloss.attach(model)
+    x, ys = data()
+    model.train_batch(x, [ys[0], ys[1], np.abs(ys[2])])
+    assert loss.last_losses()["c"] == 0.0
+    np.testing.assert_allclose(sum(loss.weights().values()), 1.0, rtol=1e-6)
+
+
+class NaNGradientData(paddle.io.Dataset):
+    def __init__(self):
+        (self.x,), self.ys = data(32)
+
+    def __getitem__(self, i):
+        return self.x[i], self.ys[0][i], self.ys[1][i], self.ys[2][i]
+
+    def __len__(self):
+        return 32
+
+
+@pytest.mark.parametrize("rep", [False, True], ids=["parameters", "representation"])
+def test_a_non_finite_gradient_of_finite_losses_names_its_task(rep):
+    paddle.seed(0)
+    net = Net(nan=True)
+    model, opt = build(net, "mgda", shared=net.trunk, rep_grad=rep)
+    before = [p.numpy().copy() for p in net.parameters()]
+    what = "representation" if rep else "parameters"
+    with pytest.raises(FloatingPointError, match=rf"^Non-finite gradient at epoch 0, step 0: the gradient of task "
+                       rf"'b' with respect to the shared {what} is not finite.*No parameter.*updated"):
+        model.fit(NaNGradientData(), epochs=1, batch_size=8, verbose=0, callbacks=[AutoWeightCallback()])
+    for p, b in zip(net.parameters(), before):
+        np.testing.assert_array_equal(p.numpy(), b, err_msg=p.name)
+    assert sum(len(v) for v in opt._accumulators.values()) == 0
+    assert all(np.isfinite(v) for v in model._loss.last_losses().values())
+
+
+def test_a_non_finite_gradient_is_skipped_under_the_skip_policy():
+    paddle.seed(0)
+    net = Net(nan=True)
+    model, _ = build(net, "imtl")
+    before = [p.numpy().copy() for p in net.parameters()]
+    callback = AutoWeightCallback(on_nonfinite="skip")
+    model.fit(NaNGradientData(), epochs=1, batch_size=8, verbose=0, callbacks=[callback])
+    assert callback.skipped == 4
+    for p, b in zip(net.parameters(), before):
+        np.testing.assert_array_equal(p.numpy(), b, err_msg=p.name)
+    assert "'b'" in model._loss.nonfinite_gradients()
