@@ -151,6 +151,37 @@ def test_a_task_whose_gradient_is_zero_at_the_first_step_is_not_refused():
     np.testing.assert_allclose(sum(loss.weights().values()), 1.0, rtol=1e-6)
 
 
+class Masked(paddle.nn.Layer):
+    """A loss over the samples with a positive label only: a constant 0 (no graph) when there is none."""
+
+    def forward(self, out, y):
+        keep = (y > 0).astype("float32")
+        if float(keep.sum()) == 0:
+            return paddle.to_tensor(0.0)
+        return ((out - y) ** 2 * keep).sum() / keep.sum()
+
+
+@pytest.mark.parametrize("bypass", [False, True], ids=["reaches", "bypasses"])
+def test_a_task_with_a_constant_loss_at_the_first_step_is_checked_when_it_has_a_graph(bypass):
+    """A masked loss with nothing to mask in has no graph: it cannot tell, so it is not refused then;
+    the first step where it has one checks it (and refuses it if it bypasses the trunk)."""
+    paddle.seed(0)
+    net = Net(bypass=bypass)
+    loss = AutoWeight({"a": paddle.nn.MSELoss(), "b": paddle.nn.MSELoss(), "c": Masked()}, method="mgda")
+    model = paddle.Model(net)
+    model.prepare(paddle.optimizer.SGD(0.1, parameters=net.parameters()), loss)
+    hapi_autoloss.attach(model)
+    x, ys = data()
+    model.train_batch(x, [ys[0], ys[1], -np.abs(ys[2])])  # no positive label: c is a constant
+    assert loss.last_losses()["c"] == 0.0
+    if bypass:
+        with pytest.raises(ValueError, match="Task 'c' reaches none of the shared parameters"):
+            model.train_batch(x, [ys[0], ys[1], np.abs(ys[2])])
+    else:
+        model.train_batch(x, [ys[0], ys[1], np.abs(ys[2])])
+        assert loss.last_losses()["c"] > 0.0
+
+
 class NaNGradientData(paddle.io.Dataset):
     def __init__(self):
         (self.x,), self.ys = data(32)

@@ -57,7 +57,7 @@ class PerTask:
         self.tasks = list(tasks)
         self._last: slice | None = None
         self._upstream: set[int] | None = None  # rep mode: parameters before the shared Layer
-        self._checked = False  # the first training step's structural checks are done
+        self._unchecked: set[int] | None = None  # tasks whose reach is still to check (None: first step)
         self._rep: dict[str, Any] = {}
         self._ran: Any = None  # parameter mode, shared Layer: the hook noting that it ran
         self.problem = ""  # why the last training forward's gradients were not finite
@@ -118,18 +118,21 @@ class PerTask:
     def _name(self, i: int) -> str:
         return self.tasks[i] if i < len(self.tasks) else str(i)
 
-    def _check(self, columns: list[list[Any]], ran: bool) -> None:
-        """First training step, before any update: the shared Layer ran, and every task's loss
-        reaches the shared parameters (or the representation) in the autograd graph."""
-        if isinstance(self.shared, paddle.nn.Layer) and not self.rep_grad and not ran:
-            raise RuntimeError(_checks.not_run(self.shared, rep=False))
-        missing = [self._name(i) for i, row in enumerate(columns) if all(g is None for g in row)]
+    def _check(self, columns: list[list[Any]], ran: bool, losses: list[paddle.Tensor]) -> None:
+        """Before any update: the shared Layer ran (first step), and each task's loss reaches the shared
+        parameters or representation; a constant loss (no graph) is checked at its first graph."""
+        if self._unchecked is None:
+            if isinstance(self.shared, paddle.nn.Layer) and not self.rep_grad and not ran:
+                raise RuntimeError(_checks.not_run(self.shared, rep=False))
+            if self._ran is not None:
+                self._ran.remove()
+                self._ran = None
+            self._unchecked = set(range(len(columns)))
+        now = [i for i in sorted(self._unchecked) if not losses[i].stop_gradient]
+        missing = [self._name(i) for i in now if all(g is None for g in columns[i])]
         if missing:
             raise ValueError(_checks.unreached(missing, self.rep_grad))
-        if self._ran is not None:
-            self._ran.remove()
-            self._ran = None
-        self._checked = True
+        self._unchecked.difference_update(now)
 
     def _split(self, params: list[Any], reached: list[list[Any]]) -> tuple[list[Any], list[Any]]:
         """(shared, task-specific) parameters; found once, at the first training step."""
@@ -202,8 +205,8 @@ class PerTask:
             index = {id(p): j for j, p in enumerate(params)}
             columns = [[g[index[id(p)]] for p in shared] for g in reached]
             reached = [[g[index[id(p)]] for p in specific] for g in reached]
-        if not self._checked:
-            self._check(columns, ran)
+        if self._unchecked is None or self._unchecked:
+            self._check(columns, ran, losses)
         sizes = [math.prod(p.shape) for p in shared]
         rows = paddle.stack([_surrogate.flat(c, sizes) for c in columns])
         local = paddle.stack([loss.detach() for loss in losses]).astype("float32")
