@@ -219,4 +219,56 @@ def test_a_non_finite_gradient_is_skipped_under_the_skip_policy():
     assert callback.skipped == 4
     for p, b in zip(net.parameters(), before):
         np.testing.assert_array_equal(p.numpy(), b, err_msg=p.name)
-    assert "'b'" in model._loss.nonfinite_gradients()
+    assert model._loss.nonfinite_gradients() == "" and model._loss.skipped_forwards() == 0  # cleared with each skip
+
+
+class SqrtLoss(paddle.nn.Layer):
+    """mean √(out²·w): finite, but its gradient is NaN where w = 0 (0.5/√0 · 0)."""
+
+    def forward(self, out, w):
+        return paddle.sqrt(out * out * w).mean()
+
+
+class HalfBad(paddle.io.Dataset):
+    """16 samples: the first 8 (one micro-batch) have w = 0 for task b, the last 8 w = 1."""
+
+    def __init__(self):
+        (self.x,), (self.y, _, _) = data(16)
+        self.w = np.repeat([0.0, 1.0], 8).astype("float32")[:, None]
+
+    def __getitem__(self, i):
+        return self.x[i], self.y[i], self.w[i]
+
+    def __len__(self):
+        return 16
+
+
+class TwoHeads(paddle.nn.Layer):
+    def __init__(self):
+        super().__init__()
+        self.trunk, self.a, self.b = paddle.nn.Linear(3, 4), paddle.nn.Linear(4, 1), paddle.nn.Linear(4, 1)
+
+    def forward(self, x):
+        z = paddle.tanh(self.trunk(x))
+        return self.a(z), self.b(z)
+
+
+@pytest.mark.parametrize("policy", ["raise", "skip"])
+def test_a_skipped_micro_batch_is_not_hidden_by_a_finite_one_under_accumulation(policy):
+    """Its NaN loss carries zero gradients, so the finite second micro-batch updated alone, silently."""
+    paddle.seed(0)
+    net = TwoHeads()
+    loss = AutoWeight({"a": paddle.nn.MSELoss(), "b": SqrtLoss()}, method="mgda")
+    model = paddle.Model(net)
+    model.prepare(paddle.optimizer.Adam(0.01, parameters=net.parameters()), loss)
+    before = [p.numpy().copy() for p in net.parameters()]
+    callback = AutoWeightCallback(on_nonfinite=policy)
+    fit = dict(epochs=1, batch_size=8, shuffle=False, verbose=0, accumulate_grad_batches=2, callbacks=[callback])
+    if policy == "raise":
+        with pytest.raises(FloatingPointError, match=r"gradient of task 'b' with respect to the shared parameters"):
+            model.fit(HalfBad(), **fit)
+    else:
+        model.fit(HalfBad(), **fit)
+        assert callback.skipped == 1
+    for p, b in zip(net.parameters(), before):
+        np.testing.assert_array_equal(p.numpy(), b, err_msg=p.name)

@@ -108,6 +108,13 @@ def _track(obj: Any, attr: str, params: list[Any]) -> bool:
     return True
 
 
+def _skipped_forwards(opt: Any, reset: bool = False) -> int:
+    """Gradient-level methods' training forwards skipped since the last update: their NaN loss
+    carries zero gradients, so a later finite micro-batch (accumulation) would hide them."""
+    layers = [x for loss in getattr(opt, "_autoloss_losses", ()) for x in (loss, *loss.sublayers())]
+    return sum(x.skipped_forwards(reset) for x in layers if hasattr(x, "skipped_forwards"))
+
+
 def _wrap_minimize(opt: Any, params: list[Any], nranks: int) -> None:
     """Fix what hapi's ``optimizer.minimize(loss)`` call misses, right before an update.
 
@@ -126,7 +133,7 @@ def _wrap_minimize(opt: Any, params: list[Any], nranks: int) -> None:
         if handler is not None and args:
             # σ's gradient holds every accumulated micro-batch's task losses, so a NaN
             # from a batch that did not update shows up here too.
-            here = finite(args[0], opt._autoloss_sync)
+            here = finite(args[0], opt._autoloss_sync) and not _skipped_forwards(opt)
             if not agree(here, nranks):
                 try:  # raise (nothing updated) or return: skip this update entirely
                     handler(args[0], not here)
@@ -134,7 +141,9 @@ def _wrap_minimize(opt: Any, params: list[Any], nranks: int) -> None:
                     opt.clear_grad()
                     for p in opt._autoloss_sync:
                         p.clear_gradient()
+                    _skipped_forwards(opt, reset=True)
                 return [], []
+        _skipped_forwards(opt, reset=True)
         average_gradients(opt._autoloss_sync, nranks)
         idle = [(p, p.regularizer) for p in idle_zero_decay(opt, opt._autoloss_sync)]
         for p, _ in idle:  # for this update only: the parameter keeps its regularizer
@@ -204,6 +213,8 @@ def attach(
     check_groups(opt)
     _wrap_clear_gradients(model.network, params)
     _wrap_minimize(opt, params, world()[1])
+    if all(x is not loss for x in getattr(opt, "_autoloss_losses", [])):
+        opt._autoloss_losses = [*getattr(opt, "_autoloss_losses", []), loss]
     if on_nonfinite is not None:
         opt._autoloss_on_nonfinite = on_nonfinite
     wrap_save(model)

@@ -60,7 +60,8 @@ class PerTask:
         self._unchecked: set[int] | None = None  # tasks whose reach is still to check (None: first step)
         self._rep: dict[str, Any] = {}
         self._ran: Any = None  # parameter mode, shared Layer: the hook noting that it ran
-        self.problem = ""  # why the last training forward's gradients were not finite
+        self.problem = ""  # why a training forward since the last update skipped its step
+        self.skipped = 0  # such forwards: with accumulation a later finite batch would hide them
         if rep_grad:
             assert isinstance(shared, paddle.nn.Layer)
             shared.register_forward_post_hook(self._capture)  # type: ignore[arg-type]
@@ -177,7 +178,6 @@ class PerTask:
         ``losses``: each task's 0-d loss (float32), as computed; ``extra``: trainable
         parameters of the loss functions themselves (task-specific like the heads)."""
         k = len(losses)
-        self.problem = ""
         known = self._params()
         params = known + [p for p in extra if all(p is not q for q in known)]
         z, ran = self._rep.pop("z", None), self._rep.pop("ran", False)
@@ -216,6 +216,7 @@ class PerTask:
         if not finite:
             # Non-finite somewhere (the sums carry it to every rank): the method must not see the step.
             overflow = finite_losses and scale is not None
+            self.skipped += 0 if overflow else 1  # an overflow is the GradScaler's to skip
             if finite_losses and not overflow:  # name the task; read only on this failing step
                 self.problem = _checks.nonfinite([self._name(i) for i in range(k)], rows, reached, self.rep_grad)
             return _surrogate.skipped(value, params, amp_overflow=overflow)

@@ -221,9 +221,20 @@ class AutoWeight(paddle.nn.Layer):
         return {} if last is None else self._named(last.numpy())
 
     def nonfinite_gradients(self) -> str:
-        """Gradient-level methods: which task's gradients made the last training forward skip
-        its step while every loss was finite ("" if none did); AutoWeightCallback's message."""
+        """Gradient-level methods: which task's gradients made a training forward since the last
+        update skip its step while every loss was finite ("" if none did); the callback's message."""
         return self._pertask.problem if self._pertask is not None else ""
+
+    def skipped_forwards(self, reset: bool = False) -> int:
+        """Gradient-level methods: training forwards since the last update whose step was skipped
+        (non-finite); the check before an update counts them, as accumulation would hide them.
+        ``reset``: after that update (or skip), start counting again."""
+        if self._pertask is None:
+            return 0
+        count = self._pertask.skipped
+        if reset:
+            self._pertask.skipped, self._pertask.problem = 0, ""
+        return count
 
     # ------------------------------------------------------------ checkpoints
 
