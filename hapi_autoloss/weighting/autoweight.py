@@ -168,14 +168,8 @@ class AutoWeight(paddle.nn.Layer):
         self.weighting.begin_training()
 
     def training_calls(self) -> list[str]:
-        """What a loop without ``AutoWeightCallback`` must call for this method to learn
-        (``AutoWeightCallback`` makes these calls); [] if nothing.
-
-        Example::
-
-            AutoWeight([mse, mse], method="famo").training_calls()
-            # ['with paddle.no_grad(): loss.after_update(*net(x), *labels) after each optimizer step ...']
-        """
+        """What a loop without ``AutoWeightCallback`` must call for this method to learn ([] if
+        nothing), e.g. famo's ``['with paddle.no_grad(): loss.after_update(...) ...']``."""
         return type(self.weighting).training_calls()
 
     def end_epoch(self) -> None:
@@ -226,9 +220,8 @@ class AutoWeight(paddle.nn.Layer):
         return self._pertask.problem if self._pertask is not None else ""
 
     def skipped_forwards(self, reset: bool = False) -> int:
-        """Gradient-level methods: training forwards since the last update whose step was skipped
-        (non-finite); the check before an update counts them, as accumulation would hide them.
-        ``reset``: after that update (or skip), start counting again."""
+        """Gradient-level methods: training forwards skipped (non-finite) since the last update, which
+        accumulation would hide; counted before an update, ``reset`` after it (or its skip)."""
         if self._pertask is None:
             return 0
         count = self._pertask.skipped
