@@ -11,57 +11,71 @@ import paddle
 from .._args import check_count, non_negative
 from .gradient import GradWeighting
 
-RIDGE = 1e-10  # on the unit-Frobenius Gram, only where no solution exists: bounds α
+ZERO = 1e-30  # ‖g_i‖² ≤ ZERO·max_j ‖g_j‖²: a zero gradient (float32 resolves ~1e-14 of it)
+CAP = 1e6  # β = α_i·‖g_i‖ past this: running off along a null direction, no solution
 
 
-def _newton(m: np.ndarray, max_iter: int) -> tuple[np.ndarray, bool]:
-    """Damped Newton on ``½·αᵀMα − Σ log α`` from α_i = 1/√M_ii; (α, converged)."""
-    alpha = 1.0 / np.sqrt(np.diag(m))  # exact for orthogonal gradients
+def _newton(c: np.ndarray, max_iter: int) -> np.ndarray | None:
+    """Damped Newton on ``½·βᵀCβ − Σ log β`` from β = 1 (exact for orthogonal gradients);
+    the minimiser, or None where there is none."""
+    beta = np.ones(len(c))
     for _ in range(max_iter):
-        grad = m @ alpha - 1.0 / alpha
+        grad = c @ beta - 1.0 / beta
         try:
-            step = np.linalg.solve(m + np.diag(1.0 / alpha**2), grad)
+            step = np.linalg.solve(c + np.diag(1.0 / beta**2), grad)
         except np.linalg.LinAlgError:
-            return alpha, False
+            return None
         dec = math.sqrt(max(float(grad @ step), 0.0))  # the Newton decrement
         if dec < 1e-12:
-            return alpha, True
+            return beta
         t = 1.0 if dec < 0.25 else 1.0 / (1.0 + dec)
-        while np.any(alpha - t * step <= 0):  # never needed in exact arithmetic
+        while np.any(beta - t * step <= 0):  # never needed in exact arithmetic
             t *= 0.5
-        alpha = alpha - t * step
-        if alpha.max() > 1e6:  # running off along a null direction: no solution
-            return alpha, False
-    return alpha, False
+        beta = beta - t * step
+        if beta.max() > CAP:
+            return None
+    return None
 
 
-def nash_alpha(gram: np.ndarray, max_iter: int = 200) -> np.ndarray:
-    """The α > 0 with ``(M·α)_i = 1/α_i``, M = gram / ‖gram‖_F: the minimiser of the strictly
-    convex, self-concordant ``½·αᵀMα − Σ log α_i``, by damped Newton steps (step 1/(1+λ)
-    while the Newton decrement λ ≥ ¼, so α stays > 0) to λ < 1e-12. Where there is no
-    solution (a zero gradient, gradients whose non-negative combination is 0), the same
-    with M + RIDGE·I, which bounds α.
+def nash_alpha(gram: np.ndarray, previous: np.ndarray | None = None, max_iter: int = 200) -> np.ndarray:
+    """The α > 0 with ``α_i·(G·Gᵀ·α)_i = 1`` on the raw Gram matrix ``gram`` (the paper's
+    Gᵀ·G·α = 1/α, and the official code's: it divides the Gram by its norm ``nf`` but keeps
+    ``nf`` in the constraint), so ``‖Σ α_i·g_i‖ = √k`` at every gradient scale and
+    ``α(s·G) = α(G)/s``. Solved on the correlation matrix ``C_ij = ĝ_iᵀĝ_j`` (unit
+    gradients): β = α_i·‖g_i‖ minimises the strictly convex, self-concordant
+    ``½·βᵀCβ − Σ log β_i``, by damped Newton steps (1/(1+λ) while the Newton decrement
+    λ ≥ ¼) to λ < 1e-12.
+
+    Where the problem has no solution (the official ECOS problem is then infeasible) the
+    ``previous`` α (default 1) is kept, as the official code keeps its last one: for every
+    task when non-negative combinations of the gradients reach 0 (opposite gradients, all
+    gradients 0), and for a task whose own gradient is 0 (a met hinge, a batch without its
+    labels), whose α would be infinite; the other tasks then solve their own problem.
 
     Example::
 
-        nash_alpha(np.diag([1.0, 4.0]))   # [2.03, 1.02] = ‖gram‖_F^½ / ‖g_i‖ (orthogonal g)
+        nash_alpha(np.diag([1.0, 4.0]))   # [1.0, 0.5] = 1 / ‖g_i‖ (orthogonal gradients)
     """
     k = gram.shape[0]
-    norm = float(np.linalg.norm(gram))
-    if not norm > 0:
-        return np.ones(k)
-    m = gram / norm
-    if np.diag(m).min() > RIDGE:
-        alpha, converged = _newton(m, max_iter)
-        if converged:
-            return alpha
-    return _newton(m + RIDGE * np.eye(k), 5 * max_iter)[0]
+    alpha = np.ones(k) if previous is None else np.array(previous, dtype=np.float64)
+    diag = np.diag(gram).astype(np.float64)
+    live = (diag > 0) & (diag > ZERO * diag.max())
+    if not live.any():
+        return alpha
+    norms = np.sqrt(diag[live])
+    c = gram[np.ix_(live, live)] / np.outer(norms, norms)
+    beta = _newton(c, max_iter)
+    if beta is None:
+        return alpha
+    alpha[live] = beta / norms
+    return alpha
 
 
 class NashMTL(GradWeighting):
     """The Nash bargaining solution: ``g = Σ α_i·g_i`` with α > 0 solving
-    ``(G·Gᵀ·α)_i = 1/α_i`` for the Gram matrix scaled to unit Frobenius norm (as the official
-    code, so ``‖g‖² = k·‖G·Gᵀ‖_F``), then the combined gradient clipped to norm ``max_norm``.
+    ``(G·Gᵀ·α)_i = 1/α_i`` (:func:`nash_alpha`; so ``‖g‖ = √k`` whatever the losses' scale,
+    as the paper and the official code), then the combined gradient clipped to norm
+    ``max_norm`` (``torch.nn.utils.clip_grad_norm_``'s rule, on the shared parameters).
 
     ======================  ==========  ===============================================
     option                  default     source
@@ -72,8 +86,10 @@ class NashMTL(GradWeighting):
 
     The official code solves it by ≤ 20 convex-concave steps with cvxpy/ECOS (stop at
     ‖Gα − 1/α‖ < 1e-3, ``optim_niter``); here Newton's method on the convex
-    ``½αᵀMα − Σ log α`` solves it to machine precision, so there is no ``optim_niter``.
-    Zero or opposite gradients (no solution) get a finite α through a 1e-10 ridge on M.
+    ``½βᵀCβ − Σ log β`` solves it to machine precision, so there is no ``optim_niter``.
+    Where there is no solution, the last α is kept (official: its ECOS problem is
+    infeasible and it keeps its last α; 1 at the start); a task whose gradient is 0 keeps
+    its last α while the others solve theirs.
     Task-specific parameters get ``α_i·∇L_i`` (official: Σ α_i L_i is backpropagated),
     unclipped (the clip is on the shared parameters). Not on the representation
     (LibMTL forbids it). The shown weight is α times the clip factor.
@@ -100,7 +116,7 @@ class NashMTL(GradWeighting):
 
     def alphas(self, gram: np.ndarray, losses: np.ndarray) -> np.ndarray:
         if self._step % self.update_weights_every == 0:
-            self._nash = nash_alpha(gram)
+            self._nash = nash_alpha(gram, self._nash)
         self._step += 1
         alpha = self._nash.copy()
         if self.max_norm > 0:  # torch.nn.utils.clip_grad_norm_'s rule
