@@ -336,8 +336,11 @@ def test_nash_mtl_clips_and_reuses_weights():
     scale = min(1.0, 1.0 / (np.linalg.norm(raw @ g2) + 1e-6))
     np.testing.assert_allclose(second, raw * scale, rtol=1e-9)
     resumed = make("nash_mtl", 5, update_weights_every=2)
-    resumed.set_checkpoint_state(m.checkpoint_state())
-    np.testing.assert_allclose(resumed.alphas(gram, LOSSES[5]), m.alphas(gram, LOSSES[5]), rtol=1e-12)
+    resumed.set_state_dict(m.state_dict())  # α and the step are buffers
+    old = make("nash_mtl", 5, update_weights_every=2)  # a checkpoint from before them
+    old.set_checkpoint_state({"alphas": [1.0] * 5, "step": 1, "alpha": list(raw)})
+    np.testing.assert_array_equal(old.alphas(g2 @ g2.T, LOSSES[5]), second)  # step 2 of m
+    np.testing.assert_array_equal(resumed.alphas(gram, LOSSES[5]), m.alphas(gram, LOSSES[5]))
 
 
 # ------------------------------------------------------------------ db_mtl
@@ -363,8 +366,13 @@ def test_db_mtl_buffer_and_balance_resume_exactly():
                                    1 / (losses + 1e-8), rtol=1e-6)
         if t == 2:
             resumed = make("db_mtl", k, beta=beta, beta_sigma=sigma)
-            resumed.set_checkpoint_state(m.checkpoint_state())
+            resumed.set_state_dict(m.state_dict())  # ĝ and t are buffers
+            old = make("db_mtl", k, beta=beta, beta_sigma=sigma)  # a checkpoint from before them
+            old.set_checkpoint_state({"alphas": [1.0] * k, "step": 2, "buffer": m.db_grads.numpy()})
     np.testing.assert_allclose(outs, refs, rtol=1e-5, atol=1e-6)
     for g, losses in steps[2:]:
-        combined(resumed, g, losses)
-    np.testing.assert_array_equal(resumed.checkpoint_state()["buffer"], m.checkpoint_state()["buffer"])
+        for other in (resumed, old):
+            combined(other, g, losses)
+    for other in (resumed, old):
+        for key, value in m.state_dict().items():
+            np.testing.assert_array_equal(other.state_dict()[key].numpy(), value.numpy())

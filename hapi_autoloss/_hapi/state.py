@@ -175,11 +175,16 @@ def load_state(model: Any, path: str) -> dict[str, Any]:
         hapi_autoloss.load_state(model, "checkpoints/3")
         model.fit(train_data, epochs=2, callbacks=[AutoWeightCallback(), TopKScheduler()])
     """
+    from ..weighting.base import fit_empty_buffers  # the weighting package imports this one
+
     require_dynamic_mode()
     target = path + STATE_SUFFIX
     state = read_state(path)
     loss = loss_layer(model)
     named = dict(loss.named_parameters()) if loss is not None else {}
+    saved = state.get("loss", {})
+    if loss is not None:
+        fit_empty_buffers(loss, saved)
     tensors = loss.state_dict() if loss is not None else {}
     layers = _layers_with_state(loss)
     saved_layers = state.get("layers", {})
@@ -187,8 +192,10 @@ def load_state(model: Any, path: str) -> dict[str, Any]:
         check = getattr(layer, "check_checkpoint_state", None)
         if name in saved_layers and check is not None:
             check(saved_layers[name], target)
-    saved = state.get("loss", {})
-    if set(saved) != set(tensors):
+    # A buffer added since (db_mtl's and nash_mtl's state, once Python-side) may be missing:
+    # the method's set_checkpoint_state restores it from the file's older form.
+    buffers = {k for k in tensors if k not in named}
+    if not set(saved) <= set(tensors) or not set(tensors) - set(saved) <= buffers:
         raise ValueError(
             f"{target} holds loss state {sorted(saved)}, but this model's loss has "
             f"{sorted(tensors)}. Fix: build the same loss (same tasks and method) as the "
@@ -206,6 +213,9 @@ def load_state(model: Any, path: str) -> dict[str, Any]:
     for name, layer in layers.items():
         if name in saved_layers:
             layer.set_checkpoint_state(saved_layers[name])
+    for layer in [loss, *loss.sublayers()] if loss is not None else []:
+        if callable(getattr(layer, "state_loaded", None)):
+            layer.state_loaded()
     # σ's moments wait in the optimizer's holder until AutoWeightCallback adds σ.
     _restore_optimizer_state(
         optimizer_of(model), named, state.get("optimizer", {}), state.get("names", {})

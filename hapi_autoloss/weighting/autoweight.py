@@ -20,7 +20,7 @@ from ._tasks import (
     parse_task_types,
     route,
 )
-from .base import METHODS, Weighting, make_method
+from .base import METHODS, Weighting, fit_empty_buffers, make_method
 from .gradient import GradWeighting
 
 
@@ -249,6 +249,14 @@ class AutoWeight(paddle.nn.Layer):
 
     def set_checkpoint_state(self, state: dict[str, Any]) -> None:
         """Nothing beyond the check: the method restores its own state."""
+
+    def set_state_dict(self, state_dict: dict[str, Any], use_structured_name: bool = True) -> Any:
+        """``paddle.nn.Layer.set_state_dict``, plus the method's buffers sized at its first step."""
+        if use_structured_name:
+            fit_empty_buffers(self, state_dict)
+        result = super().set_state_dict(state_dict, use_structured_name)
+        self.weighting.state_loaded()
+        return result
 
     def extra_repr(self) -> str:
         return f"method={self.method}, tasks={self.task_names}"

@@ -39,6 +39,10 @@ class Weighting(paddle.nn.Layer):
     - :meth:`end_epoch` at each training epoch's end (every rank calls it).
     - :meth:`sigma` / :meth:`weight` for display, :meth:`checkpoint_state` /
       :meth:`set_checkpoint_state` for Python-side state that buffers cannot hold.
+    - :meth:`state_loaded` after ``AutoWeight.set_state_dict`` or ``load_state`` set the
+      buffers: refresh host copies of them. State in buffers is saved by
+      ``loss.state_dict()``, so a plain loop resumes it; a buffer whose size is known only at
+      the first step is registered empty and takes the saved shape on loading.
 
     Example (a complete method: weights proportional to each loss's inverse)::
 
@@ -131,6 +135,17 @@ class Weighting(paddle.nn.Layer):
     def set_checkpoint_state(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`checkpoint_state` returned."""
 
+    def state_loaded(self) -> None:
+        """The buffers were set from a state dict: refresh any host copy of them."""
+
+    def set_state_dict(self, state_dict: dict[str, Any], use_structured_name: bool = True) -> Any:
+        """``paddle.nn.Layer.set_state_dict``, plus buffers sized at the first step (:meth:`state_loaded`)."""
+        if use_structured_name:
+            fit_empty_buffers(self, state_dict)
+        result = super().set_state_dict(state_dict, use_structured_name)
+        self.state_loaded()
+        return result
+
     # ------------------------------------------------------------ used by AutoWeight
 
     @property
@@ -191,6 +206,20 @@ class Weighting(paddle.nn.Layer):
 
     def extra_repr(self) -> str:
         return f"tasks={self.tasks}"
+
+
+def fit_empty_buffers(layer: paddle.nn.Layer, state: dict[str, Any]) -> None:
+    """Give each empty buffer of ``layer`` (one whose size a method learns at its first step)
+    the shape of its value in ``state`` (structured names), so that loading can set it."""
+    for name, buf in list(layer.named_buffers()):
+        saved = state.get(name)
+        if buf is None or int(np.prod(buf.shape)) != 0 or saved is None:
+            continue
+        shape = [int(d) for d in saved.shape]
+        if shape != list(buf.shape) and len(shape) == len(buf.shape):
+            owner_name, _, attr = name.rpartition(".")
+            owner = layer if not owner_name else dict(layer.named_sublayers())[owner_name]
+            owner.register_buffer(attr, paddle.zeros(shape, dtype=buf.dtype))
 
 
 def make_method(method: str | Weighting, options: dict[str, Any]) -> Weighting:

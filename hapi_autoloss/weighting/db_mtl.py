@@ -26,8 +26,8 @@ class DBMTL(GradWeighting):
     ==================  =============================================================
 
     ``beta`` = 0.9 and ``beta_sigma`` = 0 (LibMTL/config.py:63-64); t counts the steps
-    from 1. The buffer and t are saved with checkpoints (``checkpoint_state``), so a
-    resumed run continues exactly. Not on the representation (LibMTL forbids it).
+    from 1. The buffer and t are buffers, saved by ``loss.state_dict()`` and hapi's
+    checkpoints, so a resumed run continues exactly. Not on the representation (LibMTL forbids it).
     The losses handed in must be the same on every rank (the buffer is per run).
 
     Example::
@@ -37,6 +37,8 @@ class DBMTL(GradWeighting):
 
     name = "db_mtl"
     rep_grad: ClassVar[bool] = False
+    db_grads: paddle.Tensor  # buffers (bind)
+    db_step: paddle.Tensor
 
     def __init__(self, beta: float = 0.9, beta_sigma: float = 0.0) -> None:
         super().__init__()
@@ -44,37 +46,38 @@ class DBMTL(GradWeighting):
             raise ValueError(f"beta must be a number in [0, 1), got {beta!r}. Fix: e.g. beta=0.9 (LibMTL's).")
         self.beta = float(beta)
         self.beta_sigma = non_negative(beta_sigma, "beta_sigma", "beta_sigma=0.0 (LibMTL's)")
-        self._step = 0
-        self._buffer: dict[str, paddle.Tensor] = {}  # not a Layer attribute: its size is known at the first step
+
+    def bind(self, tasks: list[str], task_types: list[str | None]) -> None:
+        super().bind(tasks, task_types)
+        # ĝ [k, n] and t: buffers, so loss.state_dict() resumes them. n is known at the first
+        # step: empty until then (loading gives it the saved shape).
+        self.register_buffer("db_grads", paddle.zeros([self.n, 0], dtype="float32"))
+        self.register_buffer("db_step", paddle.zeros([], dtype="float64"))
 
     def task_scales(self, losses: paddle.Tensor) -> paddle.Tensor | None:
         return 1.0 / (losses.detach() + EPS)
 
     def combine_grads(self, grads: paddle.Tensor, losses: paddle.Tensor) -> paddle.Tensor:
         log_grads = grads / (losses.detach().astype(grads.dtype) + EPS).unsqueeze(1)
-        self._step += 1
-        beta = self.beta / self._step**self.beta_sigma
-        old = self._buffer.get("g")
-        if old is None or tuple(old.shape) != tuple(log_grads.shape):
+        self.db_step = self.db_step + 1.0  # on the device: no host copy
+        beta = (self.beta / self.db_step**self.beta_sigma).astype(grads.dtype) if self.beta_sigma else self.beta
+        old = self.db_grads
+        if tuple(old.shape) != tuple(log_grads.shape):
             old = paddle.zeros_like(log_grads)
         buf = log_grads + beta * (old - log_grads)
-        self._buffer["g"] = buf
+        self.db_grads = buf
         norms = paddle.linalg.norm(buf, axis=1)
         alpha = norms.max() / (norms + EPS)
         self.show_alphas(alpha)
         return paddle.matmul(alpha.unsqueeze(0), buf).squeeze(0)
 
-    def checkpoint_state(self) -> dict[str, Any]:
-        buf = self._buffer.get("g")
-        return {**super().checkpoint_state(), "step": self._step, "buffer": None if buf is None else buf.numpy()}
-
     def set_checkpoint_state(self, state: dict[str, Any]) -> None:
         super().set_checkpoint_state(state)
-        self._step = int(state.get("step", 0))
-        buf = state.get("buffer")
-        self._buffer.clear()
-        if buf is not None:
-            self._buffer["g"] = paddle.to_tensor(np.asarray(buf, dtype=np.float32))
+        if "step" in state:  # a checkpoint from before these buffers
+            self.db_step = paddle.to_tensor(float(state["step"]), dtype="float64")
+            buf = state.get("buffer")
+            self.db_grads = paddle.zeros([self.n, 0]) if buf is None else paddle.to_tensor(
+                np.asarray(buf, dtype=np.float32))
 
     def extra_repr(self) -> str:
         return f"beta={self.beta}, beta_sigma={self.beta_sigma}"

@@ -113,11 +113,16 @@ class NashMTL(GradWeighting):
     def bind(self, tasks: list[str], task_types: list[str | None]) -> None:
         super().bind(tasks, task_types)
         self._nash = np.ones(self.n)
+        # α and the step count: buffers, so loss.state_dict() resumes them (host copies above)
+        self.register_buffer("nash_alpha", paddle.ones([self.n], dtype="float64"))
+        self.register_buffer("nash_step", paddle.zeros([], dtype="int64"))
 
     def alphas(self, gram: np.ndarray, losses: np.ndarray) -> np.ndarray:
         if self._step % self.update_weights_every == 0:
             self._nash = nash_alpha(gram, self._nash)
+            self.nash_alpha.set_value(self._nash)
         self._step += 1
+        self.nash_step.set_value(np.array(self._step, dtype=np.int64))
         alpha = self._nash.copy()
         if self.max_norm > 0:  # torch.nn.utils.clip_grad_norm_'s rule
             norm = math.sqrt(max(float(alpha @ gram @ alpha), 0.0))
@@ -125,16 +130,19 @@ class NashMTL(GradWeighting):
         return alpha
 
     def task_scales(self, losses: paddle.Tensor) -> paddle.Tensor | None:
-        return paddle.to_tensor(self._nash, dtype="float32")
+        return self.nash_alpha.astype("float32")
 
-    def checkpoint_state(self) -> dict[str, Any]:
-        return {**super().checkpoint_state(), "step": self._step, "alpha": [float(a) for a in self._nash]}
+    def state_loaded(self) -> None:
+        self._nash = self.nash_alpha.numpy().astype(np.float64)
+        self._step = int(self.nash_step)
 
     def set_checkpoint_state(self, state: dict[str, Any]) -> None:
         super().set_checkpoint_state(state)
-        self._step = int(state.get("step", self._step))
+        if "step" in state:  # a checkpoint from before these buffers
+            self.nash_step.set_value(np.array(int(state["step"]), dtype=np.int64))
         if "alpha" in state:
-            self._nash = np.asarray(state["alpha"], dtype=np.float64)
+            self.nash_alpha.set_value(np.asarray(state["alpha"], dtype=np.float64))
+        self.state_loaded()
 
     def extra_repr(self) -> str:
         return f"max_norm={self.max_norm}, update_weights_every={self.update_weights_every}"

@@ -51,6 +51,9 @@ class STCH(Weighting):
         for key in ("sum", "count"):
             self._seen.pop(key, None)
 
+    def state_loaded(self) -> None:
+        self._epoch = int(self.epochs_seen)  # a plain loop's resume has no begin_training
+
     def observe(self, losses: paddle.Tensor, batch_size: int = 1) -> None:
         if self._epoch == self.warmup_epochs:  # the nadir epoch; a non-finite task loss does not count
             finite = paddle.isfinite(losses)
