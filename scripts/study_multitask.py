@@ -24,6 +24,7 @@ grid and a one-number summary on test.
     python scripts/study_multitask.py              # 5 seeds, 75 runs, ~19 min on 2 shared cores
     python scripts/study_multitask.py --rows grad  # issue 11: the gradient-level methods
     python scripts/study_multitask.py --quick      # smoke test
+    python scripts/study_multitask.py --rows grad --methods nash_mtl  # equal, the grid and one row
 """
 
 from __future__ import annotations
@@ -183,8 +184,15 @@ def main(argv: list[str] | None = None) -> str:
     ap = _study.parser(__doc__ or "", EPOCHS)
     ap.add_argument("--rows", choices=("loss", "grad"), default="loss",
                     help="loss: the loss-level methods (issue 10); grad: the gradient-level ones (issue 11)")
+    ap.add_argument("--methods", nargs="+", default=None,
+                    help="only these rows besides equal and the grid (rerun one method after a fix)")
     args = _study.resolve(ap.parse_args(argv), EPOCHS, QUICK_EPOCHS)
     rows = ROWS if args.rows == "loss" else GRAD_ROWS
+    if args.methods:
+        unknown = sorted(set(args.methods) - set(rows[2:]))
+        if unknown:
+            ap.error(f"--methods {unknown} are not rows of --rows {args.rows}: {list(rows[2:])}")
+        rows = (*rows[:2], *(m for m in rows[2:] if m in args.methods))
     learned = rows[2:]
     _study.header(
         "Study 1: MultiDigits (left digit, right digit, sum of digits)",
@@ -240,7 +248,8 @@ def main(argv: list[str] | None = None) -> str:
     wall = time.perf_counter() - start
     print(f"\nwall time: {wall:.0f} s ({len(jobs)} runs)")
 
-    path = os.path.join(args.out, "study_multitask.png" if args.rows == "loss" else "study_multitask_grad.png")
+    name = "study_multitask.png" if args.rows == "loss" else "study_multitask_grad.png"
+    path = os.path.join(args.out, name if not args.methods else f"{name[:-4]}_{'_'.join(args.methods)}.png")
     _study.bar_panels(
         path,
         list(rows),
