@@ -15,6 +15,7 @@ import numpy as np
 import paddle
 
 from .model import loss_layer, optimizer_of, require_dynamic_mode, slot, world
+from .moments import optimizer_state_of, restore_optimizer_state
 from .progress import progress, set_progress, track_progress
 
 STATE_SUFFIX = ".autoloss"
@@ -80,18 +81,6 @@ def _layers_with_state(loss: paddle.nn.Layer | None) -> dict[str, Any]:
     return {name: layer for name, layer in pairs if callable(getattr(layer, "checkpoint_state", None))}
 
 
-def _optimizer_state_of(opt: Any, params: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """{structured name: {accumulator: ndarray}} for the loss's parameters."""
-    out: dict[str, dict[str, Any]] = {}
-    accumulators = getattr(opt, "_accumulators", {}) if opt is not None else {}
-    for sname, p in params.items():
-        for acc_name, per_param in accumulators.items():
-            var = per_param.get(p.name)
-            if var is not None:
-                out.setdefault(sname, {})[acc_name] = var.numpy()
-    return out
-
-
 def save_state(model: Any, path: str) -> str:
     """Write ``<path>.autoloss`` atomically and return its file name."""
     loss = loss_layer(model)
@@ -102,7 +91,7 @@ def save_state(model: Any, path: str) -> str:
         "progress": progress(model),
         "loss": {k: v.numpy() for k, v in tensors.items()},
         "layers": {k: layer.checkpoint_state() for k, layer in _layers_with_state(loss).items()},
-        "optimizer": _optimizer_state_of(optimizer_of(model), named),
+        "optimizer": optimizer_state_of(optimizer_of(model), named),
         "names": {k: v.name for k, v in named.items()},
         "callbacks": {k: obj.state_dict() for k, obj in slot(model, "_autoloss_stateful", dict).items()},
     }
@@ -217,7 +206,7 @@ def load_state(model: Any, path: str) -> dict[str, Any]:
         if callable(getattr(layer, "state_loaded", None)):
             layer.state_loaded()
     # σ's moments wait in the optimizer's holder until AutoWeightCallback adds σ.
-    _restore_optimizer_state(
+    restore_optimizer_state(
         optimizer_of(model), named, state.get("optimizer", {}), state.get("names", {})
     )
     set_progress(model, state.get("progress") or {})
@@ -226,36 +215,3 @@ def load_state(model: Any, path: str) -> dict[str, Any]:
     model._autoloss_stateful = {}
     model._autoloss_pending = dict(state.get("callbacks", {}))
     return state
-
-
-def _restore_optimizer_state(
-    opt: Any,
-    named: dict[str, Any],
-    saved: dict[str, dict[str, Any]],
-    old_names: dict[str, str],
-) -> None:
-    """Put σ's moments where Paddle's optimizer will pick them up.
-
-    Paddle keys accumulators by ``<param.name>_<accumulator>_0``; parameter names
-    depend on construction order, so we key them by structured name in our file
-    and rename them to this process's names here.
-    """
-    if opt is None or not saved:
-        return
-    for sname, accs in saved.items():
-        p = named.get(sname)
-        if p is None:
-            continue
-        for acc_name, value in accs.items():
-            existing = opt._accumulators.get(acc_name, {}).get(p.name)
-            if existing is not None:
-                existing.set_value(value)
-                continue
-            if not opt._accumulators_holder:
-                # No optimizer state was loaded (model.load(reset_optimizer=True), or no
-                # model.load): σ's moments start fresh like everyone else's.
-                continue
-            # model.load() put the saving run's copy under the old name; drop it.
-            old = old_names.get(sname, p.name)
-            opt._accumulators_holder.pop(f"{old}_{acc_name}_0", None)
-            opt._accumulators_holder[f"{p.name}_{acc_name}_0"] = value
