@@ -24,6 +24,18 @@ def is_real(value: object) -> TypeGuard[float]:
     return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
 
 
+def as_real(value: object) -> float | None:
+    """``value`` as a float if it is one number (a Python or NumPy number, or a one-element NumPy
+    array or paddle Tensor of numbers), else None; never a bool."""
+    if is_real(value):
+        return float(value)
+    size, dtype = getattr(value, "size", None), str(getattr(value, "dtype", ""))
+    if size == 1 and hasattr(value, "reshape") and "bool" not in dtype and "complex" not in dtype:
+        item = value.reshape([-1])[0]
+        return float(item) if is_real(item) or hasattr(item, "numpy") else None
+    return None
+
+
 def positive(value: object, name: str, example: str) -> float:
     """``value`` as a float, or a clear error when it is not a finite number > 0."""
     if not is_real(value) or not (math.isfinite(value) and value > 0):

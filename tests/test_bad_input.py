@@ -188,6 +188,22 @@ def test_numpy_scalars_are_numbers():
         "task0": 2.0, "task1": 2.0}
     assert AutoWeight([mse, mse], method="fixed", weights=[np.float32(0.8), 0.2]).weighting.values == [
         pytest.approx(0.8), pytest.approx(0.2)]
+    # one-element arrays and tensors too (refused for a few hours on the day these checks came in)
+    assert AutoWeight([mse], method="kendall", clamp=np.array([-5.0, 5.0]), task_types=["regression"]).weighting.clamp \
+        == (-5.0, 5.0)
+    assert AutoWeight([mse, mse], method="fixed", weights=[paddle.to_tensor(0.8), np.array(0.2)]).weighting.values == [
+        pytest.approx(0.8), pytest.approx(0.2)]
+
+
+def test_without_init_a_narrower_clamp_moves_the_default_start_into_it():
+    """kendall with clamp=(1, 5) started s at 0, outside its own clamp."""
+    kendall = AutoWeight([mse], method="kendall", clamp=(1.0, 5.0), task_types=["regression"])
+    assert kendall.s.numpy().tolist() == [1.0]
+    liebel = AutoWeight([mse], method="liebel", clamp=(2.0, 10.0))
+    assert liebel.s.numpy().tolist() == [2.0]
+    with pytest.raises(ValueError) as info:
+        AutoWeight([mse], method="liebel", clamp=(2.0, 10.0), init=1.0)
+    check(info, "within clamp (2.0, 10.0)", "init=2.0")  # the Fix suggests a value it accepts
 
 
 def test_task_names_equal_as_text_are_refused():

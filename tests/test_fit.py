@@ -233,13 +233,15 @@ def test_show_in_progress_bar_false_hides_sigma_from_the_line_not_from_logs(caps
     assert keys.seen[0] == ["sigma_y1", "sigma_y2", "weight_y1", "weight_y2"]
 
 
-def test_two_callbacks_in_one_fit_are_refused_before_any_step():
+@pytest.mark.parametrize("same", [False, True], ids=["two", "one-listed-twice"])
+def test_two_callbacks_in_one_fit_are_refused_before_any_step(same):
     """Each ended every epoch: stch counted 2 epochs per epoch."""
     from hapi_autoloss import AutoWeight
 
     loss = AutoWeight({"y1": paddle.nn.MSELoss(), "y2": paddle.nn.MSELoss()}, method="stch", warmup_epochs=2)
     model = build_model(loss)
     before = model.network.trunk.weight.numpy().copy()
+    one = AutoWeightCallback()
     with pytest.raises(ValueError, match=r"Two AutoWeightCallbacks.*Fix: pass one"):
-        fit(model, epochs=1, callbacks=[AutoWeightCallback(), AutoWeightCallback()])
+        fit(model, epochs=1, callbacks=[one, one if same else AutoWeightCallback()])
     np.testing.assert_array_equal(model.network.trunk.weight.numpy(), before)

@@ -125,8 +125,84 @@ def test_a_task_that_reaches_no_shared_parameter_is_named_before_any_update(mode
 def test_a_shared_layer_the_forward_does_not_call_is_refused_in_parameter_mode():
     paddle.seed(0)
     net = Net(unused=True)
-    refused(net, RuntimeError, r"^The shared Layer Sequential did not run in this training step's forward.*"
-            r"Fix: pass the Layer the network's forward calls as shared=\.", shared=net.trunk)
+    refused(net, ValueError, r"^Tasks 'a', 'b', 'c' reach none of the shared parameters, so there is nothing to "
+            r"combine\. Fix: pass as shared= the Layer the network's forward runs", shared=net.trunk)
+
+
+class Blocks(paddle.nn.Layer):
+    """Shared blocks in a LayerList run one by one (a transformer's layers), or a trunk kept in
+    eval mode (frozen BatchNorm statistics), or called through .forward(): none runs the shared
+    Layer's own __call__ in training mode, and all train it."""
+
+    def __init__(self, how):
+        super().__init__()
+        self.blocks = paddle.nn.LayerList([paddle.nn.Linear(3, 3) for _ in range(2)])
+        self.trunk = paddle.nn.Sequential(paddle.nn.Linear(3, 4), paddle.nn.BatchNorm1D(4))
+        self.a, self.b, self.c = (paddle.nn.Linear(4, 1) for _ in range(3))
+        self.how = how
+
+    def train(self):  # hapi calls network.train() each step: keep the trunk frozen, as such nets do
+        super().train()
+        if self.how == "eval":
+            self.trunk.eval()
+        return self
+
+    def forward(self, x):
+        for block in self.blocks:
+            x = paddle.tanh(block(x))
+        z = self.trunk.forward(x) if self.how == "forward" else self.trunk(x)
+        return self.a(z), self.b(z), self.c(z)
+
+
+@pytest.mark.parametrize("how", ["layerlist", "eval", "forward"])
+def test_shared_layers_run_other_ways_train_as_before(how):
+    """A hook on the shared Layer's own call refused all three (reviewed the day it was added)."""
+    paddle.seed(0)
+    net = Blocks(how)
+    shared = net.blocks if how == "layerlist" else net.trunk
+    model, _ = build(net, "pcgrad", shared=shared, seed=0)
+    params = [p for p in shared.parameters() if not p.stop_gradient]  # not BatchNorm's running stats
+    before = [p.numpy().copy() for p in params]
+    model.train_batch(*data())
+    assert all(np.abs(p.numpy() - b).max() > 0 for p, b in zip(params, before))
+
+
+class ProbeNet(paddle.nn.Layer):
+    """Heads a and b on the trunk; with ``probe``, head c reads the trunk's output detached."""
+
+    def __init__(self, probe):
+        super().__init__()
+        self.trunk = paddle.nn.Sequential(paddle.nn.Linear(3, 8), paddle.nn.Tanh())
+        self.a, self.b, self.c = (paddle.nn.Linear(8, 1) for _ in range(3))
+        self.probe = probe
+
+    def forward(self, x):
+        z = self.trunk(x)
+        return (self.a(z), self.b(z), self.c(z.detach())) if self.probe else (self.a(z), self.b(z))
+
+
+@pytest.mark.parametrize("method", ["pcgrad", "imtl", "nash_mtl", "aligned_mtl", "gradnorm", "db_mtl"])
+def test_a_probe_on_detached_features_warns_and_leaves_the_shared_update_as_without_it(method):
+    """Refused at first: a linear probe is valid wherever the rule leaves a zero gradient out."""
+    x, ys = data()
+    grads = []
+    for probe in (False, True):
+        paddle.seed(0)
+        net = ProbeNet(probe)
+        tasks = ("a", "b", "c") if probe else ("a", "b")
+        loss = AutoWeight({t: paddle.nn.MSELoss() for t in tasks}, method=method, shared=net.trunk,
+                          **({"seed": 0} if method == "pcgrad" else {}))
+        model = paddle.Model(net)
+        model.prepare(paddle.optimizer.SGD(0.1, parameters=net.parameters()), loss)
+        hapi_autoloss.attach(model)
+        if probe:
+            with pytest.warns(UserWarning, match="Task 'c' reaches none of the shared parameters: .*probe"):
+                model.train_batch(x, ys, update=False)
+        else:
+            model.train_batch(x, ys[:2], update=False)
+        grads.append(net.trunk[0].weight.grad.numpy())
+        assert np.isfinite(grads[-1]).all() and np.abs(grads[-1]).max() > 0
+    np.testing.assert_allclose(grads[1], grads[0], rtol=1e-5, atol=1e-8)
 
 
 class Hinge(paddle.nn.Layer):
@@ -219,7 +295,7 @@ def test_a_non_finite_gradient_is_skipped_under_the_skip_policy():
     assert callback.skipped == 4
     for p, b in zip(net.parameters(), before):
         np.testing.assert_array_equal(p.numpy(), b, err_msg=p.name)
-    assert model._loss.nonfinite_gradients() == "" and model._loss.skipped_forwards() == 0  # cleared with each skip
+    assert model._loss.nonfinite_cause() == ("", "") and model._loss.skipped_forwards() == 0  # cleared with each skip
 
 
 class SqrtLoss(paddle.nn.Layer):
@@ -272,3 +348,48 @@ def test_a_skipped_micro_batch_is_not_hidden_by_a_finite_one_under_accumulation(
         assert callback.skipped == 1
     for p, b in zip(net.parameters(), before):
         np.testing.assert_array_equal(p.numpy(), b, err_msg=p.name)
+
+
+class Interrupt(paddle.callbacks.Callback):
+    def on_train_batch_end(self, step, logs=None):
+        raise KeyboardInterrupt  # Ctrl-C right after the first micro-batch
+
+
+@pytest.mark.parametrize("method", ["mgda", "kendall"])
+def test_a_fit_interrupted_after_a_bad_micro_batch_does_not_fail_the_next_clean_fit(method):
+    """Its skip count (mgda) or NaN gradient (kendall's σ) outlived it: the next fit on clean data
+    raised 'a non-finite gradient from a batch accumulated since the last update'."""
+    paddle.seed(0)
+    net = TwoHeads()
+    kw = {"task_types": ["regression"] * 2} if method == "kendall" else {}
+    loss = AutoWeight({"a": paddle.nn.MSELoss(), "b": paddle.nn.MSELoss()}, method=method, **kw)
+    model = paddle.Model(net)
+    model.prepare(paddle.optimizer.SGD(0.05, parameters=net.parameters()), loss)
+    (x,), (ya, yb, _) = data(16)
+    bad = yb.copy()
+    bad[3] = np.nan
+    fit = dict(epochs=1, batch_size=8, shuffle=False, verbose=0, accumulate_grad_batches=2)
+    with pytest.raises(KeyboardInterrupt):
+        model.fit(paddle.io.TensorDataset([paddle.to_tensor(a) for a in (x, ya, bad)]), **fit,
+                  callbacks=[AutoWeightCallback(), Interrupt()])
+    before = net.trunk.weight.numpy().copy()
+    model.fit(paddle.io.TensorDataset([paddle.to_tensor(a) for a in (x, ya, yb)]), **fit,
+              callbacks=[AutoWeightCallback()])
+    after = net.trunk.weight.numpy()
+    assert np.isfinite(after).all() and np.abs(after - before).max() > 0
+
+
+def test_a_nan_loss_in_an_earlier_micro_batch_is_named_as_a_loss():
+    """It was reported as 'a non-finite gradient from a batch accumulated since the last update'."""
+    paddle.seed(0)
+    net = TwoHeads()
+    loss = AutoWeight({"a": paddle.nn.MSELoss(), "b": paddle.nn.MSELoss()}, method="mgda")
+    model = paddle.Model(net)
+    model.prepare(paddle.optimizer.SGD(0.05, parameters=net.parameters()), loss)
+    (x,), (ya, yb, _) = data(16)
+    ya = ya.copy()
+    ya[3] = np.nan
+    with pytest.raises(FloatingPointError, match=r"^Non-finite loss at epoch 0, step 1: task 'a' = nan in a batch "
+                                                 r"accumulated since the last update\. No parameter"):
+        model.fit(paddle.io.TensorDataset([paddle.to_tensor(a) for a in (x, ya, yb)]), epochs=1, batch_size=8,
+                  shuffle=False, verbose=0, accumulate_grad_batches=2, callbacks=[AutoWeightCallback()])

@@ -185,6 +185,7 @@ def test_a_ranked_range_exports_its_dropped_fraction_next_to_the_ratio(tmp_path)
 def test_errors_come_before_any_step():
     model = build(TopKLoss(ce(), ratio=1.0))
     before = [p.numpy().copy() for p in model.parameters()]
+    plateau, scheduler = TopKOnPlateau(), TopKScheduler()
     cases = [
         (dict(callbacks=[TopKOnPlateau(monitor="acc")], eval_data=False),
          r"monitors 'acc' of the evaluation, but fit got no eval_data.*Fix: model.fit\(train_data, eval_data="),
@@ -193,6 +194,8 @@ def test_errors_come_before_any_step():
         (dict(callbacks=[TopKOnPlateau(), TopKScheduler()]), r"TopKOnPlateau and TopKScheduler both set.*Fix"),
         (dict(callbacks=[TopKOnPlateau(), TopKOnPlateau()]), r"Two TopKOnPlateau callbacks.*compound. Fix"),
         (dict(callbacks=[TopKScheduler(), TopKScheduler(1.0, 0.5)]), r"Two TopKSchedulers.*silently win. Fix"),
+        (dict(callbacks=[plateau] * 2), r"Two TopKOnPlateau callbacks.*compound. Fix"),  # one instance twice
+        (dict(callbacks=[scheduler] * 2), r"Two TopKSchedulers.*silently win. Fix"),
     ]
     for kwargs, match in cases:
         with pytest.raises(ValueError, match=match):

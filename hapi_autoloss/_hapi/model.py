@@ -144,6 +144,15 @@ def callback_list_of(callback: Any, max_depth: int = 12) -> Any:
     return None
 
 
+def others_in_fit(callback: Any) -> list[Any]:
+    """The other entries of the fit's callback list (the same instance listed twice included)."""
+    callbacks = callback_list_of(callback)
+    others = list(callbacks.callbacks) if callbacks is not None else []
+    if callback in others:
+        others.remove(callback)  # one occurrence: a second one is a duplicate
+    return others
+
+
 def check_attached(layer: paddle.nn.Layer, needed: bool) -> None:
     """Raise if ``layer`` trains inside hapi without the callback it ``needed``.
 

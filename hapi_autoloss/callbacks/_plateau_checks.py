@@ -34,8 +34,7 @@ def check_plateau_fit(plateau: TopKOnPlateau, layers: list[TopKLoss]) -> None:
                 f"A TopKLoss drops {layer.drop} and scale_drop=False keeps it, so ratio may reach "
                 f"min_ratio={plateau.min_ratio} with nothing left. Fix: min_ratio > drop, or scale_drop=True."
             )
-    callbacks = _hapi.callback_list_of(plateau)
-    others = [] if callbacks is None else [c for c in callbacks.callbacks if c is not plateau]
+    others = _hapi.others_in_fit(plateau)
     if any(isinstance(c, TopKScheduler) for c in others):
         raise ValueError(
             "TopKOnPlateau and TopKScheduler both set the ratio in this fit, so each would undo the "

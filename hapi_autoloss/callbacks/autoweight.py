@@ -97,14 +97,15 @@ class AutoWeightCallback(Callback):
     def on_train_begin(self, logs: Any = None) -> None:
         check_has_batches(self.params)
         _hapi.forget_earlier_fits()  # another model's sigma_/topk_ keys
-        callbacks = _hapi.callback_list_of(self)
-        if callbacks is not None and any(isinstance(c, AutoWeightCallback) and c is not self
-                                         for c in callbacks.callbacks):
+        if any(isinstance(c, AutoWeightCallback) for c in _hapi.others_in_fit(self)):
             raise ValueError(
                 "Two AutoWeightCallbacks in this fit would both end each epoch of the loss (stch would "
                 "count 2 epochs, dwa lose its averages) and both put σ into the logs. Fix: pass one."
             )
         params = _hapi.attach(self.model, lr_scale=self.lr_scale, on_nonfinite=self._on_nonfinite)
+        optimizer = _hapi.optimizer_of(self.model)
+        if optimizer is not None:  # a fit interrupted mid-accumulation left its gradients: not this fit's
+            optimizer.clear_grad()
         self._weighting = list(_hapi.iter_layers(self.model, AutoWeight))
         if not self._weighting and not params:
             warnings.warn(
@@ -190,16 +191,17 @@ class AutoWeightCallback(Callback):
             for task, value in aw.last_losses().items()
             if not math.isfinite(value)
         ]
-        grads = [note for aw in self._weighting for note in [aw.nonfinite_gradients()] if note]
+        causes = [cause for aw in self._weighting for cause in [aw.nonfinite_cause()] if cause[1]]
         what, fix = "loss", "check that task's data and learning rate"
         if not here:
             where = "on another rank"
         elif bad:
             where = ", ".join(bad)
-        elif grads:  # finite losses, a gradient-level method's per-task gradient is not
-            where, what = ", ".join(grads), "gradient"
-            fix = ("look on the named task's path for an operation whose derivative is infinite where its "
-                   "value is finite (sqrt(x) or x**0.5 at x = 0, asin/acos at ±1)")
+        elif causes:  # a gradient-level method skipped a forward: its gradient, or an earlier micro-batch
+            what, where = causes[0][0], ", ".join(text for _, text in causes)
+            if what == "gradient":
+                fix = ("look on the named task's path for an operation whose derivative is infinite where "
+                       "its value is finite (sqrt(x) or x**0.5 at x = 0, asin/acos at ±1)")
         elif not math.isfinite(float(loss)):
             where = f"the total loss = {float(loss)}"
         else:

@@ -160,8 +160,7 @@ class TopKScheduler(RangeSchedule, Callback):
                 "model.prepare(opt, hapi_autoloss.TopKLoss(paddle.nn.CrossEntropyLoss("
                 "reduction='none'))) or inside AutoWeight, or drop the callback."
             )
-        callbacks = _hapi.callback_list_of(self)
-        if callbacks is not None and any(isinstance(c, TopKScheduler) and c is not self for c in callbacks.callbacks):
+        if any(isinstance(c, TopKScheduler) for c in _hapi.others_in_fit(self)):
             raise ValueError(
                 "Two TopKSchedulers in this fit both set the ratio at every unit, so the last one would "
                 "silently win. Fix: pass one TopKScheduler."

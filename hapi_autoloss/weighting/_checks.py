@@ -5,31 +5,41 @@ hinge loss is a task with a zero gradient, not a task without one)."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import paddle
 
 
-def not_run(layer: paddle.nn.Layer, rep: bool) -> str:
+def not_run(layer: paddle.nn.Layer) -> str:
     return (
-        f"{'rep_grad=True, but the' if rep else 'The'} shared Layer {type(layer).__name__} did not run in "
-        "this training step's forward, so no task has a gradient of it. Fix: pass the Layer the "
-        "network's forward calls as shared=."
+        f"rep_grad=True, but the shared Layer {type(layer).__name__} did not run in this training step's "
+        "forward, so there is no representation. Fix: pass the Layer the network's forward calls as shared=."
     )
 
 
-def unreached(tasks: list[str], rep: bool) -> str:
-    """The message for tasks whose loss reaches none of the shared parameters."""
+def unreached(tasks: list[str], rep: bool, method: Any, none: bool) -> str:
+    """Tasks whose loss reaches none of the shared parameters (or the representation): an error
+    when no task does (``none``: the shared Layer did not run, or the wrong one was given) or
+    when the method's rule breaks on a gradient that is zero by construction (mgda); else a
+    warning, as a probe on detached features or a head on the input is a valid design."""
     names, many = ", ".join(f"'{t}'" for t in tasks), len(tasks) > 1
     reach = (f"do{'' if many else 'es'} not reach the shared representation (the output of the Layer shared=)"
              if rep else f"reach{'' if many else 'es'} none of the shared parameters")
-    return (
-        f"Task{'s' if many else ''} {names} {reach}, "
-        "so a gradient-level method would weight a gradient that is zero by construction (mgda would "
-        "stop training the shared parameters, nash_mtl's and cagrad's weights blow up). Fix: make every "
-        "task's output depend on the shared trunk, pass as shared= a Layer (or parameters) that every "
-        "task's loss reaches, or use a loss-level method (e.g. method='kendall')."
-    )
+    head = f"Task{'s' if many else ''} {names} {reach}"
+    if none:
+        return (f"{head}, so there is nothing to combine. Fix: pass as shared= the Layer the network's "
+                "forward runs and every task's loss reaches (or a list of its parameters, e.g. shared="
+                "list(net.backbone.parameters()) when the forward calls its sublayers), or leave shared=None "
+                "to find the parameters that more than one task reaches.")
+    if method.zero_task_breaks:
+        return (f"{head}: their gradient there is zero by construction, and with method="
+                f"{method.name!r} {method.zero_task_breaks}. Fix: make every task's output depend on the shared "
+                "trunk, or use a method that leaves such a task out (e.g. method='pcgrad' or 'nash_mtl'), or a "
+                "loss-level method (e.g. method='kendall').")
+    return (f"{head}: their gradient there is zero by construction, so they train only their own "
+            "parameters and do not shape the shared update (intended for a probe on detached features; "
+            "else the head reads the wrong tensor).")
 
 
 def around(losses: list[paddle.Tensor], z: paddle.Tensor, params: list[Any], names: dict[int, str]) -> list[str]:
@@ -88,3 +98,9 @@ def _gradients(tasks: list[str], of: str) -> str:
     if len(tasks) == 1:
         return f"the gradient of task {names} with respect to {of} is not finite"
     return f"the gradients of tasks {names} with respect to {of} are not finite"
+
+
+def nonfinite_losses(tasks: list[str], losses: paddle.Tensor) -> str:
+    """The tasks whose loss was not finite in a batch accumulated since the last update."""
+    bad = [f"task '{t}' = {v}" for t, v in zip(tasks, losses.numpy().tolist()) if not math.isfinite(v)]
+    return f"{', '.join(bad) or 'a loss'} in a batch accumulated since the last update"

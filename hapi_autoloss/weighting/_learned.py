@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 import numpy as np
 import paddle
 
-from .._args import is_real
+from .._args import as_real, is_real
 from .._hapi import world
 from .base import Weighting
 
@@ -32,20 +32,22 @@ class LearnedScale(Weighting):
 
     def __init__(self, clamp: tuple[float, float] | None = None, init: float | str | None = None) -> None:
         super().__init__()
-        bounds = clamp if clamp is not None else self.default_clamp
-        if not (isinstance(bounds, (tuple, list)) and len(bounds) == 2 and all(is_real(b) for b in bounds)
-                and math.isfinite(bounds[0]) and math.isfinite(bounds[1]) and bounds[0] < bounds[1]):
+        bounds = list(clamp) if isinstance(clamp, (tuple, list, np.ndarray)) else clamp
+        lo, hi = [as_real(b) for b in bounds] if isinstance(bounds, list) and len(bounds) == 2 else (None, None)
+        if clamp is None:
+            lo, hi = self.default_clamp
+        if lo is None or hi is None or not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
             raise ValueError(
                 f"clamp must be two finite numbers (min, max) with min < max, got {clamp!r}. "
                 f"Fix: e.g. clamp={self.default_clamp}."
             )
-        lo, hi = float(bounds[0]), float(bounds[1])
         self.check_clamp(lo, hi)
         self.clamp = (lo, hi)
+        start = min(max(self.default_init, lo), hi)  # the default start, within a narrower clamp
         if init is not None and init != "auto" and not (is_real(init) and lo <= init <= hi):
             raise ValueError(
                 f"init must be 'auto' or a number within clamp {self.clamp}, got {init!r}. Fix: e.g. "
-                f"init={self.default_init} or init='auto' (start at the first batch's optimum)."
+                f"init={start} or init='auto' (start at the first batch's optimum)."
             )
         self.init = init
         self.s: paddle.Tensor | None = None
@@ -56,7 +58,8 @@ class LearnedScale(Weighting):
 
     def bind(self, tasks: list[str], task_types: list[str | None]) -> None:
         super().bind(tasks, task_types)
-        start = self.default_init if self.init in (None, "auto") else float(self.init)  # type: ignore[arg-type]
+        lo, hi = self.clamp
+        start = min(max(self.default_init, lo), hi) if self.init in (None, "auto") else float(self.init)  # type: ignore[arg-type]
         self.s = self.task_parameter(start)
         # auto init: still to do (1) or done (0); a buffer, so a resumed run does not redo it
         self.register_buffer("auto_pending", paddle.to_tensor(1 if self.init == "auto" else 0, dtype="int32"))

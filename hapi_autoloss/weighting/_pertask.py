@@ -10,6 +10,7 @@ them over ranks, lets the method combine them, and returns the loss built by
 from __future__ import annotations
 
 import math
+import warnings
 import weakref
 from collections.abc import Sequence
 from typing import Any, Callable, Union
@@ -59,14 +60,11 @@ class PerTask:
         self._upstream: set[int] | None = None  # rep mode: parameters before the shared Layer
         self._unchecked: set[int] | None = None  # tasks whose reach is still to check (None: first step)
         self._rep: dict[str, Any] = {}
-        self._ran: Any = None  # parameter mode, shared Layer: the hook noting that it ran
-        self.problem = ""  # why a training forward since the last update skipped its step
+        self.problem = ("", "")  # (what, why) the first forward since the last update skipped its step
         self.skipped = 0  # such forwards: with accumulation a later finite batch would hide them
         if rep_grad:
             assert isinstance(shared, paddle.nn.Layer)
             shared.register_forward_post_hook(self._capture)  # type: ignore[arg-type]
-        elif isinstance(shared, paddle.nn.Layer):
-            self._ran = shared.register_forward_post_hook(self._mark)  # type: ignore[arg-type]
 
     # ------------------------------------------------------------ setup
 
@@ -111,29 +109,21 @@ class PerTask:
             )
         self._rep["z"] = output
 
-    def _mark(self, layer: paddle.nn.Layer, inputs: Any, output: Any) -> None:
-        """Forward post hook of the shared Layer (parameter mode, first training step only): it ran."""
-        if paddle.is_grad_enabled() and layer.training:
-            self._rep["ran"] = True
-
     def _name(self, i: int) -> str:
         return self.tasks[i] if i < len(self.tasks) else str(i)
 
-    def _check(self, columns: list[list[Any]], ran: bool, losses: list[paddle.Tensor]) -> None:
-        """Before any update: the shared Layer ran (first step), and each task's loss reaches the shared
-        parameters or representation; a constant loss (no graph) is checked at its first graph."""
+    def _check(self, columns: list[list[Any]], losses: list[paddle.Tensor], method: GradWeighting) -> None:
+        """Before any update: each task's loss reaches the shared parameters (or representation) in
+        the autograd graph; a constant loss (no graph) is checked at its first step with one."""
         if self._unchecked is None:
-            if isinstance(self.shared, paddle.nn.Layer) and not self.rep_grad and not ran:
-                raise RuntimeError(_checks.not_run(self.shared, rep=False))
-            if self._ran is not None:
-                self._ran.remove()
-                self._ran = None
             self._unchecked = set(range(len(columns)))
         now = [i for i in sorted(self._unchecked) if not losses[i].stop_gradient]
         missing = [self._name(i) for i in now if all(g is None for g in columns[i])]
-        if missing:
-            raise ValueError(_checks.unreached(missing, self.rep_grad))
         self._unchecked.difference_update(now)
+        if missing and (method.zero_task_breaks or len(missing) == len(columns)):
+            raise ValueError(_checks.unreached(missing, self.rep_grad, method, len(missing) == len(columns)))
+        if missing:
+            warnings.warn(_checks.unreached(missing, self.rep_grad, method, False), stacklevel=4)
 
     def _split(self, params: list[Any], reached: list[list[Any]]) -> tuple[list[Any], list[Any]]:
         """(shared, task-specific) parameters; found once, at the first training step."""
@@ -180,10 +170,10 @@ class PerTask:
         k = len(losses)
         known = self._params()
         params = known + [p for p in extra if all(p is not q for q in known)]
-        z, ran = self._rep.pop("z", None), self._rep.pop("ran", False)
+        z = self._rep.pop("z", None)
         if self.rep_grad and z is None:
             assert isinstance(self.shared, paddle.nn.Layer)
-            raise RuntimeError(_checks.not_run(self.shared, rep=True))
+            raise RuntimeError(_checks.not_run(self.shared))
         heads = self._heads(params, z, losses) if self.rep_grad else []
         inputs = [z, *heads] if self.rep_grad else params
         # AMP: differentiate the scaled losses, as hapi's backward does, so float16 gradients
@@ -206,7 +196,7 @@ class PerTask:
             columns = [[g[index[id(p)]] for p in shared] for g in reached]
             reached = [[g[index[id(p)]] for p in specific] for g in reached]
         if self._unchecked is None or self._unchecked:
-            self._check(columns, ran, losses)
+            self._check(columns, losses, method)
         sizes = [math.prod(p.shape) for p in shared]
         rows = paddle.stack([_surrogate.flat(c, sizes) for c in columns])
         local = paddle.stack([loss.detach() for loss in losses]).astype("float32")
@@ -217,8 +207,10 @@ class PerTask:
             # Non-finite somewhere (the sums carry it to every rank): the method must not see the step.
             overflow = finite_losses and scale is not None
             self.skipped += 0 if overflow else 1  # an overflow is the GradScaler's to skip
-            if finite_losses and not overflow:  # name the task; read only on this failing step
-                self.problem = _checks.nonfinite([self._name(i) for i in range(k)], rows, reached, self.rep_grad)
+            names = [self._name(i) for i in range(k)]
+            if not overflow and not self.problem[1]:  # the first since the last update; read only now
+                self.problem = (("gradient", _checks.nonfinite(names, rows, reached, self.rep_grad)) if finite_losses
+                                else ("loss", _checks.nonfinite_losses(names, local)))
             return _surrogate.skipped(value, params, amp_overflow=overflow)
         method.last_shared = self._last or slice(None)
         if gram is None:

@@ -166,6 +166,7 @@ class AutoWeight(paddle.nn.Layer):
     def begin_training(self) -> None:
         """A ``fit`` starts (``AutoWeightCallback`` calls it on every rank)."""
         self.weighting.begin_training()
+        self.skipped_forwards(reset=True)  # an interrupted fit's count is not this one's
 
     def training_calls(self) -> list[str]:
         """What a loop without ``AutoWeightCallback`` must call for this method to learn ([] if
@@ -214,10 +215,10 @@ class AutoWeight(paddle.nn.Layer):
         last = self.weighting._seen.get("last")
         return {} if last is None else self._named(last.numpy())
 
-    def nonfinite_gradients(self) -> str:
-        """Gradient-level methods: which task's gradients made a training forward since the last
-        update skip its step while every loss was finite ("" if none did); the callback's message."""
-        return self._pertask.problem if self._pertask is not None else ""
+    def nonfinite_cause(self) -> tuple[str, str]:
+        """Gradient-level methods: why the first training forward since the last update skipped its
+        step, as ``("gradient" or "loss", which task)``; ``("", "")`` if none did. For the callback."""
+        return self._pertask.problem if self._pertask is not None else ("", "")
 
     def skipped_forwards(self, reset: bool = False) -> int:
         """Gradient-level methods: training forwards skipped (non-finite) since the last update, which
@@ -226,7 +227,7 @@ class AutoWeight(paddle.nn.Layer):
             return 0
         count = self._pertask.skipped
         if reset:
-            self._pertask.skipped, self._pertask.problem = 0, ""
+            self._pertask.skipped, self._pertask.problem = 0, ("", "")
         return count
 
     # ------------------------------------------------------------ checkpoints

@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import paddle
 
-from .._args import is_real
+from .._args import as_real
 from ._tasks import per_task
 from .base import Weighting
 
@@ -35,11 +35,12 @@ class Fixed(Weighting):
         if self._given is None:
             raise ValueError(f"method='fixed' needs weights, one per task. Fix: {example}.")
         given = per_task(self._given, tasks, "weights", example)
-        if not all(is_real(w) and math.isfinite(w) and w >= 0 for w in given) or not any(w > 0 for w in given):
+        values = [as_real(w) for w in given]
+        if any(w is None or not (math.isfinite(w) and w >= 0) for w in values) or not any(w for w in values):
             raise ValueError(
                 f"fixed weights must be numbers, finite and >= 0, at least one > 0, got {given}. Fix: {example}."
             )
-        self.values = [float(w) for w in given]
+        self.values = [float(w) for w in values if w is not None]
 
     def combine(self, losses: paddle.Tensor) -> paddle.Tensor:
         return (losses * self.const("fixed", self.values)).sum()

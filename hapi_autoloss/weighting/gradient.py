@@ -49,6 +49,9 @@ class GradWeighting(Weighting):
     """
 
     rep_grad: ClassVar[bool] = True
+    # Why the rule breaks when a task's loss reaches no shared parameter (its gradient there is
+    # 0 by construction), as the end of a sentence; "" when such a task just trains its own head.
+    zero_task_breaks: ClassVar[str] = ""
 
     def __init__(self) -> None:
         super().__init__()

@@ -39,6 +39,7 @@ class MGDA(GradWeighting):
 
     name = "mgda"
     rep_grad: ClassVar[bool] = True
+    zero_task_breaks = "the min-norm point of gradients that include 0 is 0: the shared parameters would stop training"
 
     def __init__(self, normalize: str = "none") -> None:
         super().__init__()
