@@ -1,5 +1,6 @@
-"""What ``_pertask`` checks at the first training step (before any update), and how it names
-the tasks whose gradients made a step non-finite. Structural checks only: which parameters a
+"""The messages of the gradient-level refusals: ``shared=``/``rep_grad=`` at construction, what
+``_pertask`` checks at the first training step (before any update), and how it names the tasks
+whose gradients or losses made a step non-finite. Structural checks only: which parameters a
 task's loss reaches in the autograd graph, never whether a gradient happens to be zero (a met
 hinge loss is a task with a zero gradient, not a task without one)."""
 
@@ -9,6 +10,21 @@ import math
 from typing import Any
 
 import paddle
+
+from .base import METHODS
+from .gradient import GradWeighting
+
+
+def not_gradient_level(method: str) -> str:
+    grads = ", ".join(sorted(n for n, c in METHODS.items() if issubclass(c, GradWeighting)))
+    return (f"shared=/rep_grad= apply to gradient-level methods ({grads}), not to method={method!r}, "
+            "which weights the losses. Fix: drop them, or use one of those.")
+
+
+def no_rep_mode(method: str) -> str:
+    able = ", ".join(sorted(n for n, c in METHODS.items() if c.has_rep_mode()))
+    return (f"method={method!r} needs the gradients of the parameters themselves, so it has no "
+            f"representation mode. Fix: drop rep_grad=True, or use one of {able}.")
 
 
 def not_run(layer: paddle.nn.Layer) -> str:

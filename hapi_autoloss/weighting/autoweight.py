@@ -8,6 +8,7 @@ import numpy as np
 import paddle
 
 from .. import _hapi
+from . import _checks
 from ._pertask import PerTask, Shared
 from ._tasks import (
     Losses,
@@ -20,7 +21,7 @@ from ._tasks import (
     parse_task_types,
     route,
 )
-from .base import METHODS, Weighting, fit_empty_buffers, make_method
+from .base import Weighting, fit_empty_buffers, make_method
 from .gradient import GradWeighting
 
 
@@ -95,18 +96,10 @@ class AutoWeight(paddle.nn.Layer):
     def _per_task(self, shared: Shared, rep_grad: bool) -> PerTask | None:
         if not isinstance(self.weighting, GradWeighting):
             if shared is not None or rep_grad:
-                grads = ", ".join(sorted(n for n, c in METHODS.items() if issubclass(c, GradWeighting)))
-                raise ValueError(
-                    f"shared=/rep_grad= apply to gradient-level methods ({grads}), not to "
-                    f"method={self.method!r}, which weights the losses. Fix: drop them, or use one of those."
-                )
+                raise ValueError(_checks.not_gradient_level(self.method))
             return None
         if rep_grad and not self.weighting.has_rep_mode():
-            able = ", ".join(sorted(n for n, c in METHODS.items() if c.has_rep_mode()))
-            raise ValueError(
-                f"method={self.method!r} needs the gradients of the parameters themselves, so it has no "
-                f"representation mode. Fix: drop rep_grad=True, or use one of {able}."
-            )
+            raise ValueError(_checks.no_rep_mode(self.method))
         return PerTask(shared, bool(rep_grad), self.task_names)
 
     def set_network(self, network: paddle.nn.Layer, amp_scale: Callable[[], Any] | None = None) -> bool:
