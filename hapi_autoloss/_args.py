@@ -21,26 +21,31 @@ if TYPE_CHECKING:
 
 def is_real(value: object) -> TypeGuard[float]:
     """A real number, NumPy scalars included (np.float32(1.0), np.int64(3)); never a bool."""
-    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_, np.timedelta64))
 
 
 def as_real(value: object) -> float | None:
     """``value`` as a float if it is one number (a Python or NumPy number, or a one-element NumPy
-    array or paddle Tensor of numbers), else None; never a bool."""
-    if is_real(value):
-        return float(value)
+    array or paddle Tensor of numbers), else None; never a bool, and None past float's range."""
     size, dtype = getattr(value, "size", None), str(getattr(value, "dtype", ""))
-    if size == 1 and hasattr(value, "reshape") and "bool" not in dtype and "complex" not in dtype:
-        item = value.reshape([-1])[0]
-        return float(item) if is_real(item) or hasattr(item, "numpy") else None
-    return None
+    if not is_real(value) and size == 1 and hasattr(value, "reshape") and not any(
+            kind in dtype for kind in ("bool", "complex", "timedelta", "datetime")):
+        value = value.reshape([-1])[0]
+        value = value.item() if hasattr(value, "item") else value
+    if not is_real(value):
+        return None
+    try:
+        return float(value)
+    except (OverflowError, TypeError, ValueError):  # 10**400; a Real that float() does not take
+        return None
 
 
 def positive(value: object, name: str, example: str) -> float:
     """``value`` as a float, or a clear error when it is not a finite number > 0."""
-    if not is_real(value) or not (math.isfinite(value) and value > 0):
+    number = as_real(value) if is_real(value) else None
+    if number is None or not (math.isfinite(number) and number > 0):
         raise ValueError(f"{name} must be a finite number > 0, got {value!r}. Fix: e.g. {example}.")
-    return float(value)
+    return number
 
 
 def check_count(value: object, name: str, least: int, example: str) -> int:
@@ -53,6 +58,7 @@ def check_count(value: object, name: str, least: int, example: str) -> int:
 def non_negative(value: object, name: str, example: str, meaning: str = "") -> float:
     """``value`` as a float, or a clear error when it is not a finite number >= 0
     (``meaning``, e.g. " (0: no clipping)", is said after the bound)."""
-    if not is_real(value) or not (math.isfinite(value) and value >= 0):
+    number = as_real(value) if is_real(value) else None
+    if number is None or not (math.isfinite(number) and number >= 0):
         raise ValueError(f"{name} must be a finite number >= 0{meaning}, got {value!r}. Fix: e.g. {example}.")
-    return float(value)
+    return number

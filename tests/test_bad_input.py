@@ -195,6 +195,18 @@ def test_numpy_scalars_are_numbers():
         pytest.approx(0.8), pytest.approx(0.2)]
 
 
+def test_numbers_past_floats_range_or_of_time_are_refused_with_the_fix():
+    """A raw OverflowError and TypeError came out of float()."""
+    for bad in ([10**400, 1.0], [np.array([5], dtype="timedelta64[s]"), 1.0]):
+        with pytest.raises(ValueError) as info:
+            AutoWeight([mse, mse], method="fixed", weights=bad)
+        check(info, "fixed weights must be numbers")
+    with pytest.raises(ValueError) as info:
+        AutoWeight([mse], method="stch", mu=10**400)
+    check(info, "mu must be a finite number > 0")
+    assert AutoWeight([mse], method="liebel", clamp=(1.0, 5.0), init=paddle.to_tensor(2.0)).s.numpy().tolist() == [2.0]
+
+
 def test_without_init_a_narrower_clamp_moves_the_default_start_into_it():
     """kendall with clamp=(1, 5) started s at 0, outside its own clamp."""
     kendall = AutoWeight([mse], method="kendall", clamp=(1.0, 5.0), task_types=["regression"])

@@ -181,7 +181,7 @@ class ProbeNet(paddle.nn.Layer):
         return (self.a(z), self.b(z), self.c(z.detach())) if self.probe else (self.a(z), self.b(z))
 
 
-@pytest.mark.parametrize("method", ["pcgrad", "imtl", "nash_mtl", "aligned_mtl", "gradnorm", "db_mtl"])
+@pytest.mark.parametrize("method", ["pcgrad", "imtl", "nash_mtl", "aligned_mtl", "db_mtl"])
 def test_a_probe_on_detached_features_warns_and_leaves_the_shared_update_as_without_it(method):
     """Refused at first: a linear probe is valid wherever the rule leaves a zero gradient out."""
     x, ys = data()
@@ -203,6 +203,27 @@ def test_a_probe_on_detached_features_warns_and_leaves_the_shared_update_as_with
         grads.append(net.trunk[0].weight.grad.numpy())
         assert np.isfinite(grads[-1]).all() and np.abs(grads[-1]).max() > 0
     np.testing.assert_allclose(grads[1], grads[0], rtol=1e-5, atol=1e-8)
+    shown = loss.weights()["c"]  # db_mtl showed max‖ĝ‖/ε ≈ 3e7 for it
+    assert np.isfinite(shown) and abs(shown) < 10
+
+
+@pytest.mark.parametrize("method,why", [
+    ("mgda", "min-norm point of gradients that include 0 is 0"),
+    ("cagrad", "conflict-averse term vanishes"),  # it warned, and fell back to the plain mean
+    ("gradnorm", "targets follow the mean gradient norm"),  # it warned, and moved the others' weights by 11%
+])
+def test_a_probe_is_refused_where_the_rule_breaks_on_its_zero_gradient(method, why):
+    paddle.seed(0)
+    net = ProbeNet(True)
+    loss = AutoWeight({t: paddle.nn.MSELoss() for t in "abc"}, method=method, shared=net.trunk)
+    model = paddle.Model(net)
+    model.prepare(paddle.optimizer.SGD(0.1, parameters=net.parameters()), loss)
+    hapi_autoloss.attach(model)
+    before = net.trunk[0].weight.numpy().copy()
+    with pytest.raises(ValueError, match=rf"Task 'c' reaches none of the shared parameters: .*method='{method}' "
+                                         rf".*{why}.*Fix"):
+        model.train_batch(*data())
+    np.testing.assert_array_equal(net.trunk[0].weight.numpy(), before)
 
 
 class Hinge(paddle.nn.Layer):
@@ -355,41 +376,64 @@ class Interrupt(paddle.callbacks.Callback):
         raise KeyboardInterrupt  # Ctrl-C right after the first micro-batch
 
 
+
+def two_heads(method, **kw):
+    """(net, model) of TwoHeads with tasks a and b, SGD 0.05."""
+    paddle.seed(0)
+    net = TwoHeads()
+    kw = {"task_types": ["regression"] * 2} if method == "kendall" else kw
+    loss = AutoWeight({"a": paddle.nn.MSELoss(), "b": paddle.nn.MSELoss()}, method=method, **kw)
+    model = paddle.Model(net)
+    model.prepare(paddle.optimizer.SGD(0.05, parameters=net.parameters()), loss)
+    return net, model
+
+
+def labelled(nan_in=None):
+    """16 samples (x, y_a, y_b); ``nan_in``: the task ('a' or 'b') whose label 3, in micro-batch 0 of 2, is NaN."""
+    (x,), (ya, yb, _) = data(16)
+    ya, yb = ya.copy(), yb.copy()
+    if nan_in is not None:
+        (ya if nan_in == "a" else yb)[3] = np.nan
+    return paddle.io.TensorDataset([paddle.to_tensor(a) for a in (x, ya, yb)])
+
+
+ACCUMULATE = dict(epochs=1, batch_size=8, shuffle=False, verbose=0, accumulate_grad_batches=2)
+NAMED = (r"^Non-finite loss at epoch 0, step 1: task '{}' = nan in a batch accumulated since the last update\. "
+         r"No parameter")
+
+
 @pytest.mark.parametrize("method", ["mgda", "kendall"])
 def test_a_fit_interrupted_after_a_bad_micro_batch_does_not_fail_the_next_clean_fit(method):
     """Its skip count (mgda) or NaN gradient (kendall's σ) outlived it: the next fit on clean data
     raised 'a non-finite gradient from a batch accumulated since the last update'."""
-    paddle.seed(0)
-    net = TwoHeads()
-    kw = {"task_types": ["regression"] * 2} if method == "kendall" else {}
-    loss = AutoWeight({"a": paddle.nn.MSELoss(), "b": paddle.nn.MSELoss()}, method=method, **kw)
-    model = paddle.Model(net)
-    model.prepare(paddle.optimizer.SGD(0.05, parameters=net.parameters()), loss)
-    (x,), (ya, yb, _) = data(16)
-    bad = yb.copy()
-    bad[3] = np.nan
-    fit = dict(epochs=1, batch_size=8, shuffle=False, verbose=0, accumulate_grad_batches=2)
+    net, model = two_heads(method)
     with pytest.raises(KeyboardInterrupt):
-        model.fit(paddle.io.TensorDataset([paddle.to_tensor(a) for a in (x, ya, bad)]), **fit,
-                  callbacks=[AutoWeightCallback(), Interrupt()])
+        model.fit(labelled(nan_in="b"), **ACCUMULATE, callbacks=[AutoWeightCallback(), Interrupt()])
     before = net.trunk.weight.numpy().copy()
-    model.fit(paddle.io.TensorDataset([paddle.to_tensor(a) for a in (x, ya, yb)]), **fit,
-              callbacks=[AutoWeightCallback()])
+    model.fit(labelled(), **ACCUMULATE, callbacks=[AutoWeightCallback()])
     after = net.trunk.weight.numpy()
     assert np.isfinite(after).all() and np.abs(after - before).max() > 0
 
 
 def test_a_nan_loss_in_an_earlier_micro_batch_is_named_as_a_loss():
     """It was reported as 'a non-finite gradient from a batch accumulated since the last update'."""
-    paddle.seed(0)
-    net = TwoHeads()
-    loss = AutoWeight({"a": paddle.nn.MSELoss(), "b": paddle.nn.MSELoss()}, method="mgda")
-    model = paddle.Model(net)
-    model.prepare(paddle.optimizer.SGD(0.05, parameters=net.parameters()), loss)
-    (x,), (ya, yb, _) = data(16)
-    ya = ya.copy()
-    ya[3] = np.nan
-    with pytest.raises(FloatingPointError, match=r"^Non-finite loss at epoch 0, step 1: task 'a' = nan in a batch "
-                                                 r"accumulated since the last update\. No parameter"):
-        model.fit(paddle.io.TensorDataset([paddle.to_tensor(a) for a in (x, ya, yb)]), epochs=1, batch_size=8,
-                  shuffle=False, verbose=0, accumulate_grad_batches=2, callbacks=[AutoWeightCallback()])
+    _, model = two_heads("mgda")
+    with pytest.raises(FloatingPointError, match=NAMED.format("a")):
+        model.fit(labelled(nan_in="a"), **ACCUMULATE, callbacks=[AutoWeightCallback()])
+
+
+@pytest.mark.parametrize("method", ["equal", "fixed", "uw_so", "kendall"])
+@pytest.mark.parametrize("policy", ["raise", "skip"])
+def test_a_nan_loss_in_an_earlier_micro_batch_never_reaches_the_update_of_a_loss_level_method(method, policy):
+    """Without σ nothing carried it to the check: equal, fixed and uw_so applied the NaN gradients."""
+    net, model = two_heads(method, **({"weights": [0.5, 0.5]} if method == "fixed" else {}))
+    callback = AutoWeightCallback(on_nonfinite=policy)
+    before = [p.numpy().copy() for p in net.parameters()]
+    if policy == "raise":
+        with pytest.raises(FloatingPointError, match=NAMED.format("b")):
+            model.fit(labelled(nan_in="b"), **ACCUMULATE, callbacks=[callback])
+    else:
+        model.fit(labelled(nan_in="b"), **ACCUMULATE, callbacks=[callback])
+        assert callback.skipped == 1
+    for p, b in zip(net.parameters(), before):
+        np.testing.assert_array_equal(p.numpy(), b, err_msg=p.name)

@@ -109,8 +109,8 @@ def _track(obj: Any, attr: str, params: list[Any]) -> bool:
 
 
 def _skipped_forwards(opt: Any, reset: bool = False) -> int:
-    """Gradient-level methods' training forwards skipped since the last update: their NaN loss
-    carries zero gradients, so a later finite micro-batch (accumulation) would hide them."""
+    """Training forwards since the last update it must not take (see ``weighting/_since.py``):
+    with accumulation, the last micro-batch's loss and σ's gradient do not show them all."""
     layers = [x for loss in getattr(opt, "_autoloss_losses", ()) for x in (loss, *loss.sublayers())]
     return sum(x.skipped_forwards(reset) for x in layers if hasattr(x, "skipped_forwards"))
 
@@ -131,9 +131,8 @@ def _wrap_minimize(opt: Any, params: list[Any], nranks: int) -> None:
     def minimize(*args: Any, **kwargs: Any) -> Any:
         handler = getattr(opt, "_autoloss_on_nonfinite", None)
         if handler is not None and args:
-            # σ's gradient holds every accumulated micro-batch's task losses, so a NaN
-            # from a batch that did not update shows up here too.
-            here = finite(args[0], opt._autoloss_sync) and not _skipped_forwards(opt)
+            dropped = _skipped_forwards(opt)  # first: it names an earlier micro-batch's cause
+            here = finite(args[0], opt._autoloss_sync) and not dropped
             if not agree(here, nranks):
                 try:  # raise (nothing updated) or return: skip this update entirely
                     handler(args[0], not here)

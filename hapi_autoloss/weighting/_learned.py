@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 import numpy as np
 import paddle
 
-from .._args import as_real, is_real
+from .._args import as_real
 from .._hapi import world
 from .base import Weighting
 
@@ -44,12 +44,13 @@ class LearnedScale(Weighting):
         self.check_clamp(lo, hi)
         self.clamp = (lo, hi)
         start = min(max(self.default_init, lo), hi)  # the default start, within a narrower clamp
-        if init is not None and init != "auto" and not (is_real(init) and lo <= init <= hi):
+        number = None if init is None or isinstance(init, str) else as_real(init)
+        if init is not None and init != "auto" and not (number is not None and lo <= number <= hi):
             raise ValueError(
                 f"init must be 'auto' or a number within clamp {self.clamp}, got {init!r}. Fix: e.g. "
                 f"init={start} or init='auto' (start at the first batch's optimum)."
             )
-        self.init = init
+        self.init = init if number is None else number
         self.s: paddle.Tensor | None = None
         self._read: tuple[Any, np.ndarray] = (None, np.zeros(0))  # the last p read, with its values
 

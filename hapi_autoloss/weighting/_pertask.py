@@ -18,6 +18,7 @@ from typing import Any, Callable, Union
 import paddle
 
 from . import _checks, _surrogate
+from ._since import SinceUpdate
 from .gradient import GradWeighting
 
 Shared = Union[None, paddle.nn.Layer, Sequence[Any]]
@@ -60,8 +61,7 @@ class PerTask:
         self._upstream: set[int] | None = None  # rep mode: parameters before the shared Layer
         self._unchecked: set[int] | None = None  # tasks whose reach is still to check (None: first step)
         self._rep: dict[str, Any] = {}
-        self.problem = ("", "")  # (what, why) the first forward since the last update skipped its step
-        self.skipped = 0  # such forwards: with accumulation a later finite batch would hide them
+        self.since: SinceUpdate | None = None  # AutoWeight's record of the forwards since the last update
         if rep_grad:
             assert isinstance(shared, paddle.nn.Layer)
             shared.register_forward_post_hook(self._capture)  # type: ignore[arg-type]
@@ -206,11 +206,10 @@ class PerTask:
         if not finite:
             # Non-finite somewhere (the sums carry it to every rank): the method must not see the step.
             overflow = finite_losses and scale is not None
-            self.skipped += 0 if overflow else 1  # an overflow is the GradScaler's to skip
-            names = [self._name(i) for i in range(k)]
-            if not overflow and not self.problem[1]:  # the first since the last update; read only now
-                self.problem = (("gradient", _checks.nonfinite(names, rows, reached, self.rep_grad)) if finite_losses
-                                else ("loss", _checks.nonfinite_losses(names, local)))
+            if not overflow and self.since is not None:  # an overflow is the GradScaler's to skip
+                names = [self._name(i) for i in range(k)]  # read the host only on this failing step
+                self.since.skip(*(("gradient", _checks.nonfinite(names, rows, reached, self.rep_grad)) if finite_losses
+                                  else ("loss", _checks.nonfinite_losses(names, local))))
             return _surrogate.skipped(value, params, amp_overflow=overflow)
         method.last_shared = self._last or slice(None)
         if gram is None:

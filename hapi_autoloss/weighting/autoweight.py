@@ -9,7 +9,9 @@ import paddle
 
 from .. import _hapi
 from . import _checks
+from ._checkpoints import Checkpoints
 from ._pertask import PerTask, Shared
+from ._since import SinceUpdate
 from ._tasks import (
     Losses,
     Routing,
@@ -21,11 +23,11 @@ from ._tasks import (
     parse_task_types,
     route,
 )
-from .base import Weighting, fit_empty_buffers, make_method
+from .base import Weighting, make_method
 from .gradient import GradWeighting
 
 
-class AutoWeight(paddle.nn.Layer):
+class AutoWeight(Checkpoints):
     """Computes several losses and weights them into one, learning the weights during ``model.fit``.
 
     Args:
@@ -92,6 +94,9 @@ class AutoWeight(paddle.nn.Layer):
         self._routes = parse_routing(routing, names)
         self.weighting.bind(names, self._types)
         self._pertask = self._per_task(shared, rep_grad)
+        self._since = SinceUpdate()  # the training forwards since the last update, for the check before it
+        if self._pertask is not None:
+            self._pertask.since = self._since
 
     def _per_task(self, shared: Shared, rep_grad: bool) -> PerTask | None:
         if not isinstance(self.weighting, GradWeighting):
@@ -143,6 +148,8 @@ class AutoWeight(paddle.nn.Layer):
             values = paddle.stack(each)
             batch = tensors[0].shape[0] if tensors and tensors[0].ndim else 1
             self.weighting.record(values.detach(), paddle.is_grad_enabled(), int(batch))
+            if paddle.is_grad_enabled() and _hapi.is_attached(self):  # a plain loop has no check to read it
+                self._since.forward(values.detach())
             if self._pertask is not None and paddle.is_grad_enabled() and not values.stop_gradient:
                 assert isinstance(self.weighting, GradWeighting)
                 # each task's own scalar: a slice of the stack would reach every task's inputs (with zeros)
@@ -209,48 +216,18 @@ class AutoWeight(paddle.nn.Layer):
         return {} if last is None else self._named(last.numpy())
 
     def nonfinite_cause(self) -> tuple[str, str]:
-        """Gradient-level methods: why the first training forward since the last update skipped its
-        step, as ``("gradient" or "loss", which task)``; ``("", "")`` if none did. For the callback."""
-        return self._pertask.problem if self._pertask is not None else ("", "")
+        """Why a training forward since the last update must not reach it, as ``("gradient" or
+        "loss", which task)`` (set by :meth:`skipped_forwards`); ``("", "")`` if none. For the callback."""
+        return self._since.cause
 
     def skipped_forwards(self, reset: bool = False) -> int:
-        """Gradient-level methods: training forwards skipped (non-finite) since the last update, which
-        accumulation would hide; counted before an update, ``reset`` after it (or its skip)."""
-        if self._pertask is None:
-            return 0
-        count = self._pertask.skipped
+        """Training forwards since the last update that it must not take: skipped by a gradient-level
+        method, or (accumulation) an earlier micro-batch's non-finite loss. Counted before an update,
+        ``reset`` after it (or its skip)."""
+        count = self._since.count(self.task_names)
         if reset:
-            self._pertask.skipped, self._pertask.problem = 0, ("", "")
+            self._since.reset()
         return count
-
-    # ------------------------------------------------------------ checkpoints
-
-    def checkpoint_state(self) -> dict[str, Any]:
-        """Besides tensors: the method and tasks, to refuse a mismatched checkpoint (the
-        method's own state is saved as its layer's)."""
-        return {"method": self.method, "tasks": list(self.task_names)}
-
-    def check_checkpoint_state(self, state: dict[str, Any], source: str) -> None:
-        """Raise, changing nothing, if ``state`` was saved by another method or other tasks."""
-        method, tasks = state.get("method", self.method), list(state.get("tasks", self.task_names))
-        if method != self.method or tasks != self.task_names:
-            raise ValueError(
-                f"{source} was written by AutoWeight(method={method!r}, tasks={tasks}), but this "
-                f"loss is AutoWeight(method={self.method!r}, tasks={self.task_names}); loading it "
-                "would read one task's (or method's) weights as another's. Fix: build the same loss "
-                "(that method, those task names in that order) as the run that saved it."
-            )
-
-    def set_checkpoint_state(self, state: dict[str, Any]) -> None:
-        """Nothing beyond the check: the method restores its own state."""
-
-    def set_state_dict(self, state_dict: dict[str, Any], use_structured_name: bool = True) -> Any:
-        """``paddle.nn.Layer.set_state_dict``, plus the method's buffers sized at its first step."""
-        if use_structured_name:
-            fit_empty_buffers(self, state_dict)
-        result = super().set_state_dict(state_dict, use_structured_name)
-        self.weighting.state_loaded()
-        return result
 
     def extra_repr(self) -> str:
         return f"method={self.method}, tasks={self.task_names}"

@@ -67,7 +67,8 @@ class DBMTL(GradWeighting):
         buf = log_grads + beta * (old - log_grads)
         self.db_grads = buf
         norms = paddle.linalg.norm(buf, axis=1)
-        alpha = norms.max() / (norms + EPS)
+        # a task with no gradient here (a probe on detached features) shows 0, not max/ε: it adds nothing
+        alpha = paddle.where(norms > 0, norms.max() / (norms + EPS), paddle.zeros_like(norms))
         self.show_alphas(alpha)
         return paddle.matmul(alpha.unsqueeze(0), buf).squeeze(0)
 
