@@ -437,3 +437,33 @@ def test_a_nan_loss_in_an_earlier_micro_batch_never_reaches_the_update_of_a_loss
         assert callback.skipped == 1
     for p, b in zip(net.parameters(), before):
         np.testing.assert_array_equal(p.numpy(), b, err_msg=p.name)
+
+
+class ValidationWithGradients(paddle.callbacks.Callback):
+    """A user's callback computing the loss on a validation batch (one NaN label) with gradients on."""
+
+    def __init__(self, loss, net):
+        self.loss, self.net = loss, net
+
+    def on_epoch_end(self, epoch, logs=None):
+        (x,), (ya, yb, _) = data(8)
+        yb = yb.copy()
+        yb[0] = np.nan
+        self.loss(*self.net(paddle.to_tensor(x)), paddle.to_tensor(ya), paddle.to_tensor(yb))
+
+
+@pytest.mark.parametrize("method", ["equal", "mgda"])
+def test_forwards_outside_the_fits_train_batches_are_not_the_updates_business(method):
+    """A validation loss with gradients on was checked as an 'earlier micro-batch' (refusing the next
+    update), and a plain loop after the fit grew the record by one entry a step, forever."""
+    net, model = two_heads(method)
+    loss = model._loss
+    model.fit(labelled(), epochs=2, batch_size=8, shuffle=False, verbose=0,
+              callbacks=[AutoWeightCallback(), ValidationWithGradients(loss, net)])  # epoch 1 trains
+    opt = paddle.optimizer.SGD(0.05, parameters=net.parameters())
+    (x,), (ya, yb, _) = data(8)
+    for _ in range(5):  # a plain loop after the fit
+        loss(*net(paddle.to_tensor(x)), paddle.to_tensor(ya), paddle.to_tensor(yb)).backward()
+        opt.step()
+        opt.clear_grad()
+    assert (loss._since.current, loss._since.earlier, loss._since.skipped) == ([], [], 0)

@@ -237,3 +237,34 @@ def test_a_gradient_level_step_reads_the_host_once_or_twice(monkeypatch, method,
     model.train_batch = train_batch
     fit(model, verbose=0)
     assert [s["other"] for s in steps[:-1]] == [per_step] * (STEPS - 1)  # the last step holds the epoch end's
+
+
+def test_accumulation_adds_one_read_per_update_of_the_batches_that_did_not_update(monkeypatch):
+    """Their losses, so a NaN among them never reaches the update; the reset after it reads nothing."""
+    loss = kendall_loss()
+    model = build_model(loss)
+    reads = StepReads(model, loss, monkeypatch)
+    fit(model, verbose=0, accumulate_grad_batches=2)  # updates after steps 2, 4 and 6
+    assert [r["check"] for r in reads.steps] == [0, 2, 0, 2, 0, 2]
+    assert [r["other"] for r in reads.steps] == [0, 1, 0, 1, 0, 2]  # + the epoch end's σ at step 6
+
+
+class Twice(paddle.nn.Layer):
+    """Deep supervision: one AutoWeight called on two sets of outputs in one forward."""
+
+    def __init__(self, aw: AutoWeight) -> None:
+        super().__init__()
+        self.aw = aw
+
+    def forward(self, o1, o2, y1, y2):
+        return self.aw(o1, o2, y1, y2) + 0.4 * self.aw(o1 * 0.5, o2 * 0.5, y1, y2)
+
+
+def test_one_loss_called_twice_per_forward_reads_nothing_more(monkeypatch):
+    """Both calls are the batch whose loss the check reads: no read of ours for them."""
+    aw = kendall_loss()
+    model = build_model(Twice(aw))
+    reads = StepReads(model, aw, monkeypatch)
+    fit(model, verbose=0)
+    assert [r["check"] for r in reads.steps] == [2] * STEPS
+    assert [r["other"] for r in reads.steps] == [0] * (STEPS - 1) + [1]

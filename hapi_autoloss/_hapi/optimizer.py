@@ -110,9 +110,15 @@ def _track(obj: Any, attr: str, params: list[Any]) -> bool:
 
 def _skipped_forwards(opt: Any, reset: bool = False) -> int:
     """Training forwards since the last update it must not take (see ``weighting/_since.py``):
-    with accumulation, the last micro-batch's loss and σ's gradient do not show them all."""
+    with accumulation, the last batch's loss and σ's gradient do not show them all. ``reset``:
+    forget them (after the update or its skip), reading nothing."""
     layers = [x for loss in getattr(opt, "_autoloss_losses", ()) for x in (loss, *loss.sublayers())]
-    return sum(x.skipped_forwards(reset) for x in layers if hasattr(x, "skipped_forwards"))
+    layers = [x for x in layers if hasattr(x, "skipped_forwards")]
+    if reset:
+        for x in layers:
+            x.forget_skipped()
+        return 0
+    return sum(x.skipped_forwards() for x in layers)
 
 
 def _wrap_minimize(opt: Any, params: list[Any], nranks: int) -> None:

@@ -220,11 +220,15 @@ class AutoWeightCallback(Callback):
 
     def on_train_batch_begin(self, step: int, logs: Any = None) -> None:
         self._step = step
+        for aw in self._weighting:
+            aw.track_batch(begins=True)  # only this batch's forwards count for the update's check
         self._logs = logs  # hapi passes the same dict to on_train_batch_end
         self._skipped_before = self.skipped
 
     def on_train_batch_end(self, step: int, logs: Any = None) -> None:
         self._batches += 1
+        for aw in self._weighting:
+            aw.track_batch(begins=False)
         self._logs = None
         if logs is not None and self.on_nonfinite == "skip":
             logs["nonfinite_skipped"] = self.skipped

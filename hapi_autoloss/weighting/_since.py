@@ -1,17 +1,21 @@
-"""What the check before an update must know of the training forwards since the last one.
+"""What the check before an update must know of the training batches since the last one.
 
 With gradient accumulation (``fit(accumulate_grad_batches=k)``) the check before an update reads
-only the last micro-batch's loss (and σ's gradient, which holds every micro-batch's losses). A
-method without σ keeps no trace of an earlier micro-batch's non-finite loss, and a gradient-level
-method that skipped a forward handed zero gradients on: without this record, the next finite
-micro-batch would update alone (or with NaN gradients) and nothing would be said.
+only the last batch's loss (and σ's gradient, which holds every batch's losses). A method without
+σ keeps no trace of an earlier batch's non-finite loss, and a gradient-level method that skipped
+a forward handed zero gradients on: without this record, the next finite batch would update
+alone (or with NaN gradients) and nothing would be said. Only the forwards between
+``AutoWeightCallback``'s train-batch begin and end count: a forward elsewhere (a validation loss
+with gradients on, a plain loop after the fit) is none of the update's business.
 
 Example::
 
     since = SinceUpdate()
-    since.forward(values)            # each training forward under fit (no device op)
-    since.count(["depth", "seg"])    # before the update: skipped or non-finite forwards
-    since.reset()                    # after the update, or after skipping it
+    since.begin_batch()             # AutoWeightCallback, at each train batch's begin
+    since.forward(values)           # each forward of that batch (no device op)
+    since.end_batch()
+    since.count(["depth", "seg"])   # before the update: bad batches since the last one
+    since.reset()                   # after the update, or after skipping it
 """
 
 from __future__ import annotations
@@ -24,24 +28,35 @@ import paddle
 
 class SinceUpdate:
     def __init__(self) -> None:
-        self.values: list[paddle.Tensor] = []  # each training forward's detached losses
+        self.recording = False  # inside a train batch of AutoWeightCallback's fit
+        self.current: list[paddle.Tensor] = []  # this batch's detached losses: the update reads its loss
+        self.earlier: list[paddle.Tensor] = []  # earlier batches' since the last update (accumulation)
         self.skipped = 0  # forwards a gradient-level method skipped (non-finite)
         self.cause = ("", "")  # ("gradient" or "loss", which task) of the first of them
 
+    def begin_batch(self) -> None:
+        self.earlier.extend(self.current)
+        self.current, self.recording = [], True
+
+    def end_batch(self) -> None:
+        self.recording = False
+
     def forward(self, values: paddle.Tensor) -> None:
-        self.values.append(values)
+        if self.recording:
+            self.current.append(values)
 
     def skip(self, kind: str, text: str) -> None:
-        self.skipped += 1
-        if not self.cause[1]:
-            self.cause = (kind, text)
+        if self.recording:
+            self.skipped += 1
+            if not self.cause[1]:
+                self.cause = (kind, text)
 
     def count(self, tasks: list[str]) -> int:
-        """Forwards since the last update that the update must not take. Reads the host only
-        when there was more than one forward (accumulation): the last one's loss is read anyway."""
-        if self.skipped or len(self.values) < 2:
+        """Batches' forwards since the last update that it must not take. Reads the host only when
+        earlier batches did not update (accumulation): the last batch's loss is read anyway."""
+        if self.skipped or not self.earlier:
             return self.skipped
-        earlier = paddle.stack(self.values[:-1]).numpy().astype(np.float64)
+        earlier = paddle.stack(self.earlier).numpy().astype(np.float64)
         bad = [row for row in earlier if not np.isfinite(row).all()]
         if bad and not self.cause[1]:
             named = [f"task '{t}' = {v}" for t, v in zip(tasks, bad[0].tolist()) if not math.isfinite(v)]
@@ -49,4 +64,4 @@ class SinceUpdate:
         return len(bad)
 
     def reset(self) -> None:
-        self.values, self.skipped, self.cause = [], 0, ("", "")
+        self.current, self.earlier, self.skipped, self.cause = [], [], 0, ("", "")

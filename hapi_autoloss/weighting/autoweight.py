@@ -148,8 +148,7 @@ class AutoWeight(Checkpoints):
             values = paddle.stack(each)
             batch = tensors[0].shape[0] if tensors and tensors[0].ndim else 1
             self.weighting.record(values.detach(), paddle.is_grad_enabled(), int(batch))
-            if paddle.is_grad_enabled() and _hapi.is_attached(self):  # a plain loop has no check to read it
-                self._since.forward(values.detach())
+            self._since.forward(values.detach())  # kept only inside AutoWeightCallback's train batches
             if self._pertask is not None and paddle.is_grad_enabled() and not values.stop_gradient:
                 assert isinstance(self.weighting, GradWeighting)
                 # each task's own scalar: a slice of the stack would reach every task's inputs (with zeros)
@@ -166,7 +165,7 @@ class AutoWeight(Checkpoints):
     def begin_training(self) -> None:
         """A ``fit`` starts (``AutoWeightCallback`` calls it on every rank)."""
         self.weighting.begin_training()
-        self.skipped_forwards(reset=True)  # an interrupted fit's count is not this one's
+        self.forget_skipped()  # an interrupted fit's count is not this one's
 
     def training_calls(self) -> list[str]:
         """What a loop without ``AutoWeightCallback`` must call for this method to learn ([] if
@@ -220,14 +219,21 @@ class AutoWeight(Checkpoints):
         "loss", which task)`` (set by :meth:`skipped_forwards`); ``("", "")`` if none. For the callback."""
         return self._since.cause
 
-    def skipped_forwards(self, reset: bool = False) -> int:
+    def skipped_forwards(self) -> int:
         """Training forwards since the last update that it must not take: skipped by a gradient-level
-        method, or (accumulation) an earlier micro-batch's non-finite loss. Counted before an update,
-        ``reset`` after it (or its skip)."""
-        count = self._since.count(self.task_names)
-        if reset:
-            self._since.reset()
-        return count
+        method, or (accumulation) an earlier batch's non-finite loss. Counted before an update."""
+        return self._since.count(self.task_names)
+
+    def track_batch(self, begins: bool) -> None:
+        """``AutoWeightCallback`` brackets each train batch: only its forwards count for the update."""
+        if begins:
+            self._since.begin_batch()
+        else:
+            self._since.end_batch()
+
+    def forget_skipped(self) -> None:
+        """After an update, or after skipping it: count again from the next batch."""
+        self._since.reset()
 
     def extra_repr(self) -> str:
         return f"method={self.method}, tasks={self.task_names}"

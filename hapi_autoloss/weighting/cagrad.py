@@ -121,7 +121,7 @@ class CAGrad(GradWeighting):
     name = "cagrad"
     rep_grad: ClassVar[bool] = False
     zero_task_breaks = ("a weighting onto that zero gradient minimises its inner problem, so the conflict-averse "
-                        "term vanishes and the update is the plain mean")
+                        "term vanishes and the update is the plain sum, scaled")
 
     def __init__(self, c: float = 0.5, rescale: int = 1) -> None:
         super().__init__()

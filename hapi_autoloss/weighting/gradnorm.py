@@ -37,7 +37,7 @@ class GradNorm(GradWeighting):
     name = "gradnorm"
     rep_grad: ClassVar[bool] = False
     zero_task_breaks = ("its targets follow the mean gradient norm, which that zero lowers for every task, and "
-                        "that task's own weight never moves")
+                        "the softmax lets that task's weight drift up at the others' expense")
 
     def __init__(self, alpha: float = 1.5) -> None:
         super().__init__()
