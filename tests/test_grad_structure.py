@@ -440,30 +440,82 @@ def test_a_nan_loss_in_an_earlier_micro_batch_never_reaches_the_update_of_a_loss
 
 
 class ValidationWithGradients(paddle.callbacks.Callback):
-    """A user's callback computing the loss on a validation batch (one NaN label) with gradients on."""
+    """A user's callback computing the loss on a validation batch (one NaN label) with gradients on,
+    from the hook ``hook`` (listed before AutoWeightCallback)."""
 
-    def __init__(self, loss, net):
+    def __init__(self, loss, net, hook):
         self.loss, self.net = loss, net
+        setattr(self, hook, self.probe)
 
-    def on_epoch_end(self, epoch, logs=None):
+    def probe(self, *args, **kwargs):
         (x,), (ya, yb, _) = data(8)
         yb = yb.copy()
         yb[0] = np.nan
         self.loss(*self.net(paddle.to_tensor(x)), paddle.to_tensor(ya), paddle.to_tensor(yb))
 
 
+@pytest.mark.parametrize("hook", ["on_epoch_end", "on_train_batch_end", "on_train_batch_begin"])
 @pytest.mark.parametrize("method", ["equal", "mgda"])
-def test_forwards_outside_the_fits_train_batches_are_not_the_updates_business(method):
+def test_forwards_outside_the_fits_train_steps_are_not_the_updates_business(method, hook):
     """A validation loss with gradients on was checked as an 'earlier micro-batch' (refusing the next
-    update), and a plain loop after the fit grew the record by one entry a step, forever."""
+    update), even from another callback's batch hook; and a plain loop after a fit, also one that
+    ended in an exception, grew the record by one entry a step, forever."""
     net, model = two_heads(method)
     loss = model._loss
     model.fit(labelled(), epochs=2, batch_size=8, shuffle=False, verbose=0,
-              callbacks=[AutoWeightCallback(), ValidationWithGradients(loss, net)])  # epoch 1 trains
+              callbacks=[ValidationWithGradients(loss, net, hook), AutoWeightCallback()])
+    with pytest.raises(FloatingPointError):  # a fit that ends in an exception inside a train step
+        model.fit(labelled(nan_in="a"), epochs=1, batch_size=8, shuffle=False, verbose=0,
+                  callbacks=[AutoWeightCallback()])
     opt = paddle.optimizer.SGD(0.05, parameters=net.parameters())
     (x,), (ya, yb, _) = data(8)
     for _ in range(5):  # a plain loop after the fit
         loss(*net(paddle.to_tensor(x)), paddle.to_tensor(ya), paddle.to_tensor(yb)).backward()
         opt.step()
         opt.clear_grad()
-    assert (loss._since.current, loss._since.earlier, loss._since.skipped) == ([], [], 0)
+    assert (loss._since.recording, loss._since.current, loss._since.earlier) == (False, [], [])
+
+
+@pytest.mark.parametrize("method", ["equal", "mgda"])
+def test_hapis_own_train_steps_are_checked_without_the_callback_too(method):
+    """attach(model, on_nonfinite=...) and train_batch(update=False), as the README's manual path:
+    when only the callback's hooks opened the record, the NaN batch reached the update."""
+    net, model = two_heads(method)
+    calls = []
+    hapi_autoloss.attach(model, on_nonfinite=lambda total, here: calls.append(here))
+    (x,), (ya, yb, _) = data(16)
+    bad = yb.copy()
+    bad[3] = np.nan
+    model.train_batch([x[:8]], [ya[:8], bad[:8]], update=False)
+    model.train_batch([x[8:]], [ya[8:], yb[8:]], update=True)
+    assert calls == [True] and np.isfinite(net.trunk.weight.numpy()).all()
+
+
+class DeepSupervision(paddle.nn.Layer):
+    """One AutoWeight called twice per forward (the main output, then a scaled auxiliary one)."""
+
+    def __init__(self, aw):
+        super().__init__()
+        self.aw = aw
+
+    def forward(self, oa, ob, ya, yb):
+        return self.aw(oa, ob, ya, yb) + 0.4 * self.aw(oa * 0.5, ob * 0.5, ya, ya)
+
+
+def test_a_refused_step_names_the_task_of_any_call_of_the_loss():
+    """Only the second call's losses were looked at: 'the total loss = nan', and no task named."""
+    paddle.seed(0)
+    net = TwoHeads()
+    aw = AutoWeight({"a": paddle.nn.MSELoss(), "b": paddle.nn.MSELoss()}, method="equal")
+    model = paddle.Model(net)
+    model.prepare(paddle.optimizer.SGD(0.05, parameters=net.parameters()), DeepSupervision(aw))
+    with pytest.raises(FloatingPointError, match=r"^Non-finite loss at epoch 0, step 0: task 'b' = nan\. No "):
+        model.fit(labelled(nan_in="b"), epochs=1, batch_size=8, shuffle=False, verbose=0,
+                  callbacks=[AutoWeightCallback()])
+
+
+def test_the_non_finite_policy_ends_with_its_fit():
+    """It stayed on the optimizer: a later fit without the callback got its policy and its stale epoch."""
+    _, model = two_heads("equal")
+    model.fit(labelled(), epochs=1, batch_size=8, verbose=0, callbacks=[AutoWeightCallback(on_nonfinite="skip")])
+    assert getattr(model._optimizer, "_autoloss_on_nonfinite", None) is None

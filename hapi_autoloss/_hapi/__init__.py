@@ -37,7 +37,7 @@ from .model import (
     show_in_progress_bar,
     world,
 )
-from .optimizer import attach, is_attached
+from .optimizer import attach, end_nonfinite_policy, is_attached
 from .progress import after_train_batch, progress, skip_done_epochs
 from .state import (
     STATE_SUFFIX,
@@ -59,6 +59,7 @@ __all__ = [
     "callback_list_of",
     "check_attached",
     "checkpoint_info",
+    "end_nonfinite_policy",
     "forget_earlier_fits",
     "forward_again",
     "is_attached",

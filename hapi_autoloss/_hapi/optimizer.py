@@ -18,6 +18,7 @@ from .._dist import average_gradients
 from .decay import idle_zero_decay, skip_decoupled_decay
 from .finite import agree, finite
 from .model import ATTACHED, bind_network, loss_layer, loss_parameters, optimizer_of, require_dynamic_mode, world
+from .progress import around_train_batch
 from .state import wrap_save
 
 # Keys Paddle's grouped ``step`` reads from every group (``_apply_optimize``).
@@ -165,6 +166,14 @@ def _wrap_minimize(opt: Any, params: list[Any], nranks: int) -> None:
     opt.minimize = minimize
 
 
+def end_nonfinite_policy(model: Any, on_nonfinite: Callable[[paddle.Tensor, bool], None]) -> None:
+    """A fit's ``on_nonfinite`` ends with it: a later fit without the callback neither gets its
+    policy nor its stale epoch in a message."""
+    opt = optimizer_of(model)
+    if opt is not None and getattr(opt, "_autoloss_on_nonfinite", None) == on_nonfinite:
+        opt._autoloss_on_nonfinite = None
+
+
 def is_attached(layer: paddle.nn.Layer) -> bool:
     """Whether ``attach`` made a model's optimizer train ``layer`` (a loss or a part of one)."""
     return layer in ATTACHED
@@ -220,6 +229,13 @@ def attach(
     _wrap_minimize(opt, params, world()[1])
     if all(x is not loss for x in getattr(opt, "_autoloss_losses", [])):
         opt._autoloss_losses = [*getattr(opt, "_autoloss_losses", []), loss]
+    tracked = [x for x in (loss, *loss.sublayers()) if callable(getattr(x, "track_batch", None))]
+
+    def track(begins: bool) -> None:  # only hapi's train step's forwards count for its update
+        for x in tracked:
+            x.track_batch(begins)
+
+    around_train_batch(model, "since_update", track)
     if on_nonfinite is not None:
         opt._autoloss_on_nonfinite = on_nonfinite
     wrap_save(model)

@@ -44,7 +44,14 @@ def track_progress(model: Any) -> None:
     train_batch, run_one_epoch = model.train_batch, model._run_one_epoch
 
     def counted_train_batch(*args: Any, **kwargs: Any) -> Any:
-        out = train_batch(*args, **kwargs)
+        around = list(getattr(model, "_autoloss_around_batch", {}).values())
+        for fn in around:
+            fn(True)
+        try:
+            out = train_batch(*args, **kwargs)
+        finally:  # an exception (a refused step, Ctrl-C) ends the step too
+            for fn in around:
+                fn(False)
         model._autoloss_progress["step"] += 1
         for fn in list(getattr(model, "_autoloss_after_batch", {}).values()):
             fn(*args, **kwargs)
@@ -69,6 +76,13 @@ def track_progress(model: Any) -> None:
     model.train_batch = counted_train_batch
     model._run_one_epoch = counted_run_one_epoch
     model._autoloss_progress_wrapped = True
+
+
+def around_train_batch(model: Any, key: str, fn: Callable[[bool], None]) -> None:
+    """Call ``fn(True)`` as each of ``model``'s train steps (hapi's ``train_batch``: forward,
+    backward, the update) starts and ``fn(False)`` when it ends, however it ends."""
+    track_progress(model)
+    slot(model, "_autoloss_around_batch", dict)[key] = fn
 
 
 def skip_done_epochs(model: Any, callbacks: Any, done: int, steps_done: int,

@@ -185,13 +185,15 @@ class AutoWeightCallback(Callback):
                 self._logs.update(self._values())
 
     def _on_nonfinite(self, loss: paddle.Tensor, here: bool) -> None:
-        bad = [
-            f"task '{task}' = {value}"
-            for aw in self._weighting
-            for task, value in aw.last_losses().items()
-            if not math.isfinite(value)
-        ]
-        causes = [cause for aw in self._weighting for cause in [aw.nonfinite_cause()] if cause[1]]
+        several = len(self._weighting) > 1  # name which AutoWeight: their task names may repeat
+
+        def tagged(i: int, text: str) -> str:
+            return f"AutoWeight {i}: {text}" if several and text else text
+
+        bad = [tagged(i, aw.nonfinite_now()) for i, aw in enumerate(self._weighting)]
+        bad = [text for text in bad if text]
+        causes = [(kind, tagged(i, text)) for i, aw in enumerate(self._weighting)
+                  for kind, text in [aw.nonfinite_cause()] if text]
         what, fix = "loss", "check that task's data and learning rate"
         if not here:
             where = "on another rank"
@@ -214,21 +216,20 @@ class AutoWeightCallback(Callback):
             )
         self.skipped += 1
 
+    def on_train_end(self, logs: Any = None) -> None:
+        _hapi.end_nonfinite_policy(self.model, self._on_nonfinite)
+
     def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
         self._epoch = epoch
         self._batches = 0
 
     def on_train_batch_begin(self, step: int, logs: Any = None) -> None:
         self._step = step
-        for aw in self._weighting:
-            aw.track_batch(begins=True)  # only this batch's forwards count for the update's check
         self._logs = logs  # hapi passes the same dict to on_train_batch_end
         self._skipped_before = self.skipped
 
     def on_train_batch_end(self, step: int, logs: Any = None) -> None:
         self._batches += 1
-        for aw in self._weighting:
-            aw.track_batch(begins=False)
         self._logs = None
         if logs is not None and self.on_nonfinite == "skip":
             logs["nonfinite_skipped"] = self.skipped

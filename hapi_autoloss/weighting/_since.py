@@ -25,18 +25,31 @@ import math
 import numpy as np
 import paddle
 
+ACCUMULATED = " in a batch accumulated since the last update"
+
+
+def first_bad(values: list[paddle.Tensor], tasks: list[str]) -> tuple[int, str]:
+    """(how many of ``values`` hold a non-finite loss, "task 'b' = nan, ..." for the first of them)."""
+    if not values:
+        return 0, ""
+    bad = [row for row in paddle.stack(values).numpy().astype(np.float64) if not np.isfinite(row).all()]
+    named = [f"task '{t}' = {v}" for t, v in zip(tasks, bad[0].tolist()) if not math.isfinite(v)] if bad else []
+    return len(bad), ", ".join(named)
+
 
 class SinceUpdate:
     def __init__(self) -> None:
-        self.recording = False  # inside a train batch of AutoWeightCallback's fit
+        self.recording = False  # inside hapi's train step (``attach`` wraps ``model.train_batch``)
         self.current: list[paddle.Tensor] = []  # this batch's detached losses: the update reads its loss
         self.earlier: list[paddle.Tensor] = []  # earlier batches' since the last update (accumulation)
+        self.batch = 0  # train batches begun
         self.skipped = 0  # forwards a gradient-level method skipped (non-finite)
         self.cause = ("", "")  # ("gradient" or "loss", which task) of the first of them
+        self.cause_batch = 0
 
     def begin_batch(self) -> None:
         self.earlier.extend(self.current)
-        self.current, self.recording = [], True
+        self.current, self.recording, self.batch = [], True, self.batch + 1
 
     def end_batch(self) -> None:
         self.recording = False
@@ -49,19 +62,24 @@ class SinceUpdate:
         if self.recording:
             self.skipped += 1
             if not self.cause[1]:
-                self.cause = (kind, text)
+                self.cause, self.cause_batch = (kind, text), self.batch
 
     def count(self, tasks: list[str]) -> int:
         """Batches' forwards since the last update that it must not take. Reads the host only when
         earlier batches did not update (accumulation): the last batch's loss is read anyway."""
-        if self.skipped or not self.earlier:
+        if self.skipped:
+            kind, text = self.cause
+            if self.cause_batch < self.batch and not text.endswith(ACCUMULATED):
+                self.cause = (kind, text + ACCUMULATED)
             return self.skipped
-        earlier = paddle.stack(self.earlier).numpy().astype(np.float64)
-        bad = [row for row in earlier if not np.isfinite(row).all()]
-        if bad and not self.cause[1]:
-            named = [f"task '{t}' = {v}" for t, v in zip(tasks, bad[0].tolist()) if not math.isfinite(v)]
-            self.cause = ("loss", f"{', '.join(named)} in a batch accumulated since the last update")
-        return len(bad)
+        count, named = first_bad(self.earlier, tasks)
+        if named and not self.cause[1]:
+            self.cause = ("loss", named + ACCUMULATED)
+        return count
+
+    def now(self, tasks: list[str]) -> str:
+        """The non-finite losses of this batch's forwards ("" if none), read on a refused step only."""
+        return first_bad(self.current, tasks)[1]
 
     def reset(self) -> None:
         self.current, self.earlier, self.skipped, self.cause = [], [], 0, ("", "")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable
 
 import numpy as np
@@ -213,6 +214,12 @@ class AutoWeight(Checkpoints):
         """The raw (unweighted) per-task losses of the last forward; {} before one."""
         last = self.weighting._seen.get("last")
         return {} if last is None else self._named(last.numpy())
+
+    def nonfinite_now(self) -> str:
+        """The non-finite losses of the train step being refused, e.g. "task 'b' = nan" ("" if none;
+        a host read, on that step only): every call of this loss in it, deep supervision included."""
+        return self._since.now(self.task_names) or ", ".join(
+            f"task '{t}' = {v}" for t, v in self.last_losses().items() if not math.isfinite(v))
 
     def nonfinite_cause(self) -> tuple[str, str]:
         """Why a training forward since the last update must not reach it, as ``("gradient" or
