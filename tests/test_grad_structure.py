@@ -514,8 +514,78 @@ def test_a_refused_step_names_the_task_of_any_call_of_the_loss():
                   callbacks=[AutoWeightCallback()])
 
 
-def test_the_non_finite_policy_ends_with_its_fit():
-    """It stayed on the optimizer: a later fit without the callback got its policy and its stale epoch."""
+def test_a_callbacks_policy_never_outlives_its_fit_and_never_replaces_the_users():
+    """An interrupted fit's callback kept skipping steps of later fits without it, and a completed
+    fit with the callback dropped the handler given to attach(model, on_nonfinite=...)."""
     _, model = two_heads("equal")
-    model.fit(labelled(), epochs=1, batch_size=8, verbose=0, callbacks=[AutoWeightCallback(on_nonfinite="skip")])
-    assert getattr(model._optimizer, "_autoloss_on_nonfinite", None) is None
+    mine = []
+    hapi_autoloss.attach(model, on_nonfinite=lambda total, here: mine.append(here))
+    callback = AutoWeightCallback(on_nonfinite="skip")
+    with pytest.raises(KeyboardInterrupt):
+        model.fit(labelled(), epochs=1, batch_size=8, verbose=0, callbacks=[callback, Interrupt()])
+    model.fit(labelled(nan_in="b"), epochs=1, batch_size=8, shuffle=False, verbose=0)  # no callback
+    assert callback.skipped == 0 and mine == [True]  # the user's handler, not the old fit's policy
+    model.fit(labelled(), epochs=1, batch_size=8, verbose=0, callbacks=[AutoWeightCallback()])  # completes
+    (x,), (ya, yb, _) = data(8)
+    bad = yb.copy()
+    bad[0] = np.nan
+    model.train_batch([x], [ya, bad])  # by hand again
+    assert mine == [True, True]
+
+
+class TwoLosses(paddle.nn.Layer):
+    """Two AutoWeights with the same task names; ``aux`` runs only when asked."""
+
+    def __init__(self):
+        super().__init__()
+        self.aux = AutoWeight({"a": paddle.nn.MSELoss(), "b": paddle.nn.MSELoss()}, method="equal")
+        self.main = AutoWeight({"a": paddle.nn.MSELoss(), "b": paddle.nn.MSELoss()}, method="equal")
+        self.use_aux = False
+
+    def forward(self, oa, ob, ya, yb):
+        out = self.main(oa, ob, ya, yb)
+        return out + 0.4 * self.aux(oa, ob, ya, yb) if self.use_aux else out
+
+
+def test_a_refusal_names_the_autoweight_by_its_attribute_and_only_this_steps_forwards():
+    """They were 'AutoWeight 0/1' in registration order, and a no-grad probe of one that the refused
+    step did not run was named too."""
+    paddle.seed(0)
+    net, loss = TwoHeads(), TwoLosses()
+    model = paddle.Model(net)
+    model.prepare(paddle.optimizer.SGD(0.05, parameters=net.parameters()), loss)
+    (x,), (ya, yb, _) = data(8)
+    bad = ya.copy()
+    bad[0] = np.nan
+    with paddle.no_grad():  # a probe of aux on a batch with a NaN label for task a
+        loss.aux(*net(paddle.to_tensor(x)), paddle.to_tensor(bad), paddle.to_tensor(yb))
+    with pytest.raises(FloatingPointError, match=r"step 0: AutoWeight 'main': task 'b' = nan\. No parameter"):
+        model.fit(labelled(nan_in="b"), epochs=1, batch_size=8, shuffle=False, verbose=0,
+                  callbacks=[AutoWeightCallback()])
+
+
+def test_an_autoweight_inside_two_models_wrapper_losses_is_refused():
+    """Only the root loss was checked: σ went into both models' optimizers."""
+    shared = AutoWeight({"a": paddle.nn.MSELoss(), "b": paddle.nn.MSELoss()}, method="kendall",
+                        task_types=["regression"] * 2)
+    models = []
+    for _ in range(2):
+        net = TwoHeads()
+        model = paddle.Model(net)
+        model.prepare(paddle.optimizer.SGD(0.05, parameters=net.parameters()), DeepSupervision(shared))
+        models.append(model)
+    models[0].fit(labelled(), epochs=1, batch_size=8, verbose=0, callbacks=[AutoWeightCallback()])
+    with pytest.raises(RuntimeError, match=r"already trained by another paddle\.Model.*Fix: build one loss instance"):
+        models[1].fit(labelled(), epochs=1, batch_size=8, verbose=0, callbacks=[AutoWeightCallback()])
+
+
+def test_an_earlier_losss_leftovers_do_not_refuse_a_new_losss_fit():
+    """A second prepare with another loss on the same optimizer: the old loss's skip count was summed in."""
+    net, model = two_heads("mgda")
+    with pytest.raises(KeyboardInterrupt):
+        model.fit(labelled(nan_in="b"), **ACCUMULATE, callbacks=[AutoWeightCallback(), Interrupt()])
+    fresh = AutoWeight({"a": paddle.nn.MSELoss(), "b": paddle.nn.MSELoss()}, method="pcgrad", seed=0)
+    model.prepare(model._optimizer, fresh)
+    before = net.trunk.weight.numpy().copy()
+    model.fit(labelled(), **ACCUMULATE, callbacks=[AutoWeightCallback()])
+    assert np.abs(net.trunk.weight.numpy() - before).max() > 0

@@ -37,7 +37,8 @@ from .model import (
     show_in_progress_bar,
     world,
 )
-from .optimizer import attach, end_nonfinite_policy, is_attached
+from .optimizer import attach, is_attached
+from .policy import set_fit_policy
 from .progress import after_train_batch, progress, skip_done_epochs
 from .state import (
     STATE_SUFFIX,
@@ -59,7 +60,6 @@ __all__ = [
     "callback_list_of",
     "check_attached",
     "checkpoint_info",
-    "end_nonfinite_policy",
     "forget_earlier_fits",
     "forward_again",
     "is_attached",
@@ -80,6 +80,7 @@ __all__ = [
     "register_state",
     "require_dynamic_mode",
     "save_state",
+    "set_fit_policy",
     "show_in_progress_bar",
     "skip_done_epochs",
     "world",

@@ -18,6 +18,7 @@ from .._dist import average_gradients
 from .decay import idle_zero_decay, skip_decoupled_decay
 from .finite import agree, finite
 from .model import ATTACHED, bind_network, loss_layer, loss_parameters, optimizer_of, require_dynamic_mode, world
+from .policy import policy_of
 from .progress import around_train_batch
 from .state import wrap_save
 
@@ -136,7 +137,7 @@ def _wrap_minimize(opt: Any, params: list[Any], nranks: int) -> None:
     original = opt.minimize
 
     def minimize(*args: Any, **kwargs: Any) -> Any:
-        handler = getattr(opt, "_autoloss_on_nonfinite", None)
+        handler = policy_of(opt)
         if handler is not None and args:
             dropped = _skipped_forwards(opt)  # first: it names an earlier micro-batch's cause
             here = finite(args[0], opt._autoloss_sync) and not dropped
@@ -164,14 +165,6 @@ def _wrap_minimize(opt: Any, params: list[Any], nranks: int) -> None:
                 p.regularizer = reg
 
     opt.minimize = minimize
-
-
-def end_nonfinite_policy(model: Any, on_nonfinite: Callable[[paddle.Tensor, bool], None]) -> None:
-    """A fit's ``on_nonfinite`` ends with it: a later fit without the callback neither gets its
-    policy nor its stale epoch in a message."""
-    opt = optimizer_of(model)
-    if opt is not None and getattr(opt, "_autoloss_on_nonfinite", None) == on_nonfinite:
-        opt._autoloss_on_nonfinite = None
 
 
 def is_attached(layer: paddle.nn.Layer) -> bool:
@@ -213,22 +206,24 @@ def attach(
             "Fix: call model.prepare(optimizer, loss=...) with an optimizer before fit."
         )
     lr_scale = positive(lr_scale, "lr_scale", "lr_scale=1.0")
-    ref = getattr(loss, "_autoloss_owner", None)
-    owner = ref() if ref is not None else None
-    if owner is not None and owner is not model:
-        raise RuntimeError(
-            f"This {type(loss).__name__} is already trained by another paddle.Model; one "
-            "instance would mix two models' gradients and checkpoints. Fix: build one "
-            "loss instance per model."
-        )
-    loss._autoloss_owner = weakref.ref(model)  # one model per loss, without keeping it alive
+    owned = [x for x in (loss, *loss.sublayers()) if x is loss or callable(getattr(x, "track_batch", None))]
+    for layer in owned:  # an AutoWeight inside a wrapper loss too
+        ref = getattr(layer, "_autoloss_owner", None)
+        owner = ref() if ref is not None else None
+        if owner is not None and owner is not model:
+            raise RuntimeError(
+                f"This {type(layer).__name__} is already trained by another paddle.Model; one "
+                "instance would mix two models' gradients and checkpoints. Fix: build one "
+                "loss instance per model."
+            )
+    for layer in owned:
+        layer._autoloss_owner = weakref.ref(model)  # one model per loss, without keeping it alive
     params = loss_parameters(model)
     _inject(opt, params, lr_scale)
     check_groups(opt)
     _wrap_clear_gradients(model.network, params)
     _wrap_minimize(opt, params, world()[1])
-    if all(x is not loss for x in getattr(opt, "_autoloss_losses", [])):
-        opt._autoloss_losses = [*getattr(opt, "_autoloss_losses", []), loss]
+    opt._autoloss_losses = [loss]  # this model's loss: an earlier one's leftovers are not this fit's
     tracked = [x for x in (loss, *loss.sublayers()) if callable(getattr(x, "track_batch", None))]
 
     def track(begins: bool) -> None:  # only hapi's train step's forwards count for its update

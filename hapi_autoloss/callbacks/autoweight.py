@@ -102,7 +102,8 @@ class AutoWeightCallback(Callback):
                 "Two AutoWeightCallbacks in this fit would both end each epoch of the loss (stch would "
                 "count 2 epochs, dwa lose its averages) and both put σ into the logs. Fix: pass one."
             )
-        params = _hapi.attach(self.model, lr_scale=self.lr_scale, on_nonfinite=self._on_nonfinite)
+        params = _hapi.attach(self.model, lr_scale=self.lr_scale)
+        _hapi.set_fit_policy(self.model, self._on_nonfinite)  # for this fit only: policy.py
         optimizer = _hapi.optimizer_of(self.model)
         if optimizer is not None:  # a fit interrupted mid-accumulation left its gradients: not this fit's
             optimizer.clear_grad()
@@ -185,15 +186,15 @@ class AutoWeightCallback(Callback):
                 self._logs.update(self._values())
 
     def _on_nonfinite(self, loss: paddle.Tensor, here: bool) -> None:
-        several = len(self._weighting) > 1  # name which AutoWeight: their task names may repeat
+        several = len(self._weighting) > 1  # say which AutoWeight, by its attribute name: task names may repeat
+        root = _hapi.loss_layer(self.model)
+        names = {id(layer): name for name, layer in root.named_sublayers()} if several and root is not None else {}
 
-        def tagged(i: int, text: str) -> str:
-            return f"AutoWeight {i}: {text}" if several and text else text
+        def tagged(aw: AutoWeight, text: str) -> str:
+            return f"AutoWeight '{names.get(id(aw), 'loss')}': {text}" if several and text else text
 
-        bad = [tagged(i, aw.nonfinite_now()) for i, aw in enumerate(self._weighting)]
-        bad = [text for text in bad if text]
-        causes = [(kind, tagged(i, text)) for i, aw in enumerate(self._weighting)
-                  for kind, text in [aw.nonfinite_cause()] if text]
+        bad = [tagged(aw, text) for aw in self._weighting for text in [aw.nonfinite_now()] if text]
+        causes = [(kind, tagged(aw, text)) for aw in self._weighting for kind, text in [aw.nonfinite_cause()] if text]
         what, fix = "loss", "check that task's data and learning rate"
         if not here:
             where = "on another rank"
@@ -207,7 +208,7 @@ class AutoWeightCallback(Callback):
         elif not math.isfinite(float(loss)):
             where = f"the total loss = {float(loss)}"
         else:
-            where = "a non-finite gradient from a batch accumulated since the last update"
+            what, where = "gradient", "from a batch accumulated since the last update"
         if self.on_nonfinite == "raise":
             raise FloatingPointError(
                 f"Non-finite {what} at epoch {self._epoch}, step {self._step}: {where}. No "
@@ -215,9 +216,6 @@ class AutoWeightCallback(Callback):
                 "AutoWeightCallback(on_nonfinite='skip') to skip such steps."
             )
         self.skipped += 1
-
-    def on_train_end(self, logs: Any = None) -> None:
-        _hapi.end_nonfinite_policy(self.model, self._on_nonfinite)
 
     def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
         self._epoch = epoch

@@ -117,6 +117,6 @@ def _gradients(tasks: list[str], of: str) -> str:
 
 
 def nonfinite_losses(tasks: list[str], losses: paddle.Tensor) -> str:
-    """The tasks whose loss was not finite in a batch accumulated since the last update."""
+    """The tasks whose loss was not finite (``SinceUpdate.count`` says when it was an earlier batch)."""
     bad = [f"task '{t}' = {v}" for t, v in zip(tasks, losses.numpy().tolist()) if not math.isfinite(v)]
-    return f"{', '.join(bad) or 'a loss'} in a batch accumulated since the last update"
+    return ", ".join(bad) or "a loss"

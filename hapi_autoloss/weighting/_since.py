@@ -4,14 +4,14 @@ With gradient accumulation (``fit(accumulate_grad_batches=k)``) the check before
 only the last batch's loss (and σ's gradient, which holds every batch's losses). A method without
 σ keeps no trace of an earlier batch's non-finite loss, and a gradient-level method that skipped
 a forward handed zero gradients on: without this record, the next finite batch would update
-alone (or with NaN gradients) and nothing would be said. Only the forwards between
-``AutoWeightCallback``'s train-batch begin and end count: a forward elsewhere (a validation loss
-with gradients on, a plain loop after the fit) is none of the update's business.
+alone (or with NaN gradients) and nothing would be said. Only the forwards inside hapi's train
+step count (``attach`` wraps ``model.train_batch``): a forward elsewhere (a validation loss with
+gradients on in a callback, a plain loop after the fit) is none of the update's business.
 
 Example::
 
     since = SinceUpdate()
-    since.begin_batch()             # AutoWeightCallback, at each train batch's begin
+    since.begin_batch()             # as hapi's train step starts (attach's wrapper)
     since.forward(values)           # each forward of that batch (no device op)
     since.end_batch()
     since.count(["depth", "seg"])   # before the update: bad batches since the last one
@@ -32,7 +32,8 @@ def first_bad(values: list[paddle.Tensor], tasks: list[str]) -> tuple[int, str]:
     """(how many of ``values`` hold a non-finite loss, "task 'b' = nan, ..." for the first of them)."""
     if not values:
         return 0, ""
-    bad = [row for row in paddle.stack(values).numpy().astype(np.float64) if not np.isfinite(row).all()]
+    rows = paddle.stack(values).astype("float32").numpy().astype(np.float64)  # bfloat16's numpy() is raw bits
+    bad = [row for row in rows if not np.isfinite(row).all()]
     named = [f"task '{t}' = {v}" for t, v in zip(tasks, bad[0].tolist()) if not math.isfinite(v)] if bad else []
     return len(bad), ", ".join(named)
 
@@ -77,9 +78,10 @@ class SinceUpdate:
             self.cause = ("loss", named + ACCUMULATED)
         return count
 
-    def now(self, tasks: list[str]) -> str:
-        """The non-finite losses of this batch's forwards ("" if none), read on a refused step only."""
-        return first_bad(self.current, tasks)[1]
+    def now(self, tasks: list[str]) -> str | None:
+        """The non-finite losses of this batch's forwards ("" if none), read on a refused step only;
+        None if no train step was ever tracked (a loss driven by hand, not through ``attach``)."""
+        return first_bad(self.current, tasks)[1] if self.batch else None
 
     def reset(self) -> None:
         self.current, self.earlier, self.skipped, self.cause = [], [], 0, ("", "")

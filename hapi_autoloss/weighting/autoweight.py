@@ -149,7 +149,7 @@ class AutoWeight(Checkpoints):
             values = paddle.stack(each)
             batch = tensors[0].shape[0] if tensors and tensors[0].ndim else 1
             self.weighting.record(values.detach(), paddle.is_grad_enabled(), int(batch))
-            self._since.forward(values.detach())  # kept only inside AutoWeightCallback's train batches
+            self._since.forward(values.detach())  # kept only inside hapi's train step (attach's wrapper)
             if self._pertask is not None and paddle.is_grad_enabled() and not values.stop_gradient:
                 assert isinstance(self.weighting, GradWeighting)
                 # each task's own scalar: a slice of the stack would reach every task's inputs (with zeros)
@@ -218,8 +218,10 @@ class AutoWeight(Checkpoints):
     def nonfinite_now(self) -> str:
         """The non-finite losses of the train step being refused, e.g. "task 'b' = nan" ("" if none;
         a host read, on that step only): every call of this loss in it, deep supervision included."""
-        return self._since.now(self.task_names) or ", ".join(
-            f"task '{t}' = {v}" for t, v in self.last_losses().items() if not math.isfinite(v))
+        now = self._since.now(self.task_names)
+        if now is not None:
+            return now
+        return ", ".join(f"task '{t}' = {v}" for t, v in self.last_losses().items() if not math.isfinite(v))
 
     def nonfinite_cause(self) -> tuple[str, str]:
         """Why a training forward since the last update must not reach it, as ``("gradient" or
@@ -232,7 +234,7 @@ class AutoWeight(Checkpoints):
         return self._since.count(self.task_names)
 
     def track_batch(self, begins: bool) -> None:
-        """``AutoWeightCallback`` brackets each train batch: only its forwards count for the update."""
+        """``attach`` brackets each of hapi's train steps: only their forwards count for the update."""
         if begins:
             self._since.begin_batch()
         else:
