@@ -589,3 +589,93 @@ def test_an_earlier_losss_leftovers_do_not_refuse_a_new_losss_fit():
     before = net.trunk.weight.numpy().copy()
     model.fit(labelled(), **ACCUMULATE, callbacks=[AutoWeightCallback()])
     assert np.abs(net.trunk.weight.numpy() - before).max() > 0
+
+
+class NestedFit(paddle.callbacks.Callback):
+    """Runs another fit of the same model from ``hook``, once (with its own AutoWeightCallback or none)."""
+
+    def __init__(self, hook, own_callback):
+        self.done, self.own, self.hook = False, own_callback, hook
+        setattr(self, hook, self.nested)
+
+    def nested(self, *args, **kwargs):
+        if not self.done:
+            self.done = True
+            self.model.fit(labelled(), epochs=1, batch_size=8, verbose=0,
+                           callbacks=[AutoWeightCallback()] if self.own else [])
+
+
+class Replay(paddle.callbacks.Callback):
+    """An update a callback makes between steps (a warm-up or replay step), on a NaN label."""
+
+    def on_epoch_begin(self, epoch, logs=None):
+        (x,), (ya, yb, _) = data(8)
+        bad = yb.copy()
+        bad[0] = np.nan
+        self.model.train_batch([x], [ya, bad])
+
+
+class LateNaN(paddle.io.Dataset):
+    """32 samples; from the epoch ``at`` on (set by ``Poison``), task b's label 20 (batch 2) is NaN."""
+
+    def __init__(self, at):
+        (self.x,), (self.ya, self.yb, _) = data(32)
+        self.at, self.epoch = at, 0
+
+    def __getitem__(self, i):
+        nan = self.epoch >= self.at and i == 20
+        return self.x[i], self.ya[i], np.full_like(self.yb[i], np.nan) if nan else self.yb[i]
+
+    def __len__(self):
+        return 32
+
+
+class Poison(paddle.callbacks.Callback):
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.dataset.epoch = epoch
+
+
+@pytest.mark.parametrize("extra,at", [
+    (NestedFit("on_train_batch_end", own_callback=False), 0), (NestedFit("on_epoch_end", own_callback=True), 1),
+    (Replay(), 0),
+], ids=["fit-in-a-batch-hook", "fit-with-its-callback-at-epoch-end", "update-between-steps"])
+def test_every_update_of_a_fit_gets_its_policy(extra, at):
+    """A nested fit ended the outer fit's policy for the rest of its epoch (or fit), and an update a
+    callback made between steps was not checked: the NaN reached the weights."""
+    net, model = two_heads("equal")
+    dataset = LateNaN(at)
+    with pytest.raises(FloatingPointError, match="task 'b' = nan"):
+        model.fit(dataset, epochs=2, batch_size=8, shuffle=False, verbose=0,
+                  callbacks=[Poison(dataset), AutoWeightCallback(), extra])
+    assert np.isfinite(net.trunk.weight.numpy()).all()
+
+
+def test_a_loss_can_move_to_another_model_once_its_first_model_trains_another():
+    """Model A re-prepared with a new loss still 'owned' its old one: model B was refused it."""
+    _, first = two_heads("kendall")
+    first.fit(labelled(), epochs=1, batch_size=8, verbose=0, callbacks=[AutoWeightCallback()])
+    old = first._loss
+    first.prepare(first._optimizer, AutoWeight({"a": paddle.nn.MSELoss(), "b": paddle.nn.MSELoss()}, method="equal"))
+    net = TwoHeads()
+    second = paddle.Model(net)
+    second.prepare(paddle.optimizer.SGD(0.05, parameters=net.parameters()), old)
+    second.fit(labelled(), epochs=1, batch_size=8, verbose=0, callbacks=[AutoWeightCallback()])
+    assert any(p is old.s for p in second._optimizer._parameter_list)
+
+
+def test_a_loss_without_parameters_may_serve_two_models():
+    """A TopKLoss root was refused as if it held weights of its own."""
+    from hapi_autoloss import TopKLoss
+
+    shared = TopKLoss(paddle.nn.MSELoss(reduction="none"), ratio=0.5)
+    for _ in range(2):
+        net = paddle.nn.Linear(3, 1)
+        model = paddle.Model(net)
+        model.prepare(paddle.optimizer.SGD(0.05, parameters=net.parameters()), shared)
+        (x,), (y, _, _) = data(16)
+        with pytest.warns(UserWarning, match="nothing to do"):  # the callback runs attach, and its owner check
+            model.fit(paddle.io.TensorDataset([paddle.to_tensor(x), paddle.to_tensor(y)]), epochs=1, batch_size=8,
+                      verbose=0, callbacks=[AutoWeightCallback()])

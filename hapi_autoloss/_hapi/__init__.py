@@ -38,7 +38,6 @@ from .model import (
     world,
 )
 from .optimizer import attach, is_attached
-from .policy import set_fit_policy
 from .progress import after_train_batch, progress, skip_done_epochs
 from .state import (
     STATE_SUFFIX,
@@ -80,7 +79,6 @@ __all__ = [
     "register_state",
     "require_dynamic_mode",
     "save_state",
-    "set_fit_policy",
     "show_in_progress_bar",
     "skip_done_epochs",
     "world",

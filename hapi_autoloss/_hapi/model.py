@@ -194,3 +194,14 @@ def forward_again(model: Any, inputs: Any, labels: Any) -> list[paddle.Tensor]:
     with paddle.no_grad():
         outputs = model.network(*[paddle.to_tensor(x) for x in as_list(inputs)])
     return [*as_list(outputs), *[paddle.to_tensor(y) for y in as_list(labels)]]
+
+
+def trained_elsewhere(layer: Any, model: Any) -> bool:
+    """Whether another live ``paddle.Model`` trains ``layer``: its owner is alive and its loss still
+    holds it (a model re-prepared with another loss trains it no more)."""
+    ref = getattr(layer, "_autoloss_owner", None)
+    owner = ref() if ref is not None else None
+    if owner is None or owner is model:
+        return False
+    theirs = loss_layer(owner)
+    return theirs is not None and any(x is layer for x in (theirs, *theirs.sublayers()))

@@ -17,7 +17,16 @@ from .._args import positive
 from .._dist import average_gradients
 from .decay import idle_zero_decay, skip_decoupled_decay
 from .finite import agree, finite
-from .model import ATTACHED, bind_network, loss_layer, loss_parameters, optimizer_of, require_dynamic_mode, world
+from .model import (
+    ATTACHED,
+    bind_network,
+    loss_layer,
+    loss_parameters,
+    optimizer_of,
+    require_dynamic_mode,
+    trained_elsewhere,
+    world,
+)
 from .policy import policy_of
 from .progress import around_train_batch
 from .state import wrap_save
@@ -206,11 +215,10 @@ def attach(
             "Fix: call model.prepare(optimizer, loss=...) with an optimizer before fit."
         )
     lr_scale = positive(lr_scale, "lr_scale", "lr_scale=1.0")
-    owned = [x for x in (loss, *loss.sublayers()) if x is loss or callable(getattr(x, "track_batch", None))]
+    owned = [x for x in (loss, *loss.sublayers()) if callable(getattr(x, "track_batch", None))  # an AutoWeight
+             or any(not p.stop_gradient for p in x.parameters(include_sublayers=False))]
     for layer in owned:  # an AutoWeight inside a wrapper loss too
-        ref = getattr(layer, "_autoloss_owner", None)
-        owner = ref() if ref is not None else None
-        if owner is not None and owner is not model:
+        if trained_elsewhere(layer, model):
             raise RuntimeError(
                 f"This {type(layer).__name__} is already trained by another paddle.Model; one "
                 "instance would mix two models' gradients and checkpoints. Fix: build one "

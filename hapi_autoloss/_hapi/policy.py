@@ -1,36 +1,43 @@
-"""Which non-finite policy the check before an update calls: the ``AutoWeightCallback``'s of the
-fit that is running, else the one ``attach(model, on_nonfinite=...)`` was given (a hand-driven
-``train_batch``), else none. A callback's policy so never outlives its fit, however the fit ended.
+"""Which non-finite policy the check before an update calls: that of the ``AutoWeightCallback``
+listed in the innermost ``Model.fit`` running on this thread (a nested fit has its own; an update a
+callback makes between steps is still its fit's), else the one ``attach(model, on_nonfinite=...)``
+was given (a hand-driven ``train_batch``), else none. So a callback's policy never outlives its
+fit, however the fit ended, and never replaces the user's own.
 
-Checked against paddlepaddle 3.3.1: ``Model.fit`` builds a new ``CallbackList`` for every call and
-hands it to ``_run_one_epoch``, which ``progress.track_progress`` wraps and notes while it runs.
+Checked against paddlepaddle 3.3.1: ``Model.fit`` keeps the fit's ``CallbackList`` in its local
+``cbks``, built anew for every call, before any step runs.
 """
 
 from __future__ import annotations
 
-import weakref
+import sys
+from types import FrameType
 from typing import Any, Callable
 
 import paddle
-
-from .model import optimizer_of
+from paddle.hapi.model import Model
 
 Policy = Callable[[paddle.Tensor, bool], None]
+_FIT = Model.fit.__code__
 
 
-def set_fit_policy(model: Any, handler: Policy) -> None:
-    """``handler``, a bound method of a callback, is the policy while a fit that lists it runs."""
-    opt = optimizer_of(model)
-    if opt is not None:
-        opt._autoloss_fit_policy = (weakref.ref(model), weakref.WeakMethod(handler))  # type: ignore[arg-type]
+def running_fit_callbacks(max_depth: int = 64) -> Any:
+    """The ``CallbackList`` of the innermost ``Model.fit`` on this thread's stack, or None."""
+    frame: FrameType | None = sys._getframe(1)
+    for _ in range(max_depth):
+        if frame is None:
+            return None
+        if frame.f_code is _FIT:
+            return frame.f_locals.get("cbks")
+        frame = frame.f_back
+    return None
 
 
 def policy_of(opt: Any) -> Policy | None:
     """The policy for an update of ``opt`` now (see the module's docstring)."""
-    fit = getattr(opt, "_autoloss_fit_policy", None)
-    if fit is not None:
-        model, handler = fit[0](), fit[1]()
-        running = getattr(model, "_autoloss_fit_callbacks", None) if model is not None else None
-        if handler is not None and running is not None and any(c is handler.__self__ for c in running.callbacks):
-            return handler
+    running = running_fit_callbacks()
+    for callback in getattr(running, "callbacks", None) or ():
+        policy = getattr(callback, "autoloss_nonfinite_policy", None)
+        if callable(policy):
+            return policy  # type: ignore[no-any-return]
     return getattr(opt, "_autoloss_on_nonfinite", None)

@@ -68,13 +68,7 @@ def track_progress(model: Any) -> None:
                 # per iteration from 0 in every fit: put it where the first run was.
                 sampler.set_epoch(skip["sampler_epoch"])
             skip["sampler_epoch"] = None
-        if mode == "train":  # this fit's callbacks, while its epoch runs (policy.py)
-            model._autoloss_fit_callbacks = callbacks
-        try:
-            out = run_one_epoch(data_loader, callbacks, mode, *args, **kwargs)
-        finally:
-            if mode == "train":
-                model._autoloss_fit_callbacks = None
+        out = run_one_epoch(data_loader, callbacks, mode, *args, **kwargs)
         if mode == "train":
             model._autoloss_progress["epoch"] += 1
         return out

@@ -102,8 +102,7 @@ class AutoWeightCallback(Callback):
                 "Two AutoWeightCallbacks in this fit would both end each epoch of the loss (stch would "
                 "count 2 epochs, dwa lose its averages) and both put σ into the logs. Fix: pass one."
             )
-        params = _hapi.attach(self.model, lr_scale=self.lr_scale)
-        _hapi.set_fit_policy(self.model, self._on_nonfinite)  # for this fit only: policy.py
+        params = _hapi.attach(self.model, lr_scale=self.lr_scale)  # the policy: autoloss_nonfinite_policy
         optimizer = _hapi.optimizer_of(self.model)
         if optimizer is not None:  # a fit interrupted mid-accumulation left its gradients: not this fit's
             optimizer.clear_grad()
@@ -184,6 +183,10 @@ class AutoWeightCallback(Callback):
             self._stale = not self._read_now()
             if not self._stale:
                 self._logs.update(self._values())
+
+    def autoloss_nonfinite_policy(self, loss: paddle.Tensor, here: bool) -> None:
+        """Called by the check before an update of the fit that lists this callback (``_hapi/policy.py``)."""
+        self._on_nonfinite(loss, here)
 
     def _on_nonfinite(self, loss: paddle.Tensor, here: bool) -> None:
         several = len(self._weighting) > 1  # say which AutoWeight, by its attribute name: task names may repeat
