@@ -679,3 +679,59 @@ def test_a_loss_without_parameters_may_serve_two_models():
         with pytest.warns(UserWarning, match="nothing to do"):  # the callback runs attach, and its owner check
             model.fit(paddle.io.TensorDataset([paddle.to_tensor(x), paddle.to_tensor(y)]), epochs=1, batch_size=8,
                       verbose=0, callbacks=[AutoWeightCallback()])
+
+
+class TrainOther(paddle.callbacks.Callback):
+    """Updates another model (a teacher, a discriminator) once per epoch, on a NaN label."""
+
+    def __init__(self, other):
+        self.other = other
+
+    def on_epoch_begin(self, epoch, logs=None):
+        (x,), (ya, yb, _) = data(8)
+        bad = yb.copy()
+        bad[0] = np.nan
+        self.other.train_batch([x], [ya, bad])
+
+
+def test_another_models_update_during_a_fit_gets_its_own_handler_not_the_fits_policy():
+    """Any update during a fit got the fit's callback policy: the other model's own handler was
+    ignored, and its skipped step was counted in this fit's logs."""
+    _, model = two_heads("equal")
+    _, other = two_heads("equal")
+    theirs = []
+    hapi_autoloss.attach(other, on_nonfinite=lambda total, here: theirs.append(here))
+    callback = AutoWeightCallback(on_nonfinite="skip")
+    model.fit(labelled(), epochs=1, batch_size=8, verbose=0, callbacks=[callback, TrainOther(other)])
+    assert theirs == [True] and callback.skipped == 0
+
+
+def test_a_nested_fit_of_the_same_model_without_the_callback_keeps_the_outer_policy():
+    """The innermost fit listed no AutoWeightCallback, so nothing checked its NaN update, which went
+    into the weights while the outer fit was set to raise."""
+    net, model = two_heads("equal")
+    with pytest.raises(FloatingPointError, match="task 'b' = nan"):
+        model.fit(labelled(), epochs=1, batch_size=8, verbose=0,
+                  callbacks=[AutoWeightCallback(), NestedNaNFit()])
+    assert np.isfinite(net.trunk.weight.numpy()).all()
+
+
+class NestedNaNFit(paddle.callbacks.Callback):
+    def on_train_batch_end(self, step, logs=None):
+        if step == 0:
+            self.model.fit(labelled(nan_in="b"), epochs=1, batch_size=8, shuffle=False, verbose=0)
+
+
+def test_the_policy_finds_hapis_fit_when_a_tool_wrapped_it_before_the_import():
+    """Model.fit's code was read at import: a wrapper applied before it hid every fit frame."""
+    from helpers import run_python
+
+    script = (
+        "import functools, paddle\n"
+        "original = paddle.Model.fit\n"
+        "paddle.Model.fit = functools.wraps(original)(lambda *a, **k: original(*a, **k))\n"
+        "from hapi_autoloss._hapi.policy import _FIT\n"
+        "print(_FIT is original.__code__)\n"
+    )
+    out = run_python("-c", script)
+    assert out.returncode == 0 and out.stdout.strip().splitlines()[-1] == "True", out.stderr[-2000:]

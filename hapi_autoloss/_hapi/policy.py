@@ -1,8 +1,10 @@
-"""Which non-finite policy the check before an update calls: that of the ``AutoWeightCallback``
-listed in the innermost ``Model.fit`` running on this thread (a nested fit has its own; an update a
-callback makes between steps is still its fit's), else the one ``attach(model, on_nonfinite=...)``
-was given (a hand-driven ``train_batch``), else none. So a callback's policy never outlives its
-fit, however the fit ended, and never replaces the user's own.
+"""Which non-finite policy the check before an update of an optimizer calls: that of the
+``AutoWeightCallback`` of the innermost running ``Model.fit`` whose model owns that optimizer (a
+nested fit of the same model without the callback keeps the outer one's; an update a callback
+makes between steps is its fit's; another model's update is not this fit's business), else the
+one ``attach(model, on_nonfinite=...)`` gave that optimizer (a hand-driven ``train_batch``), else
+none. So a callback's policy never outlives its fit, however the fit ended, and never replaces
+another model's or the user's own.
 
 Checked against paddlepaddle 3.3.1: ``Model.fit`` keeps the fit's ``CallbackList`` in its local
 ``cbks``, built anew for every call, before any step runs.
@@ -10,34 +12,38 @@ Checked against paddlepaddle 3.3.1: ``Model.fit`` keeps the fit's ``CallbackList
 
 from __future__ import annotations
 
+import inspect
 import sys
-from types import FrameType
+from collections.abc import Iterator
+from types import CodeType, FrameType
 from typing import Any, Callable
 
 import paddle
 from paddle.hapi.model import Model
 
+from .model import optimizer_of
+
 Policy = Callable[[paddle.Tensor, bool], None]
-_FIT = Model.fit.__code__
+_FIT: CodeType = inspect.unwrap(Model.fit).__code__  # hapi's own, if a tool wrapped it before us
 
 
-def running_fit_callbacks(max_depth: int = 64) -> Any:
-    """The ``CallbackList`` of the innermost ``Model.fit`` on this thread's stack, or None."""
+def running_fits() -> Iterator[Any]:
+    """The ``CallbackList`` of each ``Model.fit`` on this thread's stack, innermost first."""
     frame: FrameType | None = sys._getframe(1)
-    for _ in range(max_depth):
-        if frame is None:
-            return None
-        if frame.f_code is _FIT:
-            return frame.f_locals.get("cbks")
+    while frame is not None:
+        code = frame.f_code
+        if code is _FIT or (code.co_name == "fit" and code.co_filename == _FIT.co_filename):
+            callbacks = frame.f_locals.get("cbks")
+            if callbacks is not None:
+                yield callbacks
         frame = frame.f_back
-    return None
 
 
 def policy_of(opt: Any) -> Policy | None:
     """The policy for an update of ``opt`` now (see the module's docstring)."""
-    running = running_fit_callbacks()
-    for callback in getattr(running, "callbacks", None) or ():
-        policy = getattr(callback, "autoloss_nonfinite_policy", None)
-        if callable(policy):
-            return policy  # type: ignore[no-any-return]
+    for running in running_fits():
+        for callback in getattr(running, "callbacks", None) or ():
+            policy = getattr(callback, "autoloss_nonfinite_policy", None)
+            if callable(policy) and optimizer_of(getattr(callback, "model", None)) is opt:
+                return policy  # type: ignore[no-any-return]
     return getattr(opt, "_autoloss_on_nonfinite", None)
