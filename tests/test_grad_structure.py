@@ -735,3 +735,51 @@ def test_the_policy_finds_hapis_fit_when_a_tool_wrapped_it_before_the_import():
     )
     out = run_python("-c", script)
     assert out.returncode == 0 and out.stdout.strip().splitlines()[-1] == "True", out.stderr[-2000:]
+
+
+def test_the_policy_finds_hapis_fit_under_a_wrapper_without_functools_wraps():
+    """A plain wrapper set before the import hid hapi's fit: the NaN went into the weights silently."""
+    from helpers import run_python
+
+    script = (
+        "import paddle\n"
+        "original = paddle.Model.fit\n"
+        "def fit(self, *a, **k):\n"
+        "    return original(self, *a, **k)\n"
+        "paddle.Model.fit = fit\n"
+        "from hapi_autoloss._hapi.policy import running_fits\n"
+        "class Probe(paddle.callbacks.Callback):\n"
+        "    def on_train_begin(self, logs=None):\n"
+        "        print('found', any(self in cbks.callbacks for cbks in running_fits()))\n"
+        "net = paddle.nn.Linear(2, 1)\n"
+        "model = paddle.Model(net)\n"
+        "model.prepare(paddle.optimizer.SGD(0.1, parameters=net.parameters()), paddle.nn.MSELoss())\n"
+        "data = paddle.io.TensorDataset([paddle.ones([4, 2]), paddle.ones([4, 1])])\n"
+        "model.fit(data, epochs=1, batch_size=4, verbose=0, callbacks=[Probe()])\n"
+    )
+    out = run_python("-c", script)
+    assert out.returncode == 0 and "found True" in out.stdout, out.stdout[-1000:] + out.stderr[-2000:]
+
+
+class SwitchOptimizer(paddle.callbacks.Callback):
+    """model.prepare with a new optimizer of the network's parameters at the end of epoch 0."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == 0:
+            self.model.prepare(paddle.optimizer.SGD(0.05, parameters=self.model.network.parameters()),
+                               self.model._loss)
+
+
+def test_a_new_optimizer_prepared_mid_fit_gets_sigma_and_the_check():
+    """σ froze (the new optimizer never got it) and NaN updates went unchecked."""
+    net, model = two_heads("kendall")
+    loss = model._loss
+    dataset = LateNaN(at=2)
+    model.fit(dataset, epochs=2, batch_size=8, shuffle=False, verbose=0,
+              callbacks=[Poison(dataset), AutoWeightCallback(), SwitchOptimizer()])
+    assert any(p is loss.s for p in model._optimizer._parameter_list)  # σ joined the new optimizer
+    before = loss.s.numpy().copy()
+    with pytest.raises(FloatingPointError, match="task 'b' = nan"):
+        model.fit(dataset, epochs=3, batch_size=8, shuffle=False, verbose=0,
+                  callbacks=[Poison(dataset), AutoWeightCallback(), SwitchOptimizer()])
+    assert np.isfinite(net.trunk.weight.numpy()).all() and np.abs(loss.s.numpy() - before).max() > 0

@@ -25,6 +25,7 @@ from .model import optimizer_of
 
 Policy = Callable[[paddle.Tensor, bool], None]
 _FIT: CodeType = inspect.unwrap(Model.fit).__code__  # hapi's own, if a tool wrapped it before us
+_HAPI = Model.__module__  # "paddle.hapi.model": its fit, whatever a tool put on Model.fit
 
 
 def running_fits() -> Iterator[Any]:
@@ -32,7 +33,7 @@ def running_fits() -> Iterator[Any]:
     frame: FrameType | None = sys._getframe(1)
     while frame is not None:
         code = frame.f_code
-        if code is _FIT or (code.co_name == "fit" and code.co_filename == _FIT.co_filename):
+        if code is _FIT or (code.co_name == "fit" and frame.f_globals.get("__name__") == _HAPI):
             callbacks = frame.f_locals.get("cbks")
             if callbacks is not None:
                 yield callbacks

@@ -87,6 +87,7 @@ class AutoWeightCallback(Callback):
         self._skipped_before = 0
         self._logs: dict[str, Any] | None = None
         self._wanting: list[AutoWeight] = []
+        self._attached_to: Any = None  # the optimizer attach prepared
         # Who reads σ from a step's logs (see _plan_logs); _stale: a step's values were not put in.
         self._fill = False
         self._every_step = True
@@ -103,6 +104,7 @@ class AutoWeightCallback(Callback):
                 "count 2 epochs, dwa lose its averages) and both put σ into the logs. Fix: pass one."
             )
         params = _hapi.attach(self.model, lr_scale=self.lr_scale)  # the policy: autoloss_nonfinite_policy
+        self._attached_to = _hapi.optimizer_of(self.model)
         optimizer = _hapi.optimizer_of(self.model)
         if optimizer is not None:  # a fit interrupted mid-accumulation left its gradients: not this fit's
             optimizer.clear_grad()
@@ -226,6 +228,9 @@ class AutoWeightCallback(Callback):
 
     def on_train_batch_begin(self, step: int, logs: Any = None) -> None:
         self._step = step
+        if _hapi.optimizer_of(self.model) is not self._attached_to:  # model.prepare(new_optimizer) mid-fit
+            _hapi.attach(self.model, lr_scale=self.lr_scale)  # σ joins it, and its updates are checked
+            self._attached_to = _hapi.optimizer_of(self.model)
         self._logs = logs  # hapi passes the same dict to on_train_batch_end
         self._skipped_before = self.skipped
 
