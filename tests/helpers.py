@@ -62,6 +62,19 @@ class TwoTaskNet(paddle.nn.Layer):
         return [self.h1(z), self.h2(z)]
 
 
+class TrunkNet(paddle.nn.Layer):
+    """A tanh trunk of ``width`` on ``inputs`` features, two linear heads (gradient-level tests)."""
+
+    def __init__(self, inputs: int = 4, width: int = 8) -> None:
+        super().__init__()
+        self.trunk = paddle.nn.Sequential(paddle.nn.Linear(inputs, width), paddle.nn.Tanh())
+        self.h1, self.h2 = paddle.nn.Linear(width, 1), paddle.nn.Linear(width, 1)
+
+    def forward(self, x):
+        z = self.trunk(x)
+        return self.h1(z), self.h2(z)
+
+
 class DropNet(TwoTaskNet):
     """TwoTaskNet with dropout on the trunk: a network whose training uses Paddle's random stream."""
 

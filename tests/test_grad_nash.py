@@ -6,6 +6,7 @@ weight_methods.py keeps the normalisation factor in its constraint), at gradient
 import numpy as np
 import paddle
 import pytest
+from helpers import TrunkNet
 from scipy.optimize import root
 
 import hapi_autoloss
@@ -51,17 +52,6 @@ def test_zero_gradient_task_keeps_its_last_alpha():
     np.testing.assert_array_equal(nash_alpha(opposite @ opposite.T, np.array([0.5, 2.0])), [0.5, 2.0])
 
 
-class Net(paddle.nn.Layer):
-    def __init__(self):
-        super().__init__()
-        self.trunk = paddle.nn.Sequential(paddle.nn.Linear(4, 8), paddle.nn.Tanh())
-        self.h1, self.h2 = paddle.nn.Linear(8, 1), paddle.nn.Linear(8, 1)
-
-    def forward(self, x):
-        z = self.trunk(x)
-        return self.h1(z), self.h2(z)
-
-
 class Scaled(paddle.nn.Layer):
     def __init__(self, s):
         super().__init__()
@@ -77,7 +67,7 @@ def one_step(s, max_norm):
     y1 = (x @ rng.normal(size=(4, 1))).astype("float32")
     y2 = (3 * np.sin(x[:, :1])).astype("float32")
     paddle.seed(0)
-    net = Net()
+    net = TrunkNet()
     loss = AutoWeight([Scaled(s), Scaled(s)], method="nash_mtl", max_norm=max_norm)
     model = paddle.Model(net)
     model.prepare(paddle.optimizer.SGD(1.0, parameters=net.parameters()), loss)

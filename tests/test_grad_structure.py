@@ -11,6 +11,7 @@ import pytest
 
 import hapi_autoloss
 from hapi_autoloss import AutoWeight
+from hapi_autoloss._hapi.optimizer import optimizer_params
 from hapi_autoloss.callbacks import AutoWeightCallback
 from hapi_autoloss.weighting.gradient import GradWeighting
 
@@ -761,25 +762,35 @@ def test_the_policy_finds_hapis_fit_under_a_wrapper_without_functools_wraps():
     assert out.returncode == 0 and "found True" in out.stdout, out.stdout[-1000:] + out.stderr[-2000:]
 
 
+FAMILY = ["SGD", "Momentum", "Adam", "AdamW", "Adamax", "Adagrad", "Adadelta", "RMSProp", "Lamb"]
+
+
 class SwitchOptimizer(paddle.callbacks.Callback):
-    """model.prepare with a new optimizer of the network's parameters at the end of epoch 0."""
+    """model.prepare with a new optimizer ``name`` of the network's parameters (flat, or one param
+    group) at the end of epoch 0."""
+
+    def __init__(self, name, grouped):
+        self.name, self.grouped = name, grouped
 
     def on_epoch_end(self, epoch, logs=None):
         if epoch == 0:
-            self.model.prepare(paddle.optimizer.SGD(0.05, parameters=self.model.network.parameters()),
-                               self.model._loss)
+            params = self.model.network.parameters()
+            groups = [{"params": params}] if self.grouped else params
+            opt = getattr(paddle.optimizer, self.name)(0.05, parameters=groups)
+            self.model.prepare(opt, self.model._loss)
 
 
-def test_a_new_optimizer_prepared_mid_fit_gets_sigma_and_the_check():
+@pytest.mark.parametrize("grouped", [False, True], ids=["flat", "grouped"])
+@pytest.mark.parametrize("name", FAMILY)
+def test_a_new_optimizer_prepared_mid_fit_gets_sigma_and_the_check(name, grouped):
     """σ froze (the new optimizer never got it) and NaN updates went unchecked."""
     net, model = two_heads("kendall")
     loss = model._loss
-    dataset = LateNaN(at=2)
-    model.fit(dataset, epochs=2, batch_size=8, shuffle=False, verbose=0,
-              callbacks=[Poison(dataset), AutoWeightCallback(), SwitchOptimizer()])
-    assert any(p is loss.s for p in model._optimizer._parameter_list)  # σ joined the new optimizer
+    dataset = LateNaN(at=1)
     before = loss.s.numpy().copy()
     with pytest.raises(FloatingPointError, match="task 'b' = nan"):
-        model.fit(dataset, epochs=3, batch_size=8, shuffle=False, verbose=0,
-                  callbacks=[Poison(dataset), AutoWeightCallback(), SwitchOptimizer()])
+        model.fit(dataset, epochs=2, batch_size=8, shuffle=False, verbose=0,
+                  callbacks=[Poison(dataset), AutoWeightCallback(), SwitchOptimizer(name, grouped)])
+    assert type(model._optimizer).__name__ == name
+    assert any(p is loss.s for p in optimizer_params(model._optimizer))  # σ joined the new optimizer
     assert np.isfinite(net.trunk.weight.numpy()).all() and np.abs(loss.s.numpy() - before).max() > 0

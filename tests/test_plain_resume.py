@@ -6,6 +6,7 @@ count), and for rlw with its NumPy stream saved as README says."""
 import numpy as np
 import paddle
 import pytest
+from helpers import TrunkNet
 
 from hapi_autoloss import AutoWeight, param_groups
 
@@ -15,20 +16,9 @@ Y1 = (X @ RNG.normal(size=(4, 1))).astype("float32")
 Y2 = (3 * np.sin(3 * X[:, :1])).astype("float32")
 
 
-class Net(paddle.nn.Layer):
-    def __init__(self):
-        super().__init__()
-        self.trunk = paddle.nn.Sequential(paddle.nn.Linear(4, 8), paddle.nn.Tanh())
-        self.h1, self.h2 = paddle.nn.Linear(8, 1), paddle.nn.Linear(8, 1)
-
-    def forward(self, x):
-        z = self.trunk(x)
-        return self.h1(z), self.h2(z)
-
-
 def build(method, opts):
     paddle.seed(0)
-    net = Net()
+    net = TrunkNet()
     loss_fn = AutoWeight([paddle.nn.MSELoss(), paddle.nn.MSELoss()], method=method, **opts)
     return net, loss_fn, paddle.optimizer.Adam(0.01, parameters=param_groups(net, loss_fn))
 

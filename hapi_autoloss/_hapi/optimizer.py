@@ -123,8 +123,7 @@ def _skipped_forwards(opt: Any, reset: bool = False) -> int:
     """Training forwards since the last update it must not take (see ``weighting/_since.py``):
     with accumulation, the last batch's loss and σ's gradient do not show them all. ``reset``:
     forget them (after the update or its skip), reading nothing."""
-    layers = [x for loss in getattr(opt, "_autoloss_losses", ()) for x in (loss, *loss.sublayers())]
-    layers = [x for x in layers if hasattr(x, "skipped_forwards")]
+    layers = getattr(opt, "_autoloss_tracked", ())  # found once, by attach: no walk per update
     if reset:
         for x in layers:
             x.forget_skipped()
@@ -215,8 +214,10 @@ def attach(
             "Fix: call model.prepare(optimizer, loss=...) with an optimizer before fit."
         )
     lr_scale = positive(lr_scale, "lr_scale", "lr_scale=1.0")
-    owned = [x for x in (loss, *loss.sublayers()) if callable(getattr(x, "track_batch", None))  # an AutoWeight
-             or any(not p.stop_gradient for p in x.parameters(include_sublayers=False))]
+    layers = [loss, *loss.sublayers()]
+    tracked = [x for x in layers if callable(getattr(x, "track_batch", None))]  # the AutoWeights
+    owned = [x for x in layers
+             if x in tracked or any(not p.stop_gradient for p in x.parameters(include_sublayers=False))]
     for layer in owned:  # an AutoWeight inside a wrapper loss too
         if trained_elsewhere(layer, model):
             raise RuntimeError(
@@ -231,8 +232,7 @@ def attach(
     check_groups(opt)
     _wrap_clear_gradients(model.network, params)
     _wrap_minimize(opt, params, world()[1])
-    opt._autoloss_losses = [loss]  # this model's loss: an earlier one's leftovers are not this fit's
-    tracked = [x for x in (loss, *loss.sublayers()) if callable(getattr(x, "track_batch", None))]
+    opt._autoloss_tracked = tracked  # this model's AutoWeights: an earlier loss's leftovers are not this fit's
 
     def track(begins: bool) -> None:  # only hapi's train step's forwards count for its update
         for x in tracked:
@@ -243,5 +243,5 @@ def attach(
         opt._autoloss_on_nonfinite = on_nonfinite
     wrap_save(model)
     bind_network(loss, model.network, model)
-    ATTACHED.update([loss, *loss.sublayers()])
+    ATTACHED.update(layers)
     return params

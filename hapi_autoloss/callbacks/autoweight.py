@@ -105,9 +105,8 @@ class AutoWeightCallback(Callback):
             )
         params = _hapi.attach(self.model, lr_scale=self.lr_scale)  # the policy: autoloss_nonfinite_policy
         self._attached_to = _hapi.optimizer_of(self.model)
-        optimizer = _hapi.optimizer_of(self.model)
-        if optimizer is not None:  # a fit interrupted mid-accumulation left its gradients: not this fit's
-            optimizer.clear_grad()
+        if self._attached_to is not None:  # a fit interrupted mid-accumulation left its gradients: not this fit's
+            self._attached_to.clear_grad()
         self._weighting = list(_hapi.iter_layers(self.model, AutoWeight))
         if not self._weighting and not params:
             warnings.warn(
@@ -188,9 +187,6 @@ class AutoWeightCallback(Callback):
 
     def autoloss_nonfinite_policy(self, loss: paddle.Tensor, here: bool) -> None:
         """Called by the check before an update of the fit that lists this callback (``_hapi/policy.py``)."""
-        self._on_nonfinite(loss, here)
-
-    def _on_nonfinite(self, loss: paddle.Tensor, here: bool) -> None:
         several = len(self._weighting) > 1  # say which AutoWeight, by its attribute name: task names may repeat
         root = _hapi.loss_layer(self.model)
         names = {id(layer): name for name, layer in root.named_sublayers()} if several and root is not None else {}

@@ -6,7 +6,6 @@ hinge loss is a task with a zero gradient, not a task without one)."""
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import paddle
@@ -114,9 +113,3 @@ def _gradients(tasks: list[str], of: str) -> str:
     if len(tasks) == 1:
         return f"the gradient of task {names} with respect to {of} is not finite"
     return f"the gradients of tasks {names} with respect to {of} are not finite"
-
-
-def nonfinite_losses(tasks: list[str], losses: paddle.Tensor) -> str:
-    """The tasks whose loss was not finite (``SinceUpdate.count`` says when it was an earlier batch)."""
-    bad = [f"task '{t}' = {v}" for t, v in zip(tasks, losses.numpy().tolist()) if not math.isfinite(v)]
-    return ", ".join(bad) or "a loss"

@@ -18,7 +18,7 @@ from typing import Any, Callable, Union
 import paddle
 
 from . import _checks, _surrogate
-from ._since import SinceUpdate
+from ._since import SinceUpdate, first_bad
 from .gradient import GradWeighting
 
 Shared = Union[None, paddle.nn.Layer, Sequence[Any]]
@@ -209,7 +209,7 @@ class PerTask:
             if not overflow and self.since is not None:  # an overflow is the GradScaler's to skip
                 names = [self._name(i) for i in range(k)]  # read the host only on this failing step
                 self.since.skip(*(("gradient", _checks.nonfinite(names, rows, reached, self.rep_grad)) if finite_losses
-                                  else ("loss", _checks.nonfinite_losses(names, local))))
+                                  else ("loss", first_bad([local], names)[1] or "a loss")))
             return _surrogate.skipped(value, params, amp_overflow=overflow)
         method.last_shared = self._last or slice(None)
         if gram is None:

@@ -148,8 +148,9 @@ class AutoWeight(Checkpoints):
             each = self._each_loss(tensors)
             values = paddle.stack(each)
             batch = tensors[0].shape[0] if tensors and tensors[0].ndim else 1
-            self.weighting.record(values.detach(), paddle.is_grad_enabled(), int(batch))
-            self._since.forward(values.detach())  # kept only inside hapi's train step (attach's wrapper)
+            detached = values.detach()
+            self.weighting.record(detached, paddle.is_grad_enabled(), int(batch))
+            self._since.forward(detached)  # kept only inside hapi's train step (attach's wrapper)
             if self._pertask is not None and paddle.is_grad_enabled() and not values.stop_gradient:
                 assert isinstance(self.weighting, GradWeighting)
                 # each task's own scalar: a slice of the stack would reach every task's inputs (with zeros)
