@@ -164,12 +164,42 @@ def test_toy_recovers_sigma_within_five_percent():
         assert abs(sigmas[task] - true) / true < 0.05, sigmas
 
 
-def test_one_loss_for_two_models_is_rejected():
+def test_a_new_model_takes_over_a_trained_loss_like_a_fresh_loss_started_there():
+    """A notebook cell run again: a new paddle.Model with the loss of an earlier cell, while the
+    old model is still alive. It was refused; now the new model trains it, with a warning, and
+    exactly as a fresh loss holding the same σ would train (no state of the old optimizer)."""
     loss = kendall_loss()
-    first = build_model(loss)  # kept alive: a model that was freed no longer owns the loss
+    first = build_model(loss)  # kept alive, as a notebook's earlier cell keeps it
     fit(first, epochs=1, callbacks=[AutoWeightCallback()])
-    with pytest.raises(RuntimeError, match=r"already trained by another paddle\.Model"):
-        fit(build_model(loss), epochs=1, callbacks=[AutoWeightCallback()])
+    state = {k: v.numpy().copy() for k, v in loss.state_dict().items()}
+    with pytest.warns(UserWarning, match=r"trained by another paddle\.Model before.*Fix: build a new AutoWeight"):
+        fit(build_model(loss, seed=1), epochs=2, callbacks=[AutoWeightCallback()])
+    fresh = kendall_loss()
+    fresh.set_state_dict({k: paddle.to_tensor(v) for k, v in state.items()})
+    reference = build_model(fresh, seed=1)
+    fit(reference, epochs=2, callbacks=[AutoWeightCallback()])
+    assert loss.sigmas() == fresh.sigmas()  # bit for bit
+    moved = [np.abs(v.numpy() - state[k]).max() for k, v in loss.state_dict().items()]
+    assert max(moved) > 1e-3  # the new model's optimizer trained σ on from the state
+    with pytest.warns(UserWarning, match="trained by another paddle.Model before"):  # and back
+        fit(first, epochs=1, callbacks=[AutoWeightCallback()])
+
+
+def test_a_second_model_training_an_attached_loss_without_the_callback_is_refused():
+    """Its σ gradient was never cleared by that model and went into the first model's next update."""
+    loss = kendall_loss()
+    first = build_model(loss)
+    fit(first, epochs=1, callbacks=[AutoWeightCallback()])
+    second = build_model(loss, seed=1)
+    before = [p.numpy().copy() for p in [*loss.parameters(), *second.network.parameters()]]
+    with pytest.raises(RuntimeError, match=r"trained by another paddle\.Model.*without AutoWeightCallback"
+                                           r".*Fix: pass hapi_autoloss\.callbacks\.AutoWeightCallback"):
+        fit(second, epochs=1)
+    after = [p.numpy() for p in [*loss.parameters(), *second.network.parameters()]]
+    assert all(np.array_equal(a, b) for a, b in zip(before, after))
+    assert all(p.grad is None or not p.grad.numpy().any() for p in loss.parameters())
+    with paddle.no_grad():  # evaluating with it stays allowed
+        second.evaluate(DATA, batch_size=16, verbose=0)
 
 
 def test_prepare_without_optimizer_then_fit():

@@ -5,6 +5,8 @@ losses named as such."""
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import paddle
 import pytest
@@ -244,9 +246,31 @@ def test_a_task_whose_gradient_is_zero_at_the_first_step_is_not_refused():
     model.prepare(paddle.optimizer.SGD(0.1, parameters=net.parameters()), loss)
     hapi_autoloss.attach(model)
     x, ys = data()
+    trunk = net.trunk[0].weight.numpy().copy()
     model.train_batch(x, [ys[0], ys[1], np.abs(ys[2])])
     assert loss.last_losses()["c"] == 0.0
-    np.testing.assert_allclose(sum(loss.weights().values()), 1.0, rtol=1e-6)
+    # MGDA's min-norm point is c's zero gradient: no shared update, and the weights say so (c
+    # showed 1, the factor on its zero vector)
+    np.testing.assert_array_equal(net.trunk[0].weight.numpy(), trunk)
+    assert loss.weights()["c"] == 0.0 and max(loss.weights().values()) < 1e-9
+
+
+@pytest.mark.parametrize("method,shown", [("cagrad", 1 / 1.25), ("pcgrad", 1.0)])
+def test_a_task_with_no_gradient_at_a_step_shows_weight_0(method, shown):
+    """It adds nothing to the update; cagrad showed its factor on the zero vector (up to 5.7e8 in
+    review), which flattens every other curve of the plot. The others show the rule's factors."""
+    paddle.seed(0)
+    net = Net()
+    with paddle.no_grad():
+        net.c.weight.set_value(paddle.zeros_like(net.c.weight))
+        net.c.bias.set_value(paddle.to_tensor([50.0]))
+    loss = AutoWeight({"a": paddle.nn.MSELoss(), "b": paddle.nn.MSELoss(), "c": Hinge()}, method=method)
+    model = paddle.Model(net)
+    model.prepare(paddle.optimizer.SGD(0.1, parameters=net.parameters()), loss)
+    hapi_autoloss.attach(model)
+    x, ys = data()
+    model.train_batch(x, [ys[0], ys[1], np.abs(ys[2])])
+    assert loss.weights() == {"a": pytest.approx(shown, rel=1e-12), "b": pytest.approx(shown, rel=1e-12), "c": 0.0}
 
 
 class Masked(paddle.nn.Layer):
@@ -565,19 +589,37 @@ def test_a_refusal_names_the_autoweight_by_its_attribute_and_only_this_steps_for
                   callbacks=[AutoWeightCallback()])
 
 
-def test_an_autoweight_inside_two_models_wrapper_losses_is_refused():
-    """Only the root loss was checked: σ went into both models' optimizers."""
+def test_an_autoweight_inside_two_models_wrapper_losses_moves_on_or_is_refused():
+    """Inside a wrapper loss too: a second model with the callback takes it over (a warning, σ
+    goes on); one without the callback is refused before any update (its σ gradient leaked into
+    the first model's update); a gradient-level one combines the new model's gradients."""
     shared = AutoWeight({"a": paddle.nn.MSELoss(), "b": paddle.nn.MSELoss()}, method="kendall",
                         task_types=["regression"] * 2)
     models = []
-    for _ in range(2):
+    for _ in range(3):
         net = TwoHeads()
         model = paddle.Model(net)
         model.prepare(paddle.optimizer.SGD(0.05, parameters=net.parameters()), DeepSupervision(shared))
         models.append(model)
     models[0].fit(labelled(), epochs=1, batch_size=8, verbose=0, callbacks=[AutoWeightCallback()])
-    with pytest.raises(RuntimeError, match=r"already trained by another paddle\.Model.*Fix: build one loss instance"):
+    sigma = shared.parameters()[0].numpy().copy()
+    with pytest.raises(RuntimeError, match=r"trained by another paddle\.Model.*without AutoWeightCallback"):
+        models[2].fit(labelled(), epochs=1, batch_size=8, verbose=0)
+    np.testing.assert_array_equal(shared.parameters()[0].numpy(), sigma)
+    with pytest.warns(UserWarning, match=r"This AutoWeight was trained by another paddle\.Model before"):
         models[1].fit(labelled(), epochs=1, batch_size=8, verbose=0, callbacks=[AutoWeightCallback()])
+    assert np.abs(shared.parameters()[0].numpy() - sigma).max() > 1e-4
+
+    grad = AutoWeight({"a": paddle.nn.MSELoss(), "b": paddle.nn.MSELoss()}, method="pcgrad", seed=0)
+    nets = [TwoHeads(), TwoHeads()]
+    for net in nets:
+        model = paddle.Model(net)
+        model.prepare(paddle.optimizer.SGD(0.05, parameters=net.parameters()), grad)
+        before = net.trunk.weight.numpy().copy()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model.fit(labelled(), epochs=1, batch_size=8, verbose=0, callbacks=[AutoWeightCallback()])
+        assert np.abs(net.trunk.weight.numpy() - before).max() > 1e-4  # bound to this network now
 
 
 def test_an_earlier_losss_leftovers_do_not_refuse_a_new_losss_fit():

@@ -6,6 +6,7 @@ Checked against paddlepaddle 3.3.1 (``paddle/hapi/model.py``, ``paddle/hapi/call
 from __future__ import annotations
 
 import sys
+import warnings
 import weakref
 from collections.abc import Iterator
 from types import FrameType
@@ -174,6 +175,24 @@ def check_attached(layer: paddle.nn.Layer, needed: bool) -> None:
     )
 
 
+def check_other_train(layer: paddle.nn.Layer, needed: bool) -> None:
+    """Raise if ``layer``, which a model's optimizer trains (``attach``), trains in a hapi train
+    step other than that model's (whose steps ``attach`` brackets): that model never clears
+    its gradients, which would go into the other model's next update.
+
+    Called from a loss's forward outside its own model's train steps. Costs a few stack-frame reads.
+    """
+    if not needed or not paddle.is_grad_enabled() or not called_from_hapi_train():
+        return
+    raise RuntimeError(
+        f"This {type(layer).__name__} is trained by another paddle.Model (it was attached there), "
+        "and this model trains it without AutoWeightCallback: this model never clears its gradients, "
+        "which would go into that model's next update. Fix: pass hapi_autoloss.callbacks."
+        "AutoWeightCallback() in this model.fit(callbacks=[...]) (its weights go on from there), "
+        "or build one loss instance per model."
+    )
+
+
 def show_in_progress_bar(params: Any, keys: list[str]) -> None:
     """Make hapi's ProgBarLogger print ``keys`` from ``logs``.
 
@@ -196,12 +215,17 @@ def forward_again(model: Any, inputs: Any, labels: Any) -> list[paddle.Tensor]:
     return [*as_list(outputs), *[paddle.to_tensor(y) for y in as_list(labels)]]
 
 
-def trained_elsewhere(layer: Any, model: Any) -> bool:
-    """Whether another live ``paddle.Model`` trains ``layer``: its owner is alive and its loss still
-    holds it (a model re-prepared with another loss trains it no more)."""
-    ref = getattr(layer, "_autoloss_owner", None)
-    owner = ref() if ref is not None else None
-    if owner is None or owner is model:
-        return False
-    theirs = loss_layer(owner)
-    return theirs is not None and any(x is layer for x in (theirs, *theirs.sublayers()))
+def hand_over(layers: list[Any], model: Any) -> None:
+    """Make ``model`` the one that trains ``layers`` (a loss and its parts), saying so when
+    another ``paddle.Model`` trained them before: their learned state goes on from there, as a
+    network's weights do when a new ``paddle.Model`` wraps it (a notebook cell run again)."""
+    before = [x for x in layers if getattr(x, "_autoloss_owner", None) is not None
+              and x._autoloss_owner() is not model and (x.parameters() or x.buffers())]
+    if before:
+        name = type(before[0]).__name__  # the outermost: layers lists a loss before its parts
+        warnings.warn(
+            f"This {name} was trained by another paddle.Model before; this model trains it now, and "
+            "its learned weights (σ, the method's state) go on from where that training left them. "
+            f"Fix: build a new {name} for a fresh start, or nothing if going on is intended.", stacklevel=4)
+    for x in layers:
+        x._autoloss_owner = weakref.ref(model)  # who trains it, without keeping that model alive

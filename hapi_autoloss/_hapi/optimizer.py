@@ -8,7 +8,6 @@ clipping; the network's update is exactly the plain optimizer's.
 
 from __future__ import annotations
 
-import weakref
 from typing import Any, Callable
 
 import paddle
@@ -20,11 +19,11 @@ from .finite import agree, finite
 from .model import (
     ATTACHED,
     bind_network,
+    hand_over,
     loss_layer,
     loss_parameters,
     optimizer_of,
     require_dynamic_mode,
-    trained_elsewhere,
     world,
 )
 from .policy import policy_of
@@ -218,15 +217,7 @@ def attach(
     tracked = [x for x in layers if callable(getattr(x, "track_batch", None))]  # the AutoWeights
     owned = [x for x in layers
              if x in tracked or any(not p.stop_gradient for p in x.parameters(include_sublayers=False))]
-    for layer in owned:  # an AutoWeight inside a wrapper loss too
-        if trained_elsewhere(layer, model):
-            raise RuntimeError(
-                f"This {type(layer).__name__} is already trained by another paddle.Model; one "
-                "instance would mix two models' gradients and checkpoints. Fix: build one "
-                "loss instance per model."
-            )
-    for layer in owned:
-        layer._autoloss_owner = weakref.ref(model)  # one model per loss, without keeping it alive
+    hand_over(owned, model)  # an AutoWeight inside a wrapper loss too
     params = loss_parameters(model)
     _inject(opt, params, lr_scale)
     check_groups(opt)

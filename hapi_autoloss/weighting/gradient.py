@@ -87,8 +87,11 @@ class GradWeighting(Weighting):
         k×k + k values)."""
         k = int(losses.shape[0])
         host = paddle.concat([gram.reshape([-1]), losses.astype(gram.dtype)]).numpy().astype(np.float64)
-        alpha = np.asarray(self.alphas(host[: k * k].reshape(k, k), host[k * k :]), dtype=np.float64)
-        self.show_alphas(alpha)
+        gram_host = host[: k * k].reshape(k, k)
+        alpha = np.asarray(self.alphas(gram_host, host[k * k :]), dtype=np.float64)
+        # a task with no gradient at this step adds nothing: it shows 0, not its factor on a zero
+        # vector (cagrad's reaches 1e8 there, and would flatten every other curve of the plot)
+        self.show_alphas(np.where(np.diag(gram_host) > 0, alpha, 0.0))
         return paddle.to_tensor(alpha, dtype="float32")
 
     @classmethod
