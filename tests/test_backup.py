@@ -1,6 +1,7 @@
 """BackupAndRestore: kill -9 mid-epoch, start the same script again, get the uninterrupted
 run bit for bit, with shuffle=True, dropout and an lr schedule; a finished run does nothing."""
 
+import contextlib
 import os
 import signal
 
@@ -111,6 +112,53 @@ def test_fit_again_in_the_same_process_after_an_exception(tmp_path):
     assert abs(float(loss.weighting.dwa_weights.numpy()[0]) - 1.0) > 1e-4
     for got, want in zip(model.network.parameters(), full.network.parameters()):
         np.testing.assert_array_equal(got.numpy(), want.numpy())
+
+
+def test_the_cell_run_again_after_an_interrupt_restores_a_new_model_exactly(tmp_path):
+    """A notebook: the cell that builds the loss and model and fits is run again after Ctrl-C.
+    The new model's parameters are named after those of the first (linear_6 where the backup
+    has linear_0), so hapi's load left Adam's moments under the old names: the first update
+    failed ("Optimizer set error, linear_6.w_0_moment1_0 should in state dict")."""
+
+    def cell(folder, *extra):
+        paddle.seed(0)
+        loss = AutoWeight({"y1": paddle.nn.MSELoss(), "y2": paddle.nn.MSELoss()}, method="kendall",
+                          task_types=["regression"] * 2)
+        model = build_model(loss)
+        with contextlib.suppress(RuntimeError):
+            model.fit(TwoTaskData(96), epochs=4, batch_size=16, verbose=0,
+                      callbacks=[AutoWeightCallback(), BackupAndRestore(tmp_path / folder), *extra])
+        return model, loss
+
+    full, full_loss = cell("full")
+    first, _ = cell("run", RaiseOnce(2, 3))
+    model, loss = cell("run")
+    assert {p.name for p in model.network.parameters()}.isdisjoint(p.name for p in first.network.parameters())
+    assert loss.sigmas() == full_loss.sigmas()
+    for got, want in zip(model.network.parameters(), full.network.parameters()):
+        np.testing.assert_array_equal(got.numpy(), want.numpy())
+
+
+def test_a_backup_of_another_loss_is_refused_before_anything_is_loaded(tmp_path):
+    """The user changed method= and ran the cell again: the error names the folder and how to
+    start a new run, and the new model is untouched (hapi's load ran before the check)."""
+
+    def build(method):
+        paddle.seed(0)
+        loss = AutoWeight({"y1": paddle.nn.MSELoss(), "y2": paddle.nn.MSELoss()}, method=method,
+                          **({"task_types": ["regression"] * 2} if method == "kendall" else {}))
+        return build_model(loss)
+
+    build("kendall").fit(TwoTaskData(32), epochs=1, batch_size=16, verbose=0,
+                         callbacks=[AutoWeightCallback(), BackupAndRestore(tmp_path)])
+    model = build("liebel")
+    before = [p.numpy().copy() for p in model.network.parameters()]
+    with pytest.raises(ValueError, match=r"BackupAndRestore cannot resume .*method='kendall'.*Fix: build "
+                                         r"the same loss.*delete '.*' or pass another backup_dir"):
+        model.fit(TwoTaskData(32), epochs=2, batch_size=16, verbose=0,
+                  callbacks=[AutoWeightCallback(), BackupAndRestore(tmp_path)])
+    for p, b in zip(model.network.parameters(), before):
+        np.testing.assert_array_equal(p.numpy(), b)
 
 
 @pytest.mark.distributed

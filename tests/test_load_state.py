@@ -68,8 +68,8 @@ def test_a_checkpoint_of_another_loss_is_refused_naming_both(tmp_path, other):
 def test_manual_recipe_on_final_and_best_model(tmp_path):
     """latest_checkpoint may return hapi's 'final' or EarlyStopping's 'best_model':
     the README recipe reads the epochs done from the file, never from its name."""
-    # hapi's model.load matches optimizer state by parameter name: build both models under
-    # fresh names, as two processes would (a same-process load fails in plain hapi too).
+    # Both models under fresh names, as two processes would build them (the same process
+    # without the guard: test_the_recipe_in_the_same_process_continues_exactly).
     with paddle.utils.unique_name.guard():
         loss = kendall_loss()
         model = build_model(loss)
@@ -101,6 +101,51 @@ def test_manual_recipe_on_final_and_best_model(tmp_path):
     assert hapi_autoloss.checkpoint_info(str(tmp_path / "ck" / "0")) == {"epoch": 4, "step": 24}
     assert hapi_autoloss.latest_checkpoint(str(tmp_path / "ck")) in (str(tmp_path / "ck" / "final"),
                                                                     str(tmp_path / "ck" / "1"))
+
+
+def test_the_recipe_in_the_same_process_continues_exactly(tmp_path):
+    """No unique_name guard: the resumed model's parameters are linear_4.. where the file has
+    linear_0.., so hapi's load left the network's Adam moments under the old names and the
+    first update failed ("Optimizer set error ... should in state dict"). load_state renames them."""
+
+    def run(epochs, save_dir=None, model=None):
+        if model is None:
+            paddle.seed(0)
+            model = build_model(kendall_loss())
+        model.fit(DATA, epochs=epochs, batch_size=16, verbose=0, shuffle=False, save_dir=save_dir,
+                  callbacks=[AutoWeightCallback()])
+        return model
+
+    straight = run(4)
+    run(2, str(tmp_path / "ck"))
+    paddle.seed(0)
+    resumed = build_model(kendall_loss())
+    path = hapi_autoloss.latest_checkpoint(str(tmp_path / "ck"))
+    resumed.load(path)
+    hapi_autoloss.load_state(resumed, path)
+    run(2, model=resumed)
+    assert resumed._loss.sigmas() == straight._loss.sigmas()
+    for got, want in zip(resumed.network.parameters(), straight.network.parameters()):
+        assert got.name != want.name
+        np.testing.assert_array_equal(got.numpy(), want.numpy())
+
+
+def test_latest_checkpoint_leaves_an_earlier_runs_leftovers_out(tmp_path):
+    """The folder reused by a new, shorter run (a notebook cell run again with epochs=2): its
+    '2' and '3' were the earlier run's and were returned, 4 epochs done, instead of its 'final'."""
+    ck = str(tmp_path / "ck")
+    for epochs in (4, 2):
+        paddle.seed(0)
+        build_model(kendall_loss()).fit(DATA, epochs=epochs, batch_size=16, verbose=0, save_dir=ck,
+                                        callbacks=[AutoWeightCallback()])
+    assert hapi_autoloss.checkpoint_info(os.path.join(ck, "3"))["epoch"] == 4  # still there
+    assert hapi_autoloss.latest_checkpoint(ck) == os.path.join(ck, "final")
+    paddle.seed(0)
+    resumed = build_model(kendall_loss())  # the second run resumed goes on in its own files
+    resumed.load(os.path.join(ck, "final"))
+    hapi_autoloss.load_state(resumed, os.path.join(ck, "final"))
+    resumed.fit(DATA, epochs=1, batch_size=16, verbose=0, save_dir=ck, callbacks=[AutoWeightCallback()])
+    assert hapi_autoloss.checkpoint_info(hapi_autoloss.latest_checkpoint(ck)) == {"epoch": 3, "step": 18}
 
 
 def test_a_model_is_freed_after_fit_with_every_callback(tmp_path):

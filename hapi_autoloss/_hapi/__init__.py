@@ -42,6 +42,7 @@ from .optimizer import attach, is_attached
 from .progress import after_train_batch, progress, skip_done_epochs
 from .state import (
     STATE_SUFFIX,
+    check_state,
     checkpoint_info,
     load_state,
     newest_checkpoint,
@@ -60,6 +61,7 @@ __all__ = [
     "callback_list_of",
     "check_attached",
     "check_other_train",
+    "check_state",
     "checkpoint_info",
     "forget_earlier_fits",
     "forward_again",

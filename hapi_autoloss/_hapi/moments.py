@@ -53,3 +53,28 @@ def restore_optimizer_state(
             old = old_names.get(sname, p.name)
             opt._accumulators_holder.pop(f"{old}_{acc_name}_0", None)
             opt._accumulators_holder[f"{p.name}_{acc_name}_0"] = value
+
+
+def rename_network_moments(opt: Any, names: dict[str, str], old_names: dict[str, str], keep: set[str]) -> None:
+    """Move the network's moments that ``Model.load`` put in the optimizer's holder under the
+    saving run's parameter names (``old_names``: structured name -> name) to this process's
+    (``names``). Without it a model built after other layers (a notebook cell run again: linear_6
+    where the run had linear_0) fails at its first update: "Optimizer set error, linear_6.w_0_moment1_0
+    should in state dict". ``keep``: keys already under this process's names (σ's)."""
+    holder = getattr(opt, "_accumulators_holder", None) if opt is not None else None
+    moves = {old_names[k]: new for k, new in names.items() if k in old_names and old_names[k] != new}
+    if not holder or not moves:
+        return
+
+    def renamed(key: str) -> str:  # "<param name>_<accumulator>_<i>"; a parameter name holds a "."
+        if key in keep:
+            return key
+        for i in range(len(key) - 1, key.find(".") if "." in key else 0, -1):
+            if key[i] == "_" and key[:i] in moves:
+                return moves[key[:i]] + key[i:]
+        return key
+
+    opt._accumulators_holder = {renamed(k): v for k, v in holder.items()}
+    master = getattr(opt, "_master_weights", None)  # AMP O2: keyed by the parameter name itself
+    if isinstance(master, dict) and master:
+        opt._master_weights = {moves.get(k, k): v for k, v in master.items()}

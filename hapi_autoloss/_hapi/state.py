@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import os
 import tempfile
+import uuid
 from typing import Any, Protocol
 
 import numpy as np
 import paddle
 
 from .model import loss_layer, optimizer_of, require_dynamic_mode, slot, world
-from .moments import optimizer_state_of, restore_optimizer_state
+from .moments import optimizer_state_of, rename_network_moments, restore_optimizer_state
 from .progress import progress, set_progress, track_progress
 
 STATE_SUFFIX = ".autoloss"
@@ -89,10 +90,12 @@ def save_state(model: Any, path: str) -> str:
     state = {
         "format": _FORMAT_VERSION,
         "progress": progress(model),
+        "run": slot(model, "_autoloss_run", lambda: uuid.uuid4().hex),  # kept by whoever loads it
         "loss": {k: v.numpy() for k, v in tensors.items()},
         "layers": {k: layer.checkpoint_state() for k, layer in _layers_with_state(loss).items()},
         "optimizer": optimizer_state_of(optimizer_of(model), named),
         "names": {k: v.name for k, v in named.items()},
+        "network_names": {k: v.name for k, v in model.network.named_parameters()},
         "callbacks": {k: obj.state_dict() for k, obj in slot(model, "_autoloss_stateful", dict).items()},
     }
     target = path + STATE_SUFFIX
@@ -136,7 +139,9 @@ def checkpoint_info(path: str) -> dict[str, int]:
 
 def newest_checkpoint(save_dir: str) -> str | None:
     """The path prefix of the complete checkpoint in ``save_dir`` that is furthest into
-    training (most steps, then epochs, then the last written), or None."""
+    training (most steps, then epochs, then the last written) of the run that wrote last, or
+    None. A run is a model's training with the runs it was loaded from: a new model's run in a
+    reused folder leaves an earlier, longer run's checkpoints out."""
     if not os.path.isdir(save_dir):
         return None
     found = []
@@ -144,40 +149,31 @@ def newest_checkpoint(save_dir: str) -> str | None:
         prefix = os.path.join(save_dir, name[: -len(STATE_SUFFIX)])
         if not name.endswith(STATE_SUFFIX) or not os.path.exists(prefix + ".pdparams"):
             continue
-        info = checkpoint_info(prefix)
-        found.append((info["step"], info["epoch"], os.stat(prefix + STATE_SUFFIX).st_mtime_ns, prefix))
-    return max(found)[-1] if found else None
+        state = read_state(prefix)
+        info = state.get("progress") or {}
+        mtime = os.stat(prefix + STATE_SUFFIX).st_mtime_ns
+        found.append((int(info.get("step", 0)), int(info.get("epoch", 0)), mtime, prefix, state.get("run")))
+    if not found:
+        return None
+    last_run = max(found, key=lambda f: f[2])[-1]
+    return max(f[:4] for f in found if f[-1] == last_run)[-1]
 
 
-def load_state(model: Any, path: str) -> dict[str, Any]:
-    """Restore what ``model.save(path)`` wrote beside the network: σ bit-exact, σ's
-    optimizer moments, the loss's own state (k of every TopKLoss, rlw's random
-    stream), the callbacks' positions and the run's progress. Call it after
-    ``model.load(path)``; ``model.evaluate`` then already uses the restored k.
-
-    A checkpoint of another loss (other method, other task names or order) is
-    refused with an error naming both, before anything is changed.
-
-    Example::
-
-        model.load("checkpoints/3")
-        hapi_autoloss.load_state(model, "checkpoints/3")
-        model.fit(train_data, epochs=2, callbacks=[AutoWeightCallback(), TopKScheduler()])
-    """
+def check_state(model: Any, path: str, state: dict[str, Any] | None = None) -> None:
+    """Raise, changing nothing, if ``<path>.autoloss`` was written by another loss (other method,
+    other task names or order, other state) than ``model``'s."""
     from ..weighting.base import fit_empty_buffers  # the weighting package imports this one
 
-    require_dynamic_mode()
     target = path + STATE_SUFFIX
-    state = read_state(path)
+    state = read_state(path) if state is None else state
     loss = loss_layer(model)
     named = dict(loss.named_parameters()) if loss is not None else {}
     saved = state.get("loss", {})
     if loss is not None:
-        fit_empty_buffers(loss, saved)
+        fit_empty_buffers(loss, saved)  # sizes a method's empty buffers: no value changes
     tensors = loss.state_dict() if loss is not None else {}
-    layers = _layers_with_state(loss)
     saved_layers = state.get("layers", {})
-    for name, layer in layers.items():  # validates before it sets: a mismatch changes nothing
+    for name, layer in _layers_with_state(loss).items():
         check = getattr(layer, "check_checkpoint_state", None)
         if name in saved_layers and check is not None:
             check(saved_layers[name], target)
@@ -196,6 +192,32 @@ def load_state(model: Any, path: str) -> dict[str, Any]:
                 f"Loss state {name} has shape {list(tensors[name].shape)} here but "
                 f"{list(np.shape(value))} in {target}. Fix: build the same loss."
             )
+
+
+def load_state(model: Any, path: str) -> dict[str, Any]:
+    """Restore what ``model.save(path)`` wrote beside the network: σ bit-exact, σ's
+    optimizer moments, the loss's own state (k of every TopKLoss, rlw's random
+    stream), the callbacks' positions and the run's progress. Call it after
+    ``model.load(path)``; ``model.evaluate`` then already uses the restored k.
+
+    A checkpoint of another loss (other method, other task names or order) is
+    refused with an error naming both, before anything is changed.
+
+    Example::
+
+        model.load("checkpoints/3")
+        hapi_autoloss.load_state(model, "checkpoints/3")
+        model.fit(train_data, epochs=2, callbacks=[AutoWeightCallback(), TopKScheduler()])
+    """
+    require_dynamic_mode()
+    state = read_state(path)
+    check_state(model, path, state)
+    loss = loss_layer(model)
+    named = dict(loss.named_parameters()) if loss is not None else {}
+    saved = state.get("loss", {})
+    tensors = loss.state_dict() if loss is not None else {}
+    layers = _layers_with_state(loss)
+    saved_layers = state.get("layers", {})
     for name, value in saved.items():
         tensor = tensors[name]
         tensor.set_value(np.asarray(value).astype(tensor.numpy().dtype))
@@ -206,10 +228,14 @@ def load_state(model: Any, path: str) -> dict[str, Any]:
         if callable(getattr(layer, "state_loaded", None)):
             layer.state_loaded()
     # σ's moments wait in the optimizer's holder until AutoWeightCallback adds σ.
-    restore_optimizer_state(
-        optimizer_of(model), named, state.get("optimizer", {}), state.get("names", {})
-    )
+    opt = optimizer_of(model)
+    restore_optimizer_state(opt, named, state.get("optimizer", {}), state.get("names", {}))
+    own = tuple(f"{p.name}_" for p in named.values())
+    rename_network_moments(opt, {k: v.name for k, v in model.network.named_parameters()},
+                           state.get("network_names", {}),
+                           {k for k in getattr(opt, "_accumulators_holder", None) or {} if k.startswith(own)})
     set_progress(model, state.get("progress") or {})
+    model._autoloss_run = state.get("run")  # its checkpoints go on that run (None: a new one)
     # The callbacks registered so far belong to a finished fit: the states wait for the
     # next fit's callbacks, which pick them up as they register.
     model._autoloss_stateful = {}

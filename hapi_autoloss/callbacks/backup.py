@@ -106,7 +106,15 @@ class BackupAndRestore(Callback):
         path = self.latest()
         if path is None:
             return
-        mine = _hapi.read_state(path).get("callbacks", {}).get(STATE_KEY, {})
+        state = _hapi.read_state(path)
+        mine = state.get("callbacks", {}).get(STATE_KEY, {})
+        try:  # before model.load: a refused backup changes nothing
+            _hapi.check_state(model, path, state)
+        except ValueError as e:
+            raise ValueError(
+                f"BackupAndRestore cannot resume the run backed up in {self.backup_dir!r}: {e} Or, to "
+                f"start a new run with this loss, delete {self.backup_dir!r} or pass another backup_dir."
+            ) from None
         model.load(path)
         _hapi.load_state(model, path)
         rng = f"{path}.rng{_hapi.world()[0]}.npy"
