@@ -28,8 +28,9 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
+from ._make import make_method
 from .autoweight import AutoWeight
-from .base import METHODS, Weighting, make_method
+from .base import METHODS, Weighting
 
 for _module in pkgutil.iter_modules(__path__):
     if not _module.name.startswith("_") and _module.name not in ("autoweight", "base"):

@@ -11,6 +11,7 @@ import paddle
 from .. import _hapi
 from . import _checks
 from ._checkpoints import Checkpoints
+from ._make import make_method
 from ._pertask import PerTask, Shared
 from ._since import SinceUpdate
 from ._tasks import (
@@ -24,7 +25,7 @@ from ._tasks import (
     parse_task_types,
     route,
 )
-from .base import Weighting, make_method
+from .base import Weighting
 from .gradient import GradWeighting
 
 
