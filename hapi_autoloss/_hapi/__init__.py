@@ -39,6 +39,7 @@ from .model import (
     world,
 )
 from .optimizer import attach, is_attached
+from .policy import in_running_fit
 from .progress import after_train_batch, progress, skip_done_epochs
 from .state import (
     STATE_SUFFIX,
@@ -65,6 +66,7 @@ __all__ = [
     "checkpoint_info",
     "forget_earlier_fits",
     "forward_again",
+    "in_running_fit",
     "is_attached",
     "is_progbar",
     "iter_layers",

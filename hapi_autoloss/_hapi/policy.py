@@ -4,7 +4,8 @@ nested fit of the same model without the callback keeps the outer one's; an upda
 makes between steps is its fit's; another model's update is not this fit's business), else the
 one ``attach(model, on_nonfinite=...)`` gave that optimizer (a hand-driven ``train_batch``), else
 none. So a callback's policy never outlives its fit, however the fit ended, and never replaces
-another model's or the user's own.
+another model's or the user's own. ``in_running_fit`` uses the same walk to tell a callback
+called by a running fit from one called by a standalone ``evaluate`` (the exporters' eval points).
 
 Checked against paddlepaddle 3.3.1: ``Model.fit`` keeps the fit's ``CallbackList`` in its local
 ``cbks``, built anew for every call, before any step runs.
@@ -21,7 +22,7 @@ from typing import Any, Callable
 import paddle
 from paddle.hapi.model import Model
 
-from .model import optimizer_of
+from .model import callback_list_of, optimizer_of
 
 Policy = Callable[[paddle.Tensor, bool], None]
 _FIT: CodeType = inspect.unwrap(Model.fit).__code__  # hapi's own, if a tool wrapped it before us
@@ -38,6 +39,14 @@ def running_fits() -> Iterator[Any]:
             if callbacks is not None:
                 yield callbacks
         frame = frame.f_back
+
+
+def in_running_fit(callback: Any) -> bool:
+    """True when ``callback`` is called by the ``CallbackList`` of a ``Model.fit`` running now
+    (its evaluation included), False in a standalone ``evaluate``/``predict`` or after a fit
+    that ended, however it ended (an exception skips hapi's ``on_train_end``)."""
+    calling = callback_list_of(callback)
+    return calling is not None and any(running is calling for running in running_fits())
 
 
 def policy_of(opt: Any) -> Policy | None:

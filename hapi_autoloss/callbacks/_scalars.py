@@ -11,6 +11,9 @@ Design decisions (the issue was silent on them):
   values hapi's progress line and ``TqdmProgressBar`` show for that step (put into
   ``logs`` by ``AutoWeightCallback``). ``autoloss/loss/<task>`` is that forward's
   raw loss. After the last step, ``AutoWeight.sigmas()`` is one update further.
+- **Eval points are written in a running fit only** (hapi's ``fit`` on the
+  stack calls us): a standalone ``model.evaluate(callbacks=[...])`` warns and
+  writes nothing, also after a fit that raised (hapi then skips ``on_train_end``).
 - **eval/loss** = the mean over the whole evaluation set, each batch's loss
   weighted by its size (hapi's own logs at eval end carry only the last batch's
   loss). Under the launcher it is rank 0's share of the set. Metrics (``eval/acc``...)
@@ -18,21 +21,26 @@ Design decisions (the issue was silent on them):
 - **An epoch without a train batch** (empty data, ``drop_last=True`` with a batch
   larger than the data) raises a ``ValueError`` saying so, at train begin when
   the loader's length is known, else at that epoch's end.
-- **Step** = the global train step: the number of train batches done since the
-  very first run, this one included, so the first point is at step 1. It is
-  saved with ``model.save`` and restored by ``hapi_autoloss.load_state``, so it
-  carries on after a resume. Eval points go at the step they were run after.
+- **Step** = the model's global train step (``_hapi.progress``): the number of
+  train batches the model has done, over all its fits, this one included, so the
+  first point of a new model is at step 1. It is the model's, not the
+  exporter's: a new exporter on a model that trained before carries on at its
+  step, an exporter reused by a new model starts again at 1. It is saved with
+  ``model.save`` and restored by ``hapi_autoloss.load_state`` and
+  ``BackupAndRestore``, so it carries on after a resume. Eval points go at the
+  step they were run after.
 - **Durability**: every written step is appended to the file and flushed to the
   operating system before training goes on (about a microsecond: the writers are
   synchronous and write one buffer per step; there is no background thread or
   queue to drain). An exception, Ctrl-C or ``kill -9`` therefore loses nothing
   logged before it. ``fsync`` (milliseconds) runs only when the file is closed,
   at train end or exit: an operating-system crash can cost the points since.
-- **One folder holds one run**. A fresh run (step 0) hides an earlier run's
-  points in the same folder; a resumed run replaces the points after its
-  checkpoint's step instead of duplicating them (TensorBoard: a purge marker;
-  VisualDL: the new file starts with the kept points copied forward, see
-  ``visualdl.py``). Use one folder per experiment to compare runs.
+- **One folder holds one run**. A fresh run (a model at step 0) hides an
+  earlier run's points in the same folder; a continued or resumed run (a model
+  at step s > 0) replaces the points after step s instead of duplicating them
+  (TensorBoard: a purge marker; VisualDL: the new file starts with the kept
+  points copied forward, see ``visualdl.py``). Use one folder per experiment
+  to compare runs.
 """
 
 from __future__ import annotations
@@ -67,10 +75,8 @@ class ScalarExport(Callback):
         log_dir = local_folder(log_dir, type(self).__name__, "log_dir", "runs/exp1")
         self.log_dir = log_dir
         self.every_n_steps = check_count(every_n_steps, "every_n_steps", 1, "every_n_steps=1 (every step) or 10")
-        self.global_step = 0
-        self.epoch = 0
+        self.global_step = 0  # the model's train step at the last point (see the module's docstring)
         self.file: ScalarFile | None = None
-        self._in_fit = False
         self._warned_eval = False
         self._eval_metrics: list[str] = ["loss"]
         self._batches = 0  # train batches seen in this epoch
@@ -90,13 +96,11 @@ class ScalarExport(Callback):
     # ------------------------------------------------------------ resume state
 
     def state_dict(self) -> dict[str, Any]:
-        """``{'step': global train step, 'epoch': epochs done}``, saved by ``model.save``."""
-        return {"step": int(self.global_step), "epoch": int(self.epoch)}
+        """``{'step': the model's train steps, 'epoch': its epochs done}``, saved by ``model.save``."""
+        return _hapi.progress(self.model)
 
     def set_state_dict(self, state: dict[str, Any]) -> None:
-        """Continue counting from a checkpoint (called by ``hapi_autoloss.load_state``)."""
-        self.global_step = int(state.get("step", 0))
-        self.epoch = int(state.get("epoch", 0))
+        """Nothing: the step is the model's, which ``hapi_autoloss.load_state`` restores."""
 
     # ------------------------------------------------------------ hooks
 
@@ -107,9 +111,9 @@ class ScalarExport(Callback):
 
     def on_train_begin(self, logs: Any = None) -> None:
         check_has_batches(self.params)
-        _hapi.register_state(self.model, type(self).__name__, self)  # may restore the step
+        _hapi.register_state(self.model, type(self).__name__, self)  # the model counts its steps
         self._close()  # a previous fit that raised may have left its file open
-        self._in_fit = True
+        self.global_step = _hapi.progress(self.model)["step"]  # restored by load_state / BackupAndRestore
         self._readout = Readout(self.model)
         if not self.is_writer:
             return
@@ -124,7 +128,7 @@ class ScalarExport(Callback):
         self._batches = 0
 
     def on_train_batch_end(self, step: int, logs: Any = None) -> None:
-        self.global_step += 1
+        self.global_step = _hapi.progress(self.model)["step"]  # this step included
         self._batches += 1
         if self.file is None or self._readout is None or self.global_step % self.every_n_steps:
             return
@@ -137,7 +141,6 @@ class ScalarExport(Callback):
         if self.file is not None:
             self.file.flush()
         check_epoch_had_batches(epoch, self._batches)
-        self.epoch += 1
 
     def on_eval_begin(self, logs: Any = None) -> None:
         metrics = (logs or {}).get("metrics")
@@ -150,7 +153,7 @@ class ScalarExport(Callback):
         self._eval_loss.add(logs)
 
     def on_eval_end(self, logs: Any = None) -> None:
-        if not self._in_fit:
+        if not _hapi.in_running_fit(self):
             if not self._warned_eval:
                 self._warned_eval = True
                 warnings.warn(
@@ -176,7 +179,6 @@ class ScalarExport(Callback):
         self.file.flush()
 
     def on_train_end(self, logs: Any = None) -> None:
-        self._in_fit = False
         self._close()
 
     # ------------------------------------------------------------ internals

@@ -69,8 +69,9 @@ class _EventFile(AppendOnlyFile):
 class TensorBoardExport(ScalarExport):
     """Writes the training curves to TensorBoard event files, live, during ``fit``.
 
-    Tags (one point per written step; the step is the global train step, 1 for the
-    first batch, continued after a resume):
+    Tags (one point per written step; the step is the model's global train step,
+    1 for a new model's first batch, continued by a later fit of the same model
+    and after a resume):
 
     - ``train/loss``, ``train/<metric>`` every ``every_n_steps`` train steps;
     - ``autoloss/sigma/<task>``, ``autoloss/weight/<task>``: the values the step's
@@ -87,11 +88,13 @@ class TensorBoardExport(ScalarExport):
 
     Only rank 0 of ``paddle.distributed.launch`` writes. Each written step is on
     disk before training goes on, so an exception, Ctrl-C or a killed process
-    loses nothing logged before it. The step is saved by ``model.save``; after
-    ``model.load`` + ``hapi_autoloss.load_state`` the run carries on from it and
-    the points after the checkpoint are replaced, not duplicated. A fresh run
-    (step 0) replaces an earlier run's curves in the same ``log_dir``: use one
-    folder per experiment. Training data that gives no batch raises a
+    loses nothing logged before it. The step is the model's, not the callback's:
+    it is saved by ``model.save``; after ``model.load`` +
+    ``hapi_autoloss.load_state`` (or ``BackupAndRestore``), or in a second
+    ``fit`` of the same model, the run carries on from it and the points after
+    it are replaced, not duplicated. A new model (step 0) replaces an earlier
+    run's curves in the same ``log_dir``, also with an exporter an earlier run
+    used: use one folder per experiment. Training data that gives no batch raises a
     ``ValueError`` saying so.
 
     Args:
@@ -110,6 +113,6 @@ class TensorBoardExport(ScalarExport):
         super().__init__(log_dir, every_n_steps)
 
     def _open(self, start_step: int) -> _EventFile:
-        # A fresh run hides everything older (purge at 0); a resumed one what its
-        # checkpoint had not reached yet.
+        # A new model (step 0) hides everything older (purge at 0); a continuing or
+        # resumed one what comes after its step.
         return _EventFile(self.log_dir, 0 if start_step == 0 else start_step + 1)

@@ -122,11 +122,12 @@ class VisualDLExport(ScalarExport):
     - ``autoloss/config`` (text), once per run.
 
     VisualDL shows only a folder's newest record file and cannot purge, so a
-    resumed run starts its file with the earlier run's points up to the
-    checkpoint's step, copied forward: the run reads as one curve, each step once,
-    and the points a crashed run wrote after its checkpoint are replaced. Older
-    files are left as they are (VisualDL ignores them). A fresh run starts an
-    empty file, which likewise replaces the folder's earlier run.
+    continuing run (a model at step s > 0: a second ``fit``, a resume) starts its
+    file with the earlier points up to step s, copied forward: the run reads as
+    one curve, each step once, and the points a crashed run wrote after its
+    checkpoint are replaced. Older files are left as they are (VisualDL ignores
+    them). A new model (step 0) starts an empty file, which likewise replaces the
+    folder's earlier run, also with an exporter an earlier run used.
 
     Needs ``pip install "hapi-autoloss[visualdl]"``.
 
