@@ -1,7 +1,9 @@
-"""The checks ``TopKOnPlateau`` makes at train begin, before any step: what it would reduce, and what it monitors."""
+"""The checks ``TopKOnPlateau`` makes at train begin, before any step: what it would reduce, what it
+monitors, and a TopKLoss it reduced in another model's run."""
 
 from __future__ import annotations
 
+import warnings
 from typing import TYPE_CHECKING
 
 from .. import _hapi
@@ -55,4 +57,18 @@ def check_plateau_fit(plateau: TopKOnPlateau, layers: list[TopKLoss]) -> None:
         raise ValueError(
             f"TopKOnPlateau monitors {plateau.monitor!r}, which the evaluation logs will not have: they "
             f"hold {names}. Fix: monitor one of them, e.g. monitor='{names[-1]}'."
+        )
+
+
+def warn_reduced_layers(layers: list[TopKLoss], reduced: list[TopKLoss]) -> None:
+    """Warn when a new run's layer is one of ``reduced``, the layers the plateau reduced in its run on
+    another model: its k is the layer's own state and goes on (as σ of a reused AutoWeight does)."""
+    again = [layer for layer in layers if any(layer is x for x in reduced)]
+    if again:
+        warnings.warn(
+            f"This TopKLoss was reduced to ratio={again[0].ratio:.4g} by TopKOnPlateau in another "
+            "paddle.Model's fit, and k is the loss's own state: this model starts mining at that ratio "
+            "(TopKOnPlateau's best value and wait start over). Fix: build a new TopKLoss for a fresh "
+            "start (or set its ratio), or nothing if going on is intended.",
+            stacklevel=3,
         )

@@ -1,5 +1,6 @@
 """The schedule ``TopKScheduler`` follows: its checked arguments, the ratio and dropped
-fraction at each position, and the check that the drop stays below the ratio.
+fraction at each position, and the checks that the drop stays below the ratio, on the
+schedule and on each ``TopKLoss`` it will set.
 
 No hapi here: the callback that applies it during ``fit`` is in ``topk_scheduler.py``.
 The curves and the progress of a position are :mod:`hapi_autoloss.schedules`.
@@ -9,7 +10,8 @@ from __future__ import annotations
 
 from .. import schedules
 from .._args import check_count
-from ..topk import validate_drop, validate_ratio
+from .._topk_args import check_threshold_drop
+from ..topk import TopKLoss, validate_drop, validate_ratio
 
 BY_CHOICES = ("epoch", "step")
 
@@ -112,4 +114,30 @@ class RangeSchedule:
                     f"At {label} the scheduled drop ({drop:.4g}) is not below the ratio ({ratio:.4g}), but "
                     "a ranked range averages ranks drop·n+1..ratio·n. Fix: a smaller drop_end/drop_start "
                     "or a larger end/start, e.g. TopKScheduler(1.0, 0.2, drop_end=0.1)."
+                )
+
+    def _check_layers(self, layers: list[TopKLoss]) -> None:
+        """Before any step: every layer can take every ratio (and drop) of the schedule."""
+        assert self.total is not None
+        banded = [layer for layer in layers if layer.band is not None]
+        if banded:
+            raise ValueError(
+                f"TopKScheduler anneals ratio and drop, but a TopKLoss uses band={banded[0].band}, which "
+                "has neither. Fix: build it with ratio=/drop= instead, or drop the callback."
+            )
+        if self.drop_start is not None:
+            top = max(self.drop_start, self.drop_end or 0.0)
+            for layer in layers:  # the drop moves monotonically from drop_start to drop_end
+                check_threshold_drop(layer.threshold, top, f" (TopKScheduler takes drop to {top} "
+                                     f"on a TopKLoss with threshold={layer.threshold})")  # fmt: skip
+            # Every position of the schedule, exactly, before any step (later ones hold end).
+            self._check_range([(f"{self.by} {t}", schedules.progress(t, self.total, self.warmup))
+                               for t in range(self.total)])  # fmt: skip
+            return
+        for layer in layers:
+            if layer.drop >= self.end:
+                raise ValueError(
+                    f"A TopKLoss drops {layer.drop} of the hardest losses, but TopKScheduler takes the "
+                    f"ratio down to {self.end}, where nothing would be left. Fix: end > drop, or let "
+                    "the scheduler set the drop too (drop_start=, drop_end=)."
                 )

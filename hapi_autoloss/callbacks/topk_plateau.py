@@ -11,7 +11,8 @@ from paddle.callbacks import Callback
 from .. import _hapi
 from .._args import check_count, non_negative
 from ..topk import TopKLoss, validate_ratio
-from ._plateau_checks import check_plateau_fit
+from ._plateau_checks import check_plateau_fit, warn_reduced_layers
+from ._run import begin_run, loaded
 
 STATE_KEY = "TopKOnPlateau"
 MODES = ("auto", "min", "max")
@@ -38,7 +39,11 @@ class TopKOnPlateau(Callback):
     and ``TensorBoardExport`` / ``VisualDLExport`` write ``topk/ratio``. The best
     value, the wait, the cooldown and the ratios are saved by ``model.save`` in
     ``<path>.autoloss`` (``ModelCheckpoint`` and ``BackupAndRestore`` too) and restored
-    by ``hapi_autoloss.load_state``; one instance passed to two ``fit`` calls continues.
+    by ``hapi_autoloss.load_state``; one instance passed to two ``fit`` calls of the same
+    model continues. A fit of another ``paddle.Model`` (a notebook cell that builds the
+    model again) starts a new run: no best value, no wait, no cooldown, unless
+    ``load_state`` gave it a state to go on from. k is each ``TopKLoss``'s own state: a
+    ``TopKLoss`` this callback reduced, reused by the new model, keeps its k and warns.
     hapi's ``ModelCheckpoint`` saves at the end of an epoch, before its evaluation, so
     its files hold the state before that evaluation; ``BackupAndRestore``'s include it.
 
@@ -114,11 +119,7 @@ class TopKOnPlateau(Callback):
         self.min_delta = non_negative(min_delta, "min_delta", "min_delta=1e-4")
         self.scale_drop = bool(scale_drop)
         self.mode = "max" if mode == "max" or (mode == "auto" and "acc" in monitor) else "min"
-        self.best = None
-        self.wait = 0
-        self.cooldown_counter = 0
-        self.evaluations = 0
-        self.reductions = 0
+        self._new_run()
         self._layers: list[TopKLoss] = []
 
     @property
@@ -130,11 +131,18 @@ class TopKOnPlateau(Callback):
 
     def on_train_begin(self, logs: Any = None) -> None:
         _hapi.forget_earlier_fits()  # another model's sigma_/topk_ keys
+        before = self._layers if self.reductions else []
         self._layers = list(_hapi.iter_layers(self.model, TopKLoss))
         check_plateau_fit(self, self._layers)  # before any step
-        # A state loaded by hapi_autoloss.load_state before fit is applied here.
-        _hapi.register_state(self.model, STATE_KEY, self)
+        # A new model starts a new run; a state loaded by hapi_autoloss.load_state wins (applied here).
+        if begin_run(self, STATE_KEY, self._new_run):
+            warn_reduced_layers(self._layers, before)
         _hapi.show_in_progress_bar(self.params, ["topk_ratio"])
+
+    def _new_run(self) -> None:
+        """At construction and at another model's fit: no best value, no wait, no cooldown."""
+        self.best = None
+        self.wait = self.cooldown_counter = self.evaluations = self.reductions = 0
 
     def on_train_batch_begin(self, step: int, logs: Any = None) -> None:
         if logs is not None and self._layers:
@@ -213,6 +221,7 @@ class TopKOnPlateau(Callback):
                 f"The saved TopKOnPlateau monitored {state['monitor']!r}, this one monitors {self.monitor!r}, "
                 f"so its best value would be compared with another quantity. Fix: monitor={state['monitor']!r}."
             )
+        loaded(self)  # the next fit continues from here, even on a new model
         best = state.get("best")
         self.best = None if best is None else float(best)
         self.wait = int(state.get("wait", 0))

@@ -6,11 +6,11 @@ from typing import Any
 
 from paddle.callbacks import Callback
 
-from .. import _hapi, schedules
+from .. import _hapi
 from .._args import check_count
-from .._topk_args import check_threshold_drop
 from ..topk import TopKLoss
 from ._checks import check_epoch_had_batches, check_has_batches
+from ._run import begin_run, loaded
 from ._topk_schedule import BY_CHOICES, RangeSchedule
 
 __all__ = ["BY_CHOICES", "STATE_KEY", "TopKScheduler"]
@@ -51,8 +51,11 @@ class TopKScheduler(RangeSchedule, Callback):
     ``ModelCheckpoint`` too) in ``<path>.autoloss`` and restored by
     ``hapi_autoloss.load_state``. hapi's ``fit`` has no initial epoch, so a resumed
     run calls ``fit(epochs=remaining)`` and the schedule continues where it stopped,
-    over the original total. Likewise one instance passed to two ``fit`` calls
-    continues; build a new one to start over. Put it before an explicit
+    over the original total. Likewise one instance passed to two ``fit`` calls of the
+    same model continues. A fit of another ``paddle.Model`` (a notebook cell that builds
+    the model again) starts a new run: position 0, ``total`` from that fit, every
+    ``TopKLoss`` set to ``start``, unless ``load_state`` gave it a state to go on from.
+    Put it before an explicit
     ``ModelCheckpoint`` in ``callbacks`` so a checkpoint counts the epoch it ends.
 
     With ``drop_end`` (and ``drop_start``, default 0) the dropped fraction of a ranked
@@ -68,8 +71,8 @@ class TopKScheduler(RangeSchedule, Callback):
         by: ``"epoch"`` or ``"step"``.
         warmup: units (epochs or steps) trained at ``start`` before annealing;
             >= 0 (0 and 1 are the same).
-        total: schedule length in units (counted from the first fit); None = the
-            whole fit run.
+        total: schedule length in units (counted from the model's first fit); None =
+            the whole fit run.
         drops: number of drops of the ``"step"`` schedule; >= 1.
         drop_start: dropped fraction of the first unit, in [0, 1); default 0 when
             ``drop_end`` is given.
@@ -165,35 +168,21 @@ class TopKScheduler(RangeSchedule, Callback):
                 "Two TopKSchedulers in this fit both set the ratio at every unit, so the last one would "
                 "silently win. Fix: pass one TopKScheduler."
             )
-        # A state loaded by hapi_autoloss.load_state before fit is applied here.
-        _hapi.register_state(self.model, STATE_KEY, self)  # also makes model.save write it
+        # A new model starts a new run; a state loaded by hapi_autoloss.load_state wins (applied here).
+        begin_run(self, STATE_KEY, self._new_run)  # registering also makes model.save write it
         if self.total is None:
             self.total = self._resolve_total()
         self._check_warmup(self.total)
-        banded = [layer for layer in self._layers if layer.band is not None]
-        if banded:
-            raise ValueError(
-                f"TopKScheduler anneals ratio and drop, but a TopKLoss uses band={banded[0].band}, which "
-                "has neither. Fix: build it with ratio=/drop= instead, or drop the callback."
-            )
-        if self.drop_start is not None:
-            for layer in self._layers:  # the drop moves monotonically from drop_start to drop_end
-                check_threshold_drop(layer.threshold, max(self.drop_start, self.drop_end or 0.0),
-                                     f" (TopKScheduler takes drop to {max(self.drop_start, self.drop_end or 0.0)} "
-                                     f"on a TopKLoss with threshold={layer.threshold})")  # fmt: skip
-            # Every position of the schedule, exactly, before any step (later ones hold end).
-            self._check_range([(f"{self.by} {t}", schedules.progress(t, self.total, self.warmup))
-                               for t in range(self.total)])  # fmt: skip
-        else:
-            for layer in self._layers:
-                if layer.drop >= self.end:
-                    raise ValueError(
-                        f"A TopKLoss drops {layer.drop} of the hardest losses, but TopKScheduler takes the "
-                        f"ratio down to {self.end}, where nothing would be left. Fix: end > drop, or let "
-                        "the scheduler set the drop too (drop_start=, drop_end=)."
-                    )
+        self._check_layers(self._layers)
         _hapi.show_in_progress_bar(self.params, ["topk_ratio"] + (["topk_drop"] if self.drop is not None else []))
         self._apply()
+
+    def _new_run(self) -> None:
+        """Another model's fit: start over, with a total taken from this fit."""
+        self.epochs_done = self.steps_done = 0
+        if not self._explicit_total:
+            self.total = None
+        self.ratio, self.drop = self.start, self.drop_start
 
     def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
         self._epoch_start = self.steps_done
@@ -238,6 +227,7 @@ class TopKScheduler(RangeSchedule, Callback):
                 "its position would be read in the wrong unit. Fix: build the scheduler with "
                 f"by={by!r}, as in the run that saved it."
             )
+        loaded(self)  # the next fit continues from here, even on a new model
         self.epochs_done = int(state["epochs_done"])
         self.steps_done = int(state["steps_done"])
         if not self._explicit_total and state.get("total") is not None:
