@@ -181,6 +181,14 @@ def test_a_new_model_takes_over_a_trained_loss_like_a_fresh_loss_started_there()
     assert loss.sigmas() == fresh.sigmas()  # bit for bit
     moved = [np.abs(v.numpy() - state[k]).max() for k, v in loss.state_dict().items()]
     assert max(moved) > 1e-3  # the new model's optimizer trained σ on from the state
+    # the first model, attached before, trains it no more unless it takes it back (it trained
+    # σ with its own optimizer, unrefused; a gradient-level method crashed in Paddle's add_n)
+    sigma = [p.numpy().copy() for p in loss.parameters()]
+    for train in (lambda: fit(first, epochs=1), lambda: first.train_batch([DATA.x[:16]], [DATA.y1[:16], DATA.y2[:16]])):
+        with pytest.raises(RuntimeError, match=r"taken over by another paddle\.Model.*Fix: pass "
+                                               r"hapi_autoloss\.callbacks\.AutoWeightCallback"):
+            train()
+    assert all(np.array_equal(p.numpy(), q) for p, q in zip(loss.parameters(), sigma))
     with pytest.warns(UserWarning, match="trained by another paddle.Model before"):  # and back
         fit(first, epochs=1, callbacks=[AutoWeightCallback()])
 

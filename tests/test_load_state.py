@@ -130,6 +130,38 @@ def test_the_recipe_in_the_same_process_continues_exactly(tmp_path):
         np.testing.assert_array_equal(got.numpy(), want.numpy())
 
 
+def test_a_new_optimizer_for_the_same_network_and_a_save_before_any_step_continue_exactly(tmp_path):
+    """The same network re-prepared with a new Adam: its accumulators are named ..._moment1_1,
+    the checkpoint's ..._0 (σ's too), and the first update failed. And a checkpoint saved right
+    after load_state, before any update, lost σ's moments (they still waited in the optimizer)."""
+
+    def fit(model, epochs, save_dir=None):
+        model.fit(DATA, epochs=epochs, batch_size=16, verbose=0, shuffle=False, save_dir=save_dir,
+                  callbacks=[AutoWeightCallback()])
+
+    paddle.seed(0)
+    straight = build_model(kendall_loss())
+    fit(straight, 4)
+    paddle.seed(0)
+    model = build_model(kendall_loss())
+    fit(model, 2, str(tmp_path / "ck"))
+    model.prepare(paddle.optimizer.Adam(0.05, parameters=model.parameters()), model._loss)
+    path = str(tmp_path / "ck" / "final")
+    model.load(path)
+    hapi_autoloss.load_state(model, path)
+    hapi_autoloss.attach(model)
+    model.save(str(tmp_path / "again"))  # before any update
+    fit(model, 2)
+    copy = build_model(kendall_loss())
+    copy.load(str(tmp_path / "again"))
+    hapi_autoloss.load_state(copy, str(tmp_path / "again"))
+    fit(copy, 2)
+    for resumed in (model, copy):
+        assert resumed._loss.sigmas() == straight._loss.sigmas()
+        for got, want in zip(resumed.network.parameters(), straight.network.parameters()):
+            np.testing.assert_array_equal(got.numpy(), want.numpy())
+
+
 def test_latest_checkpoint_leaves_an_earlier_runs_leftovers_out(tmp_path):
     """The folder reused by a new, shorter run (a notebook cell run again with epochs=2): its
     '2' and '3' were the earlier run's and were returned, 4 epochs done, instead of its 'final'."""
@@ -146,6 +178,18 @@ def test_latest_checkpoint_leaves_an_earlier_runs_leftovers_out(tmp_path):
     hapi_autoloss.load_state(resumed, os.path.join(ck, "final"))
     resumed.fit(DATA, epochs=1, batch_size=16, verbose=0, save_dir=ck, callbacks=[AutoWeightCallback()])
     assert hapi_autoloss.checkpoint_info(hapi_autoloss.latest_checkpoint(ck)) == {"epoch": 3, "step": 18}
+
+    # two fine-tunes started from one checkpoint into one folder: one run had been made of them
+    tuned = str(tmp_path / "tuned")
+    for epochs in (4, 2):
+        paddle.seed(0)
+        model = build_model(kendall_loss())
+        model.load(os.path.join(ck, "final"))
+        hapi_autoloss.load_state(model, os.path.join(ck, "final"))
+        model.fit(DATA, epochs=epochs, batch_size=16, verbose=0, save_dir=tuned, callbacks=[AutoWeightCallback()])
+    assert hapi_autoloss.checkpoint_info(os.path.join(tuned, "3"))["epoch"] == 7
+    assert hapi_autoloss.latest_checkpoint(tuned) == os.path.join(tuned, "final")
+    assert hapi_autoloss.checkpoint_info(os.path.join(tuned, "final"))["epoch"] == 5
 
 
 def test_a_model_is_freed_after_fit_with_every_callback(tmp_path):

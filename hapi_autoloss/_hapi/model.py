@@ -188,8 +188,8 @@ def check_other_train(layer: paddle.nn.Layer, needed: bool) -> None:
         f"This {type(layer).__name__} is trained by another paddle.Model (it was attached there), "
         "and this model trains it without AutoWeightCallback: this model never clears its gradients, "
         "which would go into that model's next update. Fix: pass hapi_autoloss.callbacks."
-        "AutoWeightCallback() in this model.fit(callbacks=[...]) (its weights go on from there), "
-        "or build one loss instance per model."
+        "AutoWeightCallback() in this model.fit(callbacks=[...]) (or call hapi_autoloss.attach(model) "
+        "before train_batch; its weights go on from there), or build one loss instance per model."
     )
 
 
@@ -229,3 +229,18 @@ def hand_over(layers: list[Any], model: Any) -> None:
             f"Fix: build a new {name} for a fresh start, or nothing if going on is intended.", stacklevel=4)
     for x in layers:
         x._autoloss_owner = weakref.ref(model)  # who trains it, without keeping that model alive
+
+
+def check_owner(layers: list[Any], model: Any) -> None:
+    """Raise, before ``model``'s train step runs, if another model took one of ``layers`` over
+    since ``model`` attached it: that model's method is bound to its own network, and σ would
+    be trained by two optimizers in turn without a word."""
+    for x in layers:
+        ref = getattr(x, "_autoloss_owner", None)
+        if ref is not None and ref() is not model:
+            raise RuntimeError(
+                f"This {type(x).__name__} was taken over by another paddle.Model (the last one that "
+                "attached it), after this model attached it. Fix: pass hapi_autoloss.callbacks."
+                "AutoWeightCallback() to this model's fit (or call hapi_autoloss.attach(model) before "
+                "train_batch) to take it back, or build one loss instance per model."
+            )

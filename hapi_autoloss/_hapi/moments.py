@@ -1,13 +1,40 @@
-"""σ's optimizer moments in our checkpoint file: read by structured name, put back under this
-process's parameter names.
+"""Optimizer moments across a checkpoint: σ's in our file, read by structured name, and the
+network's that hapi's ``Model.load`` left in the optimizer, both put under the names this
+process's optimizer will look for.
 
-Checked against paddlepaddle 3.3.1 (``Optimizer._accumulators``, ``_accumulators_holder``, which
-``Model.load`` fills and the optimizer reads when it creates an accumulator).
+Checked against paddlepaddle 3.3.1 (``Optimizer._add_accumulator``: an accumulator is named
+``unique_name.generate(f"{param.name}_{accumulator}")`` when first needed, and taken from
+``_accumulators_holder``, which ``Model.load`` fills, under that exact name). Both halves of the
+name change within one process: a model built again gets new parameter names (linear_6 where the
+checkpoint has linear_0), a new optimizer for the same network a new suffix (``_1``).
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
+
+from paddle.base import unique_name
+
+_SUFFIX = re.compile(r"_\d+$")
+
+
+def accumulator_name(param_name: str, accumulator: str) -> str:
+    """The name the optimizer will give ``param_name``'s ``accumulator`` when it creates it."""
+    gen = unique_name.generator
+    key = f"{param_name}_{accumulator}"
+    return f"{gen.prefix}{key}_{gen.ids.get(key, 0)}"
+
+
+def _split(key: str, params: set[str]) -> tuple[str, str] | None:
+    """(parameter name, accumulator) of a holder key ``<param>_<accumulator>_<i>``, or None."""
+    stem = _SUFFIX.sub("", key)
+    if stem == key:
+        return None
+    for i in range(len(stem) - 1, 0, -1):  # the longest parameter name: linear_10 before linear_1
+        if stem[i] == "_" and stem[:i] in params:
+            return stem[:i], stem[i + 1 :]
+    return None
 
 
 def optimizer_state_of(opt: Any, params: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -19,23 +46,27 @@ def optimizer_state_of(opt: Any, params: dict[str, Any]) -> dict[str, dict[str, 
             var = per_param.get(p.name)
             if var is not None:
                 out.setdefault(sname, {})[acc_name] = var.numpy()
+    waiting = (getattr(opt, "_accumulators_holder", None) or {}) if opt is not None else {}
+    names = {p.name: sname for sname, p in params.items() if sname not in out}
+    for key, value in waiting.items():  # loaded, no update since: they still wait there
+        found = _split(key, set(names))
+        if found is not None:
+            out.setdefault(names[found[0]], {})[found[1]] = value.numpy() if hasattr(value, "numpy") else value
     return out
 
 
-def restore_optimizer_state(
-    opt: Any,
-    named: dict[str, Any],
-    saved: dict[str, dict[str, Any]],
-    old_names: dict[str, str],
-) -> None:
-    """Put σ's moments where Paddle's optimizer will pick them up.
-
-    Paddle keys accumulators by ``<param.name>_<accumulator>_0``; parameter names
-    depend on construction order, so we key them by structured name in our file
-    and rename them to this process's names here.
-    """
+def restore_optimizer_state(opt: Any, named: dict[str, Any], saved: dict[str, dict[str, Any]],
+                            old_names: dict[str, str]) -> set[str]:
+    """Put σ's moments (``saved``, by structured name) where the optimizer will pick them up;
+    drop the copy ``Model.load`` put in the holder under the saving run's names. Returns the
+    holder keys it set."""
+    done: set[str] = set()
     if opt is None or not saved:
-        return
+        return done
+    holder = opt._accumulators_holder
+    old = {old_names.get(sname, p.name) for sname, p in named.items()}
+    for key in [k for k in holder if _split(k, old) is not None]:
+        del holder[key]
     for sname, accs in saved.items():
         p = named.get(sname)
         if p is None:
@@ -44,37 +75,27 @@ def restore_optimizer_state(
             existing = opt._accumulators.get(acc_name, {}).get(p.name)
             if existing is not None:
                 existing.set_value(value)
-                continue
-            if not opt._accumulators_holder:
-                # No optimizer state was loaded (model.load(reset_optimizer=True), or no
-                # model.load): σ's moments start fresh like everyone else's.
-                continue
-            # model.load() put the saving run's copy under the old name; drop it.
-            old = old_names.get(sname, p.name)
-            opt._accumulators_holder.pop(f"{old}_{acc_name}_0", None)
-            opt._accumulators_holder[f"{p.name}_{acc_name}_0"] = value
+            elif holder:  # else no optimizer state was loaded (reset_optimizer=True): σ's start fresh too
+                key = accumulator_name(p.name, acc_name)
+                holder[key] = value
+                done.add(key)
+    return done
 
 
 def rename_network_moments(opt: Any, names: dict[str, str], old_names: dict[str, str], keep: set[str]) -> None:
-    """Move the network's moments that ``Model.load`` put in the optimizer's holder under the
-    saving run's parameter names (``old_names``: structured name -> name) to this process's
-    (``names``). Without it a model built after other layers (a notebook cell run again: linear_6
-    where the run had linear_0) fails at its first update: "Optimizer set error, linear_6.w_0_moment1_0
-    should in state dict". ``keep``: keys already under this process's names (σ's)."""
+    """Move the network's moments that ``Model.load`` put in the holder under the saving run's
+    names (``old_names``: structured name -> parameter name) to the names this optimizer will
+    look for (``names``: this network's). Without it the first update failed: "Optimizer set
+    error, linear_6.w_0_moment1_0 should in state dict". ``keep``: keys already right (σ's)."""
     holder = getattr(opt, "_accumulators_holder", None) if opt is not None else None
-    moves = {old_names[k]: new for k, new in names.items() if k in old_names and old_names[k] != new}
+    moves = {old_names[k]: new for k, new in names.items() if k in old_names}
     if not holder or not moves:
         return
-
-    def renamed(key: str) -> str:  # "<param name>_<accumulator>_<i>"; a parameter name holds a "."
-        if key in keep:
-            return key
-        for i in range(len(key) - 1, key.find(".") if "." in key else 0, -1):
-            if key[i] == "_" and key[:i] in moves:
-                return moves[key[:i]] + key[i:]
-        return key
-
-    opt._accumulators_holder = {renamed(k): v for k, v in holder.items()}
+    renamed: dict[str, Any] = {}
+    for key, value in holder.items():
+        found = None if key in keep else _split(key, set(moves))
+        renamed[accumulator_name(moves[found[0]], found[1]) if found else key] = value
+    opt._accumulators_holder = renamed
     master = getattr(opt, "_master_weights", None)  # AMP O2: keyed by the parameter name itself
     if isinstance(master, dict) and master:
         opt._master_weights = {moves.get(k, k): v for k, v in master.items()}

@@ -8,6 +8,7 @@ clipping; the network's update is exactly the plain optimizer's.
 
 from __future__ import annotations
 
+import weakref
 from typing import Any, Callable
 
 import paddle
@@ -19,6 +20,7 @@ from .finite import agree, finite
 from .model import (
     ATTACHED,
     bind_network,
+    check_owner,
     hand_over,
     loss_layer,
     loss_parameters,
@@ -225,7 +227,11 @@ def attach(
     _wrap_minimize(opt, params, world()[1])
     opt._autoloss_tracked = tracked  # this model's AutoWeights: an earlier loss's leftovers are not this fit's
 
+    me = weakref.ref(model)  # the closure lives on the model: no reference cycle
+
     def track(begins: bool) -> None:  # only hapi's train step's forwards count for its update
+        if begins:
+            check_owner(owned, me())
         for x in tracked:
             x.track_batch(begins)
 

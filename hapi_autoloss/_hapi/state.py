@@ -90,7 +90,7 @@ def save_state(model: Any, path: str) -> str:
     state = {
         "format": _FORMAT_VERSION,
         "progress": progress(model),
-        "run": slot(model, "_autoloss_run", lambda: uuid.uuid4().hex),  # kept by whoever loads it
+        "run": slot(model, "_autoloss_run", lambda: [uuid.uuid4().hex]),  # this run, then those it loaded
         "loss": {k: v.numpy() for k, v in tensors.items()},
         "layers": {k: layer.checkpoint_state() for k, layer in _layers_with_state(loss).items()},
         "optimizer": optimizer_state_of(optimizer_of(model), named),
@@ -140,8 +140,9 @@ def checkpoint_info(path: str) -> dict[str, int]:
 def newest_checkpoint(save_dir: str) -> str | None:
     """The path prefix of the complete checkpoint in ``save_dir`` that is furthest into
     training (most steps, then epochs, then the last written) of the run that wrote last, or
-    None. A run is a model's training with the runs it was loaded from: a new model's run in a
-    reused folder leaves an earlier, longer run's checkpoints out."""
+    None. The runs are that run and those it was loaded from (a new model's run in a
+    reused folder leaves an earlier, longer run's checkpoints out, and so does another run
+    started from the same checkpoint)."""
     if not os.path.isdir(save_dir):
         return None
     found = []
@@ -152,11 +153,13 @@ def newest_checkpoint(save_dir: str) -> str | None:
         state = read_state(prefix)
         info = state.get("progress") or {}
         mtime = os.stat(prefix + STATE_SUFFIX).st_mtime_ns
-        found.append((int(info.get("step", 0)), int(info.get("epoch", 0)), mtime, prefix, state.get("run")))
+        run = state.get("run")
+        found.append((int(info.get("step", 0)), int(info.get("epoch", 0)), mtime, prefix,
+                      list(run) if isinstance(run, (list, tuple)) else [run]))
     if not found:
         return None
-    last_run = max(found, key=lambda f: f[2])[-1]
-    return max(f[:4] for f in found if f[-1] == last_run)[-1]
+    lineage = max(found, key=lambda f: f[2])[-1]
+    return max(f[:4] for f in found if f[-1][0] in lineage)[-1]
 
 
 def check_state(model: Any, path: str, state: dict[str, Any] | None = None) -> None:
@@ -229,13 +232,12 @@ def load_state(model: Any, path: str) -> dict[str, Any]:
             layer.state_loaded()
     # σ's moments wait in the optimizer's holder until AutoWeightCallback adds σ.
     opt = optimizer_of(model)
-    restore_optimizer_state(opt, named, state.get("optimizer", {}), state.get("names", {}))
-    own = tuple(f"{p.name}_" for p in named.values())
+    sigma_keys = restore_optimizer_state(opt, named, state.get("optimizer", {}), state.get("names", {}))
     rename_network_moments(opt, {k: v.name for k, v in model.network.named_parameters()},
-                           state.get("network_names", {}),
-                           {k for k in getattr(opt, "_accumulators_holder", None) or {} if k.startswith(own)})
+                           state.get("network_names", {}), sigma_keys)
     set_progress(model, state.get("progress") or {})
-    model._autoloss_run = state.get("run")  # its checkpoints go on that run (None: a new one)
+    run = state.get("run")  # a new run that goes on from that one (and those it was loaded from)
+    model._autoloss_run = [uuid.uuid4().hex, *(run if isinstance(run, (list, tuple)) else [run])]
     # The callbacks registered so far belong to a finished fit: the states wait for the
     # next fit's callbacks, which pick them up as they register.
     model._autoloss_stateful = {}

@@ -113,3 +113,25 @@ def _gradients(tasks: list[str], of: str) -> str:
     if len(tasks) == 1:
         return f"the gradient of task {names} with respect to {of} is not finite"
     return f"the gradients of tasks {names} with respect to {of} are not finite"
+
+
+def shared_argument(shared: Any, rep_grad: bool) -> None:
+    """Refuse a ``shared=`` that is neither a Layer nor a list of parameters, and ``rep_grad``
+    without a Layer."""
+    if shared is not None and not isinstance(shared, (paddle.nn.Layer, list, tuple)):
+        raise TypeError(
+            f"shared must be a paddle.nn.Layer or a list of parameters, got {type(shared).__name__}. "
+            "Fix: pass the shared trunk, e.g. shared=net.encoder."
+        )
+    if isinstance(shared, (list, tuple)) and not all(isinstance(p, paddle.Tensor) for p in shared):
+        bad = next(type(p).__name__ for p in shared if not isinstance(p, paddle.Tensor))
+        raise TypeError(
+            f"shared holds a {bad}, not parameters. Fix: pass the Layer itself (shared=net.trunk) or "
+            "its parameters (shared=net.trunk.parameters())."
+        )
+    if rep_grad and not isinstance(shared, paddle.nn.Layer):
+        raise ValueError(
+            "rep_grad=True differentiates with respect to the shared representation, the output "
+            "of one Layer, but shared= names no Layer. Fix: pass shared=<the trunk Layer>, e.g. "
+            "shared=net.encoder."
+        )

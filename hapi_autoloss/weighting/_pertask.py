@@ -33,29 +33,14 @@ class PerTask:
     """
 
     def __init__(self, shared: Shared, rep_grad: bool, tasks: Sequence[str] = ()) -> None:
-        if shared is not None and not isinstance(shared, (paddle.nn.Layer, list, tuple)):
-            raise TypeError(
-                f"shared must be a paddle.nn.Layer or a list of parameters, got {type(shared).__name__}. "
-                "Fix: pass the shared trunk, e.g. shared=net.encoder."
-            )
-        if isinstance(shared, (list, tuple)) and not all(isinstance(p, paddle.Tensor) for p in shared):
-            bad = next(type(p).__name__ for p in shared if not isinstance(p, paddle.Tensor))
-            raise TypeError(
-                f"shared holds a {bad}, not parameters. Fix: pass the Layer itself (shared=net.trunk) or "
-                "its parameters (shared=net.trunk.parameters())."
-            )
-        if rep_grad and not isinstance(shared, paddle.nn.Layer):
-            raise ValueError(
-                "rep_grad=True differentiates with respect to the shared representation, the output "
-                "of one Layer, but shared= names no Layer. Fix: pass shared=<the trunk Layer>, e.g. "
-                "shared=net.encoder."
-            )
+        _checks.shared_argument(shared, rep_grad)
         self.shared = shared
         self.rep_grad = rep_grad
         self._network: Any = None  # weakref to the network whose parameters train
         self._amp_scale: Callable[[], Any] | None = None
-        self._shared_ids: set[int] | None = None if shared is None or isinstance(shared, paddle.nn.Layer) else \
+        self._given: set[int] | None = None if shared is None or isinstance(shared, paddle.nn.Layer) else \
             {id(p) for p in shared}
+        self._shared_ids = self._given
         self.tasks = list(tasks)
         self._last: slice | None = None
         self._upstream: set[int] | None = None  # rep mode: parameters before the shared Layer
@@ -69,6 +54,11 @@ class PerTask:
     # ------------------------------------------------------------ setup
 
     def set_network(self, network: paddle.nn.Layer, amp_scale: Callable[[], Any] | None = None) -> None:
+        if (self._network() if self._network is not None else None) is not network:
+            # another network (a new model took the loss over): its shared parameters, its last
+            # shared layer and its tasks' reach are found anew at its first step
+            self._shared_ids, self._last, self._upstream, self._unchecked = self._given, None, None, None
+            self._rep.clear()
         self._network = weakref.ref(network)
         self._amp_scale = amp_scale
 
