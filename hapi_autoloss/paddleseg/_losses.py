@@ -19,7 +19,6 @@ from .. import topk as _topk
 from .._args import is_real
 from ..weighting import autoweight as _autoweight
 from ..weighting.base import METHODS, Weighting
-from ..weighting.gradient import GradWeighting
 
 __all__ = ["AutoWeight", "SafeCrossEntropyLoss", "SafeDiceLoss", "TopKLoss"]
 
@@ -35,8 +34,6 @@ def unsupported(method: Weighting | type[Weighting]) -> str | None:
     of the method itself, never by its name: epoch ends and a forward after each update are hooks
     ``train`` never calls; a gradient-level method needs the network, which the loss is not told here."""
     cls = method if isinstance(method, type) else type(method)
-    if issubclass(cls, GradWeighting):
-        return "is gradient-level: it differentiates the network's parameters itself, which is not wired here"
     if cls.has_training_hooks():
         return "needs epoch ends or a forward after each update, which PaddleSeg's train never gives"
     return None
