@@ -2,9 +2,12 @@
 float64 NumPy rule on the per-task gradients (taken with paddle.grad on a copy of the model); the
 others train, and their parameters and buffers resume from ``iter_N/model.pdparams``."""
 
+from collections import defaultdict
+
 import numpy as np
 import paddle
 import pytest
+from paddle.amp.grad_scaler import _refresh_optimizer_state
 from seg_helpers import SegData, TinyNet, train
 
 import hapi_autoloss.paddleseg as hp
@@ -168,3 +171,45 @@ def test_the_loss_parameters_are_not_the_network_ones(tmp_path):
     np.testing.assert_allclose(flat(model), flat(ref_model), rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(aw.weighting.s.numpy(), ref_aw.weighting.s.numpy(), rtol=1e-5, atol=1e-7)
     assert np.abs(aw.weighting.s.numpy()).max() > 1e-4  # s trained (from 0)
+
+
+GRAD_SCALER = paddle.amp.GradScaler
+
+
+def enabled_scaler(scale):
+    """A static-scale GradScaler that scales on this CPU (paddle 3.3.1 disables one off a GPU):
+    what PaddleSeg's ``train(precision="fp16")`` builds on a GPU."""
+    scaler = GRAD_SCALER(enable=False, use_dynamic_loss_scaling=False)
+    scaler._enable, scaler._scale = True, paddle.to_tensor([scale], dtype="float32")
+    for name in ("_found_inf", "_temp_found_inf_value_false", "_temp_found_inf_fp16", "_temp_found_inf_bf16",
+                 "_temp_found_inf_fp32"):
+        setattr(scaler, name, paddle.to_tensor([False]))
+    scaler._cache_found_inf, scaler._optimizer_states = None, defaultdict(_refresh_optimizer_state)
+    return scaler
+
+
+@pytest.mark.parametrize("scale", [1024.0, float("inf")])
+def test_amp_the_per_task_pass_uses_trains_scaler(tmp_path, monkeypatch, scale):
+    """precision="fp16": the forward reads the scale of train's own GradScaler (a local of train),
+    scales each task's loss by it and unscales the gradients: the update is fp32's. An overflow
+    (inf) is the scaler's to skip: nothing moves and the method does not see the step."""
+    data = SegData(n=4)
+    runs = {}
+    for precision in ("fp32", "fp16"):
+        model, aw, losses, opt = build("mgda", model=conflicting(data))
+        hp.attach(model, losses, opt)
+        seen, inner = [], aw._pertask._amp_scale
+        aw._pertask._amp_scale = lambda inner=inner, seen=seen: seen.append(inner()) or seen[-1]
+        if precision == "fp16":
+            monkeypatch.setattr(paddle.amp, "GradScaler", lambda **kw: enabled_scaler(scale))
+        before = flat(model)
+        train(model, losses, opt, data, tmp_path / precision, iters=1, precision=precision)
+        runs[precision] = (before, flat(model), [None if s is None else float(s) for s in seen], aw.used()[1])
+    assert runs["fp32"][2] == [None] and runs["fp16"][2] == [scale]
+    if np.isfinite(scale):
+        np.testing.assert_allclose(runs["fp16"][1], runs["fp32"][1], rtol=1e-6, atol=1e-7)
+        assert runs["fp16"][3] == runs["fp32"][3]
+    else:
+        np.testing.assert_array_equal(runs["fp16"][1], runs["fp16"][0])  # skipped
+        assert list(runs["fp16"][3].values()) == [1.0, 1.0]  # mgda's α were never computed
+    assert hp._grad.amp_scale() is None  # outside train
