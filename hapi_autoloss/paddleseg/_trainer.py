@@ -24,6 +24,11 @@ averages σ's gradients over the ranks (fleet's HybridParallelOptimizer calls th
 equal on every rank: a constant, or ``init="auto"``'s mean over the ranks.
 The network's own keys and parameters are unchanged; loading such a
 ``model.pdparams`` into the plain model (export, inference) skips the ``hapi_autoloss_<i>.*`` keys.
+
+5. ``train`` makes one ``backward``: a gradient-level method (pcgrad, mgda...) must take each
+   task's gradient itself, in its forward. -> the AutoWeight is told the model (first, even when
+   it has no parameters and nothing else is to do) and taken in as a sublayer; ``_grad`` says
+   what it reads (the AMP scale of ``train``'s GradScaler) and how it resumes.
 """
 
 from __future__ import annotations
@@ -117,7 +122,8 @@ def attach(model: paddle.nn.Layer, losses: Any, optimizer: Any, lr_scale: float 
         _check(layer)
     layers = [x for x in layers if isinstance(x, paddle.nn.Layer)]
     gradient = _grad.bind(model, layers)  # first: a method with no parameters (pcgrad) still needs it
-    taken = [x for x in layers if any(x is g for g in gradient) or any(not p.stop_gradient for p in x.parameters())]
+    taken = [x for i, x in enumerate(layers) if all(x is not y for y in layers[:i])  # once, if listed twice
+             and (any(x is g for g in gradient) or any(not p.stop_gradient for p in x.parameters()))]
     if not taken:
         warnings.warn("No loss in losses has trainable parameters or a gradient-level method, so attach has "
                       "nothing to do. Fix: nothing, if that is intended.", stacklevel=2)

@@ -83,7 +83,8 @@ class PerTask:
                 "A gradient-level method computes each task's gradient of the network's parameters, "
                 "but this AutoWeight does not know the network. Fix: train with model.fit(..., "
                 "callbacks=[AutoWeightCallback()]) (or call hapi_autoloss.attach(model) before "
-                "train_batch); in your own loop, build the optimizer with param_groups(network, loss)."
+                "train_batch); in your own loop, build the optimizer with param_groups(network, loss); in "
+                "PaddleSeg's train, call hapi_autoloss.paddleseg.attach(model, losses, optimizer) first."
             )
         # A loss can be a sublayer of the network (PaddleSeg's attach adds it, to save σ in the
         # model's checkpoints): its own parameters (σ, a method's) are never the network's.
