@@ -64,12 +64,13 @@ class TinyNet(paddle.nn.Layer):
         return [self.c2(F.relu(self.c1(x)))]
 
 
-def build(mode: str = "attach", seed: int = 0, weight_decay: float = 0.1, iters: int = 8, lr: float = 0.05):
+def build(mode: str = "attach", seed: int = 0, weight_decay: float = 0.1, iters: int = 8, lr: float = 0.05,
+          method: str = "liebel", **options):
     """(model, losses, optimizer) as a user script builds them; ``mode``: "attach" (our one line),
     "naive" (seed 000: σ appended to the parameters by hand), "none" (σ not in the optimizer)."""
     paddle.seed(seed)
     model = TinyNet()
-    aw = hp.AutoWeight([{"type": "SafeCrossEntropyLoss"}, {"type": "SafeDiceLoss"}], method="liebel")
+    aw = hp.AutoWeight([{"type": "SafeCrossEntropyLoss"}, {"type": "SafeDiceLoss"}], method=method, **options)
     losses = {"types": [aw], "coef": [1]}
     params = model.parameters()
     if mode == "naive":
@@ -110,11 +111,13 @@ def hand_loop(model, aw, data, optimizers, iters: int, batch_size: int, sched=No
     return model, aw
 
 
-def run(mode: str, data, save_dir, iters: int = 8, weight_decay: float = 0.1, **kw):
+def run(mode: str, data, save_dir, iters: int = 8, weight_decay: float = 0.1, method: str = "liebel",
+        options: dict | None = None, **kw):
     """build + train, with parameter and optimizer-state names as in a fresh process (PaddleSeg's
     resume matches the optimizer's state by name). Returns (model, AutoWeight)."""
     with paddle.utils.unique_name.guard():
-        model, losses, opt = build(mode, weight_decay=weight_decay, iters=kw.pop("schedule", iters))
+        model, losses, opt = build(mode, weight_decay=weight_decay, iters=kw.pop("schedule", iters), method=method,
+                                   **(options or {}))
         train(model, losses, opt, data, save_dir, iters=iters, **kw)
     return model, losses["types"][0]
 

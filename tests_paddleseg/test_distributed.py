@@ -1,4 +1,5 @@
-"""A real 2-process paddle.distributed.launch of PaddleSeg's train: σ identical on both ranks."""
+"""A real 2-process paddle.distributed.launch of PaddleSeg's train: σ identical on both ranks; a gradient-level
+method makes the update of one process on the whole batch."""
 
 import os
 
@@ -40,3 +41,27 @@ def test_sigma_is_averaged_when_the_update_goes_through_minimize(tmp_path):
     r0, r1 = (np.load(tmp_path / f"rank{k}.npz") for k in (0, 1))
     assert np.abs(r0["s"] - 1.0).max() > 0.01  # σ trained, on different data per rank
     np.testing.assert_array_equal(r0["s"], r1["s"])
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize("method, options", [("mgda", {"normalize": "l2"}), ("db_mtl", {})])
+def test_gradient_level_method_on_two_ranks_is_one_process_on_the_whole_batch(tmp_path, method, options):
+    """mgda with each gradient normalized (α_i = w_i/‖g_i‖): each rank's per-task gradients are
+    averaged before the rule (norms of the whole batch's gradients, not each half's), so
+    2 ranks × 4 images make the update of 1 process × 8. db_mtl: its buffer, empty until the
+    first step, is not broadcast at DataParallel's start (that failed: "Size of tensor should be
+    greater than 0"), and its gradient history is the whole batch's."""
+    script = os.path.join(ROOT, "tests_paddleseg", "scripts", "dist_grad_train.py")
+    args = [f"{k}={v}" for k, v in options.items()]
+    proc, logs = launch_two_ranks(script, str(tmp_path), method, *args, log_dir=tmp_path / "log", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:] + logs[-4000:]
+    r0, r1 = (np.load(tmp_path / f"rank{k}.npz") for k in (0, 1))
+    for key in ("w", "w2", "used"):
+        np.testing.assert_array_equal(r0[key], r1[key], err_msg=key)  # one model, one rule on every rank
+    model, aw = run("attach", SegData(n=32), tmp_path / "single", batch_size=8, method=method, options=options)
+    np.testing.assert_allclose(r0["w"], model.c1.weight.numpy(), rtol=0, atol=2e-4)  # as above
+    np.testing.assert_allclose(r0["w2"], model.c2.weight.numpy(), rtol=0, atol=2e-4)
+    np.testing.assert_allclose(r0["used"], list(aw.used()[1].values()), rtol=1e-3)
+    assert r0["used"].min() > 0.01  # the rule weighs both tasks (not one corner of the segment)
+    other, _ = run("attach", SegData(n=32), tmp_path / "other", batch_size=4, method=method, options=options)
+    assert np.abs(r0["w"] - other.c1.weight.numpy()).max() > 1e-2  # another batch: far off

@@ -84,17 +84,19 @@ def loss_parameters(model: Any) -> list[Any]:
     return [p for p in root.parameters() if not p.stop_gradient]
 
 
-def bind_network(loss: Any, network: Any, model: Any = None) -> bool:
+def bind_network(loss: Any, network: Any, model: Any = None,
+                 scale: Callable[[], paddle.Tensor | None] | None = None) -> bool:
     """Tell every layer of ``loss`` that differentiates the network's parameters itself
     (gradient-level methods: ``set_network``) which network that is, and how to read the
-    AMP loss scale of ``model`` (hapi). True if one does."""
+    AMP loss scale: of ``model`` (hapi), or ``scale()`` (another trainer's). True if one does."""
     if not isinstance(loss, paddle.nn.Layer) or not isinstance(network, paddle.nn.Layer):
         return False
     ref = weakref.ref(model) if model is not None else None
 
-    def scale() -> paddle.Tensor | None:
+    def of_model() -> paddle.Tensor | None:
         return amp_scale(ref()) if ref is not None else None
 
+    scale = scale or of_model
     found = False
     for layer in [loss, *loss.sublayers()]:
         setter = getattr(layer, "set_network", None)
@@ -107,7 +109,11 @@ def amp_scale(model: Any) -> paddle.Tensor | None:
     """The loss scale of hapi's AMP ``GradScaler`` (``model._scaler``, made at the first AMP
     ``train_batch``; checked against paddle 3.3.1's ``AmpScaler.scale``), or None when it
     does not scale (O0, bfloat16, a CPU)."""
-    scaler = getattr(model, "_scaler", None)
+    return scaler_scale(getattr(model, "_scaler", None))
+
+
+def scaler_scale(scaler: Any) -> paddle.Tensor | None:
+    """The loss scale of a ``paddle.amp.GradScaler``, or None when it does not scale."""
     if scaler is None or not getattr(scaler, "_enable", False):
         return None
     return getattr(scaler, "_scale", None)

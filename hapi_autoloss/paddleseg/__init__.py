@@ -3,14 +3,16 @@
 Importing this module registers, in PaddleSeg's ``manager.LOSSES``:
 
 - ``AutoWeight``: learned (or fixed) weights of several losses on one output, in place of
-  ``MixedLoss`` (``losses: [...]`` as in MixedLoss, ``method: liebel``...).
+  ``MixedLoss`` (``losses: [...]`` as in MixedLoss, ``method: liebel``...), or their per-task
+  gradients combined by a gradient-level method (``method: pcgrad``, ``mgda``...).
 - ``TopKLoss``: per-pixel OHEM (``ratio``, ``min_kept``, ``thresh`` as PaddleSeg's
   ``OhemCrossEntropyLoss``, which keeps one pixel fewer than ``min_kept``).
 - ``SafeCrossEntropyLoss`` and ``SafeDiceLoss``: PaddleSeg's CE and Dice, working on paddle 3
   (PaddleSeg 2.8.0's ``CrossEntropyLoss`` raises a TypeError there, its ``DiceLoss`` overwrites
   the label in place).
 
-and gives :func:`attach`, the one line a training script needs. Needs PaddleSeg 2.8
+and gives :func:`attach`, the one line a training script needs (σ's optimizer, gradients, ranks
+and checkpoints; the network a gradient-level method differentiates, with ``train``'s AMP scale). Needs PaddleSeg 2.8
 (``pip install "hapi-autoloss[paddleseg]"``, which brings numpy < 2). ``import hapi_autoloss``
 alone never imports PaddleSeg.
 

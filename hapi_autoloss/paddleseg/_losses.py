@@ -19,7 +19,6 @@ from .. import topk as _topk
 from .._args import is_real
 from ..weighting import autoweight as _autoweight
 from ..weighting.base import METHODS, Weighting
-from ..weighting.gradient import GradWeighting
 
 __all__ = ["AutoWeight", "SafeCrossEntropyLoss", "SafeDiceLoss", "TopKLoss"]
 
@@ -33,10 +32,8 @@ BROKEN = {"CrossEntropyLoss": "SafeCrossEntropyLoss", "DiceLoss": "SafeDiceLoss"
 def unsupported(method: Weighting | type[Weighting]) -> str | None:
     """Why PaddleSeg's ``train`` cannot run this method (an instance or a class), or None. Asked
     of the method itself, never by its name: epoch ends and a forward after each update are hooks
-    ``train`` never calls; a gradient-level method needs the network, which the loss is not told here."""
+    ``train`` never calls. A gradient-level method runs: ``attach`` tells it the network (``_grad``)."""
     cls = method if isinstance(method, type) else type(method)
-    if issubclass(cls, GradWeighting):
-        return "is gradient-level: it differentiates the network's parameters itself, which is not wired here"
     if cls.has_training_hooks():
         return "needs epoch ends or a forward after each update, which PaddleSeg's train never gives"
     return None
@@ -202,9 +199,11 @@ class AutoWeight(_autoweight.AutoWeight):
         losses: the sub-losses, as in ``MixedLoss``: Layers, or config dicts (built from
             ``manager.LOSSES``). PaddleSeg's own ``CrossEntropyLoss``/``DiceLoss``/``OhemCrossEntropyLoss``
             fail on paddle 3 and are refused: use ``SafeCrossEntropyLoss``, ``SafeDiceLoss``, ``TopKLoss``.
-        method: ``"kendall"`` (default), ``"liebel"``, ``"uw_so"``, ``"fixed"``... Not ``dwa``, ``stch``
-            or ``famo``, which need epoch ends or a forward after each update that PaddleSeg's
-            ``train`` never gives.
+        method: ``"kendall"`` (default), ``"liebel"``, ``"uw_so"``, ``"fixed"``..., or a gradient-level
+            one (``"pcgrad"``, ``"mgda"``, ``"cagrad"``, ``"imtl"``, ``"nash_mtl"``, ``"aligned_mtl"``,
+            ``"db_mtl"``, ``"gradnorm"``: every task reaches the whole network here, so all of it
+            is shared; ``attach`` tells it the model). Not ``dwa``, ``stch`` or ``famo``, which
+            need epoch ends or a forward after each update that PaddleSeg's ``train`` never gives.
         names: task names (default from the classes: ``crossentropy``, ``dice``...).
         ignore_index: if given (PaddleSeg's builder adds the dataset's), every sub-loss that has an
             ``ignore_index`` must agree.

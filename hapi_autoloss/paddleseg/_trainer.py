@@ -24,6 +24,11 @@ averages σ's gradients over the ranks (fleet's HybridParallelOptimizer calls th
 equal on every rank: a constant, or ``init="auto"``'s mean over the ranks.
 The network's own keys and parameters are unchanged; loading such a
 ``model.pdparams`` into the plain model (export, inference) skips the ``hapi_autoloss_<i>.*`` keys.
+
+5. ``train`` makes one ``backward``: a gradient-level method (pcgrad, mgda...) must take each
+   task's gradient itself, in its forward. -> the AutoWeight is told the model (first, even when
+   it has no parameters and nothing else is to do) and taken in as a sublayer; ``_grad`` says
+   what it reads (the AMP scale of ``train``'s GradScaler) and how it resumes.
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ from .._hapi import world
 from .._hapi.optimizer import _inject, _track, check_groups, optimizer_params
 from ..topk import TopKLoss as _CoreTopK
 from ..weighting.autoweight import AutoWeight as _CoreAutoWeight
-from . import _losses
+from . import _grad, _losses
 
 PREFIX = "hapi_autoloss_"
 
@@ -88,11 +93,15 @@ def attach(model: paddle.nn.Layer, losses: Any, optimizer: Any, lr_scale: float 
         optimizer: the optimizer given to ``train`` (a ``paddle.optimizer.Optimizer``).
         lr_scale: σ's learning rate as a multiple of the optimizer's (> 0).
 
-    Returns the loss layers that own trainable parameters (now sublayers of ``model``); [] if none.
+    Returns the loss layers it took in, now sublayers of ``model``: those that own trainable
+    parameters, and every AutoWeight with a gradient-level method (pcgrad, mgda...), with
+    parameters or not (it is told the network first). [] with a warning if there is none.
 
     After it: σ gets no weight decay and no clipping; ``train`` clears σ's gradient every
     iteration (``model.clear_gradients()``), averages it over ranks (DataParallel) and saves and
-    resumes it with ``iter_N/model.pdparams``/``model.pdopt``.
+    resumes it with ``iter_N/model.pdparams``/``model.pdopt``. A gradient-level method
+    differentiates the network, ``model`` (never the loss's own parameters), in its forward,
+    with ``train``'s AMP scale, averaged over ranks; its buffers resume too (see ``_grad``).
 
     Example::
 
@@ -111,31 +120,38 @@ def attach(model: paddle.nn.Layer, losses: Any, optimizer: Any, lr_scale: float 
     layers = _loss_layers(losses)
     for layer in layers:
         _check(layer)
-    learnable = [x for x in layers
-                 if isinstance(x, paddle.nn.Layer) and any(not p.stop_gradient for p in x.parameters())]
-    if not learnable:
-        warnings.warn("No loss in losses has trainable parameters, so attach has nothing to do. Fix: nothing, "
-                      "if that is intended.", stacklevel=2)
+    layers = [x for x in layers if isinstance(x, paddle.nn.Layer)]
+    gradient = _grad.bind(model, layers)  # first: a method with no parameters (pcgrad) still needs it
+    taken = [x for i, x in enumerate(layers) if all(x is not y for y in layers[:i])  # once, if listed twice
+             and (any(x is g for g in gradient) or any(not p.stop_gradient for p in x.parameters()))]
+    if not taken:
+        warnings.warn("No loss in losses has trainable parameters or a gradient-level method, so attach has "
+                      "nothing to do. Fix: nothing, if that is intended.", stacklevel=2)
         return []
     in_opt = {id(p) for p in optimizer_params(optimizer)}
     if not any(id(p) in in_opt for p in model.parameters()):
         raise ValueError("optimizer holds none of model's parameters. Fix: build it from model.parameters() "
                          "and pass the same model and optimizer to attach and train.")
+    check_groups(optimizer)
     sub = {id(x) for x in model.sublayers()}
     params: list[Any] = []
-    for layer in learnable:
+    prefixes: list[str] = []
+    for layer in taken:
         if id(layer) not in sub:
             i = 0
             while hasattr(model, f"{PREFIX}{i}"):
                 i += 1
             model.add_sublayer(f"{PREFIX}{i}", layer)
+            prefixes.append(f"{PREFIX}{i}")
         params.extend(p for p in layer.parameters() if not p.stop_gradient)
-    check_groups(optimizer)
-    _inject(optimizer, params, lr_scale)
-    for p in params:
-        p.no_sync = True
-    _average_before_step(optimizer, params)
-    return learnable
+    _grad.keep_buffers_in_step(taken)
+    _grad.resume_buffers(model, prefixes)
+    if params:
+        _inject(optimizer, params, lr_scale)
+        for p in params:
+            p.no_sync = True
+        _average_before_step(optimizer, params)
+    return taken
 
 
 def _average_before_step(optimizer: Any, params: list[Any]) -> None:

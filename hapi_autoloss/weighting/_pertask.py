@@ -73,9 +73,14 @@ class PerTask:
                 "A gradient-level method computes each task's gradient of the network's parameters, "
                 "but this AutoWeight does not know the network. Fix: train with model.fit(..., "
                 "callbacks=[AutoWeightCallback()]) (or call hapi_autoloss.attach(model) before "
-                "train_batch); in your own loop, build the optimizer with param_groups(network, loss)."
+                "train_batch); in your own loop, build the optimizer with param_groups(network, loss); in "
+                "PaddleSeg's train, call hapi_autoloss.paddleseg.attach(model, losses, optimizer) first."
             )
-        return [p for p in network.parameters() if not p.stop_gradient]
+        # A loss can be a sublayer of the network (PaddleSeg's attach adds it, to save σ in the
+        # model's checkpoints): its own parameters (σ, a method's) are never the network's.
+        own = {id(p) for layer in network.sublayers() if callable(getattr(layer, "set_network", None))
+               for p in layer.parameters()}
+        return [p for p in network.parameters() if not p.stop_gradient and id(p) not in own]
 
     def _capture(self, layer: paddle.nn.Layer, inputs: Any, output: Any) -> None:
         """Forward post hook of the shared Layer (rep mode): keep its output, the representation.

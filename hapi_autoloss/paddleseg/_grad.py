@@ -1,0 +1,96 @@
+"""Gradient-level methods (pcgrad, mgda, cagrad, imtl, ...) inside ``paddleseg.core.train``.
+
+Checked against PaddleSeg 2.8.0 (``paddleseg/core/train.py``, ``paddleseg/utils/utils.py::resume``)
+on paddlepaddle 3.3.1. Such an AutoWeight computes each task's gradient of the network's parameters
+in its forward (``weighting/_pertask.py``) and returns a loss whose gradient is their combination,
+so ``train``'s one ``backward`` writes it. What :func:`bind` tells it, and why it is right there:
+
+1. The network: the model given to ``train``. The loss is a sublayer of it (``hapi_autoloss_<i>``),
+   but its own parameters (imtl's, gradnorm's) are never taken for the network's (``_pertask``),
+   and ``model.parameters()``, PaddleSeg's optimizer's, are the network's plus the loss's, as
+   for σ.
+2. The AMP loss scale: with ``precision="fp16"``, ``train`` keeps its ``GradScaler`` in a local
+   (``scaler``), read here from ``train``'s frame at each forward. Each task's loss is scaled by
+   it before its ``paddle.grad`` and the gradient unscaled in float32 (as in hapi's path), the
+   combination then goes through ``scaler.scale(loss).backward()`` and ``scaler.minimize``
+   like any gradient; an overflow in a task's gradient gives inf gradients, so the scaler skips
+   that update and lowers its scale. Outside ``train`` (or with a scaler that does not scale:
+   a CPU, bfloat16) the per-task gradients are not scaled, as in a plain loop.
+3. Ranks: the forward averages the per-task gradients (and losses) over the ranks before the
+   rule, so every rank writes the same combined gradient, which DataParallel's average leaves
+   as it is: two ranks on half batches update as one process on the whole batch.
+4. Resume: PaddleSeg's ``resume`` calls ``model.set_state_dict``, which sets tensors only; the
+   model's is wrapped to size a method's buffers that grow at its first step (db_mtl's) and to
+   refresh the host copies of them (nash_mtl's α) after loading.
+
+What stays out of ``model.pdparams`` (host state of no tensor): pcgrad's random stream (a resumed
+run draws other task orders) and the α shown by ``weights()`` before the first step.
+"""
+
+from __future__ import annotations
+
+import sys
+from types import FrameType
+from typing import Any
+
+import paddle
+
+from .._hapi.model import bind_network, scaler_scale
+from ..weighting.base import fit_empty_buffers
+
+TRAIN = ("train", "paddleseg.core.train")  # the function whose local ``scaler`` is the AMP one
+
+
+def train_scaler() -> Any:
+    """The ``scaler`` local of the running ``paddleseg.core.train`` (None outside it or without AMP)."""
+    frame: FrameType | None = sys._getframe(1)
+    while frame is not None:
+        if (frame.f_code.co_name, frame.f_globals.get("__name__")) == TRAIN:
+            return frame.f_locals.get("scaler")
+        frame = frame.f_back
+    return None
+
+
+def amp_scale() -> paddle.Tensor | None:
+    return scaler_scale(train_scaler())
+
+
+def bind(model: paddle.nn.Layer, layers: list[Any]) -> list[Any]:
+    """Tell the gradient-level AutoWeights in ``layers`` that ``model`` is their network and
+    where the AMP scale is; the layers that hold one."""
+    return [layer for layer in layers if bind_network(layer, model, scale=amp_scale)]
+
+
+def keep_buffers_in_step(layers: list[Any]) -> None:
+    """Never broadcast the loss's buffers at DataParallel's start (a buffer a method sizes at its
+    first step is empty then); they are equal on every rank anyway, made from averaged values."""
+    for layer in layers:
+        for buffer in layer.buffers():
+            buffer.no_sync = True
+
+
+def resume_buffers(model: paddle.nn.Layer, prefixes: list[str]) -> None:
+    """Make ``model.set_state_dict`` (PaddleSeg's ``resume``) load the buffers of the losses at
+    ``prefixes`` (``hapi_autoloss_<i>``) as ``AutoWeight.set_state_dict`` does: sized first, the
+    method's host copies refreshed after."""
+    known = getattr(model, "_autoloss_prefixes", None)
+    if known is not None:
+        known.extend(p for p in prefixes if p not in known)
+        return
+    model._autoloss_prefixes = list(prefixes)
+    original = model.set_state_dict
+
+    def set_state_dict(state_dict: dict[str, Any], use_structured_name: bool = True) -> Any:
+        layers = [getattr(model, p) for p in model._autoloss_prefixes]
+        if use_structured_name:
+            for prefix, layer in zip(model._autoloss_prefixes, layers):
+                start = prefix + "."
+                fit_empty_buffers(layer, {k[len(start):]: v for k, v in state_dict.items() if k.startswith(start)})
+        out = original(state_dict, use_structured_name)
+        for layer in layers:
+            loaded = getattr(getattr(layer, "weighting", None), "state_loaded", None)
+            if callable(loaded):
+                loaded()
+        return out
+
+    model.set_state_dict = set_state_dict  # type: ignore[method-assign]
