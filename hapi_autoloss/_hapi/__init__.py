@@ -25,7 +25,6 @@ from .model import (
     bind_network,
     callback_list_of,
     check_attached,
-    check_other_train,
     forward_again,
     iter_layers,
     lacks_eval_data,
@@ -39,6 +38,7 @@ from .model import (
     world,
 )
 from .optimizer import attach, is_attached
+from .owner import check_other_train
 from .policy import in_running_fit
 from .progress import after_train_batch, progress, skip_done_epochs
 from .state import (

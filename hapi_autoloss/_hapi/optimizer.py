@@ -20,14 +20,13 @@ from .finite import agree, finite
 from .model import (
     ATTACHED,
     bind_network,
-    check_owner,
-    hand_over,
     loss_layer,
     loss_parameters,
     optimizer_of,
     require_dynamic_mode,
     world,
 )
+from .owner import check_owner, hand_over
 from .policy import policy_of
 from .progress import around_train_batch
 from .state import wrap_save
