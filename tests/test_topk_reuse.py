@@ -182,3 +182,37 @@ def test_a_topkloss_the_plateau_reduced_keeps_its_k_on_a_new_model_and_warns():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         fit_eval(build_eval(TopKLoss(ce(), ratio=1.0)), 1, [plat])  # a new TopKLoss: nothing to say
+
+
+def test_a_model_saved_after_its_scheduler_moved_on_keeps_its_own_position(tmp_path):
+    """A's checkpoint held B's schedule (position 3 of 4): a model resumed from it trained at 0.1
+    where A's position (1 of 4) gives 0.7."""
+    scheduler = TopKScheduler(1.0, 0.1, by="epoch", total=4)
+    first = build(RecordingTopK(ce()))
+    fit(first, 1, [scheduler])
+    fit(build(RecordingTopK(ce())), 3, [scheduler])
+    first.save(str(tmp_path / "a"))
+    assert hapi_autoloss._hapi.read_state(str(tmp_path / "a"))["callbacks"]["TopKScheduler"]["epochs_done"] == 1
+    loss = RecordingTopK(ce())
+    resumed = build(loss)
+    resumed.load(str(tmp_path / "a"))
+    hapi_autoloss.load_state(resumed, str(tmp_path / "a"))
+    fit(resumed, 1, [TopKScheduler(1.0, 0.1, by="epoch", total=4)])
+    want = schedules.value(schedules.progress(1, 4, 0), "linear", 1.0, 0.1)  # 0.7; B's position gave 0.1
+    assert loss.used[0] == pytest.approx(want, abs=1e-6)
+
+
+def test_a_plateau_state_given_by_hand_sets_k_on_the_next_fits_losses():
+    """Its k went onto the previous model's TopKLoss (or nowhere, on a fresh callback)."""
+    state = {"monitor": "acc", "best": 0.9, "wait": 1, "cooldown_counter": 0, "evaluations": 3,
+             "reductions": 1, "ranges": [(0.3, 0.0)]}
+    plateau = TopKOnPlateau(monitor="acc", patience=5)
+    first = RecordingTopK(ce())
+    fit_eval(build_eval(first), 1, [plateau])
+    ratio = first.ratio
+    for callback in (plateau, TopKOnPlateau(monitor="acc", patience=5)):
+        callback.set_state_dict(state)
+        loss = RecordingTopK(ce())
+        fit_eval(build_eval(loss), 1, [callback])
+        assert loss.used[0] == 0.3 and callback.best == 0.9
+    assert first.ratio == ratio  # the earlier model's loss is left alone

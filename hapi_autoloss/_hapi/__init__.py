@@ -41,6 +41,7 @@ from .optimizer import attach, is_attached
 from .owner import check_other_train
 from .policy import in_running_fit
 from .progress import after_train_batch, progress, skip_done_epochs
+from .registry import freeze_state, register_state
 from .state import (
     STATE_SUFFIX,
     check_state,
@@ -48,7 +49,6 @@ from .state import (
     load_state,
     newest_checkpoint,
     read_state,
-    register_state,
     save_state,
 )
 
@@ -66,6 +66,7 @@ __all__ = [
     "checkpoint_info",
     "forget_earlier_fits",
     "forward_again",
+    "freeze_state",
     "in_running_fit",
     "is_attached",
     "is_progbar",

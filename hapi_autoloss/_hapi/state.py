@@ -22,9 +22,7 @@ from .progress import progress, set_progress, track_progress
 STATE_SUFFIX = ".autoloss"
 _FORMAT_VERSION = 2
 
-# On each model (see model.slot): _autoloss_stateful, the objects saved with each
-# checkpoint, by key; _autoloss_pending, states read by load_state() that wait for
-# their object to register in the next fit.
+# The callbacks' states on each model: see registry.py.
 
 
 class Stateful(Protocol):
@@ -50,28 +48,6 @@ def wrap_save(model: Any) -> None:
 
     model.save = save
     model._autoloss_save_wrapped = True
-
-
-def register_state(model: Any, key: str, obj: Stateful) -> None:
-    """Save ``obj.state_dict()`` with every ``model.save``; restore a loaded state now.
-
-    A second object under the same key (two exporters of one class) gets
-    ``key#2``, and so on, in the order the callbacks start.
-    """
-    wrap_save(model)
-    registry = slot(model, "_autoloss_stateful", dict)
-    # Callbacks of an earlier fit are done: hapi gives each fit a new params dict.
-    current = getattr(obj, "params", None)
-    for stale in [k for k, o in registry.items() if getattr(o, "params", None) is not current]:
-        del registry[stale]
-    base, n = key, 1
-    while key in registry and registry[key] is not obj:
-        n += 1
-        key = f"{base}#{n}"
-    registry[key] = obj
-    pending = slot(model, "_autoloss_pending", dict)
-    if key in pending:
-        obj.set_state_dict(pending.pop(key))
 
 
 def _layers_with_state(loss: paddle.nn.Layer | None) -> dict[str, Any]:

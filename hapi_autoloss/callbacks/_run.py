@@ -2,7 +2,9 @@
 another model starts a new one.
 
 ``TopKScheduler`` and ``TopKOnPlateau`` go on across fits: one instance passed to two
-``fit`` calls of the same model continues its schedule or its plateau watch (Keras's
+``fit`` calls of the same model in a row continues its schedule or its plateau watch (a fit
+of another model in between starts a new run, and the first model's checkpoints keep its
+position as it was then) (Keras's
 ``ReduceLROnPlateau`` and ``EarlyStopping`` reset in every ``fit`` instead). An instance
 kept across a notebook cell that builds a NEW model and fits it again must not carry the
 old model's position, best value or wait into the fresh network: a new model starts a new
@@ -43,6 +45,9 @@ def begin_run(callback: Any, key: str, reset: Callable[[], None]) -> bool:
     ref = getattr(callback, _MODEL, None)
     new = ref is not None and ref() is not model
     if new:
+        old = ref() if ref is not None else None
+        if old is not None:
+            _hapi.freeze_state(old, callback)  # the old model's checkpoints keep its own position
         reset()
     setattr(callback, _MODEL, weakref.ref(model))
     _hapi.register_state(model, key, callback)  # may call set_state_dict, i.e. loaded()

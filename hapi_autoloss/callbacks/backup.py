@@ -47,7 +47,9 @@ class BackupAndRestore(Callback):
     counted off ``num_iters``) and puts hapi's ``DistributedBatchSampler`` at the epoch
     it had reached, so ``shuffle=True`` gives the same batches: the run ends bit for bit
     as an uninterrupted one, and the exporters' files hold every step once. Epochs are
-    counted within this ``fit``, so a script may train or load before it.
+    counted within this ``fit``, so a script may train or load before it (an earlier fit
+    with exporters needs its own log folder: rerun on a fresh model, it replaces the
+    folder's curves, the crashed run's later steps included).
 
     Each backup is complete before the previous one is removed; a crash while
     writing leaves the previous one. A run that finished (all epochs, or stopped by

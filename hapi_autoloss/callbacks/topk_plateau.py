@@ -121,6 +121,7 @@ class TopKOnPlateau(Callback):
         self.mode = "max" if mode == "max" or (mode == "auto" and "acc" in monitor) else "min"
         self._new_run()
         self._layers: list[TopKLoss] = []
+        self._ranges: list[Any] = []  # (ratio, drop) per TopKLoss from a loaded state, not yet set
 
     @property
     def ratio(self) -> float | None:
@@ -137,6 +138,10 @@ class TopKOnPlateau(Callback):
         # A new model starts a new run; a state loaded by hapi_autoloss.load_state wins (applied here).
         if begin_run(self, STATE_KEY, self._new_run):
             warn_reduced_layers(self._layers, before)
+        ranges, self._ranges = self._ranges, []
+        if len(ranges) == len(self._layers):  # a state given by set_state_dict or load_state
+            for layer, (ratio, drop) in zip(self._layers, ranges):
+                layer.set_range(ratio, drop)
         _hapi.show_in_progress_bar(self.params, ["topk_ratio"])
 
     def _new_run(self) -> None:
@@ -228,7 +233,4 @@ class TopKOnPlateau(Callback):
         self.cooldown_counter = int(state.get("cooldown_counter", 0))
         self.evaluations = int(state.get("evaluations", 0))
         self.reductions = int(state.get("reductions", 0))
-        ranges = state.get("ranges") or []
-        if len(ranges) == len(self._layers):
-            for layer, (ratio, drop) in zip(self._layers, ranges):
-                layer.set_range(ratio, drop)
+        self._ranges = state.get("ranges") or []  # set on this fit's losses at its train begin
