@@ -1,5 +1,7 @@
 """AutoWeight inside a real paddle.Model.fit: each hapi trap, failing naively, fixed now."""
 
+import warnings
+
 import numpy as np
 import paddle
 import pytest
@@ -191,6 +193,15 @@ def test_a_new_model_takes_over_a_trained_loss_like_a_fresh_loss_started_there()
     assert all(np.array_equal(p.numpy(), q) for p, q in zip(loss.parameters(), sigma))
     with pytest.warns(UserWarning, match="trained by another paddle.Model before"):  # and back
         fit(first, epochs=1, callbacks=[AutoWeightCallback()])
+    # re-prepared with a loss of its own, the model that lost it trains on (it was refused)
+    first.prepare(first._optimizer, lambda a, b, y1, y2: paddle.nn.functional.mse_loss(a, y1)
+                  + paddle.nn.functional.mse_loss(b, y2))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fit(build_model(loss, seed=2), epochs=1, callbacks=[AutoWeightCallback()])
+    before = first.network.parameters()[0].numpy().copy()
+    fit(first, epochs=1)
+    assert np.abs(first.network.parameters()[0].numpy() - before).max() > 0
 
 
 def test_a_second_model_training_an_attached_loss_without_the_callback_is_refused():

@@ -219,8 +219,80 @@ def test_load_state_between_fits_gives_the_states_to_the_next_fit_callbacks(tmp_
     model.fit(DATA, epochs=2, batch_size=16, verbose=0, save_dir=str(tmp_path / "ck"),
               callbacks=[AutoWeightCallback(), first])
     assert first.global_step == 12
+    model.load(str(tmp_path / "ck" / "0"))
     hapi_autoloss.load_state(model, str(tmp_path / "ck" / "0"))  # after epoch 1: step 6
     second = TensorBoardExport(tmp_path / "b")
     model.fit(DATA, epochs=1, batch_size=16, verbose=0, callbacks=[AutoWeightCallback(), second])
     assert first.global_step == 12
     assert second.global_step == 6 + 6
+
+
+def test_a_run_branched_from_an_earlier_checkpoint_leaves_the_abandoned_branch_out(tmp_path):
+    """Back to ck/0 (1 epoch) and 1 epoch more into the same folder: the first run's '3' (epoch 4)
+    was returned, past the point the new run branched from."""
+    ck = str(tmp_path / "ck")
+    paddle.seed(0)
+    build_model(kendall_loss()).fit(DATA, epochs=4, batch_size=16, verbose=0, save_dir=ck,
+                                    callbacks=[AutoWeightCallback()])
+    paddle.seed(0)
+    branch = build_model(kendall_loss())
+    branch.load(os.path.join(ck, "0"))
+    hapi_autoloss.load_state(branch, os.path.join(ck, "0"))
+    branch.fit(DATA, epochs=1, batch_size=16, verbose=0, save_dir=ck, callbacks=[AutoWeightCallback()])
+    assert hapi_autoloss.checkpoint_info(os.path.join(ck, "3"))["epoch"] == 4
+    assert hapi_autoloss.latest_checkpoint(ck) == os.path.join(ck, "final")
+    assert hapi_autoloss.checkpoint_info(os.path.join(ck, "final"))["epoch"] == 2
+
+
+def test_load_state_of_another_checkpoint_than_model_load_is_refused(tmp_path):
+    """The network at epoch 1 with σ, k and the progress at epoch 3 trained on without a word."""
+    ck = str(tmp_path / "ck")
+    paddle.seed(0)
+    build_model(kendall_loss()).fit(DATA, epochs=3, batch_size=16, verbose=0, save_dir=ck,
+                                    callbacks=[AutoWeightCallback()])
+    model = build_model(kendall_loss())
+    model.load(os.path.join(ck, "0"))
+    sigma = model._loss.sigmas()
+    with pytest.raises(ValueError, match=r"does not hold the weights saved in .*final\.pdparams \(6 of 6 parameters "
+                                         r"differ\).*Fix: call model\.load\('.*final'\) right before load_state"):
+        hapi_autoloss.load_state(model, os.path.join(ck, "final"))
+    assert model._loss.sigmas() == sigma and hapi_autoloss._hapi.progress(model)["step"] == 0
+    hapi_autoloss.load_state(model, os.path.join(ck, "0"))  # the same path: fine
+
+
+def test_a_save_right_after_load_state_keeps_the_callbacks_positions(tmp_path):
+    """Their states wait in the model for the next fit's callbacks; the save wrote {}."""
+    from test_topk_scheduler import RecordingTopK, build, ce, fit
+
+    first = build(RecordingTopK(ce()))
+    fit(first, 2, [TopKScheduler(1.0, 0.2, total=4)])
+    first.save(str(tmp_path / "a"))
+    model = build(RecordingTopK(ce()))
+    model.load(str(tmp_path / "a"))
+    hapi_autoloss.load_state(model, str(tmp_path / "a"))
+    hapi_autoloss.attach(model)
+    model.save(str(tmp_path / "b"))
+    saved = hapi_autoloss._hapi.read_state(str(tmp_path / "b"))["callbacks"]
+    assert saved["TopKScheduler"]["epochs_done"] == 2
+
+
+def test_multi_precision_moments_are_named_for_the_loaded_master_weights():
+    """AMP O2 (emulated on the CPU by the first update's naming step): the master weights keep
+    their saved names (linear_0.w_0_fp32_master_0), and their moments are named after them."""
+    from hapi_autoloss._hapi.moments import rename_network_moments
+
+    block = paddle.static.default_main_program().global_block()
+
+    def build():
+        net = paddle.nn.Linear(2, 2)
+        net.to(dtype="float16")
+        return net, paddle.optimizer.Adam(0.1, parameters=net.parameters(), multi_precision=True)
+
+    net, opt = build()
+    opt._create_accumulators(block, net.parameters())  # the first update names them
+    saved, old = opt.state_dict(), {k: v.name for k, v in net.named_parameters()}
+    for net2, opt2 in (build(), (net, paddle.optimizer.Adam(0.1, parameters=net.parameters(), multi_precision=True))):
+        opt2.set_state_dict(dict(saved))  # what hapi's Model.load does
+        rename_network_moments(opt2, {k: v.name for k, v in net2.named_parameters()}, old, set())
+        opt2._create_accumulators(block, net2.parameters())  # raised "... should in state dict"
+        assert not opt2._accumulators_holder or all("fp32_master" not in k for k in opt2._accumulators_holder)

@@ -216,3 +216,40 @@ def test_a_plateau_state_given_by_hand_sets_k_on_the_next_fits_losses():
         fit_eval(build_eval(loss), 1, [callback])
         assert loss.used[0] == 0.3 and callback.best == 0.9
     assert first.ratio == ratio  # the earlier model's loss is left alone
+
+
+def test_a_state_given_by_hand_between_two_models_leaves_the_first_its_own_position(tmp_path):
+    """set_state_dict cleared the model the callback trained last, so nothing kept that model's
+    position: its save after the other model's 5 epochs held 7 epochs done."""
+    scheduler = TopKScheduler(1.0, 0.2)
+    first = build(RecordingTopK(ce()))
+    fit(first, 2, [scheduler])
+    scheduler.set_state_dict(scheduler.state_dict())
+    fit(build(RecordingTopK(ce())), 5, [scheduler])
+    first.save(str(tmp_path / "a"))
+    assert hapi_autoloss._hapi.read_state(str(tmp_path / "a"))["callbacks"]["TopKScheduler"]["epochs_done"] == 2
+
+
+def test_a_plateau_state_for_another_number_of_losses_is_refused_before_any_step():
+    """Its k were dropped without a word while best and reductions went on; state_dict() in
+    between returned no k."""
+    state = {"monitor": "acc", "best": 0.9, "wait": 1, "cooldown_counter": 0, "evaluations": 3,
+             "reductions": 3, "ranges": [(0.125, 0.0)]}
+    plateau = TopKOnPlateau(monitor="acc", patience=5)
+    plateau.set_state_dict(state)
+    assert plateau.state_dict()["ranges"] == [(0.125, 0.0)]
+    two = hapi_autoloss.AutoWeight({"a": TopKLoss(ce()), "b": TopKLoss(ce())}, method="equal")
+
+    class Twice(paddle.nn.Layer):  # the same output and label for both tasks
+        def __init__(self):
+            super().__init__()
+            self.inner = two
+
+        def forward(self, out, y):
+            return self.inner(out, out, y, y)
+
+    model = build_eval(Twice())
+    before = [p.numpy().copy() for p in model.network.parameters()]
+    with pytest.raises(ValueError, match=r"holds k for 1 TopKLoss layer\(s\), but this model's loss has 2\. Fix"):
+        fit_eval(model, 1, [plateau])
+    assert all((p.numpy() == b).all() for p, b in zip(model.network.parameters(), before))

@@ -93,3 +93,47 @@ def test_an_auxiliary_loss_keeps_its_plain_gradient(tmp_path):
                                atol=1e-6 * np.abs(want_c1).max())
     np.testing.assert_allclose((before["aux"] - model.aux.weight.numpy()) / LR, extra[1].numpy(), rtol=1e-5,
                                atol=1e-6 * np.abs(extra[1].numpy()).max())
+
+
+@pytest.mark.parametrize("method", ["imtl", "liebel"])
+def test_use_ema_shadows_the_model_and_leaves_its_training_alone(tmp_path, method):
+    """attach put a closure over the model on model.set_state_dict; PaddleSeg's EMA model is a
+    deepcopy, whose set_state_dict (called every iteration) then wrote the EMA weights into the
+    trained model: 0.42 (imtl) and 0.12 (liebel) off after 6 iterations."""
+    trained = []
+    for ema in (False, True):
+        with paddle.utils.unique_name.guard():
+            paddle.seed(0)
+            model = TinyNet()
+            aw = hp.AutoWeight([{"type": "SafeCrossEntropyLoss"}, {"type": "SafeDiceLoss"}], method=method)
+            losses = {"types": [aw], "coef": [1]}
+            opt = paddle.optimizer.SGD(0.5, parameters=model.parameters())
+            hp.attach(model, losses, opt)
+            train(model, losses, opt, SegData(n=8, same=True), tmp_path / str(ema), iters=6, use_ema=ema)
+            trained.append(flat(model))
+    np.testing.assert_array_equal(trained[1], trained[0])
+
+
+def test_a_loss_the_model_already_holds_resumes_its_method_state(tmp_path):
+    """model.criterion = loss: saved under 'criterion.', which attach did not tell resume: db_mtl's
+    empty buffer was not sized, its saved value skipped with a warning (0.079 off)."""
+
+    def run(save, iters, **kw):
+        with paddle.utils.unique_name.guard():
+            paddle.seed(0)
+            model = TinyNet()
+            model.criterion = hp.AutoWeight([{"type": "SafeCrossEntropyLoss"}, {"type": "SafeDiceLoss"}],
+                                            method="db_mtl")
+            losses = {"types": [model.criterion], "coef": [1]}
+            opt = paddle.optimizer.AdamW(0.02, parameters=model.parameters(), weight_decay=0.01)
+            hp.attach(model, losses, opt)
+            train(model, losses, opt, SegData(same=True), tmp_path / save, iters=iters, save_interval=3, **kw)
+        return model
+
+    full = run("full", 6)
+    run("cut", 3)
+    resumed = run("resumed", 6, resume_model=str(tmp_path / "cut" / "iter_3"))
+    got, want = resumed.state_dict(), full.state_dict()
+    assert int(np.prod(want["criterion.weighting.db_grads"].shape)) > 0
+    for key in ("criterion.weighting.db_grads", "criterion.weighting.db_step", "c1.weight"):
+        np.testing.assert_array_equal(got[key].numpy(), want[key].numpy())

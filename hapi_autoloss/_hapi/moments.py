@@ -91,11 +91,13 @@ def rename_network_moments(opt: Any, names: dict[str, str], old_names: dict[str,
     moves = {old_names[k]: new for k, new in names.items() if k in old_names}
     if not holder or not moves:
         return
+    master = getattr(opt, "_master_weights", None)  # AMP O2: keyed by the parameter name itself
+    if isinstance(master, dict) and master:
+        opt._master_weights = {moves.get(k, k): v for k, v in master.items()}
+        # the loaded master weights keep their names, and their moments are named after them
+        moves.update({v.name: v.name for v in master.values() if isinstance(getattr(v, "name", None), str)})
     renamed: dict[str, Any] = {}
     for key, value in holder.items():
         found = None if key in keep else _split(key, set(moves))
         renamed[accumulator_name(moves[found[0]], found[1]) if found else key] = value
     opt._accumulators_holder = renamed
-    master = getattr(opt, "_master_weights", None)  # AMP O2: keyed by the parameter name itself
-    if isinstance(master, dict) and master:
-        opt._master_weights = {moves.get(k, k): v for k, v in master.items()}

@@ -13,7 +13,7 @@ from typing import Any
 
 import paddle
 
-from .model import called_from_hapi_train
+from .model import called_from_hapi_train, loss_layer
 
 
 def check_other_train(layer: paddle.nn.Layer, needed: bool) -> None:
@@ -56,10 +56,15 @@ def check_owner(layers: list[Any], model: Any) -> None:
     be trained by two optimizers in turn without a word."""
     for x in layers:
         ref = getattr(x, "_autoloss_owner", None)
-        if ref is not None and ref() is not model:
+        if ref is not None and ref() is not model and _in_loss(x, model):  # not if prepare dropped it
             raise RuntimeError(
                 f"This {type(x).__name__} was taken over by another paddle.Model (the last one that "
                 "attached it), after this model attached it. Fix: pass hapi_autoloss.callbacks."
                 "AutoWeightCallback() to this model's fit (or call hapi_autoloss.attach(model) before "
                 "train_batch) to take it back, or build one loss instance per model."
             )
+
+
+def _in_loss(layer: Any, model: Any) -> bool:
+    loss = loss_layer(model)
+    return loss is not None and any(x is layer for x in (loss, *loss.sublayers()))

@@ -17,6 +17,7 @@ import paddle
 
 from .model import loss_layer, optimizer_of, require_dynamic_mode, slot, world
 from .moments import optimizer_state_of, rename_network_moments, restore_optimizer_state
+from .probe import check_loaded, network_probe
 from .progress import progress, set_progress, track_progress
 
 STATE_SUFFIX = ".autoloss"
@@ -66,13 +67,17 @@ def save_state(model: Any, path: str) -> str:
     state = {
         "format": _FORMAT_VERSION,
         "progress": progress(model),
-        "run": slot(model, "_autoloss_run", lambda: [uuid.uuid4().hex]),  # this run, then those it loaded
+        # [this run, None], then [each run it was loaded from, the step it was loaded at]
+        "run": slot(model, "_autoloss_run", lambda: [[uuid.uuid4().hex, None]]),
         "loss": {k: v.numpy() for k, v in tensors.items()},
         "layers": {k: layer.checkpoint_state() for k, layer in _layers_with_state(loss).items()},
         "optimizer": optimizer_state_of(optimizer_of(model), named),
         "names": {k: v.name for k, v in named.items()},
         "network_names": {k: v.name for k, v in model.network.named_parameters()},
-        "callbacks": {k: obj.state_dict() for k, obj in slot(model, "_autoloss_stateful", dict).items()},
+        "network_probe": network_probe(model.network),
+        # states loaded by load_state still waiting for their callbacks' next fit, then the live ones
+        "callbacks": {**(getattr(model, "_autoloss_pending", None) or {}),
+                      **{k: obj.state_dict() for k, obj in slot(model, "_autoloss_stateful", dict).items()}},
     }
     target = path + STATE_SUFFIX
     folder = os.path.dirname(os.path.abspath(target))
@@ -129,13 +134,20 @@ def newest_checkpoint(save_dir: str) -> str | None:
         state = read_state(prefix)
         info = state.get("progress") or {}
         mtime = os.stat(prefix + STATE_SUFFIX).st_mtime_ns
-        run = state.get("run")
-        found.append((int(info.get("step", 0)), int(info.get("epoch", 0)), mtime, prefix,
-                      list(run) if isinstance(run, (list, tuple)) else [run]))
+        found.append((int(info.get("step", 0)), int(info.get("epoch", 0)), mtime, prefix, _lineage(state)))
     if not found:
         return None
-    lineage = max(found, key=lambda f: f[2])[-1]
-    return max(f[:4] for f in found if f[-1][0] in lineage)[-1]
+    lineage = dict(max(found, key=lambda f: f[2])[-1])  # run -> the step it was left at (None: all)
+    mine = [f for f in found if f[-1][0][0] in lineage
+            and (lineage[f[-1][0][0]] is None or f[0] <= lineage[f[-1][0][0]])]
+    return max(f[:4] for f in mine)[-1]
+
+
+def _lineage(state: dict[str, Any]) -> list[tuple[Any, int | None]]:
+    """[(this run, None), (each run it was loaded from, the step it was loaded at)...]; a file
+    without one (0.1.0) is one run of unknown origin."""
+    run = state.get("run")
+    return [(r[0], r[1]) for r in run] if isinstance(run, (list, tuple)) and run else [(None, None)]
 
 
 def check_state(model: Any, path: str, state: dict[str, Any] | None = None) -> None:
@@ -191,6 +203,7 @@ def load_state(model: Any, path: str) -> dict[str, Any]:
     require_dynamic_mode()
     state = read_state(path)
     check_state(model, path, state)
+    check_loaded(model.network, state.get("network_probe"), path)
     loss = loss_layer(model)
     named = dict(loss.named_parameters()) if loss is not None else {}
     saved = state.get("loss", {})
@@ -212,8 +225,10 @@ def load_state(model: Any, path: str) -> dict[str, Any]:
     rename_network_moments(opt, {k: v.name for k, v in model.network.named_parameters()},
                            state.get("network_names", {}), sigma_keys)
     set_progress(model, state.get("progress") or {})
-    run = state.get("run")  # a new run that goes on from that one (and those it was loaded from)
-    model._autoloss_run = [uuid.uuid4().hex, *(run if isinstance(run, (list, tuple)) else [run])]
+    # a new run, going on from that one at its step (and from those it was loaded from)
+    (origin, _), *earlier = _lineage(state)
+    step = int((state.get("progress") or {}).get("step", 0))
+    model._autoloss_run = [[uuid.uuid4().hex, None], [origin, step], *[list(r) for r in earlier]]
     # The callbacks registered so far belong to a finished fit: the states wait for the
     # next fit's callbacks, which pick them up as they register.
     model._autoloss_stateful = {}

@@ -50,12 +50,21 @@ def begin_run(callback: Any, key: str, reset: Callable[[], None]) -> bool:
             _hapi.freeze_state(old, callback)  # the old model's checkpoints keep its own position
         reset()
     setattr(callback, _MODEL, weakref.ref(model))
-    _hapi.register_state(model, key, callback)  # may call set_state_dict, i.e. loaded()
+    callback._run_registering = True
+    try:
+        _hapi.register_state(model, key, callback)  # may call set_state_dict, i.e. loaded()
+    finally:
+        callback._run_registering = False
     restored = getattr(callback, _MODEL) is None
     setattr(callback, _MODEL, weakref.ref(model))
     return new and not restored
 
 
 def loaded(callback: Any) -> None:
-    """In ``set_state_dict``: the next fit continues this state, whatever model it trains."""
+    """At the start of ``set_state_dict``: the next fit continues the state given, whatever
+    model it trains; given by hand, the model trained last keeps its own position first."""
+    ref = getattr(callback, _MODEL, None)
+    old = ref() if ref is not None else None
+    if old is not None and not getattr(callback, "_run_registering", False):
+        _hapi.freeze_state(old, callback)
     setattr(callback, _MODEL, None)

@@ -138,10 +138,13 @@ class TopKOnPlateau(Callback):
         # A new model starts a new run; a state loaded by hapi_autoloss.load_state wins (applied here).
         if begin_run(self, STATE_KEY, self._new_run):
             warn_reduced_layers(self._layers, before)
-        ranges, self._ranges = self._ranges, []
-        if len(ranges) == len(self._layers):  # a state given by set_state_dict or load_state
-            for layer, (ratio, drop) in zip(self._layers, ranges):
-                layer.set_range(ratio, drop)
+        ranges, self._ranges = self._ranges, []  # a state given by set_state_dict or load_state
+        if ranges and len(ranges) != len(self._layers):
+            raise ValueError(
+                f"The TopKOnPlateau state holds k for {len(ranges)} TopKLoss layer(s), but this model's "
+                f"loss has {len(self._layers)}. Fix: give it the state of a run with the same loss.")
+        for layer, (ratio, drop) in zip(self._layers, ranges):
+            layer.set_range(ratio, drop)
         _hapi.show_in_progress_bar(self.params, ["topk_ratio"])
 
     def _new_run(self) -> None:
@@ -216,7 +219,7 @@ class TopKOnPlateau(Callback):
             "cooldown_counter": int(self.cooldown_counter),
             "evaluations": int(self.evaluations),
             "reductions": int(self.reductions),
-            "ranges": [(float(layer.ratio), float(layer.drop)) for layer in self._layers],
+            "ranges": list(self._ranges) or [(float(layer.ratio), float(layer.drop)) for layer in self._layers],
         }
 
     def set_state_dict(self, state: dict[str, Any]) -> None:

@@ -232,5 +232,4 @@ class TopKScheduler(RangeSchedule, Callback):
         self.steps_done = int(state["steps_done"])
         if not self._explicit_total and state.get("total") is not None:
             self.total = int(state["total"])
-        if self._layers and self.total is not None:
-            self._apply()
+        # k follows at the next train begin, on that fit's losses (not the last model's)

@@ -30,6 +30,7 @@ run draws other task orders) and the α shown by ``weights()`` before the first 
 from __future__ import annotations
 
 import sys
+import types
 from types import FrameType
 from typing import Any
 
@@ -71,26 +72,28 @@ def keep_buffers_in_step(layers: list[Any]) -> None:
 
 def resume_buffers(model: paddle.nn.Layer, prefixes: list[str]) -> None:
     """Make ``model.set_state_dict`` (PaddleSeg's ``resume``) load the buffers of the losses at
-    ``prefixes`` (``hapi_autoloss_<i>``) as ``AutoWeight.set_state_dict`` does: sized first, the
-    method's host copies refreshed after."""
+    ``prefixes`` (``hapi_autoloss_<i>``, or where the model already held them) as
+    ``AutoWeight.set_state_dict`` does: sized first, the method's host copies refreshed after.
+    A method bound to the model, not a closure: ``copy.deepcopy(model)`` (PaddleSeg's EMA model)
+    rebinds it to the copy (a closure kept loading the EMA's weights into the trained model)."""
     known = getattr(model, "_autoloss_prefixes", None)
     if known is not None:
         known.extend(p for p in prefixes if p not in known)
         return
     model._autoloss_prefixes = list(prefixes)
-    original = model.set_state_dict
+    model.set_state_dict = types.MethodType(_set_state_dict, model)  # type: ignore[method-assign]
 
-    def set_state_dict(state_dict: dict[str, Any], use_structured_name: bool = True) -> Any:
-        layers = [getattr(model, p) for p in model._autoloss_prefixes]
-        if use_structured_name:
-            for prefix, layer in zip(model._autoloss_prefixes, layers):
-                start = prefix + "."
-                fit_empty_buffers(layer, {k[len(start):]: v for k, v in state_dict.items() if k.startswith(start)})
-        out = original(state_dict, use_structured_name)
-        for layer in layers:
-            loaded = getattr(getattr(layer, "weighting", None), "state_loaded", None)
-            if callable(loaded):
-                loaded()
-        return out
 
-    model.set_state_dict = set_state_dict  # type: ignore[method-assign]
+def _set_state_dict(self: paddle.nn.Layer, state_dict: dict[str, Any], use_structured_name: bool = True) -> Any:
+    sub = dict(self.named_sublayers())
+    layers = [sub[p] for p in self._autoloss_prefixes if p in sub]
+    if use_structured_name:
+        for prefix, layer in zip(self._autoloss_prefixes, layers):
+            start = prefix + "."
+            fit_empty_buffers(layer, {k[len(start):]: v for k, v in state_dict.items() if k.startswith(start)})
+    out = type(self).set_state_dict(self, state_dict, use_structured_name)
+    for layer in layers:
+        loaded = getattr(getattr(layer, "weighting", None), "state_loaded", None)
+        if callable(loaded):
+            loaded()
+    return out

@@ -201,8 +201,8 @@ class AutoWeight(_autoweight.AutoWeight):
             fail on paddle 3 and are refused: use ``SafeCrossEntropyLoss``, ``SafeDiceLoss``, ``TopKLoss``.
         method: ``"kendall"`` (default), ``"liebel"``, ``"uw_so"``, ``"fixed"``..., or a gradient-level
             one (``"pcgrad"``, ``"mgda"``, ``"cagrad"``, ``"imtl"``, ``"nash_mtl"``, ``"aligned_mtl"``,
-            ``"db_mtl"``, ``"gradnorm"``: every task reaches the whole network here, so all of it
-            is shared; ``attach`` tells it the model). Not ``dwa``, ``stch`` or ``famo``, which
+            ``"db_mtl"``, ``"gradnorm"``: the parameters both losses reach are shared, found at
+            the first step; one instance per output, as a config builds them). Not ``dwa``, ``stch`` or ``famo``, which
             need epoch ends or a forward after each update that PaddleSeg's ``train`` never gives.
         names: task names (default from the classes: ``crossentropy``, ``dice``...).
         ignore_index: if given (PaddleSeg's builder adds the dataset's), every sub-loss that has an

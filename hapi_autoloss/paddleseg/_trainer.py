@@ -133,11 +133,13 @@ def attach(model: paddle.nn.Layer, losses: Any, optimizer: Any, lr_scale: float 
         raise ValueError("optimizer holds none of model's parameters. Fix: build it from model.parameters() "
                          "and pass the same model and optimizer to attach and train.")
     check_groups(optimizer)
-    sub = {id(x) for x in model.sublayers()}
+    sub = {id(x): name for name, x in model.named_sublayers()}
     params: list[Any] = []
     prefixes: list[str] = []
     for layer in taken:
-        if id(layer) not in sub:
+        if id(layer) in sub:  # the model holds it already (model.criterion = loss): saved under that name
+            prefixes.append(sub[id(layer)])
+        else:
             i = 0
             while hasattr(model, f"{PREFIX}{i}"):
                 i += 1
