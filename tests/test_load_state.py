@@ -296,3 +296,32 @@ def test_multi_precision_moments_are_named_for_the_loaded_master_weights():
         rename_network_moments(opt2, {k: v.name for k, v in net2.named_parameters()}, old, set())
         opt2._create_accumulators(block, net2.parameters())  # raised "... should in state dict"
         assert not opt2._accumulators_holder or all("fp32_master" not in k for k in opt2._accumulators_holder)
+
+
+def test_the_probe_takes_a_nan_placeholder_as_equal_and_older_run_formats_load(tmp_path):
+    """NaN != NaN refused the right checkpoint; a `run` of plain ids (written before the step
+    cut-offs) made latest_checkpoint compare an int with a str."""
+
+    class WithNaN(paddle.nn.Layer):
+        def __init__(self):
+            super().__init__()
+            self.net = __import__("helpers").TwoTaskNet()
+            self.unused = self.create_parameter([4], default_initializer=paddle.nn.initializer.Constant(float("nan")))
+            self.unused.stop_gradient = True
+
+        def forward(self, x):
+            return self.net(x)
+
+    ck = str(tmp_path / "ck")
+    paddle.seed(0)
+    model = paddle.Model(WithNaN())
+    model.prepare(paddle.optimizer.Adam(0.05, parameters=model.parameters()), kendall_loss())
+    model.fit(DATA, epochs=1, batch_size=16, verbose=0, save_dir=ck, callbacks=[AutoWeightCallback()])
+    again = paddle.Model(WithNaN())
+    again.prepare(paddle.optimizer.Adam(0.05, parameters=again.parameters()), kendall_loss())
+    again.load(os.path.join(ck, "final"))
+    hapi_autoloss.load_state(again, os.path.join(ck, "final"))
+    state = paddle.load(os.path.join(ck, "0.autoloss"))
+    state["run"] = [state["run"][0][0], "an-older-run"]
+    paddle.save(state, os.path.join(ck, "0.autoloss"))
+    assert hapi_autoloss.latest_checkpoint(ck) in (os.path.join(ck, "0"), os.path.join(ck, "final"))

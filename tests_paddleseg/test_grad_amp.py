@@ -137,3 +137,20 @@ def test_a_loss_the_model_already_holds_resumes_its_method_state(tmp_path):
     assert int(np.prod(want["criterion.weighting.db_grads"].shape)) > 0
     for key in ("criterion.weighting.db_grads", "criterion.weighting.db_step", "c1.weight"):
         np.testing.assert_array_equal(got[key].numpy(), want[key].numpy())
+
+
+def test_use_ema_with_a_buffer_sized_at_the_first_step_is_refused_before_any_update(tmp_path):
+    """db_mtl's gradient buffer is empty until its first step; the EMA copy, made before it, kept
+    it empty and PaddleSeg's update_ema_model failed ("Broadcast dimension mismatch")."""
+    with paddle.utils.unique_name.guard():
+        paddle.seed(0)
+        model = TinyNet()
+        aw = hp.AutoWeight([{"type": "SafeCrossEntropyLoss"}, {"type": "SafeDiceLoss"}], method="db_mtl")
+        losses = {"types": [aw], "coef": [1]}
+        opt = paddle.optimizer.SGD(0.5, parameters=model.parameters())
+        hp.attach(model, losses, opt)
+        before = flat(model)
+        with pytest.raises(ValueError, match=r"method='db_mtl'\) sizes weighting\.db_grads at its first step.*"
+                                             r"Fix: train with use_ema=False"):
+            train(model, losses, opt, SegData(n=8, same=True), tmp_path, iters=3, use_ema=True)
+        np.testing.assert_array_equal(flat(model), before)

@@ -23,7 +23,7 @@ def check_loaded(network: Any, saved: dict[str, Any] | None, path: str) -> None:
     if not saved:
         return  # a checkpoint of version 0.1.0
     now = network_probe(network)
-    same = [np.array_equal(now[k][1], np.asarray(v)) for k, (shape, v) in saved.items()
+    same = [np.array_equal(now[k][1], np.asarray(v), equal_nan=True) for k, (shape, v) in saved.items()
             if k in now and list(now[k][0]) == list(shape)]
     if same and not all(same):
         raise ValueError(

@@ -2,8 +2,9 @@
 ``callbacks``) and given back their state when a checkpoint is loaded.
 
 On each model (see ``model.slot``): ``_autoloss_stateful``, the objects saved with each
-checkpoint, by key; ``_autoloss_pending``, states read by ``load_state`` that wait for their
-object to register in the next fit.
+checkpoint, by key; ``_autoloss_pending``, states read by ``load_state`` that wait for the
+first object of their kind to register (the next fit's, or a later one: a ``TopKScheduler``
+added two fits later goes on from the loaded position).
 """
 
 from __future__ import annotations

@@ -75,7 +75,7 @@ def save_state(model: Any, path: str) -> str:
         "names": {k: v.name for k, v in named.items()},
         "network_names": {k: v.name for k, v in model.network.named_parameters()},
         "network_probe": network_probe(model.network),
-        # states loaded by load_state still waiting for their callbacks' next fit, then the live ones
+        # states loaded by load_state that no callback has taken yet, then the live ones
         "callbacks": {**(getattr(model, "_autoloss_pending", None) or {}),
                       **{k: obj.state_dict() for k, obj in slot(model, "_autoloss_stateful", dict).items()}},
     }
@@ -147,7 +147,9 @@ def _lineage(state: dict[str, Any]) -> list[tuple[Any, int | None]]:
     """[(this run, None), (each run it was loaded from, the step it was loaded at)...]; a file
     without one (0.1.0) is one run of unknown origin."""
     run = state.get("run")
-    return [(r[0], r[1]) for r in run] if isinstance(run, (list, tuple)) and run else [(None, None)]
+    if not isinstance(run, (list, tuple)) or not run:
+        return [(None, None)]
+    return [(r[0], r[1]) if isinstance(r, (list, tuple)) else (r, None) for r in run]
 
 
 def check_state(model: Any, path: str, state: dict[str, Any] | None = None) -> None:
@@ -229,8 +231,9 @@ def load_state(model: Any, path: str) -> dict[str, Any]:
     (origin, _), *earlier = _lineage(state)
     step = int((state.get("progress") or {}).get("step", 0))
     model._autoloss_run = [[uuid.uuid4().hex, None], [origin, step], *[list(r) for r in earlier]]
-    # The callbacks registered so far belong to a finished fit: the states wait for the
-    # next fit's callbacks, which pick them up as they register.
+    # The callbacks registered so far belong to a finished fit: each state waits for the
+    # first callback of its kind that registers (the next fit's, or a later one), and is
+    # written into every checkpoint until then.
     model._autoloss_stateful = {}
     model._autoloss_pending = dict(state.get("callbacks", {}))
     return state

@@ -56,6 +56,25 @@ def amp_scale() -> paddle.Tensor | None:
     return scaler_scale(train_scaler())
 
 
+def check_ema(loss: paddle.nn.Layer) -> None:
+    """Before the first training step: refuse a loss with a buffer its method sizes at its first
+    step (db_mtl's) under ``train(use_ema=True)``, whose EMA copy, made before that step, keeps
+    the empty buffer: PaddleSeg's ``update_ema_model`` then fails ("Broadcast dimension mismatch")."""
+    if getattr(loss, "_autoloss_ema_checked", False) or not paddle.is_grad_enabled():
+        return
+    loss._autoloss_ema_checked = True
+    frame: FrameType | None = sys._getframe(1)
+    while frame is not None and (frame.f_code.co_name, frame.f_globals.get("__name__")) != TRAIN:
+        frame = frame.f_back
+    empty = [name for name, b in loss.named_buffers() if b is not None and int(b.size) == 0]
+    if frame is not None and frame.f_locals.get("use_ema") and empty:
+        raise ValueError(
+            f"{type(loss).__name__}(method={getattr(loss, 'method', '?')!r}) sizes {empty[0]} at its first "
+            "step, but train(use_ema=True) copied the model for its EMA before that step, so the EMA's "
+            "update would fail. Fix: train with use_ema=False, or use another method."
+        )
+
+
 def bind(model: paddle.nn.Layer, layers: list[Any]) -> list[Any]:
     """Tell the gradient-level AutoWeights in ``layers`` that ``model`` is their network and
     where the AMP scale is; the layers that hold one."""

@@ -19,6 +19,7 @@ from .. import topk as _topk
 from .._args import is_real
 from ..weighting import autoweight as _autoweight
 from ..weighting.base import METHODS, Weighting
+from . import _grad
 
 __all__ = ["AutoWeight", "SafeCrossEntropyLoss", "SafeDiceLoss", "TopKLoss"]
 
@@ -245,4 +246,5 @@ class AutoWeight(_autoweight.AutoWeight):
             )
 
     def forward(self, *tensors: paddle.Tensor) -> paddle.Tensor:
+        _grad.check_ema(self)  # once, before the first step
         return super().forward(*tensors).reshape([1])
