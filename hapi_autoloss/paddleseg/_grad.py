@@ -62,7 +62,6 @@ def check_ema(loss: paddle.nn.Layer) -> None:
     the empty buffer: PaddleSeg's ``update_ema_model`` then fails ("Broadcast dimension mismatch")."""
     if getattr(loss, "_autoloss_ema_checked", False) or not paddle.is_grad_enabled():
         return
-    loss._autoloss_ema_checked = True
     frame: FrameType | None = sys._getframe(1)
     while frame is not None and (frame.f_code.co_name, frame.f_globals.get("__name__")) != TRAIN:
         frame = frame.f_back
@@ -73,6 +72,7 @@ def check_ema(loss: paddle.nn.Layer) -> None:
             "step, but train(use_ema=True) copied the model for its EMA before that step, so the EMA's "
             "update would fail. Fix: train with use_ema=False, or use another method."
         )
+    loss._autoloss_ema_checked = True  # passed: a refused train(use_ema=True) is refused again
 
 
 def bind(model: paddle.nn.Layer, layers: list[Any]) -> list[Any]:
