@@ -25,8 +25,9 @@ class STCH(Weighting):
       ``m = max l`` (detached): the gradient of the smooth max, whose value is shifted
       by ``−n·m`` as in the official code.
 
-    Defaults μ = 1 and 4 warm-up epochs (LibMTL's). Needs ``AutoWeightCallback`` (it
-    counts epochs); nothing is learned by the optimizer.
+    Defaults μ = 1 and 4 warm-up epochs (LibMTL's). Needs its epoch ends (it counts
+    epochs): ``AutoWeightCallback``, PaddleSeg's ``train`` (:mod:`hapi_autoloss.paddleseg`) or
+    ``loss.end_epoch()``; nothing is learned by the optimizer.
 
     Example::
 
