@@ -1,5 +1,5 @@
 """A real 2-process paddle.distributed.launch of PaddleSeg's train: σ identical on both ranks; a gradient-level
-method makes the update of one process on the whole batch."""
+method makes the update of one process on the whole batch; dwa ends its epochs on both ranks."""
 
 import os
 
@@ -65,3 +65,25 @@ def test_gradient_level_method_on_two_ranks_is_one_process_on_the_whole_batch(tm
     assert r0["used"].min() > 0.01  # the rule weighs both tasks (not one corner of the segment)
     other, _ = run("attach", SegData(n=32), tmp_path / "other", batch_size=4, method=method, options=options)
     assert np.abs(r0["w"] - other.c1.weight.numpy()).max() > 1e-2  # another batch: far off
+
+
+@pytest.mark.distributed
+def test_dwa_ends_its_epochs_on_both_ranks_with_every_rank_s_batches(tmp_path):
+    """dwa in train under 2 ranks: both end each epoch at the same iteration (end_epoch is a
+    collective), and the weights are DWA's rule on the epoch averages over both ranks' batches."""
+    script = os.path.join(ROOT, "tests_paddleseg", "scripts", "dist_epoch_train.py")
+    proc, logs = launch_two_ranks(script, str(tmp_path), log_dir=tmp_path / "log", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:] + logs[-4000:]
+    r0, r1 = (np.load(tmp_path / f"rank{k}.npz") for k in (0, 1))
+    np.testing.assert_array_equal(r0["w"], r1["w"])
+    assert int(r0["epochs"]) == int(r1["epochs"]) == 3
+    losses = np.stack([r0["rows"][:, :2], r1["rows"][:, :2]])  # [rank, step, task]: 8 steps, 2 per epoch
+    means = losses.reshape(2, 4, 2, 2).mean(axis=(0, 2))  # [epoch, task], equal batch sizes
+    want = np.ones((4, 2))
+    for e in (2, 3):
+        r = means[e - 1] / means[e - 2]
+        want[e] = 2 * np.exp(r / 2) / np.exp(r / 2).sum()
+    for r in (r0, r1):
+        np.testing.assert_allclose(r["rows"][:, 2:], np.repeat(want, 2, axis=0), rtol=0, atol=1e-6)
+    own = r0["rows"][:, :2].reshape(4, 2, 2).mean(axis=1)  # rank 0's batches alone: other weights
+    assert np.abs(2 * np.exp(own[1] / own[0] / 2) / np.exp(own[1] / own[0] / 2).sum() - want[2]).max() > 1e-4

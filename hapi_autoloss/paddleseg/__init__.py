@@ -4,7 +4,9 @@ Importing this module registers, in PaddleSeg's ``manager.LOSSES``:
 
 - ``AutoWeight``: learned (or fixed) weights of several losses on one output, in place of
   ``MixedLoss`` (``losses: [...]`` as in MixedLoss, ``method: liebel``...), or their per-task
-  gradients combined by a gradient-level method (``method: pcgrad``, ``mgda``...).
+  gradients combined by a gradient-level method (``method: pcgrad``, ``mgda``...), or weights
+  that move at epoch ends (``method: dwa``, ``stch``: an epoch is ``len(batch_sampler)``
+  iterations of ``train``). Not ``famo``, which needs a forward after each update.
 - ``TopKLoss``: per-pixel OHEM (``ratio``, ``min_kept``, ``thresh`` as PaddleSeg's
   ``OhemCrossEntropyLoss``, which keeps one pixel fewer than ``min_kept``).
 - ``SafeCrossEntropyLoss`` and ``SafeDiceLoss``: PaddleSeg's CE and Dice, working on paddle 3
@@ -12,7 +14,8 @@ Importing this module registers, in PaddleSeg's ``manager.LOSSES``:
   the label in place).
 
 and gives :func:`attach`, the one line a training script needs (σ's optimizer, gradients, ranks
-and checkpoints; the network a gradient-level method differentiates, with ``train``'s AMP scale). Needs PaddleSeg 2.8
+and checkpoints; the network a gradient-level method differentiates, with ``train``'s AMP scale;
+dwa's and stch's epoch state). Needs PaddleSeg 2.8
 (``pip install "hapi-autoloss[paddleseg]"``, which brings numpy < 2). ``import hapi_autoloss``
 alone never imports PaddleSeg.
 

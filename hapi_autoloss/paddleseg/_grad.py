@@ -42,14 +42,18 @@ from ..weighting.base import fit_empty_buffers
 TRAIN = ("train", "paddleseg.core.train")  # the function whose local ``scaler`` is the AMP one
 
 
+def train_frame() -> FrameType | None:
+    """The frame of the running ``paddleseg.core.train`` (None outside it)."""
+    frame: FrameType | None = sys._getframe(1)
+    while frame is not None and (frame.f_code.co_name, frame.f_globals.get("__name__")) != TRAIN:
+        frame = frame.f_back
+    return frame
+
+
 def train_scaler() -> Any:
     """The ``scaler`` local of the running ``paddleseg.core.train`` (None outside it or without AMP)."""
-    frame: FrameType | None = sys._getframe(1)
-    while frame is not None:
-        if (frame.f_code.co_name, frame.f_globals.get("__name__")) == TRAIN:
-            return frame.f_locals.get("scaler")
-        frame = frame.f_back
-    return None
+    frame = train_frame()
+    return None if frame is None else frame.f_locals.get("scaler")
 
 
 def amp_scale() -> paddle.Tensor | None:
@@ -62,9 +66,7 @@ def check_ema(loss: paddle.nn.Layer) -> None:
     the empty buffer: PaddleSeg's ``update_ema_model`` then fails ("Broadcast dimension mismatch")."""
     if getattr(loss, "_autoloss_ema_checked", False) or not paddle.is_grad_enabled():
         return
-    frame: FrameType | None = sys._getframe(1)
-    while frame is not None and (frame.f_code.co_name, frame.f_globals.get("__name__")) != TRAIN:
-        frame = frame.f_back
+    frame = train_frame()
     empty = [name for name, b in loss.named_buffers() if b is not None and int(b.size) == 0]
     if frame is not None and frame.f_locals.get("use_ema") and empty:
         raise ValueError(

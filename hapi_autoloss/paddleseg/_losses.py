@@ -18,8 +18,7 @@ from .. import losses as _losses
 from .. import topk as _topk
 from .._args import is_real
 from ..weighting import autoweight as _autoweight
-from ..weighting.base import METHODS, Weighting
-from . import _grad
+from . import _epochs, _grad
 
 __all__ = ["AutoWeight", "SafeCrossEntropyLoss", "SafeDiceLoss", "TopKLoss"]
 
@@ -28,21 +27,6 @@ __all__ = ["AutoWeight", "SafeCrossEntropyLoss", "SafeDiceLoss", "TopKLoss"]
 # ignored pixels, and a loss that saved the label fails in backward).
 BROKEN = {"CrossEntropyLoss": "SafeCrossEntropyLoss", "DiceLoss": "SafeDiceLoss",
           "OhemCrossEntropyLoss": "TopKLoss (ratio, min_kept, thresh)"}
-
-
-def unsupported(method: Weighting | type[Weighting]) -> str | None:
-    """Why PaddleSeg's ``train`` cannot run this method (an instance or a class), or None. Asked
-    of the method itself, never by its name: epoch ends and a forward after each update are hooks
-    ``train`` never calls. A gradient-level method runs: ``attach`` tells it the network (``_grad``)."""
-    cls = method if isinstance(method, type) else type(method)
-    if cls.has_training_hooks():
-        return "needs epoch ends or a forward after each update, which PaddleSeg's train never gives"
-    return None
-
-
-def supported() -> str:
-    """The registered methods PaddleSeg's ``train`` can run, for error messages."""
-    return ", ".join(sorted(name for name, cls in METHODS.items() if unsupported(cls) is None))
 
 
 def _labels(labels: paddle.Tensor) -> paddle.Tensor:
@@ -203,8 +187,9 @@ class AutoWeight(_autoweight.AutoWeight):
         method: ``"kendall"`` (default), ``"liebel"``, ``"uw_so"``, ``"fixed"``..., or a gradient-level
             one (``"pcgrad"``, ``"mgda"``, ``"cagrad"``, ``"imtl"``, ``"nash_mtl"``, ``"aligned_mtl"``,
             ``"db_mtl"``, ``"gradnorm"``: the parameters both losses reach are shared, found at
-            the first step; one instance per output, as a config builds them). Not ``dwa``, ``stch`` or ``famo``, which
-            need epoch ends or a forward after each update that PaddleSeg's ``train`` never gives.
+            the first step; one instance per output, as a config builds them), or ``"dwa"``,
+            ``"stch"``, whose epochs end every ``len(batch_sampler)`` iterations of ``train``
+            (``_epochs``). Not ``famo``, which needs a forward after each update that ``train`` never makes.
         names: task names (default from the classes: ``crossentropy``, ``dice``...).
         ignore_index: if given (PaddleSeg's builder adds the dataset's), every sub-loss that has an
             ``ignore_index`` must agree.
@@ -238,13 +223,15 @@ class AutoWeight(_autoweight.AutoWeight):
         options.setdefault("task_types", ["classification"] * len(fns))
         super().__init__(dict(zip(names, fns)), method=method, routing="shared", **options)
         self.ignore_index = ignore_index
-        why = unsupported(self.weighting)
+        why = _epochs.unsupported(self.weighting)
         if why is not None:
             raise ValueError(
-                f"method={self.method!r} {why}. Fix: use one of {supported()}, or train through "
+                f"method={self.method!r} {why}. Fix: use one of {_epochs.supported()}, or train through "
                 "paddle.Model.fit with AutoWeightCallback."
             )
+        _epochs.track(self)  # dwa, stch: the iteration it last saw, to end epochs in train
 
     def forward(self, *tensors: paddle.Tensor) -> paddle.Tensor:
         _grad.check_ema(self)  # once, before the first step
+        _epochs.advance(self)  # epochs that ended since the last forward, before this one's losses
         return super().forward(*tensors).reshape([1])

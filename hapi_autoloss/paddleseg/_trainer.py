@@ -29,6 +29,8 @@ The network's own keys and parameters are unchanged; loading such a
    task's gradient itself, in its forward. -> the AutoWeight is told the model (first, even when
    it has no parameters and nothing else is to do) and taken in as a sublayer; ``_grad`` says
    what it reads (the AMP scale of ``train``'s GradScaler) and how it resumes.
+6. ``train`` has no epoch ends: a method that needs them (dwa, stch) counts them from ``train``'s
+   iterations (``_epochs``), and is taken in so that its buffers are saved and resumed.
 """
 
 from __future__ import annotations
@@ -95,7 +97,8 @@ def attach(model: paddle.nn.Layer, losses: Any, optimizer: Any, lr_scale: float 
 
     Returns the loss layers it took in, now sublayers of ``model``: those that own trainable
     parameters, and every AutoWeight with a gradient-level method (pcgrad, mgda...), with
-    parameters or not (it is told the network first). [] with a warning if there is none.
+    parameters or not (it is told the network first), and every one whose method needs epoch
+    ends (dwa, stch: its buffers are then saved). [] with a warning if there is none.
 
     After it: σ gets no weight decay and no clipping; ``train`` clears σ's gradient every
     iteration (``model.clear_gradients()``), averages it over ranks (DataParallel) and saves and
@@ -123,10 +126,11 @@ def attach(model: paddle.nn.Layer, losses: Any, optimizer: Any, lr_scale: float 
     layers = [x for x in layers if isinstance(x, paddle.nn.Layer)]
     gradient = _grad.bind(model, layers)  # first: a method with no parameters (pcgrad) still needs it
     taken = [x for i, x in enumerate(layers) if all(x is not y for y in layers[:i])  # once, if listed twice
-             and (any(x is g for g in gradient) or any(not p.stop_gradient for p in x.parameters()))]
+             and (any(x is g for g in gradient) or any(not p.stop_gradient for p in x.parameters())
+                  or getattr(x, "seg_iter", None) is not None)]  # epoch state to save (dwa, stch)
     if not taken:
-        warnings.warn("No loss in losses has trainable parameters or a gradient-level method, so attach has "
-                      "nothing to do. Fix: nothing, if that is intended.", stacklevel=2)
+        warnings.warn("No loss in losses has trainable parameters, a gradient-level method or epoch ends, so "
+                      "attach has nothing to do. Fix: nothing, if that is intended.", stacklevel=2)
         return []
     in_opt = {id(p) for p in optimizer_params(optimizer)}
     if not any(id(p) in in_opt for p in model.parameters()):

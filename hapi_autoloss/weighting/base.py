@@ -159,18 +159,26 @@ class Weighting(paddle.nn.Layer):
 
     @classmethod
     def has_training_hooks(cls) -> bool:
-        """Whether the method needs epoch ends or a forward after each update (hooks only
-        ``AutoWeightCallback`` calls, never a plain trainer such as PaddleSeg's)."""
-        return bool(cls.training_calls())
+        """Whether the method needs epoch ends or a forward after each update (hooks
+        ``AutoWeightCallback`` calls, a plain loop must call itself: :meth:`training_hooks`)."""
+        return bool(cls.training_hooks())
+
+    @classmethod
+    def training_hooks(cls) -> list[str]:
+        """The hooks a trainer must call for this method to learn: ``"end_epoch"`` (it overrides
+        :meth:`end_epoch`) and ``"after_update"`` (``wants_losses_after_update``); [] if none."""
+        return ((["end_epoch"] if cls.end_epoch is not Weighting.end_epoch else [])
+                + (["after_update"] if cls.wants_losses_after_update else []))
 
     @classmethod
     def training_calls(cls) -> list[str]:
         """What a loop without ``AutoWeightCallback`` must call on the ``AutoWeight`` for this
         method to learn, as code to show in messages and docs; [] if nothing."""
         calls = []
-        if cls.end_epoch is not Weighting.end_epoch:
+        hooks = cls.training_hooks()
+        if "end_epoch" in hooks:
             calls.append("loss.end_epoch() after each epoch")
-        if cls.wants_losses_after_update:
+        if "after_update" in hooks:
             calls.append("with paddle.no_grad(): loss.after_update(*net(x), *labels) after each "
                          "optimizer step (the same batch again)")
         return calls

@@ -33,15 +33,18 @@ class DWA(Weighting):
 
     def bind(self, tasks: list[str], task_types: list[str | None]) -> None:
         super().bind(tasks, task_types)
-        # The last two epochs' averages and the weights they give: buffers, so they are saved.
+        # The last two epochs' averages and the weights they give, and the running epoch's sums:
+        # buffers, so they are saved (a checkpoint in mid-epoch, PaddleSeg's, resumes its sums).
         self.register_buffer("dwa_history", paddle.zeros([2, self.n], dtype="float32"))
         self.register_buffer("dwa_weights", paddle.ones([self.n], dtype="float32"))
         self.register_buffer("epochs_seen", paddle.zeros([], dtype="int64"))
+        self.register_buffer("dwa_sum", paddle.zeros([self.n], dtype="float32"))
+        self.register_buffer("dwa_count", paddle.zeros([self.n], dtype="float32"))
 
     def begin_training(self) -> None:
         """Forget the sums of an epoch that did not end (a fit that raised)."""
-        for key in ("sum", "count"):
-            self._seen.pop(key, None)
+        self.dwa_sum.set_value(paddle.zeros([self.n], dtype="float32"))
+        self.dwa_count.set_value(paddle.zeros([self.n], dtype="float32"))
 
     def set_checkpoint_state(self, state: dict) -> None:
         self.begin_training()
@@ -51,16 +54,15 @@ class DWA(Weighting):
         finite = paddle.isfinite(losses)  # no host sync: sums stay on the device
         kept = paddle.where(finite, losses, paddle.zeros_like(losses)) * float(batch_size)
         count = finite.astype("float32") * float(batch_size)
-        if "sum" in self._seen:
-            kept, count = kept + self._seen["sum"], count + self._seen["count"]
-        self._seen.update(sum=kept, count=count)
+        self.dwa_sum.set_value(self.dwa_sum + kept)
+        self.dwa_count.set_value(self.dwa_count + count)
 
     def combine(self, losses: paddle.Tensor) -> paddle.Tensor:
         return (losses * self.dwa_weights).sum()
 
     def end_epoch(self) -> None:
-        zeros = paddle.zeros([self.n], dtype="float32")
-        total, count = self._seen.pop("sum", zeros), self._seen.pop("count", zeros)
+        total, count = self.dwa_sum.clone(), self.dwa_count.clone()
+        self.begin_training()  # the next epoch's sums start at 0
         if world()[1] > 1:  # every rank's batches; a rank without any adds zeros
             packed = paddle.concat([total, count])
             paddle.distributed.all_reduce(packed)

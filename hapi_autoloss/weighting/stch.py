@@ -25,8 +25,9 @@ class STCH(Weighting):
       ``m = max l`` (detached): the gradient of the smooth max, whose value is shifted
       by ``−n·m`` as in the official code.
 
-    Defaults μ = 1 and 4 warm-up epochs (LibMTL's). Needs ``AutoWeightCallback`` (it
-    counts epochs); nothing is learned by the optimizer.
+    Defaults μ = 1 and 4 warm-up epochs (LibMTL's). Needs its epoch ends (it counts
+    epochs): ``AutoWeightCallback``, PaddleSeg's ``train`` (:mod:`hapi_autoloss.paddleseg`) or
+    ``loss.end_epoch()``; nothing is learned by the optimizer.
 
     Example::
 
@@ -44,12 +45,18 @@ class STCH(Weighting):
         super().bind(tasks, task_types)
         self.register_buffer("nadir", paddle.ones([self.n], dtype="float32"))
         self.register_buffer("epochs_seen", paddle.zeros([], dtype="int64"))
+        # The nadir epoch's running sums: buffers, so a checkpoint in mid-epoch (PaddleSeg's) resumes them.
+        self.register_buffer("nadir_sum", paddle.zeros([self.n], dtype="float32"))
+        self.register_buffer("nadir_count", paddle.zeros([self.n], dtype="float32"))
         self._epoch = 0  # a host copy of epochs_seen, read once per fit
 
     def begin_training(self) -> None:
         self._epoch = int(self.epochs_seen)
-        for key in ("sum", "count"):
-            self._seen.pop(key, None)
+        self._forget_sums()
+
+    def _forget_sums(self) -> None:
+        self.nadir_sum.set_value(paddle.zeros([self.n], dtype="float32"))
+        self.nadir_count.set_value(paddle.zeros([self.n], dtype="float32"))
 
     def state_loaded(self) -> None:
         self._epoch = int(self.epochs_seen)  # a plain loop's resume has no begin_training
@@ -58,10 +65,8 @@ class STCH(Weighting):
         if self._epoch == self.warmup_epochs:  # the nadir epoch; a non-finite task loss does not count
             finite = paddle.isfinite(losses)
             total = paddle.where(finite, losses, paddle.zeros_like(losses))
-            count = finite.astype("float32")
-            if "sum" in self._seen:
-                total, count = total + self._seen["sum"], count + self._seen["count"]
-            self._seen.update(sum=total, count=count)
+            self.nadir_sum.set_value(self.nadir_sum + total)
+            self.nadir_count.set_value(self.nadir_count + finite.astype("float32"))
 
     def combine(self, losses: paddle.Tensor) -> paddle.Tensor:
         if self._epoch <= self.warmup_epochs:
@@ -72,8 +77,8 @@ class STCH(Weighting):
 
     def end_epoch(self) -> None:
         if self._epoch == self.warmup_epochs:
-            zeros = paddle.zeros([self.n], dtype="float32")
-            total, count = self._seen.pop("sum", zeros), self._seen.pop("count", zeros)
+            total, count = self.nadir_sum.clone(), self.nadir_count.clone()
+            self._forget_sums()
             if world()[1] > 1:
                 packed = paddle.concat([total, count])
                 paddle.distributed.all_reduce(packed)

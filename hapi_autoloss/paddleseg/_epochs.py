@@ -1,0 +1,104 @@
+"""Epoch ends inside ``paddleseg.core.train``, for methods that need them (dwa, stch), and which
+methods PaddleSeg's ``train`` cannot run.
+
+Checked against PaddleSeg 2.8.0 (``paddleseg/core/train.py``) on paddlepaddle 3.3.1, whose ``train``
+has epochs only implicitly: ``iters_per_epoch = len(batch_sampler)`` and ``for data in loader:
+iter += 1``. As :mod:`._grad` reads ``scaler``, an AutoWeight whose method overrides ``end_epoch``
+reads ``iter`` and ``iters_per_epoch`` from ``train``'s frame at each training forward: epoch e
+is iterations e·iters_per_epoch + 1 .. (e + 1)·iters_per_epoch, and when a forward's epoch
+``(iter − 1) // iters_per_epoch`` is past the last forward's, it calls ``loss.end_epoch()`` once
+per finished epoch before this forward's losses are observed, so the new epoch trains with the new
+weights, as ``AutoWeightCallback.on_epoch_end`` does. The last epoch of a run is closed by the
+next run's first forward (``resume_model=``), if any. Under ``paddle.distributed.launch`` every
+rank ends the epoch at the same iteration (``end_epoch`` is a collective).
+
+Epochs are counted in iterations from iteration 1, not in loader passes: ``train`` resumed at
+``iter_N`` starts a new pass of its loader there, yet its epochs end where the uninterrupted
+run's did.
+
+Resume: the last iteration the loss saw is a buffer (``seg_iter``), saved in ``model.pdparams``
+with the method's buffers (dwa's history, weights and the running epoch's sums, stch's count and
+nadir sums), so a run resumed from any ``iter_N``, in mid-epoch too, goes on exactly as the
+uninterrupted run (with the same batches). That needs the loss to be a sublayer of the model
+(:func:`~hapi_autoloss.paddleseg.attach`); without it the first training forward is refused.
+A train that starts at iteration 1 with a loss that trained before keeps the method's state
+(dwa's history, as a second ``fit`` does) but forgets an epoch that did not end.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import paddle
+
+from ..weighting.base import METHODS, Weighting
+from . import _grad
+
+
+def unsupported(method: Weighting | type[Weighting]) -> str | None:
+    """Why PaddleSeg's ``train`` cannot run this method (an instance or a class), or None. Asked
+    of the method's hooks, never its name: a forward after each update is one ``train`` never
+    makes; epoch ends are found here; a gradient-level method runs (``attach`` tells it the network)."""
+    cls = method if isinstance(method, type) else type(method)
+    if "after_update" in cls.training_hooks():
+        return "needs a forward after each update, which PaddleSeg's train never makes"
+    return None
+
+
+def supported() -> str:
+    """The registered methods PaddleSeg's ``train`` can run, for error messages."""
+    return ", ".join(sorted(name for name, cls in METHODS.items() if unsupported(cls) is None))
+
+
+def track(loss: Any) -> None:
+    """Give ``loss`` its position buffer if its method needs epoch ends."""
+    if "end_epoch" in type(loss.weighting).training_hooks():
+        loss.register_buffer("seg_iter", paddle.zeros([], dtype="int64"))
+
+
+def _ended(it: int, per: int) -> int:
+    """Epochs ended before iteration ``it``'s forward (0 before iteration 1)."""
+    return max(0, (it - 1) // per)
+
+
+def advance(loss: Any) -> None:
+    """At a training forward of ``loss`` (with a ``seg_iter`` buffer): end the epochs that
+    ended since its last forward, before this one's losses are observed."""
+    if getattr(loss, "seg_iter", None) is None or not paddle.is_grad_enabled():
+        return
+    name = f"{type(loss).__name__}(method={loss.method!r})"
+    frame = _grad.train_frame()
+    if frame is None:
+        raise RuntimeError(
+            f"{name} learns at epoch ends, which only paddleseg.core.train's iterations tell it, but "
+            "this training forward is outside train, so no epoch would ever end. Fix: train it with "
+            "paddleseg.core.train after hapi_autoloss.paddleseg.attach, or use hapi_autoloss.AutoWeight "
+            "with paddle.Model.fit and AutoWeightCallback (or call loss.end_epoch() after each epoch)."
+        )
+    local = frame.f_locals
+    if "iter" not in local or "iters_per_epoch" not in local:
+        raise RuntimeError(f"{name} found no iter or iters_per_epoch in paddleseg.core.train (checked "
+                           "against PaddleSeg 2.8.0). Fix: use PaddleSeg 2.8, or paddle.Model.fit.")
+    it, per = int(local["iter"]), int(local["iters_per_epoch"])
+    model = local.get("model")
+    if it == int(local.get("start_iter", 0)) + 1 and (  # this train's first forward
+            model is None or all(sub is not loss for sub in model.sublayers())):
+        raise RuntimeError(
+            f"{name} keeps its epoch state in buffers, but it is not a sublayer of train's model, so "
+            "iter_N/model.pdparams would not save them and a resumed run would start its epochs over. "
+            "Fix: call hapi_autoloss.paddleseg.attach(model, losses, optimizer) before train."
+        )
+    last = int(loss.seg_iter)
+    if last != it - 1:  # not the next iteration of the run the loss saw last
+        if it != 1:
+            raise RuntimeError(
+                f"{name} is at iteration {last}, but train resumes at iteration {it - 1}: the checkpoint's "
+                "model.pdparams lacks this loss's state, or is another run's. Fix: call attach before "
+                "train(resume_model=...), and resume from a checkpoint saved that way."
+            )
+        loss.begin_training()  # a new run: forget an epoch that did not end
+        last = 0
+    for _ in range(_ended(it, per) - _ended(last, per)):
+        loss.end_epoch()
+    loss.seg_iter.set_value(np.array(it, dtype=np.int64))
