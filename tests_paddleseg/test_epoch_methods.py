@@ -108,3 +108,41 @@ def test_a_checkpoint_without_the_loss_state_is_refused(tmp_path):
                                            r"model\.pdparams lacks this loss's state"):
         run("attach", data, tmp_path / "resumed", iters=8, method="dwa", schedule=8,
             resume_model=str(tmp_path / "cut" / "iter_3"))
+
+
+class TwoHeads(paddle.nn.Layer):
+    def __init__(self):
+        super().__init__()
+        self.c1 = paddle.nn.Conv2D(3, 8, 3, padding=1)
+        self.c2, self.c3 = paddle.nn.Conv2D(8, 3, 3, padding=1), paddle.nn.Conv2D(8, 3, 3, padding=1)
+
+    def forward(self, x):
+        z = paddle.nn.functional.relu(self.c1(x))
+        return [self.c2(z), self.c3(z)]
+
+
+def test_one_dwa_loss_on_two_outputs_ends_each_epoch_once(tmp_path):
+    """types: [aw, aw]: the second forward of an iteration was taken for a resume from another
+    run ("is at iteration 2, but train resumes at iteration 1") and failed at iteration 2."""
+    paddle.seed(0)
+    model = TwoHeads()
+    aw = hp.AutoWeight([{"type": "SafeCrossEntropyLoss"}, {"type": "SafeDiceLoss"}], method="dwa")
+    rows = spy(aw, lambda w: int(w.epochs_seen))
+    losses = {"types": [aw, aw], "coef": [1, 0.4]}
+    opt = paddle.optimizer.SGD(0.05, parameters=model.parameters())
+    hp.attach(model, losses, opt)
+    train(model, losses, opt, SegData(n=8), tmp_path, iters=8)
+    assert [r[1] for r in rows] == [0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3]
+    losses_ = np.array([r[0] for r in rows]).reshape(4, 4, 2)  # [epoch, forward, task]
+    np.testing.assert_allclose(aw.weighting.dwa_history.numpy(), losses_[1:3].mean(axis=1), rtol=1e-5)
+
+
+def test_a_second_train_ends_the_first_runs_last_epoch(tmp_path):
+    """That epoch was complete, but it ends only at the next iteration's forward, and a new train
+    (from iteration 1) forgot its sums: 3 epochs seen after 4."""
+    model, losses, opt = build(method="dwa", iters=8)
+    aw = losses["types"][0]
+    train(model, losses, opt, SegData(n=8), tmp_path / "a", iters=8)
+    assert int(aw.weighting.epochs_seen) == 3
+    train(model, losses, opt, SegData(n=8), tmp_path / "b", iters=1)
+    assert int(aw.weighting.epochs_seen) == 4

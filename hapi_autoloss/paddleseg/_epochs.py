@@ -22,7 +22,8 @@ nadir sums), so a run resumed from any ``iter_N``, in mid-epoch too, goes on exa
 uninterrupted run (with the same batches). That needs the loss to be a sublayer of the model
 (:func:`~hapi_autoloss.paddleseg.attach`); without it the first training forward is refused.
 A train that starts at iteration 1 with a loss that trained before keeps the method's state
-(dwa's history, as a second ``fit`` does) but forgets an epoch that did not end.
+(dwa's history, as a second ``fit`` does), ends the last run's last epoch if it was complete, and
+forgets one that did not end. One loss on several outputs (``types: [aw, aw]``) ends each epoch once.
 """
 
 from __future__ import annotations
@@ -74,7 +75,8 @@ def advance(loss: Any) -> None:
             f"{name} learns at epoch ends, which only paddleseg.core.train's iterations tell it, but "
             "this training forward is outside train, so no epoch would ever end. Fix: train it with "
             "paddleseg.core.train after hapi_autoloss.paddleseg.attach, or use hapi_autoloss.AutoWeight "
-            "with paddle.Model.fit and AutoWeightCallback (or call loss.end_epoch() after each epoch)."
+            "with paddle.Model.fit and AutoWeightCallback (in your own loop, hapi_autoloss.AutoWeight "
+            "and loss.end_epoch() after each epoch)."
         )
     local = frame.f_locals
     if "iter" not in local or "iters_per_epoch" not in local:
@@ -90,6 +92,8 @@ def advance(loss: Any) -> None:
             "Fix: call hapi_autoloss.paddleseg.attach(model, losses, optimizer) before train."
         )
     last = int(loss.seg_iter)
+    if last == it:  # another output's forward in the same iteration (types: [aw, aw])
+        return
     if last != it - 1:  # not the next iteration of the run the loss saw last
         if it != 1:
             raise RuntimeError(
@@ -97,6 +101,8 @@ def advance(loss: Any) -> None:
                 "model.pdparams lacks this loss's state, or is another run's. Fix: call attach before "
                 "train(resume_model=...), and resume from a checkpoint saved that way."
             )
+        for _ in range(_ended(last + 1, per) - _ended(last, per)):
+            loss.end_epoch()  # the last run's last epoch, complete but not yet ended
         loss.begin_training()  # a new run: forget an epoch that did not end
         last = 0
     for _ in range(_ended(it, per) - _ended(last, per)):
