@@ -146,3 +146,18 @@ def test_a_second_train_ends_the_first_runs_last_epoch(tmp_path):
     assert int(aw.weighting.epochs_seen) == 3
     train(model, losses, opt, SegData(n=8), tmp_path / "b", iters=1)
     assert int(aw.weighting.epochs_seen) == 4
+
+
+@pytest.mark.parametrize("n_first,iters_first,n_second,seen", [
+    (8, 1, 8, 0),    # 1 iteration, then a new train: its sums dropped (it was taken for the same iteration)
+    (4, 1, 4, 1),    # 1 iteration per epoch: that complete epoch ended once
+    (8, 4, 12, 2),   # the last run's epochs were 2 iterations, this one's 3: its complete last epoch ends
+    (8, 3, 12, 1),   # its incomplete last epoch does not (it ended as a 3-iteration one)
+])
+def test_a_new_train_judges_the_last_run_by_that_runs_own_epochs(tmp_path, n_first, iters_first, n_second, seen):
+    model, losses, opt = build(method="dwa", iters=8)
+    aw = losses["types"][0]
+    train(model, losses, opt, SegData(n=n_first), tmp_path / "a", iters=iters_first)
+    train(model, losses, opt, SegData(n=n_second), tmp_path / "b", iters=1)
+    assert int(aw.weighting.epochs_seen) == seen
+    np.testing.assert_array_equal(aw.weighting.dwa_count.numpy(), [4.0, 4.0])  # this train's one batch only

@@ -28,6 +28,7 @@ forgets one that did not end. One loss on several outputs (``types: [aw, aw]``) 
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 import numpy as np
@@ -92,7 +93,9 @@ def advance(loss: Any) -> None:
             "Fix: call hapi_autoloss.paddleseg.attach(model, losses, optimizer) before train."
         )
     last = int(loss.seg_iter)
-    if last == it:  # another output's forward in the same iteration (types: [aw, aw])
+    run = local.get("batch_sampler")  # one per train call: tells this run from the last one
+    ref = getattr(loss, "_seg_run", None)
+    if last == it and ref is not None and ref() is run:  # another output's forward (types: [aw, aw])
         return
     if last != it - 1:  # not the next iteration of the run the loss saw last
         if it != 1:
@@ -101,10 +104,12 @@ def advance(loss: Any) -> None:
                 "model.pdparams lacks this loss's state, or is another run's. Fix: call attach before "
                 "train(resume_model=...), and resume from a checkpoint saved that way."
             )
-        for _ in range(_ended(last + 1, per) - _ended(last, per)):
+        before = getattr(loss, "_seg_per", per)  # the last run's epoch length (this one's if unknown)
+        for _ in range(_ended(last + 1, before) - _ended(last, before)):
             loss.end_epoch()  # the last run's last epoch, complete but not yet ended
         loss.begin_training()  # a new run: forget an epoch that did not end
         last = 0
     for _ in range(_ended(it, per) - _ended(last, per)):
         loss.end_epoch()
     loss.seg_iter.set_value(np.array(it, dtype=np.int64))
+    loss._seg_run, loss._seg_per = (weakref.ref(run) if run is not None else None), per
