@@ -2,6 +2,8 @@
 ``len(batch_sampler)`` iterations, ended before the next epoch's first forward as
 AutoWeightCallback's ``on_epoch_end`` does; resumed from ``iter_N`` (in mid-epoch too) exactly."""
 
+import pickle
+
 import numpy as np
 import paddle
 import pytest
@@ -154,10 +156,19 @@ def test_a_second_train_ends_the_first_runs_last_epoch(tmp_path):
     (8, 4, 12, 2),   # the last run's epochs were 2 iterations, this one's 3: its complete last epoch ends
     (8, 3, 12, 1),   # its incomplete last epoch does not (it ended as a 3-iteration one)
 ])
-def test_a_new_train_judges_the_last_run_by_that_runs_own_epochs(tmp_path, n_first, iters_first, n_second, seen):
+@pytest.mark.parametrize("process", ["same", "new"])
+def test_a_new_train_judges_the_last_run_by_that_runs_own_epochs(tmp_path, n_first, iters_first, n_second, seen,
+                                                                  process):
+    """In a new process (the checkpoint's model.pdparams loaded into new objects) too: the last
+    run's epoch length was a Python attribute, so there it was this run's."""
     model, losses, opt = build(method="dwa", iters=8)
-    aw = losses["types"][0]
     train(model, losses, opt, SegData(n=n_first), tmp_path / "a", iters=iters_first)
+    if process == "new":
+        state = paddle.load(str(tmp_path / "a" / f"iter_{iters_first}" / "model.pdparams"))
+        model, losses, opt = build(method="dwa", iters=8)
+        model.set_state_dict(state)
+    aw = losses["types"][0]
     train(model, losses, opt, SegData(n=n_second), tmp_path / "b", iters=1)
     assert int(aw.weighting.epochs_seen) == seen
     np.testing.assert_array_equal(aw.weighting.dwa_count.numpy(), [4.0, 4.0])  # this train's one batch only
+    pickle.dumps(aw)  # the run marker is not on the loss (a weakref does not pickle)

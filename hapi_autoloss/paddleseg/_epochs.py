@@ -57,6 +57,11 @@ def track(loss: Any) -> None:
     """Give ``loss`` its position buffer if its method needs epoch ends."""
     if "end_epoch" in type(loss.weighting).training_hooks():
         loss.register_buffer("seg_iter", paddle.zeros([], dtype="int64"))
+        loss.register_buffer("seg_per", paddle.zeros([], dtype="int64"))  # its run's epoch length
+
+
+# the train call (its batch sampler) each loss saw last; outside the loss, so it still pickles
+_RUNS: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
 
 
 def _ended(it: int, per: int) -> int:
@@ -80,8 +85,8 @@ def advance(loss: Any) -> None:
             "and loss.end_epoch() after each epoch)."
         )
     local = frame.f_locals
-    if "iter" not in local or "iters_per_epoch" not in local:
-        raise RuntimeError(f"{name} found no iter or iters_per_epoch in paddleseg.core.train (checked "
+    if not {"iter", "iters_per_epoch", "batch_sampler"} <= set(local):
+        raise RuntimeError(f"{name} found no iter, iters_per_epoch or batch_sampler in paddleseg.core.train (checked "
                            "against PaddleSeg 2.8.0). Fix: use PaddleSeg 2.8, or paddle.Model.fit.")
     it, per = int(local["iter"]), int(local["iters_per_epoch"])
     model = local.get("model")
@@ -93,8 +98,8 @@ def advance(loss: Any) -> None:
             "Fix: call hapi_autoloss.paddleseg.attach(model, losses, optimizer) before train."
         )
     last = int(loss.seg_iter)
-    run = local.get("batch_sampler")  # one per train call: tells this run from the last one
-    ref = getattr(loss, "_seg_run", None)
+    run = local["batch_sampler"]  # one per train call: tells this run from the last one
+    ref = _RUNS.get(loss)
     if last == it and ref is not None and ref() is run:  # another output's forward (types: [aw, aw])
         return
     if last != it - 1:  # not the next iteration of the run the loss saw last
@@ -104,7 +109,7 @@ def advance(loss: Any) -> None:
                 "model.pdparams lacks this loss's state, or is another run's. Fix: call attach before "
                 "train(resume_model=...), and resume from a checkpoint saved that way."
             )
-        before = getattr(loss, "_seg_per", per)  # the last run's epoch length (this one's if unknown)
+        before = int(loss.seg_per) or per  # the last run's epoch length (this one's if unknown)
         for _ in range(_ended(last + 1, before) - _ended(last, before)):
             loss.end_epoch()  # the last run's last epoch, complete but not yet ended
         loss.begin_training()  # a new run: forget an epoch that did not end
@@ -112,4 +117,5 @@ def advance(loss: Any) -> None:
     for _ in range(_ended(it, per) - _ended(last, per)):
         loss.end_epoch()
     loss.seg_iter.set_value(np.array(it, dtype=np.int64))
-    loss._seg_run, loss._seg_per = (weakref.ref(run) if run is not None else None), per
+    loss.seg_per.set_value(np.array(per, dtype=np.int64))
+    _RUNS[loss] = weakref.ref(run)
