@@ -7,12 +7,10 @@ can sit inside ``AutoWeight`` or a compiled graph.
 
 from __future__ import annotations
 
-import math
-
 import paddle
 import paddle.nn.functional as F
 
-from ._args import is_real
+from ._args import non_negative, positive
 
 __all__ = ["DiceLoss"]
 
@@ -61,10 +59,8 @@ class DiceLoss(paddle.nn.Layer):
 
     def __init__(self, ignore_index: int | None = 255, smooth: float = 1.0, eps: float = 1e-8) -> None:
         super().__init__()
-        if not (is_real(smooth) and math.isfinite(smooth) and smooth >= 0):
-            raise ValueError(f"smooth must be a finite number >= 0, got {smooth!r}. Fix: e.g. smooth=1.0.")
-        if not (is_real(eps) and math.isfinite(eps) and eps > 0):
-            raise ValueError(f"eps must be a finite number > 0, got {eps!r}. Fix: e.g. eps=1e-8.")
+        smooth = non_negative(smooth, "smooth", "smooth=1.0")
+        eps = positive(eps, "eps", "eps=1e-8")
         if ignore_index is not None and not isinstance(ignore_index, int):
             raise TypeError(
                 f"ignore_index must be an int or None, got {type(ignore_index).__name__}. Fix: e.g. 255."

@@ -159,3 +159,14 @@ def test_bad_inputs_say_how_to_fix(logits_shape, labels_shape, dtype, err):
 def test_bad_arguments(kw):
     with pytest.raises((ValueError, TypeError), match="Fix"):
         DiceLoss(**kw)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"smooth": -1.0}, r"smooth must be a finite number >= 0, got -1\.0\. Fix: e\.g\. smooth=1\.0\."),
+    ({"smooth": 10**400}, r"smooth must be a finite number >= 0"),  # was an OverflowError from float()
+    ({"eps": 0.0}, r"eps must be a finite number > 0, got 0\.0\. Fix: e\.g\. eps=1e-8\."),
+    ({"smooth": True}, r"smooth must be"),
+])
+def test_dice_refuses_bad_numbers_with_the_projects_message(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        DiceLoss(**kwargs)

@@ -148,7 +148,7 @@ def _wrap_minimize(opt: Any, params: list[Any], nranks: int) -> None:
         handler = policy_of(opt)
         if handler is not None and args:
             dropped = _skipped_forwards(opt)  # first: it names an earlier micro-batch's cause
-            here = finite(args[0], opt._autoloss_sync) and not dropped
+            here = not dropped and finite(args[0], opt._autoloss_sync)  # no host read once dropped
             if not agree(here, nranks):
                 try:  # raise (nothing updated) or return: skip this update entirely
                     handler(args[0], not here)

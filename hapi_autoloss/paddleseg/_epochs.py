@@ -60,7 +60,8 @@ def track(loss: Any) -> None:
         loss.register_buffer("seg_per", paddle.zeros([], dtype="int64"))  # its run's epoch length
 
 
-# the train call (its batch sampler) each loss saw last; outside the loss, so it still pickles
+# (the train call (its batch sampler) each loss saw last, its last iteration there): outside the
+# loss, so it still pickles, and no host read of seg_iter after a train call's first forward
 _RUNS: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
 
 
@@ -69,43 +70,47 @@ def _ended(it: int, per: int) -> int:
     return max(0, (it - 1) // per)
 
 
+def _name(loss: Any) -> str:
+    return f"{type(loss).__name__}(method={loss.method!r})"
+
+
 def advance(loss: Any) -> None:
     """At a training forward of ``loss`` (with a ``seg_iter`` buffer): end the epochs that
     ended since its last forward, before this one's losses are observed."""
     if getattr(loss, "seg_iter", None) is None or not paddle.is_grad_enabled():
         return
-    name = f"{type(loss).__name__}(method={loss.method!r})"
     frame = _grad.train_frame()
     if frame is None:
         raise RuntimeError(
-            f"{name} learns at epoch ends, which only paddleseg.core.train's iterations tell it, but "
+            f"{_name(loss)} learns at epoch ends, which only paddleseg.core.train's iterations tell it, but "
             "this training forward is outside train, so no epoch would ever end. Fix: train it with "
             "paddleseg.core.train after hapi_autoloss.paddleseg.attach, or use hapi_autoloss.AutoWeight "
             "with paddle.Model.fit and AutoWeightCallback (in your own loop, hapi_autoloss.AutoWeight "
             "and loss.end_epoch() after each epoch)."
         )
     local = frame.f_locals
-    if not {"iter", "iters_per_epoch", "batch_sampler"} <= set(local):
-        raise RuntimeError(f"{name} found no iter, iters_per_epoch or batch_sampler in paddleseg.core.train (checked "
-                           "against PaddleSeg 2.8.0). Fix: use PaddleSeg 2.8, or paddle.Model.fit.")
+    if not {"iter", "iters_per_epoch", "batch_sampler"} <= local.keys():
+        raise RuntimeError(f"{_name(loss)} found no iter, iters_per_epoch or batch_sampler in paddleseg.core."
+                           "train (checked against PaddleSeg 2.8.0). Fix: use PaddleSeg 2.8, or paddle.Model.fit.")
     it, per = int(local["iter"]), int(local["iters_per_epoch"])
     model = local.get("model")
     if it == int(local.get("start_iter", 0)) + 1 and (  # this train's first forward
             model is None or all(sub is not loss for sub in model.sublayers())):
         raise RuntimeError(
-            f"{name} keeps its epoch state in buffers, but it is not a sublayer of train's model, so "
+            f"{_name(loss)} keeps its epoch state in buffers, but it is not a sublayer of train's model, so "
             "iter_N/model.pdparams would not save them and a resumed run would start its epochs over. "
             "Fix: call hapi_autoloss.paddleseg.attach(model, losses, optimizer) before train."
         )
-    last = int(loss.seg_iter)
     run = local["batch_sampler"]  # one per train call: tells this run from the last one
-    ref = _RUNS.get(loss)
-    if last == it and ref is not None and ref() is run:  # another output's forward (types: [aw, aw])
+    seen = _RUNS.get(loss)
+    same = seen is not None and seen[0]() is run
+    last = seen[1] if same and seen is not None else int(loss.seg_iter)
+    if same and last == it:  # another output's forward in this iteration (types: [aw, aw])
         return
     if last != it - 1:  # not the next iteration of the run the loss saw last
         if it != 1:
             raise RuntimeError(
-                f"{name} is at iteration {last}, but train resumes at iteration {it - 1}: the checkpoint's "
+                f"{_name(loss)} is at iteration {last}, but train resumes at iteration {it - 1}: the checkpoint's "
                 "model.pdparams lacks this loss's state, or is another run's. Fix: call attach before "
                 "train(resume_model=...), and resume from a checkpoint saved that way."
             )
@@ -117,5 +122,6 @@ def advance(loss: Any) -> None:
     for _ in range(_ended(it, per) - _ended(last, per)):
         loss.end_epoch()
     loss.seg_iter.set_value(np.array(it, dtype=np.int64))
-    loss.seg_per.set_value(np.array(per, dtype=np.int64))
-    _RUNS[loss] = weakref.ref(run)
+    if not same:
+        loss.seg_per.set_value(np.array(per, dtype=np.int64))
+    _RUNS[loss] = (weakref.ref(run), it)

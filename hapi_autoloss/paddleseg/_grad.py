@@ -91,30 +91,21 @@ def keep_buffers_in_step(layers: list[Any]) -> None:
             buffer.no_sync = True
 
 
-def resume_buffers(model: paddle.nn.Layer, prefixes: list[str]) -> None:
-    """Make ``model.set_state_dict`` (PaddleSeg's ``resume``) load the buffers of the losses at
-    ``prefixes`` (``hapi_autoloss_<i>``, or where the model already held them) as
-    ``AutoWeight.set_state_dict`` does: sized first, the method's host copies refreshed after.
-    A method bound to the model, not a closure: ``copy.deepcopy(model)`` (PaddleSeg's EMA model)
-    rebinds it to the copy (a closure kept loading the EMA's weights into the trained model)."""
-    known = getattr(model, "_autoloss_prefixes", None)
-    if known is not None:
-        known.extend(p for p in prefixes if p not in known)
-        return
-    model._autoloss_prefixes = list(prefixes)
+def resume_buffers(model: paddle.nn.Layer) -> None:
+    """Make ``model.set_state_dict`` (PaddleSeg's ``resume``) load its losses' buffers as
+    ``AutoWeight.set_state_dict`` does: sized first (by their full names), the methods' host
+    copies refreshed after. A method bound to the model, not a closure: ``copy.deepcopy(model)``
+    (PaddleSeg's EMA model) rebinds it to the copy (a closure kept loading the EMA's weights into
+    the trained model)."""
     model.set_state_dict = types.MethodType(_set_state_dict, model)  # type: ignore[method-assign]
 
 
 def _set_state_dict(self: paddle.nn.Layer, state_dict: dict[str, Any], use_structured_name: bool = True) -> Any:
-    sub = dict(self.named_sublayers())
-    layers = [sub[p] for p in self._autoloss_prefixes if p in sub]
     if use_structured_name:
-        for prefix, layer in zip(self._autoloss_prefixes, layers):
-            start = prefix + "."
-            fit_empty_buffers(layer, {k[len(start):]: v for k, v in state_dict.items() if k.startswith(start)})
+        fit_empty_buffers(self, state_dict)
     out = type(self).set_state_dict(self, state_dict, use_structured_name)
-    for layer in layers:
-        loaded = getattr(getattr(layer, "weighting", None), "state_loaded", None)
+    for layer in self.sublayers():
+        loaded = getattr(layer, "state_loaded", None)  # a weighting method's host copies
         if callable(loaded):
             loaded()
     return out

@@ -137,21 +137,17 @@ def attach(model: paddle.nn.Layer, losses: Any, optimizer: Any, lr_scale: float 
         raise ValueError("optimizer holds none of model's parameters. Fix: build it from model.parameters() "
                          "and pass the same model and optimizer to attach and train.")
     check_groups(optimizer)
-    sub = {id(x): name for name, x in model.named_sublayers()}
+    sub = {id(x) for x in model.sublayers()}
     params: list[Any] = []
-    prefixes: list[str] = []
     for layer in taken:
-        if id(layer) in sub:  # the model holds it already (model.criterion = loss): saved under that name
-            prefixes.append(sub[id(layer)])
-        else:
+        if id(layer) not in sub:  # (a loss the model holds already, model.criterion, is saved under that name)
             i = 0
             while hasattr(model, f"{PREFIX}{i}"):
                 i += 1
             model.add_sublayer(f"{PREFIX}{i}", layer)
-            prefixes.append(f"{PREFIX}{i}")
         params.extend(p for p in layer.parameters() if not p.stop_gradient)
     _grad.keep_buffers_in_step(taken)
-    _grad.resume_buffers(model, prefixes)
+    _grad.resume_buffers(model)
     if params:
         _inject(optimizer, params, lr_scale)
         for p in params:

@@ -45,6 +45,7 @@ class PerTask:
         self._last: slice | None = None
         self._upstream: set[int] | None = None  # rep mode: parameters before the shared Layer
         self._unchecked: set[int] | None = None  # tasks whose reach is still to check (None: first step)
+        self._own: set[int] | None = None  # parameters of losses inside the network (never the network's)
         self._rep: dict[str, Any] = {}
         self.since: SinceUpdate | None = None  # AutoWeight's record of the forwards since the last update
         if rep_grad:
@@ -58,6 +59,7 @@ class PerTask:
             # another network (a new model took the loss over): its shared parameters, its last
             # shared layer and its tasks' reach are found anew at its first step
             self._shared_ids, self._last, self._upstream, self._unchecked = self._given, None, None, None
+            self._own = None
             self._rep.clear()
         self._network = weakref.ref(network)
         self._amp_scale = amp_scale
@@ -78,9 +80,10 @@ class PerTask:
             )
         # A loss can be a sublayer of the network (PaddleSeg's attach adds it, to save σ in the
         # model's checkpoints): its own parameters (σ, a method's) are never the network's.
-        own = {id(p) for layer in network.sublayers() if callable(getattr(layer, "set_network", None))
-               for p in layer.parameters()}
-        return [p for p in network.parameters() if not p.stop_gradient and id(p) not in own]
+        if self._own is None:  # once per network (set_network resets it); trainable ones: every step
+            self._own = {id(p) for layer in network.sublayers() if callable(getattr(layer, "set_network", None))
+                         for p in layer.parameters()}
+        return [p for p in network.parameters() if not p.stop_gradient and id(p) not in self._own]
 
     def _capture(self, layer: paddle.nn.Layer, inputs: Any, output: Any) -> None:
         """Forward post hook of the shared Layer (rep mode): keep its output, the representation.
