@@ -101,3 +101,32 @@ def rename_network_moments(opt: Any, names: dict[str, str], old_names: dict[str,
         found = None if key in keep else _split(key, set(moves))
         renamed[accumulator_name(moves[found[0]], found[1]) if found else key] = value
     opt._accumulators_holder = renamed
+
+
+def expect_names(opt: Any, params: set[str]) -> None:
+    """Name ``params``' moments again right before each update while any wait: the suffix
+    predicted at ``load_state`` is stale when another optimizer created the same name since
+    (two optimizers over one network, loaded, trained in turn) or the model was loaded inside
+    a ``unique_name.guard()`` and trains outside it."""
+    if opt is not None and getattr(opt, "_accumulators_holder", None):
+        opt._autoloss_waiting = set(params)
+
+
+def rename_waiting(opt: Any) -> None:
+    """Put the moments that still wait under the names the optimizer will look for now.
+    Called right before an update: the accumulators it creates take exactly these names."""
+    params = getattr(opt, "_autoloss_waiting", None)
+    if not params:
+        return
+    holder = opt._accumulators_holder
+    if not holder:
+        opt._autoloss_waiting = None
+        return
+    master = getattr(opt, "_master_weights", None)
+    if isinstance(master, dict):  # AMP O2: the loaded master weights' moments carry their names
+        params = params | {v.name for v in master.values() if isinstance(getattr(v, "name", None), str)}
+    renamed: dict[str, Any] = {}
+    for key, value in holder.items():
+        found = _split(key, params)
+        renamed[accumulator_name(*found) if found else key] = value
+    opt._accumulators_holder = renamed

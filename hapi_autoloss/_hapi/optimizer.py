@@ -26,6 +26,7 @@ from .model import (
     require_dynamic_mode,
     world,
 )
+from .moments import rename_waiting
 from .owner import check_owner, hand_over
 from .policy import policy_of
 from .progress import around_train_batch
@@ -159,6 +160,7 @@ def _wrap_minimize(opt: Any, params: list[Any], nranks: int) -> None:
                     _skipped_forwards(opt, reset=True)
                 return [], []
         _skipped_forwards(opt, reset=True)
+        rename_waiting(opt)  # loaded moments: named now, as the update will look for them
         average_gradients(opt._autoloss_sync, nranks)
         idle = [(p, p.regularizer) for p in idle_zero_decay(opt, opt._autoloss_sync)]
         for p, _ in idle:  # for this update only: the parameter keeps its regularizer

@@ -16,7 +16,12 @@ import numpy as np
 import paddle
 
 from .model import loss_layer, optimizer_of, require_dynamic_mode, slot, world
-from .moments import optimizer_state_of, rename_network_moments, restore_optimizer_state
+from .moments import (
+    expect_names,
+    optimizer_state_of,
+    rename_network_moments,
+    restore_optimizer_state,
+)
 from .probe import check_loaded, network_probe
 from .progress import progress, set_progress, track_progress
 
@@ -224,8 +229,9 @@ def load_state(model: Any, path: str) -> dict[str, Any]:
     # σ's moments wait in the optimizer's holder until AutoWeightCallback adds σ.
     opt = optimizer_of(model)
     sigma_keys = restore_optimizer_state(opt, named, state.get("optimizer", {}), state.get("names", {}))
-    rename_network_moments(opt, {k: v.name for k, v in model.network.named_parameters()},
-                           state.get("network_names", {}), sigma_keys)
+    network = {k: v.name for k, v in model.network.named_parameters()}
+    rename_network_moments(opt, network, state.get("network_names", {}), sigma_keys)
+    expect_names(opt, {*network.values(), *(p.name for p in named.values())})
     set_progress(model, state.get("progress") or {})
     # a new run, going on from that one at its step (and from those it was loaded from)
     (origin, _), *earlier = _lineage(state)
