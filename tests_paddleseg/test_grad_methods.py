@@ -51,20 +51,22 @@ def test_the_others_train_with_finite_weights(tmp_path, method):
                                                      {"weighting.p"} if method == "gradnorm" else set())
 
 
-def run(method, data, save_dir, iters, schedule=8, **kw):
+def run(method, data, save_dir, iters, schedule=8, options=None, **kw):
     with paddle.utils.unique_name.guard():  # optimizer state names as in a fresh process (resume matches them)
-        model, aw, losses, opt = build(method, opt="adamw", iters=schedule)
+        model, aw, losses, opt = build(method, opt="adamw", iters=schedule, **(options or {}))
         hp.attach(model, losses, opt)
         train(model, losses, opt, data, save_dir, iters=iters, save_interval=4, **kw)
     return model, aw
 
 
-@pytest.mark.parametrize("method", ["imtl", "gradnorm", "db_mtl", "nash_mtl"])
-def test_resume_from_iter_checkpoint(tmp_path, method):
+@pytest.mark.parametrize("method, options", [("imtl", {}), ("gradnorm", {}), ("db_mtl", {}), ("nash_mtl", {}),
+                                             ("rlw", {"seed": 0})])  # rlw: its random stream resumes too
+def test_resume_from_iter_checkpoint(tmp_path, method, options):
     data = SegData(same=True)  # train's sampler restarts its shuffle on resume: make batches order-free
-    full_model, full = run(method, data, tmp_path / "full", iters=8)
-    run(method, data, tmp_path / "cut", iters=4)
-    model, resumed = run(method, data, tmp_path / "resumed", iters=8, resume_model=str(tmp_path / "cut" / "iter_4"))
+    full_model, full = run(method, data, tmp_path / "full", iters=8, options=options)
+    run(method, data, tmp_path / "cut", iters=4, options=options)
+    model, resumed = run(method, data, tmp_path / "resumed", iters=8, options=options,
+                         resume_model=str(tmp_path / "cut" / "iter_4"))
     saved = paddle.load(str(tmp_path / "cut" / "iter_4" / "model.pdparams"))
     assert any(k.startswith("hapi_autoloss_0.weighting.") for k in saved)
     for (name, a), (_, b) in zip(full.state_dict().items(), resumed.state_dict().items()):

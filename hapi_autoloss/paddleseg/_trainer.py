@@ -98,7 +98,8 @@ def attach(model: paddle.nn.Layer, losses: Any, optimizer: Any, lr_scale: float 
     Returns the loss layers it took in, now sublayers of ``model``: those that own trainable
     parameters, and every AutoWeight with a gradient-level method (pcgrad, mgda...), with
     parameters or not (it is told the network first), and every one whose method needs epoch
-    ends (dwa, stch: its buffers are then saved). [] with a warning if there is none.
+    ends (dwa, stch) or draws from a random stream (rlw): its buffers are then saved. [] with a
+    warning if there is none.
 
     After it: σ gets no weight decay and no clipping; ``train`` clears σ's gradient every
     iteration (``model.clear_gradients()``), averages it over ranks (DataParallel) and saves and
@@ -127,9 +128,11 @@ def attach(model: paddle.nn.Layer, losses: Any, optimizer: Any, lr_scale: float 
     gradient = _grad.bind(model, layers)  # first: a method with no parameters (pcgrad) still needs it
     taken = [x for i, x in enumerate(layers) if all(x is not y for y in layers[:i])  # once, if listed twice
              and (any(x is g for g in gradient) or any(not p.stop_gradient for p in x.parameters())
-                  or getattr(x, "seg_iter", None) is not None)]  # epoch state to save (dwa, stch)
+                  or getattr(x, "seg_iter", None) is not None  # epoch state to save (dwa, stch)
+                  or getattr(getattr(x, "weighting", None), "keeps_step_state", False))]  # rlw's stream
     if not taken:
-        warnings.warn("No loss in losses has trainable parameters, a gradient-level method or epoch ends, so "
+        warnings.warn("No loss in losses has trainable parameters, a gradient-level method, epoch ends or a "
+                      "random stream, so "
                       "attach has nothing to do. Fix: nothing, if that is intended.", stacklevel=2)
         return []
     in_opt = {id(p) for p in optimizer_params(optimizer)}

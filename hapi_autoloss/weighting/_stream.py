@@ -22,13 +22,38 @@ def rank0_stream(rng: np.random.Generator) -> np.random.Generator:
     return np.random.default_rng(int(seed.numpy()[0]))
 
 
+_HALF = 2**64
+
+
+def _int64(v: int) -> int:
+    """A 64-bit unsigned value as the int64 a buffer holds (two's complement)."""
+    return v - _HALF if v >= 2**63 else v
+
+
+def _encode(rng: np.random.Generator, shared: bool) -> np.ndarray:
+    s = rng.bit_generator.state  # PCG64: a 128-bit state and increment, a cached half draw
+    words = [s["state"]["state"] >> 64, s["state"]["state"] % _HALF, s["state"]["inc"] >> 64,
+             s["state"]["inc"] % _HALF, s["has_uint32"], s["uinteger"], int(shared)]
+    return np.asarray([_int64(int(w)) for w in words], dtype=np.int64)
+
+
+def _decode(words: np.ndarray) -> tuple[dict[str, Any], bool]:
+    w = [int(v) % _HALF for v in words]
+    state = {"bit_generator": "PCG64", "state": {"state": (w[0] << 64) | w[1], "inc": (w[2] << 64) | w[3]},
+             "has_uint32": w[4], "uinteger": w[5]}
+    return state, bool(w[6])
+
+
 class SharedStream:
     """Mixin for a method that draws from its own NumPy stream (``seed``), the same on every
     rank (rlw's weights, pcgrad's task orders): with ``seed=None`` rank 0's seed is taken by
     every rank once, at train begin or at the first draw of a plain loop. The stream's state
-    is saved with the method's checkpoint state."""
+    is the buffer ``stream`` (int64, 7: PCG64's words and whether every rank shares it), so
+    ``state_dict`` saves it wherever the method's other buffers go: hapi's checkpoints, a
+    plain loop's ``paddle.save(loss.state_dict())``, PaddleSeg's ``model.pdparams``."""
 
     seed: int | None
+    keeps_step_state = True
 
     def start_stream(self, seed: int | None) -> None:
         if seed is not None:
@@ -36,6 +61,11 @@ class SharedStream:
         self.seed = seed
         self._rng = np.random.default_rng(seed)
         self._shared = seed is not None  # an explicit seed is the same on every rank
+        self.register_buffer("stream", paddle.to_tensor(_encode(self._rng, self._shared)))  # type: ignore[attr-defined]
+
+    def drew(self) -> None:
+        """Write the stream's state to its buffer: call after each draw."""
+        self.stream.set_value(_encode(self._rng, self._shared))  # type: ignore[attr-defined]
 
     def begin_training(self) -> None:
         super().begin_training()  # type: ignore[misc]
@@ -46,12 +76,18 @@ class SharedStream:
         if not self._shared:
             self._shared = True
             self._rng = rank0_stream(self._rng)
+            self.drew()
 
-    def checkpoint_state(self) -> dict[str, Any]:
-        return {**super().checkpoint_state(), "rng": self._rng.bit_generator.state}  # type: ignore[misc]
+    def state_loaded(self) -> None:
+        super().state_loaded()  # type: ignore[misc]
+        words = self.stream.numpy()  # type: ignore[attr-defined]
+        state, shared = _decode(words)
+        self._rng.bit_generator.state = state
+        self._shared = shared
 
     def set_checkpoint_state(self, state: dict[str, Any]) -> None:
         super().set_checkpoint_state(state)  # type: ignore[misc]
-        if "rng" in state:
+        if "rng" in state:  # a checkpoint from before the buffer
             self._rng.bit_generator.state = state["rng"]
             self._shared = True  # the saved stream is already the one every rank shares
+            self.drew()

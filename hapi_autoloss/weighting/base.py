@@ -57,6 +57,8 @@ class Weighting(paddle.nn.Layer):
 
     name: ClassVar[str] = ""
     wants_losses_after_update: ClassVar[bool] = False
+    # buffers that training steps change and a resume must restore (rlw's, pcgrad's stream)
+    keeps_step_state: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

@@ -45,6 +45,7 @@ class PCGrad(SharedStream, GradWeighting):
                 dot = float(coef[i] @ gram[:, j])  # g_i^PC · g_j
                 if dot < 0 and sq[j] > 0:
                     coef[i, j] -= dot / sq[j]
+        self.drew()
         return coef.sum(axis=0)
 
     def extra_repr(self) -> str:

@@ -36,6 +36,7 @@ class RLW(SharedStream, Weighting):
     def observe(self, losses: paddle.Tensor, batch_size: int = 1) -> None:
         self.share_seed()  # a plain loop has no begin_training: the first forward agrees
         z = self._rng.standard_normal(self.n)
+        self.drew()
         e = np.exp(z - z.max())
         self._last = e / e.sum()
         self._seen["draw"] = paddle.to_tensor(self._last, dtype="float32")
