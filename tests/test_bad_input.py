@@ -252,3 +252,14 @@ def test_the_error_without_the_callback_names_the_methods_own_calls():
     with pytest.raises(RuntimeError) as info:
         kendall.fit(TwoTaskData(32), epochs=1, batch_size=16, verbose=0)
     assert "end_epoch" not in str(info.value) and "after_update" not in str(info.value)
+
+
+@pytest.mark.parametrize("method", ["pcgrad", "mgda"])
+def test_the_error_without_the_callback_gives_a_gradient_level_methods_own_reason(method):
+    """pcgrad and mgda learn nothing, yet the error said their weights would stay frozen or drift."""
+    model = build_model(AutoWeight({"y1": mse, "y2": mse}, method=method))
+    with pytest.raises(RuntimeError) as info:
+        model.fit(TwoTaskData(32), epochs=1, batch_size=16, verbose=0)
+    check(info, f"each task's gradient of the network's shared parameters ({method})", "plain sum",
+          "AutoWeightCallback")
+    assert "frozen" not in str(info.value)

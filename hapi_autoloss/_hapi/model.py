@@ -159,8 +159,8 @@ def others_in_fit(callback: Any) -> list[Any]:
     return others
 
 
-def check_attached(layer: paddle.nn.Layer, needed: bool) -> None:
-    """Raise if ``layer`` trains inside hapi without the callback it ``needed``.
+def check_attached(layer: paddle.nn.Layer, needed: bool, reason: str = "learns during training") -> None:
+    """Raise if ``layer`` trains inside hapi without the callback it ``needed`` (``reason``: why).
 
     Called from a loss's forward. Costs a few stack-frame reads until attached.
     """
@@ -171,9 +171,7 @@ def check_attached(layer: paddle.nn.Layer, needed: bool) -> None:
     calls: list[str] = getattr(layer, "training_calls", list)()  # the method's own hooks (dwa, stch, famo)
     also = f" and {'; '.join(calls)}" if calls else ""
     raise RuntimeError(
-        f"{type(layer).__name__} learns during training, but paddle.Model's optimizer "
-        "does not update its parameters and hapi never clears their gradients (nor calls "
-        "the method's epoch or update hooks), so its weights would stay frozen or drift. Fix: pass "
+        f"{type(layer).__name__} {reason}. Fix: pass "
         "hapi_autoloss.callbacks.AutoWeightCallback() in "
         "model.fit(callbacks=[...]), or call hapi_autoloss.attach(model) before "
         f"model.train_batch(...){also}."

@@ -144,7 +144,7 @@ class AutoWeight(Checkpoints):
 
     def forward(self, *tensors: paddle.Tensor) -> paddle.Tensor:
         if not _hapi.is_attached(self):  # once attached always: skip walking the method's parameters
-            _hapi.check_attached(self, needed=self.weighting.needs_callback)
+            _hapi.check_attached(self, self.weighting.needs_callback, self.weighting.callback_reason)
         elif not self._since.recording:  # not in its own model's train step
             _hapi.check_other_train(self, needed=self.weighting.needs_callback)
         try:

@@ -154,6 +154,13 @@ class Weighting(paddle.nn.Layer):
         """Whether training needs ``AutoWeightCallback``: it learns, or has epoch or update hooks."""
         return any(not p.stop_gradient for p in self.parameters()) or type(self).has_training_hooks()
 
+    @property
+    def callback_reason(self) -> str:
+        """Why training needs ``AutoWeightCallback``: the error's reason when it is missing."""
+        return ("learns during training, but paddle.Model's optimizer does not update its parameters and hapi "
+                "never clears their gradients (nor calls the method's epoch or update hooks), so its weights "
+                "would stay frozen or drift")
+
     @classmethod
     def has_rep_mode(cls) -> bool:
         """Whether ``AutoWeight(rep_grad=True)`` can run the method (gradient-level ones only)."""

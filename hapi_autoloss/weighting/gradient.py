@@ -128,6 +128,12 @@ class GradWeighting(Weighting):
     def needs_callback(self) -> bool:
         return True
 
+    @property
+    def callback_reason(self) -> str:
+        return (f"combines each task's gradient of the network's shared parameters ({self.name}), but only "
+                "the callback tells it the network, so hapi's single backward would train on the plain sum "
+                "of the losses")
+
     def checkpoint_state(self) -> dict[str, Any]:
         """The last step's α, so that a resumed run shows them (a subclass adds its own state)."""
         return {"alphas": [float(a) for a in self.weight(used=True)]}
