@@ -2,12 +2,18 @@
 update, not at load time: Paddle numbers accumulator names with a process-wide counter
 (``unique_name``), which another optimizer or a ``unique_name.guard()`` moves in between."""
 
+import os
+import warnings
+
 import numpy as np
 import paddle
-from helpers import TwoTaskData, build_model, kendall_loss
+import pytest
+from helpers import X_SPEC, Y_SPECS, TwoTaskData, TwoTaskNet, build_model, kendall_loss
 from paddle.base import unique_name
+from test_optimizers import BATCH, FAMILY, build_optimizer, network_params
 
 import hapi_autoloss
+from hapi_autoloss import AutoWeight
 from hapi_autoloss.callbacks import AutoWeightCallback
 
 DATA = TwoTaskData(96)
@@ -61,3 +67,72 @@ def test_two_optimizers_over_one_network_loaded_then_trained_in_turn(tmp_path):
     fit(second, 1)
     fit(reference, 1)
     assert_same(second, reference)
+
+
+def test_model_load_without_load_state_warns_that_sigma_starts_afresh(tmp_path):
+    """A new process's habit from hapi: model.load(path) alone. σ went back to its initial value
+    while its Adam moments went on, with no word. A checkpoint without σ gives no warning."""
+    with unique_name.guard():  # the names a new process gives
+        fit(build_model(kendall_loss()), 2, str(tmp_path / "sigma"))
+    with unique_name.guard():
+        fit(build_model(AutoWeight([paddle.nn.MSELoss()] * 2, method="equal")), 1, str(tmp_path / "plain"))
+    for folder, call_load_state, warns in (("sigma", False, True), ("sigma", True, False), ("plain", False, False)):
+        path = str(tmp_path / folder / "final")
+        with unique_name.guard():
+            model = build_model(kendall_loss())
+            model.load(path)
+            if call_load_state:
+                hapi_autoloss.load_state(model, path)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                fit(model, 1)
+                fit(model, 1)  # the moments are in use now: no second warning
+        said = [str(w.message) for w in caught if "load_state was not called" in str(w.message)]
+        assert len(said) == int(warns), (folder, call_load_state, said)
+        if said:
+            assert "Fix: call hapi_autoloss.load_state(model, path)" in said[0]
+
+
+@pytest.mark.parametrize("grouped", [False, True])
+@pytest.mark.parametrize("name", FAMILY)
+def test_a_checkpoint_without_sigma_continues_with_fresh_sigma_moments(tmp_path, name, grouped):
+    """A run with a fixed-weight loss, continued with a learned one: model.load gave the optimizer
+    the network's moments and none of σ's, and the first update failed ("Optimizer set error,
+    kendall_0.w_0_moment1_0 should in state dict"). σ now starts with fresh moments: the run equals
+    a hand-written loop, the network's optimizer loaded and σ under a fresh one (the library's rule)."""
+    def built(loss):
+        paddle.seed(0)
+        net = TwoTaskNet()
+        return net, build_optimizer(name, network_params(net, grouped, name))
+
+    path = str(tmp_path / "fixed")
+    with unique_name.guard():
+        net, opt = built(None)
+        model = paddle.Model(net, inputs=X_SPEC, labels=Y_SPECS)
+        model.prepare(opt, AutoWeight([paddle.nn.MSELoss()] * 2, method="equal"))
+        # the callback: hapi's own minimize fails on param groups (paddle 3.3.1)
+        model.fit(DATA, epochs=1, batch_size=BATCH, shuffle=False, verbose=0, callbacks=[AutoWeightCallback()])
+        model.save(path)
+    with unique_name.guard():
+        net, opt = built(None)
+        loss = kendall_loss()
+        model = paddle.Model(net, inputs=X_SPEC, labels=Y_SPECS)
+        model.prepare(opt, loss)
+        model.load(path)
+        model.fit(DATA, epochs=1, batch_size=BATCH, shuffle=False, verbose=0, callbacks=[AutoWeightCallback()])
+    with unique_name.guard():
+        ref_net, net_opt = built(None)
+        ref_loss = kendall_loss()
+        ref_net.set_state_dict(paddle.load(path + ".pdparams"))
+        if os.path.exists(path + ".pdopt"):  # SGD has no state: hapi writes none
+            net_opt.set_state_dict(paddle.load(path + ".pdopt"))
+        sigma_opt = build_optimizer(name, ref_loss.parameters(), clip=False, decay=False)
+        for x, y1, y2 in DATA.batches(BATCH):
+            ref_loss(*ref_net(x), y1, y2).backward()
+            for o in (net_opt, sigma_opt):
+                o.step()
+                o.clear_grad()
+    np.testing.assert_array_equal(loss.s.numpy(), ref_loss.s.numpy())
+    assert np.abs(loss.s.numpy()).max() > 1e-4  # σ learned
+    for got, want in zip(net.parameters(), ref_net.parameters()):
+        np.testing.assert_array_equal(got.numpy(), want.numpy())

@@ -12,8 +12,10 @@ checkpoint has linear_0), a new optimizer for the same network a new suffix (``_
 from __future__ import annotations
 
 import re
+import warnings
 from typing import Any
 
+import paddle
 from paddle.base import unique_name
 
 _SUFFIX = re.compile(r"_\d+$")
@@ -130,3 +132,51 @@ def rename_waiting(opt: Any) -> None:
         found = _split(key, params)
         renamed[accumulator_name(*found) if found else key] = value
     opt._accumulators_holder = renamed
+    claim(opt)
+
+
+def start_missing(opt: Any, params: list[Any]) -> None:
+    """Give ``params`` (σ) fresh moments when a loaded optimizer state has none for them (a
+    checkpoint of a loss without σ): while moments wait, Paddle creates none itself, and the first
+    update failed with "Optimizer set error, kendall_0.w_0_moment1_0 should in state dict"."""
+    holder = getattr(opt, "_accumulators_holder", None)
+    if not holder or holder is getattr(opt, "_autoloss_started", None):  # looked at this loaded state
+        return
+    created = {name for per in opt._accumulators.values() for name in per}
+    missing = [p for p in params if p.name not in created
+               and not any(_split(k, {p.name}) for k in holder)]
+    if missing:
+        opt._accumulators_holder = {}  # so that Paddle creates them with their initial values
+        try:
+            opt._create_accumulators(paddle.static.default_main_program().global_block(), missing)
+        finally:
+            opt._accumulators_holder = holder
+    opt._autoloss_started = holder
+
+
+def claim(opt: Any) -> None:
+    """Mark the moments waiting in the optimizer as put there by ``load_state`` (Paddle's
+    ``set_state_dict``, which ``Model.load`` calls, replaces the holder by a new dict)."""
+    if opt is not None:
+        opt._autoloss_claimed = opt._accumulators_holder
+
+
+def warn_unclaimed(opt: Any, network: set[str], loss: Any) -> None:
+    """Warn when ``Model.load`` restored σ's moments but not σ: ``load_state`` did not follow."""
+    if any(not p.stop_gradient for p in loss.parameters()) and unclaimed_moments(opt, network):
+        warnings.warn(
+            "model.load restored the optimizer's moments of parameters outside the network (σ's of the "
+            "saved run), but hapi_autoloss.load_state was not called after it, so σ (and k, and the "
+            "method's state) start from their initial values while σ's moments go on. Fix: call "
+            "hapi_autoloss.load_state(model, path) right after model.load(path); ignore this if you "
+            "meant σ to start afresh.", stacklevel=3)
+
+
+def unclaimed_moments(opt: Any, network: set[str]) -> list[str]:
+    """The waiting moments of parameters outside the network (σ's of the saved run) that
+    ``Model.load`` put in the optimizer with no ``load_state`` after it; [] if none."""
+    holder = getattr(opt, "_accumulators_holder", None) if opt is not None else None
+    if not holder or holder is getattr(opt, "_autoloss_claimed", None):
+        return []
+    # an accumulator's name ends in _<i> (hapi's load adds other keys, StructuredToParameterName@@)
+    return [k for k in holder if _SUFFIX.search(k) and _split(k, network) is None]

@@ -26,7 +26,7 @@ from .model import (
     require_dynamic_mode,
     world,
 )
-from .moments import rename_waiting
+from .moments import rename_waiting, start_missing, warn_unclaimed
 from .owner import check_owner, hand_over
 from .policy import policy_of
 from .progress import around_train_batch
@@ -161,6 +161,7 @@ def _wrap_minimize(opt: Any, params: list[Any], nranks: int) -> None:
                 return [], []
         _skipped_forwards(opt, reset=True)
         rename_waiting(opt)  # loaded moments: named now, as the update will look for them
+        start_missing(opt, opt._autoloss_sync)  # σ's, when the loaded state has none
         average_gradients(opt._autoloss_sync, nranks)
         idle = [(p, p.regularizer) for p in idle_zero_decay(opt, opt._autoloss_sync)]
         for p, _ in idle:  # for this update only: the parameter keeps its regularizer
@@ -222,6 +223,7 @@ def attach(
              if x in tracked or any(not p.stop_gradient for p in x.parameters(include_sublayers=False))]
     hand_over(owned, model)  # an AutoWeight inside a wrapper loss too
     params = loss_parameters(model)
+    warn_unclaimed(opt, {p.name for p in model.network.parameters()}, loss)
     _inject(opt, params, lr_scale)
     check_groups(opt)
     _wrap_clear_gradients(model.network, params)

@@ -17,6 +17,7 @@ import paddle
 
 from .model import loss_layer, optimizer_of, require_dynamic_mode, slot, world
 from .moments import (
+    claim,
     expect_names,
     optimizer_state_of,
     rename_network_moments,
@@ -232,6 +233,7 @@ def load_state(model: Any, path: str) -> dict[str, Any]:
     network = {k: v.name for k, v in model.network.named_parameters()}
     rename_network_moments(opt, network, state.get("network_names", {}), sigma_keys)
     expect_names(opt, {*network.values(), *(p.name for p in named.values())})
+    claim(opt)
     set_progress(model, state.get("progress") or {})
     # a new run, going on from that one at its step (and from those it was loaded from)
     (origin, _), *earlier = _lineage(state)
