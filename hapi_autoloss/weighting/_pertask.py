@@ -28,8 +28,9 @@ class PerTask:
     """Which parameters are shared, and the per-task gradient pass of one training forward.
 
     ``shared``: None (the network's parameters reached by more than one task's loss, found
-    at the first training step), a Layer, or a list of parameters. ``rep_grad``: differentiate
-    with respect to the output of the Layer ``shared`` instead (LibMTL's representation mode).
+    at the first training step and whenever the trainable set changes), a Layer, or a list of
+    parameters. ``rep_grad``: differentiate with respect to the output of the Layer ``shared``
+    instead (LibMTL's representation mode).
     """
 
     def __init__(self, shared: Shared, rep_grad: bool, tasks: Sequence[str] = ()) -> None:
