@@ -28,8 +28,9 @@ class PerTask:
     """Which parameters are shared, and the per-task gradient pass of one training forward.
 
     ``shared``: None (the network's parameters reached by more than one task's loss, found
-    at the first training step), a Layer, or a list of parameters. ``rep_grad``: differentiate
-    with respect to the output of the Layer ``shared`` instead (LibMTL's representation mode).
+    at the first training step and whenever the trainable set changes), a Layer, or a list of
+    parameters. ``rep_grad``: differentiate with respect to the output of the Layer ``shared``
+    instead (LibMTL's representation mode).
     """
 
     def __init__(self, shared: Shared, rep_grad: bool, tasks: Sequence[str] = ()) -> None:
@@ -46,6 +47,8 @@ class PerTask:
         self._upstream: set[int] | None = None  # rep mode: parameters before the shared Layer
         self._unchecked: set[int] | None = None  # tasks whose reach is still to check (None: first step)
         self._own: set[int] | None = None  # parameters of losses inside the network (never the network's)
+        self._key: tuple[int, ...] | None = None  # ids of the parameters trainable at the last step
+        self._seen: tuple[Any, list[tuple[int, int]]] | None = None  # (key, shared layout) the method last saw
         self._rep: dict[str, Any] = {}
         self.since: SinceUpdate | None = None  # AutoWeight's record of the forwards since the last update
         if rep_grad:
@@ -58,11 +61,18 @@ class PerTask:
         if (self._network() if self._network is not None else None) is not network:
             # another network (a new model took the loss over): its shared parameters, its last
             # shared layer and its tasks' reach are found anew at its first step
-            self._shared_ids, self._last, self._upstream, self._unchecked = self._given, None, None, None
-            self._own = None
+            self._own, self._key, self._seen = None, None, None
             self._rep.clear()
         self._network = weakref.ref(network)
         self._amp_scale = amp_scale
+
+    def _trainable(self, params: list[Any]) -> None:
+        """A layer frozen or unfrozen between steps (or between two fits) changes what is shared and
+        the last shared layer: find them anew, as at a first step, whenever the trainable set changes."""
+        key = tuple(id(p) for p in params)
+        if key != self._key:
+            self._shared_ids, self._last, self._upstream, self._unchecked = self._given, None, None, None
+            self._key = key
 
     def forget(self) -> None:
         """Drop a representation kept by a forward whose loss did not finish."""
@@ -124,7 +134,8 @@ class PerTask:
             warnings.warn(_checks.unreached(missing, self.rep_grad, method, False), stacklevel=4)
 
     def _split(self, params: list[Any], reached: list[list[Any]]) -> tuple[list[Any], list[Any]]:
-        """(shared, task-specific) parameters; found once, at the first training step."""
+        """(shared, task-specific) parameters; found at the first training step, and again at the
+        first step after the set of trainable parameters changed."""
         if self._shared_ids is None:
             if isinstance(self.shared, paddle.nn.Layer):
                 self._shared_ids = {id(p) for p in self.shared.parameters() if not p.stop_gradient}
@@ -139,25 +150,11 @@ class PerTask:
                     f"{given}, so there is no shared gradient to combine. Fix: pass shared=<the trunk "
                     "Layer the network uses>, or use a loss-level method (e.g. method='kendall')."
                 )
-            self._last = self._last_layer(params)
+            ids = self._shared_ids or set()
+            self._last = _surrogate.last_layer(self._network(), [p for p in params if id(p) in ids])
         shared = [p for p in params if id(p) in self._shared_ids]
         specific = [p for p in params if id(p) not in self._shared_ids]
         return shared, specific
-
-    def _last_layer(self, params: list[Any]) -> slice:
-        """Columns of the last shared Layer's parameters (the trailing run of parameters with
-        the same owner, in parameter order), for methods that look at one layer (gradnorm)."""
-        network = self._network()
-        owner = {id(p): name.rsplit(".", 1)[0] if "." in name else "" for name, p in network.named_parameters()}
-        ids = self._shared_ids or set()
-        shared = [p for p in params if id(p) in ids]
-        stop = sum(math.prod(p.shape) for p in shared)
-        start, last = stop, owner.get(id(shared[-1]), "")
-        for p in reversed(shared):
-            if owner.get(id(p), "") != last:
-                break
-            start -= math.prod(p.shape)
-        return slice(start, stop)
 
     # ------------------------------------------------------------ one training forward
 
@@ -168,6 +165,7 @@ class PerTask:
         k = len(losses)
         known = self._params()
         params = known + [p for p in extra if all(p is not q for q in known)]
+        self._trainable(params)
         z = self._rep.pop("z", None)
         if self.rep_grad and z is None:
             assert isinstance(self.shared, paddle.nn.Layer)
@@ -210,6 +208,11 @@ class PerTask:
                                   else ("loss", first_bad([local], names)[1] or "a loss")))
             return _surrogate.skipped(value, params, amp_overflow=overflow)
         method.last_shared = self._last or slice(None)
+        if not self.rep_grad and (self._seen is None or self._seen[0] is not self._key):
+            layout = [(id(p), n) for p, n in zip(shared, sizes)]  # the trainable set changed: columns move
+            if self._seen is not None and self._seen[1] != layout:
+                method.shared_moved(_surrogate.moved(self._seen[1], layout), sum(n for _, n in self._seen[1]))
+            self._seen = (self._key, layout)
         if gram is None:
             combined = method.combine_grads(grads, mean)
             terms = [_surrogate.term(p, g) for p, g in zip(shared, paddle.split(combined, sizes))]

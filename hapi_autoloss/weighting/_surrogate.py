@@ -8,8 +8,10 @@ only writes the combined gradients, through DataParallel and the AMP scaler like
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
+import numpy as np
 import paddle
 
 from .._hapi import world
@@ -20,6 +22,29 @@ def flat(grads: list[Any], sizes: list[int]) -> paddle.Tensor:
     parts = [paddle.zeros([n], "float32") if g is None else g.astype("float32").reshape([-1])
              for g, n in zip(grads, sizes)]
     return paddle.concat(parts) if parts else paddle.zeros([0], "float32")
+
+
+def moved(old: list[tuple[int, int]], new: list[tuple[int, int]]) -> np.ndarray:
+    """For each column of the layout ``new`` ((id, size) per shared parameter), its column in
+    ``old``, or −1 where that parameter was not shared then."""
+    starts, at = {}, 0
+    for key, size in old:
+        starts[key], at = at, at + size
+    return np.concatenate([np.arange(starts[key], starts[key] + size) if key in starts else np.full(size, -1)
+                           for key, size in new] or [np.zeros(0, dtype=np.int64)]).astype(np.int64)
+
+
+def last_layer(network: paddle.nn.Layer, shared: list[Any]) -> slice:
+    """Columns of the last shared Layer's parameters (the trailing run of ``shared``, in parameter
+    order, with the same owner), for methods that look at one layer (gradnorm)."""
+    owner = {id(p): name.rsplit(".", 1)[0] if "." in name else "" for name, p in network.named_parameters()}
+    stop = sum(math.prod(p.shape) for p in shared)
+    start, last = stop, owner.get(id(shared[-1]), "")
+    for p in reversed(shared):
+        if owner.get(id(p), "") != last:
+            break
+        start -= math.prod(p.shape)
+    return slice(start, stop)
 
 
 def finite_flag(grads: list[Any]) -> paddle.Tensor:

@@ -49,7 +49,8 @@ class AutoWeight(Checkpoints):
         shared: gradient-level methods (``"mgda"``, ``"pcgrad"``, ``"cagrad"``, ``"imtl"``,
             ``"gradnorm"``, ``"aligned_mtl"``, ``"nash_mtl"``, ``"db_mtl"``): the parameters whose
             per-task gradients are combined. None: the network's parameters that more than one
-            task's loss reaches, found at the first training step. Or a Layer (the shared trunk),
+            task's loss reaches, found at the first training step (and again after a freeze or
+            unfreeze). Or a Layer (the shared trunk),
             or a list of parameters. The other parameters get their own task's gradient.
         rep_grad: gradient-level methods whose rule needs only the Gram matrix: differentiate
             with respect to the output of the Layer ``shared`` (LibMTL's representation mode:

@@ -72,6 +72,14 @@ class DBMTL(GradWeighting):
         self.show_alphas(alpha)
         return paddle.matmul(alpha.unsqueeze(0), buf).squeeze(0)
 
+    def shared_moved(self, index: np.ndarray, before: int) -> None:
+        """Keep ĝ of the parameters still shared; a newly shared one starts at 0, as at step 1."""
+        old = self.db_grads
+        if old.shape[1] != before or before == 0:  # nothing kept yet (or a checkpoint of another layout)
+            return
+        kept = paddle.gather(old, paddle.to_tensor(np.maximum(index, 0)), axis=1)
+        self.db_grads = kept * paddle.to_tensor(index >= 0).astype(old.dtype)
+
     def set_checkpoint_state(self, state: dict[str, Any]) -> None:
         super().set_checkpoint_state(state)
         if "step" in state:  # a checkpoint from before these buffers

@@ -104,6 +104,11 @@ class GradWeighting(Weighting):
         """A loss whose gradient trains the method's parameters (``grads``, ``losses`` are detached)."""
         return None
 
+    def shared_moved(self, index: np.ndarray, before: int) -> None:
+        """The shared columns changed since the last step (a layer frozen or unfrozen): new column
+        j was column ``index[j]`` of the ``before`` old ones, −1 for a new one. A method that keeps
+        a per-column history (db_mtl's buffer) moves it along; called before combine_grads."""
+
     # ------------------------------------------------------------ display
 
     def show_alphas(self, alpha: np.ndarray | paddle.Tensor) -> None:
