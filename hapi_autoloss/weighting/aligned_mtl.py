@@ -36,6 +36,7 @@ class AlignedMTL(GradWeighting):
     """
 
     name = "aligned_mtl"
+    libmtl_name = "Aligned_MTL"
     rep_grad: ClassVar[bool] = True
 
     def __init__(self, scale: str = "min") -> None:

@@ -33,12 +33,10 @@ class AutoWeight(Checkpoints):
     """Computes several losses and weights them into one, learning the weights during ``model.fit``.
 
     Args:
-        losses: a list of losses, or a dict ``{task name: loss}``. A loss is any Layer or
-            callable returning a scalar (``TopKLoss`` included). Unnamed tasks are called
-            ``task0``, ``task1``...
-        method: a method's name (the table in the README: ``"kendall"``, ``"liebel"``,
-            ``"famo"``, ``"stch"``, ``"uw_so"``, ``"dwa"``, ``"rlw"``, ...), or an instance
-            of a :class:`~hapi_autoloss.weighting.Weighting` subclass (your own method).
+        losses: a list, or a dict ``{task name: loss}``, of Layers or callables returning a scalar
+            (``TopKLoss`` included). Unnamed tasks are called ``task0``, ``task1``...
+        method: a method's name (the README's tables: ``"kendall"``, ``"famo"``, ``"pcgrad"``...),
+            or an instance of a :class:`~hapi_autoloss.weighting.Weighting` subclass (your own method).
         task_types: ``"regression"`` or ``"classification"`` per task (list, or dict by
             task name). Required by ``"kendall"`` (the ½ factor); a regression task's
             label shape is also checked against its output.
@@ -46,26 +44,27 @@ class AutoWeight(Checkpoints):
             ``"paired"``: loss i gets ``(outputs[i], labels[i])``. ``"shared"``: every loss
             gets the same ``(output, label)`` (CE + Dice on one segmentation output). Or per
             task, the indices into ``(*outputs, *labels)``, e.g. ``{"depth": (0, 2), "seg": (1, 3)}``.
-        shared: gradient-level methods (``"mgda"``, ``"pcgrad"``, ``"cagrad"``, ``"imtl"``,
-            ``"gradnorm"``, ``"aligned_mtl"``, ``"nash_mtl"``, ``"db_mtl"``): the parameters whose
-            per-task gradients are combined. None: the network's parameters that more than one
-            task's loss reaches, found at the first training step (and again after a freeze or
-            unfreeze). Or a Layer (the shared trunk),
-            or a list of parameters. The other parameters get their own task's gradient.
+        shared: gradient-level methods (mgda, pcgrad, cagrad, imtl, gradnorm, aligned_mtl, nash_mtl,
+            db_mtl): the parameters whose per-task gradients are combined. None: the network's
+            parameters that more than one task's loss reaches, found at the first training step and
+            after a freeze or unfreeze. Or a Layer (the shared trunk), or a list of parameters. The
+            others get their task's gradient.
         rep_grad: gradient-level methods whose rule needs only the Gram matrix: differentiate
             with respect to the output of the Layer ``shared`` (LibMTL's representation mode:
             one backward through the trunk instead of one per task).
-        **options: the method's own options, e.g. ``clamp``, ``init`` (kendall, simple,
-            liebel, imtl_l), ``weights`` (fixed), ``temperature`` (dwa, uw_so), ``seed``
-            (rlw), ``w_lr``/``gamma`` (famo), ``mu``/``warmup_epochs`` (stch).
+        **options: the method's own, with defaults (the README's tables say more): ``clamp``,
+            ``init`` (kendall, simple, imtl_l: s ∈ [−10, 10] from 0; liebel: c ∈ [0.01, 100] from 1;
+            or ``init="auto"``); ``weights`` (fixed); ``temperature`` (dwa 2, uw_so 1); ``seed`` (rlw,
+            pcgrad); ``w_lr`` 0.025, ``gamma`` 1e-3 (famo); ``mu`` 1, ``warmup_epochs`` 4 (stch);
+            ``normalize`` "none" (mgda); ``c`` 0.5, ``rescale`` 1 (cagrad); ``alpha`` 1.5 (gradnorm);
+            ``scale`` "min" (aligned_mtl); ``max_norm`` 1, ``update_weights_every`` 1 (nash_mtl);
+            ``beta`` 0.9, ``beta_sigma`` 0 (db_mtl). LibMTL's names (``calpha``...) are refused.
 
     The forward returns a 0-d float32 tensor, computed in float32 whatever the inputs'
     dtype. Train it through ``model.fit(..., callbacks=[AutoWeightCallback()])``.
 
-    Reading (host floats, one device read each): ``sigmas()``/``weights()`` are the values
-    now; ``used()`` the ones the last training step's forward used (σ before its update),
-    which hapi's progress line, ``TqdmProgressBar`` and the exporters show per step;
-    ``last_losses()`` the raw losses of the last forward.
+    Reading (host floats): ``sigmas()``/``weights()`` now; ``used()`` at the last training forward
+    (σ before its update; shown per step by hapi's progress line and the exporters); ``last_losses()``.
 
     Example::
 

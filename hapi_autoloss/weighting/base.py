@@ -59,6 +59,13 @@ class Weighting(paddle.nn.Layer):
     wants_losses_after_update: ClassVar[bool] = False
     # buffers that training steps change and a resume must restore (rlw's, pcgrad's stream)
     keeps_step_state: ClassVar[bool] = False
+    # For users of LibMTL: its name of the method (its --weighting), a note on how the two differ,
+    # its option names {LibMTL's: ours}, and its options we lack {LibMTL's: why}. The errors for
+    # method="UW", calpha=0.4... name ours instead (one name per option: no silent aliases).
+    libmtl_name: ClassVar[str] = ""
+    libmtl_note: ClassVar[str] = ""
+    libmtl_options: ClassVar[dict[str, str]] = {}
+    libmtl_lacks: ClassVar[dict[str, str]] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

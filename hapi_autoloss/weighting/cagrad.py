@@ -119,6 +119,9 @@ class CAGrad(GradWeighting):
     """
 
     name = "cagrad"
+    libmtl_name = "CAGrad"
+    libmtl_note = "cagrad's combined gradient is k times LibMTL's, as the official code's"
+    libmtl_options: ClassVar[dict[str, str]] = {"calpha": "c"}
     rep_grad: ClassVar[bool] = False
     zero_task_breaks = ("a weighting onto that zero gradient minimises its inner problem, so the conflict-averse "
                         "term vanishes and the update is the plain sum, scaled")

@@ -36,6 +36,8 @@ class DBMTL(GradWeighting):
     """
 
     name = "db_mtl"
+    libmtl_name = "DB_MTL"
+    libmtl_options: ClassVar[dict[str, str]] = {"DB_beta": "beta", "DB_beta_sigma": "beta_sigma"}
     rep_grad: ClassVar[bool] = False
     db_grads: paddle.Tensor  # buffers (bind)
     db_step: paddle.Tensor

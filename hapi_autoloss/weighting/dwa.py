@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import numpy as np
 import paddle
 
@@ -26,6 +28,8 @@ class DWA(Weighting):
     """
 
     name = "dwa"
+    libmtl_name = "DWA"
+    libmtl_options: ClassVar[dict[str, str]] = {"T": "temperature"}
 
     def __init__(self, temperature: float = 2.0) -> None:
         super().__init__()

@@ -17,6 +17,7 @@ class Equal(Weighting):
     """
 
     name = "equal"
+    libmtl_name = "EW"
 
     def combine(self, losses: paddle.Tensor) -> paddle.Tensor:
         return losses.sum()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import numpy as np
 import paddle
 
@@ -39,6 +41,8 @@ class FAMO(Weighting):
     """
 
     name = "famo"
+    libmtl_name = "FAMO"
+    libmtl_options: ClassVar[dict[str, str]] = {"FAMO_w_lr": "w_lr", "FAMO_w_gamma": "gamma"}
     wants_losses_after_update = True
 
     def __init__(self, w_lr: float = 0.025, gamma: float = 1e-3) -> None:

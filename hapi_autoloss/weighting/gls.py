@@ -21,6 +21,7 @@ class GLS(Weighting):
     """
 
     name = "gls"
+    libmtl_name = "GLS"
 
     def combine(self, losses: paddle.Tensor) -> paddle.Tensor:
         return paddle.exp(paddle.log(paddle.clip(losses, min=GLS_FLOOR)).mean())

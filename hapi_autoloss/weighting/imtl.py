@@ -64,6 +64,8 @@ class IMTL(GradWeighting):
     """
 
     name = "imtl"
+    libmtl_name = "IMTL"
+    libmtl_note = "LibMTL's IMTL is IMTL-G on IMTL-L's scaled losses, as imtl; imtl_l is the loss half alone"
     rep_grad: ClassVar[bool] = True
 
     def __init__(self) -> None:

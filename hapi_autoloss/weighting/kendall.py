@@ -23,6 +23,9 @@ class Kendall(LearnedScale):
     """
 
     name = "kendall"
+    libmtl_name = "UW"
+    libmtl_note = ("LibMTL's UW weights every task ½·e^(−s) and starts s at −0.5: kendall with every task "
+                   "'regression' and init=-0.5")
 
     def bind(self, tasks: list[str], task_types: list[str | None]) -> None:
         if all(t is None for t in task_types):

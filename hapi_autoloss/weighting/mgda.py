@@ -38,6 +38,8 @@ class MGDA(GradWeighting):
     """
 
     name = "mgda"
+    libmtl_name = "MGDA"
+    libmtl_options: ClassVar[dict[str, str]] = {"mgda_gn": "normalize"}
     rep_grad: ClassVar[bool] = True
     zero_task_breaks = "the min-norm point of gradients that include 0 is 0: the shared parameters would stop training"
 

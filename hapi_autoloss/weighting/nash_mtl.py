@@ -100,6 +100,10 @@ class NashMTL(GradWeighting):
     """
 
     name = "nash_mtl"
+    libmtl_name = "Nash_MTL"
+    libmtl_lacks: ClassVar[dict[str, str]] = {
+        "optim_niter": "nash_mtl has no cvxpy CCP loop to cap: it solves α by Newton's method to convergence "
+                       "(Newton decrement < 1e-12)"}
     rep_grad: ClassVar[bool] = False
 
     def __init__(self, max_norm: float = 1.0, update_weights_every: int = 1) -> None:

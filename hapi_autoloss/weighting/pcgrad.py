@@ -29,6 +29,7 @@ class PCGrad(SharedStream, GradWeighting):
     """
 
     name = "pcgrad"
+    libmtl_name = "PCGrad"
     rep_grad: ClassVar[bool] = False
 
     def __init__(self, seed: int | None = None) -> None:

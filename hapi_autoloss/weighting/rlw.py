@@ -23,6 +23,7 @@ class RLW(SharedStream, Weighting):
     """
 
     name = "rlw"
+    libmtl_name = "RLW"
 
     def __init__(self, seed: int | None = None) -> None:
         super().__init__()

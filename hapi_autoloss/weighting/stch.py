@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import paddle
 
 from .._args import check_count, positive
@@ -35,6 +37,8 @@ class STCH(Weighting):
     """
 
     name = "stch"
+    libmtl_name = "STCH"
+    libmtl_options: ClassVar[dict[str, str]] = {"STCH_mu": "mu", "STCH_warmup_epoch": "warmup_epochs"}
 
     def __init__(self, mu: float = 1.0, warmup_epochs: int = 4) -> None:
         super().__init__()
