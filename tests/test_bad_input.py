@@ -263,3 +263,25 @@ def test_the_error_without_the_callback_gives_a_gradient_level_methods_own_reaso
     check(info, f"each task's gradient of the network's shared parameters ({method})", "plain sum",
           "AutoWeightCallback")
     assert "frozen" not in str(info.value)
+
+
+def test_a_network_returning_a_dict_is_told_to_return_a_tuple():
+    """A LibMTL-style forward ({task: prediction}): hapi passes the dict as one item, and the error
+    said only "expects 4 tensors ... but hapi passed 3"."""
+
+    class DictNet(paddle.nn.Layer):
+        def __init__(self):
+            super().__init__()
+            self.h1, self.h2 = paddle.nn.Linear(3, 1), paddle.nn.Linear(3, 1)
+
+        def forward(self, x):
+            return {"y1": self.h1(x), "y2": self.h2(x)}
+
+    model = paddle.Model(DictNet())
+    model.prepare(paddle.optimizer.SGD(0.1, parameters=model.parameters()), AutoWeight({"y1": mse, "y2": mse}, method="equal"))
+    net_before = [p.numpy().copy() for p in model.parameters()]
+    with pytest.raises(TypeError) as info:
+        model.fit(TwoTaskData(32), epochs=1, batch_size=16, verbose=0, callbacks=[AutoWeightCallback()])
+    check(info, "returned a dict (y1, y2)", "return tuple(out[k] for k in ['y1', 'y2'])")
+    for p, before in zip(model.parameters(), net_before):
+        np.testing.assert_array_equal(p.numpy(), before)

@@ -117,6 +117,13 @@ Routes = Union[list[tuple[int, ...]], None]
 def route(routes: Routes, n: int, tensors: tuple[paddle.Tensor, ...]) -> list[tuple[paddle.Tensor, ...]]:
     """The tensors each of the ``n`` tasks gets, with clear errors when the count does not fit."""
     got = len(tensors)
+    for t in tensors:
+        if isinstance(t, dict):  # a LibMTL-style network: hapi passes its dict as one item
+            raise TypeError(
+                f"the network returned a dict ({', '.join(map(str, t))}), which paddle.Model passes to the "
+                "loss as one item, not one output per task. Fix: return a tuple of outputs in the order "
+                f"of the tasks, e.g. return tuple(out[k] for k in {list(t)!r})."
+            )
     if routes is None:
         if got != 2 * n:
             raise ValueError(
