@@ -109,3 +109,30 @@ def test_kendall_with_init_minus_half_starts_as_libmtl_uw():
     outputs = [paddle.to_tensor(v, "float32") for v in values]
     total = float(loss(*outputs, *outputs))  # identity: each task's loss is its output
     np.testing.assert_allclose(total, float(np.sum(values / (2 * math.exp(-0.5)) - 0.25)), rtol=1e-6)
+
+
+def test_a_users_subclass_or_namesake_gets_a_fix_that_applies_to_it():
+    """A subclass inherits the LibMTL names of its parent, not always its options: the Fix said
+    "beta=0.8" to a method that takes none. And a user's own method "ew" lost to LibMTL's EW."""
+    from hapi_autoloss.weighting.db_mtl import DBMTL
+    from hapi_autoloss.weighting.equal import Equal
+
+    class MyDB(DBMTL):
+        name = "mydb_names_test"
+
+        def __init__(self, gamma: float = 0.5) -> None:
+            super().__init__()
+            self.gamma = gamma
+
+    class Ew(Equal):
+        name = "ew"
+
+    try:
+        said = message("mydb_names_test", DB_beta=0.8)
+        assert "Fix: beta=" not in said and "method='mydb_names_test' takes gamma" in said, said
+        assert message("mydb_names_test", optim_niter=3).endswith("Fix: drop optim_niter=...; AutoWeight takes "
+                                                                  "losses, method, task_types, routing, shared, "
+                                                                  "rep_grad and the method's options (gamma).")
+        assert message("EW") == "Unknown method 'EW': names are case-sensitive. Fix: method='ew'."
+    finally:
+        del METHODS["mydb_names_test"], METHODS["ew"]

@@ -136,3 +136,21 @@ def test_a_checkpoint_without_sigma_continues_with_fresh_sigma_moments(tmp_path,
     assert np.abs(loss.s.numpy()).max() > 1e-4  # σ learned
     for got, want in zip(net.parameters(), ref_net.parameters()):
         np.testing.assert_array_equal(got.numpy(), want.numpy())
+
+
+def test_the_loaded_moments_are_renamed_at_the_first_update_only(tmp_path):
+    """hapi's load leaves keys in the optimizer's holder that no update takes (its converted
+    copies), so the holder never empties, and the renaming rebuilt it on every update."""
+    straight, path = straight_and_checkpoint(tmp_path)
+    model = loaded(build_model(kendall_loss()), path)
+    opt = model._optimizer
+    holders = []
+
+    class Holders(paddle.callbacks.Callback):
+        def on_train_batch_end(self, step, logs=None):
+            holders.append(opt._accumulators_holder)
+
+    model.fit(DATA, epochs=2, batch_size=16, verbose=0, shuffle=False, callbacks=[AutoWeightCallback(), Holders()])
+    assert len(holders) == 12 and opt._accumulators_holder  # the leftovers: never empty
+    assert all(h is holders[0] for h in holders)  # not rebuilt after the first update
+    assert_same(model, straight)

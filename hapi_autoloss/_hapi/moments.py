@@ -106,23 +106,24 @@ def rename_network_moments(opt: Any, names: dict[str, str], old_names: dict[str,
 
 
 def expect_names(opt: Any, params: set[str]) -> None:
-    """Name ``params``' moments again right before each update while any wait: the suffix
-    predicted at ``load_state`` is stale when another optimizer created the same name since
-    (two optimizers over one network, loaded, trained in turn) or the model was loaded inside
-    a ``unique_name.guard()`` and trains outside it."""
+    """Name ``params``' moments again right before the next update: the suffix predicted at
+    ``load_state`` is stale when another optimizer created the same name since (two optimizers
+    over one network, loaded, trained in turn) or the model was loaded inside a
+    ``unique_name.guard()`` and trains outside it."""
     if opt is not None and getattr(opt, "_accumulators_holder", None):
         opt._autoloss_waiting = set(params)
 
 
 def rename_waiting(opt: Any) -> None:
-    """Put the moments that still wait under the names the optimizer will look for now.
-    Called right before an update: the accumulators it creates take exactly these names."""
+    """Put the loaded moments under the names the optimizer will look for now. Called right
+    before an update, once (hapi's load leaves keys no update takes, so the holder never empties):
+    the accumulators that update creates take exactly these names."""
     params = getattr(opt, "_autoloss_waiting", None)
     if not params:
         return
+    opt._autoloss_waiting = None
     holder = opt._accumulators_holder
     if not holder:
-        opt._autoloss_waiting = None
         return
     master = getattr(opt, "_master_weights", None)
     if isinstance(master, dict):  # AMP O2: the loaded master weights' moments carry their names

@@ -160,7 +160,7 @@ def _wrap_minimize(opt: Any, params: list[Any], nranks: int) -> None:
                     _skipped_forwards(opt, reset=True)
                 return [], []
         _skipped_forwards(opt, reset=True)
-        rename_waiting(opt)  # loaded moments: named now, as the update will look for them
+        rename_waiting(opt)  # loaded moments: named now, as this update will look for them
         start_missing(opt, opt._autoloss_sync)  # σ's, when the loaded state has none
         average_gradients(opt._autoloss_sync, nranks)
         idle = [(p, p.regularizer) for p in idle_zero_decay(opt, opt._autoloss_sync)]

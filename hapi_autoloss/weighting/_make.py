@@ -50,8 +50,11 @@ def ours(name: object) -> str | None:
     if not isinstance(name, str):
         return None
     key = name.lower()
+    for own in METHODS:  # ours first: a user's method "ew" before LibMTL's EW (equal)
+        if key == own.lower():
+            return own
     for own, cls in METHODS.items():
-        if key == own.lower() or (cls.libmtl_name and key == cls.libmtl_name.lower()):
+        if cls.libmtl_name and key == cls.libmtl_name.lower():
             return own
     return None
 
@@ -62,7 +65,8 @@ def _unknown_method(method: object) -> str:
         return (f"Unknown method {method!r}. Fix: use one of {', '.join(sorted(METHODS))}, "
                 "or an instance of a hapi_autoloss.weighting.Weighting subclass.")
     cls = METHODS[own]
-    if isinstance(method, str) and method.lower() == cls.libmtl_name.lower():
+    libmtl = vars(cls).get("libmtl_name") or ""  # its own: a user's subclass inherits its parent's
+    if isinstance(method, str) and method.lower() == libmtl.lower():
         note = f" ({cls.libmtl_note})" if cls.libmtl_note else ""
         return f"Unknown method {method!r}: it is LibMTL's name for {own}{note}. Fix: method={own!r}."
     return f"Unknown method {method!r}: names are case-sensitive. Fix: method={own!r}."
@@ -71,7 +75,7 @@ def _unknown_method(method: object) -> str:
 def _option_error(method: str, cls: type[Weighting], key: str, value: Any) -> str:
     accepted = option_names(cls)
     takes = ", ".join(accepted) if accepted else "no options"
-    if key in cls.libmtl_options:
+    if cls.libmtl_options.get(key) in accepted:  # a subclass inherits the names, maybe not the option
         option = cls.libmtl_options[key]
         return f"{key} is LibMTL's name for {method}'s {option}. Fix: {option}={value!r}."
     if key in cls.libmtl_lacks:

@@ -61,7 +61,9 @@ class SharedStream:
         self.seed = seed
         self._rng = np.random.default_rng(seed)
         self._shared = seed is not None  # an explicit seed is the same on every rank
-        self.register_buffer("stream", paddle.to_tensor(_encode(self._rng, self._shared)))  # type: ignore[attr-defined]
+        # on the host: written after each draw and read on loading, with no device sync
+        words = paddle.to_tensor(_encode(self._rng, self._shared), place=paddle.CPUPlace())
+        self.register_buffer("stream", words)  # type: ignore[attr-defined]
 
     def drew(self) -> None:
         """Write the stream's state to its buffer: call after each draw."""
