@@ -278,7 +278,8 @@ def test_a_network_returning_a_dict_is_told_to_return_a_tuple():
             return {"y1": self.h1(x), "y2": self.h2(x)}
 
     model = paddle.Model(DictNet())
-    model.prepare(paddle.optimizer.SGD(0.1, parameters=model.parameters()), AutoWeight({"y1": mse, "y2": mse}, method="equal"))
+    model.prepare(paddle.optimizer.SGD(0.1, parameters=model.parameters()),
+                  AutoWeight({"y1": mse, "y2": mse}, method="equal"))
     net_before = [p.numpy().copy() for p in model.parameters()]
     with pytest.raises(TypeError) as info:
         model.fit(TwoTaskData(32), epochs=1, batch_size=16, verbose=0, callbacks=[AutoWeightCallback()])
