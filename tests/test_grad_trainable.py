@@ -123,3 +123,67 @@ def test_db_mtl_keeps_the_buffer_of_the_parameters_still_shared():
     want = log_grads + beta * (buf[:, 20:] - log_grads)
     model.train_batch([x], [t1, t2])
     np.testing.assert_allclose(loss.weighting.db_grads.numpy(), want, rtol=1e-4, atol=1e-7)
+
+
+def _db_run(tmp_path, saved_frozen, resumed_frozen, via):
+    """db_mtl: one step with ``saved_frozen`` frozen, then one with ``resumed_frozen`` frozen; with
+    ``via``, a save after the first step and a load into a fresh model and loss (built with another
+    seed, frozen as when saved) in between. The buffer and the parameters after the second step."""
+    net, loss, model = build("db_mtl")
+    hapi_autoloss.attach(model)
+    x, t1, t2 = data()
+    for p in saved_frozen(net):
+        p.stop_gradient = True
+    model.train_batch([x], [t1, t2])
+    if via:
+        path = str(tmp_path / "ck")
+        model.save(path)
+        paddle.save(loss.state_dict(), path + ".loss")
+        paddle.seed(7)
+        net = Deep()
+        loss = AutoWeight([paddle.nn.MSELoss(), paddle.nn.MSELoss()], method="db_mtl")
+        model = paddle.Model(net)
+        model.prepare(paddle.optimizer.SGD(LR, parameters=net.parameters()), loss)
+        hapi_autoloss.attach(model)
+        for p in saved_frozen(net):
+            p.stop_gradient = True
+        model.load(path)
+        if via == "hapi":
+            hapi_autoloss.load_state(model, path)
+        else:  # a plain loop's checkpoint: the loss's state dict
+            loss.set_state_dict(paddle.load(path + ".loss"))
+    for p in net.parameters():
+        p.stop_gradient = False
+    for p in resumed_frozen(net):
+        p.stop_gradient = True
+    rows, losses = per_task(net, [p for p in net.trunk.parameters() if not p.stop_gradient], x, t1, t2)
+    model.train_batch([x], [t1, t2])
+    return loss.weighting.db_grads.numpy(), flat(net.parameters()), rows / (np.array(losses)[:, None] + 1e-8)
+
+
+@pytest.mark.parametrize("via", ["hapi", "state_dict"])
+@pytest.mark.parametrize("change", ["unfreeze", "same count, other columns"])
+def test_db_mtl_resumed_across_a_freeze_change_continues_exactly(tmp_path, via, change):
+    """The buffer's columns are saved with it: after a load, the first step with another trainable
+    set moves the buffer as the uninterrupted run does (not restarted at 0, nor used on other columns)."""
+    if change == "unfreeze":  # saved: 24 columns (trunk.2); resumed: 44 (trunk.0's 20 new, in front)
+        saved, resumed = (lambda n: n.trunk[0].parameters()), (lambda n: [])
+    else:  # saved: trunk.2.weight (20 columns); resumed: trunk.0's weight and bias (20 columns)
+        saved = lambda n: [*n.trunk[0].parameters(), n.trunk[2].bias]  # noqa: E731
+        resumed = lambda n: n.trunk[2].parameters()  # noqa: E731
+    buf, params, log_grads = _db_run(tmp_path, saved, resumed, None)
+    buf_r, params_r, _ = _db_run(tmp_path, saved, resumed, via)
+    np.testing.assert_array_equal(buf_r, buf)  # bit for bit
+    np.testing.assert_array_equal(params_r, params)
+    # float64 DB_MTL rule: ĝ ← (1 − β)·∇log L + β·ĝ, ĝ = 0 for a column newly shared
+    net, _, _ = build("db_mtl")
+    x, t1, t2 = data()
+    first, losses = per_task(net, list(net.trunk[2].parameters()) if change == "unfreeze" else [net.trunk[2].weight],
+                             x, t1, t2)
+    kept = 0.1 * first / (np.array(losses)[:, None] + 1e-8)
+    old = np.zeros_like(log_grads)
+    if change == "unfreeze":
+        old[:, 20:] = kept
+    want = log_grads + 0.9 * (old - log_grads)
+    assert np.abs(kept).max() > 1e-2
+    np.testing.assert_allclose(buf, want, rtol=1e-4, atol=1e-7)

@@ -130,3 +130,29 @@ def test_a_backbone_unfrozen_for_a_second_train_is_combined_with_the_rest(tmp_pa
     print("max |update - rule|", np.abs(update - want).max(), "max |rule - sum|", np.abs(want - rows.sum(0)).max())
     np.testing.assert_allclose(list(aw.used()[1].values()), alpha, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(update, want, rtol=1e-5, atol=1e-6 * np.abs(want).max())
+
+
+def test_db_mtl_resumed_after_the_backbone_is_unfrozen_continues_exactly(tmp_path):
+    """c1 frozen for one iteration (saved as iter_1), unfrozen for the next: a run resumed from
+    iter_1 keeps db_mtl's buffer of c2's columns, as the uninterrupted run does, bit for bit."""
+    data = SegData(same=True)
+
+    def first():
+        model, aw, losses, opt = build("db_mtl")
+        hp.attach(model, losses, opt)
+        for p in model.c1.parameters():
+            p.stop_gradient = True
+        train(model, losses, opt, data, tmp_path / "cut", iters=1)
+        for p in model.c1.parameters():
+            p.stop_gradient = False
+        return model, aw, losses, opt
+
+    model, aw, losses, opt = first()  # saves iter_1
+    train(model, losses, opt, data, tmp_path / "full", iters=1)  # uninterrupted: the same objects go on
+    resumed_model, resumed, losses, opt = build("db_mtl")
+    hp.attach(resumed_model, losses, opt)
+    train(resumed_model, losses, opt, data, tmp_path / "resumed", iters=2,
+          resume_model=str(tmp_path / "cut" / "iter_1"))
+    assert resumed.weighting.db_grads.shape == aw.weighting.db_grads.shape and float(resumed.weighting.db_step) == 2
+    np.testing.assert_array_equal(resumed.weighting.db_grads.numpy(), aw.weighting.db_grads.numpy())
+    np.testing.assert_array_equal(flat(resumed_model), flat(model))

@@ -6,6 +6,7 @@ hinge loss is a task with a zero gradient, not a task without one)."""
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import paddle
@@ -135,3 +136,51 @@ def shared_argument(shared: Any, rep_grad: bool) -> None:
             "of one Layer, but shared= names no Layer. Fix: pass shared=<the trunk Layer>, e.g. "
             "shared=net.encoder."
         )
+
+
+_UNFREEZE = ("unfreeze them (stop_gradient=False), or use a loss-level method (e.g. method='kendall') "
+             "while the trunk is frozen.")
+
+
+def no_shared(shared: Any, frozen: list[str]) -> str:
+    """No trainable shared parameter: ``shared`` (None, a Layer or a list) and the names of the
+    network's frozen parameters. Said to be frozen when they are (a frozen trunk is no wrong shared=)."""
+    given = list(shared.parameters()) if isinstance(shared, paddle.nn.Layer) else list(shared or [])
+    if given and all(p.stop_gradient for p in given):
+        return ("The parameters given as shared= are all frozen (stop_gradient=True), so there is no shared "
+                f"gradient to combine. Fix: {_UNFREEZE}")
+    if shared is None and frozen:
+        shown = ", ".join(frozen[:3]) + (f" and {len(frozen) - 3} more" if len(frozen) > 3 else "")
+        return ("No trainable network parameter is reached by more than one task's loss, and the network's "
+                f"parameters {shown} are frozen (stop_gradient=True): with the shared trunk frozen there is "
+                f"no shared gradient to combine. Fix: {_UNFREEZE}")
+    given_s = "No network parameter is reached by more than one task's loss" if shared is None \
+        else "None of the parameters given as shared= is a trainable parameter of the network"
+    return (f"{given_s}, so there is no shared gradient to combine. Fix: pass shared=<the trunk Layer the "
+            "network uses>, or use a loss-level method (e.g. method='kendall').")
+
+
+def no_rep_gradient(layer: paddle.nn.Layer) -> str:
+    """rep mode: the shared Layer's output needs no gradient (a stop-gradient z)."""
+    if all(p.stop_gradient for p in layer.parameters()):
+        return (f"rep_grad=True, but the parameters of the shared Layer {type(layer).__name__} are all frozen "
+                "(stop_gradient=True) and its input needs no gradient, so its output carries none and there "
+                f"is no shared gradient to combine. Fix: {_UNFREEZE}")
+    return (f"rep_grad=True, but the output of the shared Layer {type(layer).__name__} needs no gradient "
+            "(stop_gradient=True: detached, or computed under paddle.no_grad()), so there is nothing to "
+            "combine. Fix: return it as computed, or use rep_grad=False.")
+
+
+def reach(unchecked: set[int], columns: list[list[Any]], losses: list[paddle.Tensor], method: Any,
+          names: list[str], rep: bool) -> None:
+    """Before any update: each task in ``unchecked`` whose loss has a graph reaches the shared
+    parameters (or representation); it leaves ``unchecked`` once it passed (or was warned about),
+    so a step retried after the error checks it again."""
+    now = [i for i in sorted(unchecked) if not losses[i].stop_gradient]
+    missing = [i for i in now if all(g is None for g in columns[i])]
+    if missing and (method.zero_task_breaks or len(missing) == len(columns)):
+        unchecked.difference_update(i for i in now if i not in missing)
+        raise ValueError(unreached([names[i] for i in missing], rep, method, len(missing) == len(columns)))
+    unchecked.difference_update(now)
+    if missing:
+        warnings.warn(unreached([names[i] for i in missing], rep, method, False), stacklevel=5)

@@ -10,7 +10,6 @@ them over ranks, lets the method combine them, and returns the loss built by
 from __future__ import annotations
 
 import math
-import warnings
 import weakref
 from collections.abc import Sequence
 from typing import Any, Callable, Union
@@ -48,7 +47,7 @@ class PerTask:
         self._unchecked: set[int] | None = None  # tasks whose reach is still to check (None: first step)
         self._own: set[int] | None = None  # parameters of losses inside the network (never the network's)
         self._key: tuple[int, ...] | None = None  # ids of the parameters trainable at the last step
-        self._seen: tuple[Any, list[tuple[int, int]]] | None = None  # (key, shared layout) the method last saw
+        self._seen: tuple[Any, list[tuple[int, int]]] | None = None  # (key, (position, size) per shared param)
         self._rep: dict[str, Any] = {}
         self.since: SinceUpdate | None = None  # AutoWeight's record of the forwards since the last update
         if rep_grad:
@@ -120,19 +119,6 @@ class PerTask:
     def _name(self, i: int) -> str:
         return self.tasks[i] if i < len(self.tasks) else str(i)
 
-    def _check(self, columns: list[list[Any]], losses: list[paddle.Tensor], method: GradWeighting) -> None:
-        """Before any update: each task's loss reaches the shared parameters (or representation) in
-        the autograd graph; a constant loss (no graph) is checked at its first step with one."""
-        if self._unchecked is None:
-            self._unchecked = set(range(len(columns)))
-        now = [i for i in sorted(self._unchecked) if not losses[i].stop_gradient]
-        missing = [self._name(i) for i in now if all(g is None for g in columns[i])]
-        self._unchecked.difference_update(now)
-        if missing and (method.zero_task_breaks or len(missing) == len(columns)):
-            raise ValueError(_checks.unreached(missing, self.rep_grad, method, len(missing) == len(columns)))
-        if missing:
-            warnings.warn(_checks.unreached(missing, self.rep_grad, method, False), stacklevel=4)
-
     def _split(self, params: list[Any], reached: list[list[Any]]) -> tuple[list[Any], list[Any]]:
         """(shared, task-specific) parameters; found at the first training step, and again at the
         first step after the set of trainable parameters changed."""
@@ -144,12 +130,9 @@ class PerTask:
                                     if sum(g[j] is not None for g in reached) > 1}
         if self._last is None:
             if not self._shared_ids & {id(p) for p in params}:
-                given = "No network parameter is reached by more than one task's loss" if self.shared is None \
-                    else "None of the parameters given as shared= is a trainable parameter of the network"
-                raise ValueError(
-                    f"{given}, so there is no shared gradient to combine. Fix: pass shared=<the trunk "
-                    "Layer the network uses>, or use a loss-level method (e.g. method='kendall')."
-                )
+                frozen = [n for n, p in self._network().named_parameters() if p.stop_gradient and id(p) not in
+                          (self._own or set())]
+                raise ValueError(_checks.no_shared(self.shared, frozen))
             ids = self._shared_ids or set()
             self._last = _surrogate.last_layer(self._network(), [p for p in params if id(p) in ids])
         shared = [p for p in params if id(p) in self._shared_ids]
@@ -170,6 +153,9 @@ class PerTask:
         if self.rep_grad and z is None:
             assert isinstance(self.shared, paddle.nn.Layer)
             raise RuntimeError(_checks.not_run(self.shared))
+        if z is not None and z.stop_gradient:  # a frozen trunk: paddle.grad would fail on z
+            assert isinstance(self.shared, paddle.nn.Layer)
+            raise ValueError(_checks.no_rep_gradient(self.shared))
         heads = self._heads(params, z, losses) if self.rep_grad else []
         inputs = [z, *heads] if self.rep_grad else params
         # AMP: differentiate the scaled losses, as hapi's backward does, so float16 gradients
@@ -192,7 +178,9 @@ class PerTask:
             columns = [[g[index[id(p)]] for p in shared] for g in reached]
             reached = [[g[index[id(p)]] for p in specific] for g in reached]
         if self._unchecked is None or self._unchecked:
-            self._check(columns, losses, method)
+            if self._unchecked is None:
+                self._unchecked = set(range(k))
+            _checks.reach(self._unchecked, columns, losses, method, [self._name(i) for i in range(k)], self.rep_grad)
         sizes = [math.prod(p.shape) for p in shared]
         rows = paddle.stack([_surrogate.flat(c, sizes) for c in columns])
         local = paddle.stack([loss.detach() for loss in losses]).astype("float32")
@@ -208,11 +196,11 @@ class PerTask:
                                   else ("loss", first_bad([local], names)[1] or "a loss")))
             return _surrogate.skipped(value, params, amp_overflow=overflow)
         method.last_shared = self._last or slice(None)
-        if not self.rep_grad and (self._seen is None or self._seen[0] is not self._key):
-            layout = [(id(p), n) for p, n in zip(shared, sizes)]  # the trainable set changed: columns move
-            if self._seen is not None and self._seen[1] != layout:
-                method.shared_moved(_surrogate.moved(self._seen[1], layout), sum(n for _, n in self._seen[1]))
-            self._seen = (self._key, layout)
+        if not self.rep_grad:  # the columns, by parameter position (a resumed network's match the saved ones)
+            if self._seen is None or self._seen[0] is not self._key:
+                at = {id(p): j for j, p in enumerate(self._network().parameters())}
+                self._seen = (self._key, [(at.get(id(p), -1 - j), n) for j, (p, n) in enumerate(zip(shared, sizes))])
+            method.shared_layout(self._seen[1])
         if gram is None:
             combined = method.combine_grads(grads, mean)
             terms = [_surrogate.term(p, g) for p, g in zip(shared, paddle.split(combined, sizes))]

@@ -26,8 +26,9 @@ class DBMTL(GradWeighting):
     ==================  =============================================================
 
     ``beta`` = 0.9 and ``beta_sigma`` = 0 (LibMTL/config.py:63-64); t counts the steps
-    from 1. The buffer and t are buffers, saved by ``loss.state_dict()`` and hapi's
-    checkpoints, so a resumed run continues exactly. Not on the representation (LibMTL forbids it).
+    from 1. The buffer, the parameter of each of its columns and t are buffers, saved by
+    ``loss.state_dict()``, hapi's checkpoints and PaddleSeg's, so a resumed run continues exactly,
+    also when a layer was frozen or unfrozen since the save. Not on the representation (LibMTL forbids it).
     The losses handed in must be the same on every rank (the buffer is per run).
 
     Example::
@@ -39,6 +40,7 @@ class DBMTL(GradWeighting):
     libmtl_name = "DB_MTL"
     libmtl_options: ClassVar[dict[str, str]] = {"DB_beta": "beta", "DB_beta_sigma": "beta_sigma"}
     rep_grad: ClassVar[bool] = False
+    keeps_columns: ClassVar[bool] = True  # the buffer's columns are saved with it (shared_columns)
     db_grads: paddle.Tensor  # buffers (bind)
     db_step: paddle.Tensor
 
@@ -77,7 +79,7 @@ class DBMTL(GradWeighting):
     def shared_moved(self, index: np.ndarray, before: int) -> None:
         """Keep ĝ of the parameters still shared; a newly shared one starts at 0, as at step 1."""
         old = self.db_grads
-        if old.shape[1] != before or before == 0:  # nothing kept yet (or a checkpoint of another layout)
+        if old.shape[1] != before or before == 0:  # nothing kept yet (or a checkpoint from before shared_columns)
             return
         kept = paddle.gather(old, paddle.to_tensor(np.maximum(index, 0)), axis=1)
         self.db_grads = kept * paddle.to_tensor(index >= 0).astype(old.dtype)

@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 import numpy as np
 import paddle
 
+from . import _surrogate
 from .base import Weighting
 
 
@@ -52,6 +53,9 @@ class GradWeighting(Weighting):
     # Why the rule breaks when a task's loss reaches no shared parameter (its gradient there is
     # 0 by construction), as the end of a sentence; "" when such a task just trains its own head.
     zero_task_breaks: ClassVar[str] = ""
+    # A per-column history (db_mtl's buffer): the shared layout is kept in the buffer ``shared_columns``
+    # beside it, so a resumed run knows which parameter each saved column belongs to.
+    keeps_columns: ClassVar[bool] = False
 
     def __init__(self) -> None:
         super().__init__()
@@ -61,6 +65,9 @@ class GradWeighting(Weighting):
     def bind(self, tasks: list[str], task_types: list[str | None]) -> None:
         super().bind(tasks, task_types)
         self._alphas = np.ones(self.n)
+        self._columns: list[tuple[int, int]] | None = None  # host copy of shared_columns; None: unknown
+        if self.keeps_columns:  # (position in network.parameters(), size) per shared parameter
+            self.register_buffer("shared_columns", paddle.zeros([0, 2], dtype="int64"))
 
     # ------------------------------------------------------------ hooks
 
@@ -103,6 +110,23 @@ class GradWeighting(Weighting):
     def method_loss(self, grads: paddle.Tensor, losses: paddle.Tensor) -> paddle.Tensor | None:
         """A loss whose gradient trains the method's parameters (``grads``, ``losses`` are detached)."""
         return None
+
+    def shared_layout(self, layout: list[tuple[int, int]]) -> None:
+        """Parameter mode, each step before combine_grads: the shared columns as (position of the
+        parameter in the network, size) per parameter. Where they differ from those the history was
+        kept for (a layer frozen or unfrozen, also across a save and a load), :meth:`shared_moved`."""
+        if not self.keeps_columns or layout == self._columns:
+            return
+        if self._columns is not None:
+            self.shared_moved(_surrogate.moved(self._columns, layout), sum(n for _, n in self._columns))
+        self._columns = layout
+        self.shared_columns = paddle.to_tensor(np.array(layout, dtype=np.int64).reshape([-1, 2]))
+
+    def state_loaded(self) -> None:
+        super().state_loaded()
+        if self.keeps_columns:  # the layout of the loaded history (none in a checkpoint from before it)
+            saved = self.shared_columns.numpy()
+            self._columns = [(int(a), int(b)) for a, b in saved] if saved.size else None
 
     def shared_moved(self, index: np.ndarray, before: int) -> None:
         """The shared columns changed since the last step (a layer frozen or unfrozen): new column
