@@ -37,7 +37,7 @@ from typing import Any
 import paddle
 
 from .._hapi.model import bind_network, scaler_scale
-from ..weighting.base import fit_empty_buffers
+from ..weighting._buffers import fit_empty_buffers
 
 TRAIN = ("train", "paddleseg.core.train")  # the function whose local ``scaler`` is the AMP one
 

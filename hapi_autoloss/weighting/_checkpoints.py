@@ -7,7 +7,8 @@ from typing import Any
 
 import paddle
 
-from .base import Weighting, fit_empty_buffers
+from ._buffers import fit_empty_buffers
+from .base import Weighting
 
 
 class Checkpoints(paddle.nn.Layer):

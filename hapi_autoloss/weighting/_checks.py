@@ -144,16 +144,19 @@ _UNFREEZE = ("unfreeze them (stop_gradient=False), or use a loss-level method (e
 
 def no_shared(shared: Any, frozen: list[str]) -> str:
     """No trainable shared parameter: ``shared`` (None, a Layer or a list) and the names of the
-    network's frozen parameters. Said to be frozen when they are (a frozen trunk is no wrong shared=)."""
+    network's frozen parameters. Said to be frozen when they are (a frozen trunk is no wrong shared=);
+    with shared=None, frozen parameters may be the trunk or not: both fixes."""
     given = list(shared.parameters()) if isinstance(shared, paddle.nn.Layer) else list(shared or [])
     if given and all(p.stop_gradient for p in given):
         return ("The parameters given as shared= are all frozen (stop_gradient=True), so there is no shared "
                 f"gradient to combine. Fix: {_UNFREEZE}")
     if shared is None and frozen:
         shown = ", ".join(frozen[:3]) + (f" and {len(frozen) - 3} more" if len(frozen) > 3 else "")
-        return ("No trainable network parameter is reached by more than one task's loss, and the network's "
-                f"parameters {shown} are frozen (stop_gradient=True): with the shared trunk frozen there is "
-                f"no shared gradient to combine. Fix: {_UNFREEZE}")
+        return ("No trainable network parameter is reached by more than one task's loss, so there is no shared "
+                f"gradient to combine; the network's parameters {shown} are frozen (stop_gradient=True). Fix: if "
+                "they are the shared trunk, unfreeze them (stop_gradient=False), or use a loss-level method (e.g. "
+                "method='kendall') while it is frozen; otherwise pass shared=<the trunk Layer the network uses>, "
+                "or use a loss-level method.")
     given_s = "No network parameter is reached by more than one task's loss" if shared is None \
         else "None of the parameters given as shared= is a trainable parameter of the network"
     return (f"{given_s}, so there is no shared gradient to combine. Fix: pass shared=<the trunk Layer the "

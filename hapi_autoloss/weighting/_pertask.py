@@ -47,7 +47,7 @@ class PerTask:
         self._unchecked: set[int] | None = None  # tasks whose reach is still to check (None: first step)
         self._own: set[int] | None = None  # parameters of losses inside the network (never the network's)
         self._key: tuple[int, ...] | None = None  # ids of the parameters trainable at the last step
-        self._seen: tuple[Any, list[tuple[int, int]]] | None = None  # (key, (position, size) per shared param)
+        self._seen: tuple[Any, list[tuple[int, int, int]]] | None = None  # (key, (id, name key, size) per shared param)
         self._rep: dict[str, Any] = {}
         self.since: SinceUpdate | None = None  # AutoWeight's record of the forwards since the last update
         if rep_grad:
@@ -196,11 +196,12 @@ class PerTask:
                                   else ("loss", first_bad([local], names)[1] or "a loss")))
             return _surrogate.skipped(value, params, amp_overflow=overflow)
         method.last_shared = self._last or slice(None)
-        if not self.rep_grad:  # the columns, by parameter position (a resumed network's match the saved ones)
+        if not self.rep_grad:  # the columns: id, structured name (a resumed network's match the saved ones), size
             if self._seen is None or self._seen[0] is not self._key:
-                at = {id(p): j for j, p in enumerate(self._network().parameters())}
-                self._seen = (self._key, [(at.get(id(p), -1 - j), n) for j, (p, n) in enumerate(zip(shared, sizes))])
-            method.shared_layout(self._seen[1])
+                named = {id(p): name for name, p in self._network().named_parameters()}
+                self._seen = (self._key, [(id(p), _surrogate.name_key(named.get(id(p), f"<not in the network> {j}")), n)
+                                          for j, (p, n) in enumerate(zip(shared, sizes))])
+            method.shared_layout(self._seen[1], shared)
         if gram is None:
             combined = method.combine_grads(grads, mean)
             terms = [_surrogate.term(p, g) for p, g in zip(shared, paddle.split(combined, sizes))]

@@ -8,6 +8,7 @@ only writes the combined gradients, through DataParallel and the AMP scaler like
 
 from __future__ import annotations
 
+import hashlib
 import math
 from typing import Any
 
@@ -24,14 +25,20 @@ def flat(grads: list[Any], sizes: list[int]) -> paddle.Tensor:
     return paddle.concat(parts) if parts else paddle.zeros([0], "float32")
 
 
+def name_key(name: str) -> int:
+    """A stable 63-bit key of a parameter's structured name (the same in every process, unlike hash())."""
+    return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "big") >> 1
+
+
 def moved(old: list[tuple[int, int]], new: list[tuple[int, int]]) -> np.ndarray:
-    """For each column of the layout ``new`` ((id, size) per shared parameter), its column in
-    ``old``, or −1 where that parameter was not shared then."""
+    """For each column of the layout ``new`` ((key, size) per shared parameter), its column in
+    ``old``, or −1 where no parameter of that key and size was shared then."""
     starts, at = {}, 0
     for key, size in old:
-        starts[key], at = at, at + size
-    return np.concatenate([np.arange(starts[key], starts[key] + size) if key in starts else np.full(size, -1)
-                           for key, size in new] or [np.zeros(0, dtype=np.int64)]).astype(np.int64)
+        starts[key, size], at = at, at + size
+    return np.concatenate([np.arange(starts[key, size], starts[key, size] + size) if (key, size) in starts
+                           else np.full(size, -1) for key, size in new] or [np.zeros(0, dtype=np.int64)]
+                          ).astype(np.int64)
 
 
 def last_layer(network: paddle.nn.Layer, shared: list[Any]) -> slice:

@@ -13,6 +13,8 @@ from typing import Any, ClassVar
 import numpy as np
 import paddle
 
+from ._buffers import fit_empty_buffers
+
 # name -> class; filled by Weighting.__init_subclass__ when a method's module is imported.
 METHODS: dict[str, type[Weighting]] = {}
 
@@ -41,7 +43,8 @@ class Weighting(paddle.nn.Layer):
     - :meth:`state_loaded` after ``AutoWeight.set_state_dict`` or ``load_state`` set the
       buffers: refresh host copies of them. State in buffers is saved by
       ``loss.state_dict()``, so a plain loop resumes it; a buffer whose size is known only at
-      the first step is registered empty and takes the saved shape on loading.
+      the first step is registered empty, and it and those named in ``layout_buffers`` take the
+      saved shape on loading.
 
     Example (a complete method: weights proportional to each loss's inverse)::
 
@@ -59,6 +62,8 @@ class Weighting(paddle.nn.Layer):
     wants_losses_after_update: ClassVar[bool] = False
     # buffers that training steps change and a resume must restore (rlw's, pcgrad's stream)
     keeps_step_state: ClassVar[bool] = False
+    # buffers whose shape follows what is trained (db_mtl's columns): loading gives them the saved shape
+    layout_buffers: ClassVar[tuple[str, ...]] = ()
     # For users of LibMTL: its name of the method (its --weighting), a note on how the two differ,
     # its option names {LibMTL's: ours}, and its options we lack {LibMTL's: why}. The errors for
     # method="UW", calpha=0.4... name ours instead (one name per option: no silent aliases).
@@ -229,17 +234,3 @@ class Weighting(paddle.nn.Layer):
 
     def extra_repr(self) -> str:
         return f"tasks={self.tasks}"
-
-
-def fit_empty_buffers(layer: paddle.nn.Layer, state: dict[str, Any]) -> None:
-    """Give each empty buffer of ``layer`` (one whose size a method learns at its first step)
-    the shape of its value in ``state`` (structured names), so that loading can set it."""
-    for name, buf in list(layer.named_buffers()):
-        saved = state.get(name)
-        if buf is None or int(np.prod(buf.shape)) != 0 or saved is None:
-            continue
-        shape = [int(d) for d in saved.shape]
-        if shape != list(buf.shape) and len(shape) == len(buf.shape):
-            owner_name, _, attr = name.rpartition(".")
-            owner = layer if not owner_name else dict(layer.named_sublayers())[owner_name]
-            owner.register_buffer(attr, paddle.zeros(shape, dtype=buf.dtype))

@@ -26,9 +26,13 @@ class DBMTL(GradWeighting):
     ==================  =============================================================
 
     ``beta`` = 0.9 and ``beta_sigma`` = 0 (LibMTL/config.py:63-64); t counts the steps
-    from 1. The buffer, the parameter of each of its columns and t are buffers, saved by
-    ``loss.state_dict()``, hapi's checkpoints and PaddleSeg's, so a resumed run continues exactly,
-    also when a layer was frozen or unfrozen since the save. Not on the representation (LibMTL forbids it).
+    from 1. The buffer, the parameter of each of its columns (a key of its structured name, and its
+    size) and t are buffers, saved by ``loss.state_dict()``, hapi's checkpoints and PaddleSeg's, and
+    loading gives them the saved shape, so a resumed run continues exactly, also when a layer was frozen
+    or unfrozen since the save, when the network lists its parameters in another order, or when the
+    checkpoint is loaded back into a loss that has run since. A column whose parameter is new (unfrozen,
+    or a layer replaced in the process; after a load: a name or size not saved) starts at 0, as at
+    step 1. Not on the representation (LibMTL forbids it).
     The losses handed in must be the same on every rank (the buffer is per run).
 
     Example::
@@ -41,6 +45,7 @@ class DBMTL(GradWeighting):
     libmtl_options: ClassVar[dict[str, str]] = {"DB_beta": "beta", "DB_beta_sigma": "beta_sigma"}
     rep_grad: ClassVar[bool] = False
     keeps_columns: ClassVar[bool] = True  # the buffer's columns are saved with it (shared_columns)
+    layout_buffers: ClassVar[tuple[str, ...]] = ("db_grads", "shared_columns")  # loading takes the saved shape
     db_grads: paddle.Tensor  # buffers (bind)
     db_step: paddle.Tensor
 
