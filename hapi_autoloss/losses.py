@@ -70,6 +70,10 @@ class DiceLoss(paddle.nn.Layer):
         self.eps = float(eps)
 
     def forward(self, logits: paddle.Tensor, labels: paddle.Tensor) -> paddle.Tensor:
+        return 1.0 - self.dice_ratios(logits, labels).mean()
+
+    def dice_ratios(self, logits: paddle.Tensor, labels: paddle.Tensor) -> paddle.Tensor:
+        """The ``[N, C]`` ratios ``(2·I + smooth) / (U + smooth + eps)``, float32; the loss is ``1 − mean``."""
         if logits.ndim != 4:
             raise ValueError(
                 f"DiceLoss expects logits [N, C, H, W], got shape {list(logits.shape)}. Fix: return "
@@ -106,8 +110,7 @@ class DiceLoss(paddle.nn.Layer):
             target = target * mask
         inter = (prob * target).sum(axis=[2, 3])  # [N, C]
         union = (prob + target).sum(axis=[2, 3])
-        ratio = (2.0 * inter + self.smooth) / (union + self.smooth + self.eps)
-        return 1.0 - ratio.mean()
+        return (2.0 * inter + self.smooth) / (union + self.smooth + self.eps)
 
     def extra_repr(self) -> str:
         return f"ignore_index={self.ignore_index}, smooth={self.smooth}"

@@ -7,11 +7,12 @@ Importing this module registers, in PaddleSeg's ``manager.LOSSES``:
   gradients combined by a gradient-level method (``method: pcgrad``, ``mgda``...), or weights
   that move at epoch ends (``method: dwa``, ``stch``: an epoch is ``len(batch_sampler)``
   iterations of ``train``). Not ``famo``, which needs a forward after each update.
-- ``TopKLoss``: per-pixel OHEM (``ratio``, ``min_kept``, ``thresh`` as PaddleSeg's
-  ``OhemCrossEntropyLoss``, which keeps one pixel fewer than ``min_kept``).
-- ``SafeCrossEntropyLoss`` and ``SafeDiceLoss``: PaddleSeg's CE and Dice, working on paddle 3
-  (PaddleSeg 2.8.0's ``CrossEntropyLoss`` raises a TypeError there, its ``DiceLoss`` overwrites
-  the label in place).
+- ``TopKLoss``: per-pixel OHEM; ``thresh`` and ``min_kept`` without ``ratio`` work as PaddleSeg's
+  ``OhemCrossEntropyLoss(thresh, min_kept)`` (the pixels below ``thresh``, at least ``min_kept``:
+  exactly ``min_kept`` where PaddleSeg's keeps one fewer); ``ratio`` adds a kept fraction.
+- ``SafeCrossEntropyLoss`` and ``SafeDiceLoss``: PaddleSeg's CE and Dice with their arguments,
+  working on paddle 3 (PaddleSeg 2.8.0's ``CrossEntropyLoss`` raises a TypeError there, its
+  ``DiceLoss`` overwrites the label in place).
 
 and gives :func:`attach`, the one line a training script needs (σ's optimizer, gradients, ranks
 and checkpoints; the network a gradient-level method differentiates, with ``train``'s AMP scale;

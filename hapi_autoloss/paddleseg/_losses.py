@@ -11,14 +11,13 @@ import math
 from typing import Any
 
 import paddle
-import paddle.nn.functional as F
 from paddleseg.cvlibs import manager
 
-from .. import losses as _losses
 from .. import topk as _topk
 from .._args import is_real
 from ..weighting import autoweight as _autoweight
-from . import _epochs, _grad
+from . import _epochs, _grad, _loss_args
+from ._safe_losses import SafeCrossEntropyLoss, SafeDiceLoss, _labels
 
 __all__ = ["AutoWeight", "SafeCrossEntropyLoss", "SafeDiceLoss", "TopKLoss"]
 
@@ -26,14 +25,7 @@ __all__ = ["AutoWeight", "SafeCrossEntropyLoss", "SafeDiceLoss", "TopKLoss"]
 # int64 and float32 (TypeError), DiceLoss overwrites the label in place (the next loss sees 0 for
 # ignored pixels, and a loss that saved the label fails in backward).
 BROKEN = {"CrossEntropyLoss": "SafeCrossEntropyLoss", "DiceLoss": "SafeDiceLoss",
-          "OhemCrossEntropyLoss": "TopKLoss (ratio, min_kept, thresh)"}
-
-
-def _labels(labels: paddle.Tensor) -> paddle.Tensor:
-    """[N, H, W] int64 from [N, H, W] or [N, 1, H, W] (PaddleSeg gives the former)."""
-    if labels.ndim == 4 and labels.shape[1] == 1:
-        labels = labels.squeeze(1)
-    return labels if labels.dtype == paddle.int64 else labels.astype("int64")
+          "OhemCrossEntropyLoss": "TopKLoss"}
 
 
 def build(loss: Any, what: str) -> Any:
@@ -45,9 +37,12 @@ def build(loss: Any, what: str) -> Any:
         cls = manager.LOSSES[cfg.pop("type")]
         loss = cls(**{k: _built(v, what) for k, v in cfg.items()})
     if type(loss).__name__ in BROKEN and type(loss).__module__.startswith("paddleseg."):
+        ours = BROKEN[type(loss).__name__]
+        if ours == "TopKLoss":
+            ours = _loss_args.ohem_replacement(loss)
         raise ValueError(
             f"{what} is PaddleSeg's {type(loss).__name__}, which fails on paddle 3 (see "
-            f"hapi_autoloss.paddleseg). Fix: use {BROKEN[type(loss).__name__]} instead."
+            f"hapi_autoloss.paddleseg). Fix: use {ours} instead."
         )
     if not callable(loss):
         raise TypeError(f"{what} is a {type(loss).__name__}, not a loss. Fix: a Layer or {{'type': ...}}.")
@@ -64,67 +59,21 @@ def _built(value: Any, what: str) -> Any:
 
 
 @manager.LOSSES.add_component
-class SafeCrossEntropyLoss(paddle.nn.Layer):
-    """PaddleSeg's ``CrossEntropyLoss`` (mean over the non-ignored pixels, optional class weights),
-    without its paddle 3 TypeError. Logits ``[N, C, H, W]``, labels ``[N, H, W]`` int; returns ``[1]``.
-
-    With class weights the mean is weighted: Σ w_y·CE / Σ w_y over the non-ignored pixels. A batch
-    whose pixels are all ignored gives 0.
-
-    Example (YAML)::
-
-        loss: {types: [{type: SafeCrossEntropyLoss, ignore_index: 255}], coef: [1]}
-    """
-
-    def __init__(self, weight: list[float] | None = None, ignore_index: int = 255) -> None:
-        super().__init__()
-        self.ignore_index = int(ignore_index)
-        self.weight = None if weight is None else paddle.to_tensor(weight, dtype="float32")
-
-    def forward(self, logits: paddle.Tensor, labels: paddle.Tensor) -> paddle.Tensor:
-        labels = _labels(labels)
-        if self.weight is not None and logits.shape[1] != self.weight.shape[0]:
-            raise ValueError(f"{self.weight.shape[0]} class weights for {logits.shape[1]} classes. "
-                             "Fix: give one weight per class.")
-        per_pixel = F.cross_entropy(logits.astype("float32"), labels, axis=1, reduction="none",
-                                    ignore_index=self.ignore_index, weight=self.weight).reshape(labels.shape)
-        valid = (labels != self.ignore_index).astype("float32")
-        if self.weight is not None:
-            index = (labels * valid.astype("int64")).flatten()  # ignored: class 0, then weight × 0
-            valid = valid * paddle.gather(self.weight, index).reshape(labels.shape)
-        return (per_pixel.sum() / (valid.sum() + 1e-8)).reshape([1])
-
-
-@manager.LOSSES.add_component
-class SafeDiceLoss(_losses.DiceLoss):
-    """PaddleSeg's ``DiceLoss`` (``smooth`` = 1, every class counted equally) that never writes into
-    the label, so it can follow or precede a cross-entropy on the same label. Returns ``[1]``.
-    See :class:`hapi_autoloss.DiceLoss` for the formula.
-
-    Example (YAML)::
-
-        - type: MixedLoss
-          losses: [{type: SafeCrossEntropyLoss}, {type: SafeDiceLoss}]
-          coef: [0.8, 0.2]
-    """
-
-    def forward(self, logits: paddle.Tensor, labels: paddle.Tensor) -> paddle.Tensor:
-        return super().forward(logits, labels).reshape([1])
-
-
-@manager.LOSSES.add_component
 class TopKLoss(_topk.TopKLoss):
     """OHEM for PaddleSeg: the mean per-pixel cross-entropy of the hardest pixels (:class:`hapi_autoloss.TopKLoss`).
 
     Keeps every pixel with loss above ``threshold`` (or true-class probability below ``thresh``,
     PaddleSeg's ``OhemCrossEntropyLoss`` convention), and never fewer than
-    ``k = max(ceil(ratio·n), min_kept)`` of the ``n`` non-ignored pixels. Unlike PaddleSeg's, it keeps
-    exactly ``min_kept`` (not ``min_kept − 1``), uses one ``topk`` instead of a full argsort and
-    never reads a value back to the host. Returns ``[1]``.
+    ``k = max(ceil(ratio·n), min_kept)`` of the ``n`` non-ignored pixels. ``thresh`` (or
+    ``threshold``) without ``ratio`` is ``OhemCrossEntropyLoss(thresh, min_kept)``'s rule: no
+    fraction, only the pixels below ``thresh`` and at least ``min_kept`` (``min_kept`` without
+    ``ratio`` or ``thresh`` is refused). Unlike PaddleSeg's, it keeps exactly ``min_kept`` (not
+    ``min_kept − 1``), uses one ``topk`` instead of a full argsort and never reads a value back to
+    the host. Returns ``[1]``.
 
     Args:
-        ratio: fraction of the valid pixels kept at least, in (0, 1]; default 0.7.
-        min_kept: the least number of pixels kept (PaddleSeg's ``min_kept``).
+        ratio: fraction of the valid pixels kept at least, in (0, 1]; default 0.7, none with ``thresh``.
+        min_kept: the least number of pixels kept (PaddleSeg's ``min_kept``); default 1.
         thresh: PaddleSeg's probability threshold, in (0, 1): same as ``threshold = −ln(thresh)``.
         threshold: a loss threshold instead of ``thresh``.
         ignore_index: label of pixels never kept.
@@ -138,12 +87,12 @@ class TopKLoss(_topk.TopKLoss):
     Example (YAML), PaddleSeg's ``OhemCrossEntropyLoss(thresh=0.7, min_kept=10000)``, then a
     ranked range (the hardest 0.5% dropped as likely label noise) and the class-balanced CE::
 
-        loss: {types: [{type: TopKLoss, ratio: 1.0e-6, min_kept: 10000, thresh: 0.7}], coef: [1]}
+        loss: {types: [{type: TopKLoss, thresh: 0.7, min_kept: 10000}], coef: [1]}
         loss: {types: [{type: TopKLoss, ratio: 0.1, drop: 0.005}], coef: [1]}
         loss: {types: [{type: TopKLoss, ratio: 1.0, per: class}], coef: [1]}
     """
 
-    def __init__(self, ratio: float | None = None, min_kept: int = 1, thresh: float | None = None,
+    def __init__(self, ratio: float | None = None, min_kept: int | None = None, thresh: float | None = None,
                  threshold: float | None = None, ignore_index: int = 255, per: str = "pixel",
                  loss: Any = None, drop: float = 0.0, band: Any = None, num_classes: int | None = None) -> None:
         if thresh is not None:
@@ -153,6 +102,7 @@ class TopKLoss(_topk.TopKLoss):
             if not is_real(thresh) or not 0 < thresh < 1:
                 raise ValueError(f"thresh must be a probability in (0, 1), got {thresh!r}. Fix: e.g. thresh=0.7.")
             threshold = -math.log(float(thresh))
+        ratio, min_kept = _loss_args.topk_ratio(ratio, min_kept, threshold, band)
         if loss is None:
             loss = paddle.nn.CrossEntropyLoss(axis=1, reduction="none", ignore_index=int(ignore_index))
         super().__init__(build(loss, "TopKLoss's loss"), ratio=ratio, per=per, ignore_index=ignore_index,

@@ -1,0 +1,88 @@
+"""PaddleSeg 2.8's loss arguments as ours take them, or refuse them, before any step."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from paddleseg.cvlibs import manager
+
+# ratio for TopKLoss(thresh=...) without ratio: k = max(ceil(1e-12·n − 1e-6), min_kept) = min_kept for
+# every n below 10**12, so only the threshold and min_kept choose the pixels, as in OhemCrossEntropyLoss.
+OHEM_RATIO = 1e-12
+
+
+def topk_ratio(ratio: Any, min_kept: Any, threshold: Any, band: Any) -> tuple[Any, Any]:
+    """TopKLoss's ``(ratio, min_kept)``: a threshold without ratio is OhemCrossEntropyLoss's rule (no
+    fraction kept); ``min_kept`` alone without ratio is refused, since it means 70% to TopKLoss and
+    "thresh 0.7" to a PaddleSeg user."""
+    if ratio is not None or band is not None:
+        return ratio, 1 if min_kept is None else min_kept
+    if threshold is not None:
+        return OHEM_RATIO, 1 if min_kept is None else min_kept
+    if min_kept is not None:
+        raise ValueError(
+            f"TopKLoss got min_kept={min_kept!r} without ratio or thresh: OhemCrossEntropyLoss would keep "
+            "the pixels below its default thresh 0.7, TopKLoss's default ratio the hardest 70%. Fix: give "
+            "thresh (e.g. thresh=0.7) without ratio for OhemCrossEntropyLoss's behaviour (keep the pixels "
+            "below thresh, at least min_kept), or ratio= the fraction you mean (e.g. ratio=0.7)."
+        )
+    return ratio, 1
+
+
+def ohem_replacement(loss: Any) -> str:
+    """The TopKLoss config that does what this PaddleSeg ``OhemCrossEntropyLoss`` means."""
+    thresh, min_kept = getattr(loss, "thresh", 0.7), getattr(loss, "min_kept", 10000)
+    ignore = getattr(loss, "ignore_index", 255)
+    return (f"{{type: TopKLoss, thresh: {thresh}, min_kept: {min_kept}, ignore_index: {ignore}}} (no ratio: "
+            "the pixels whose true-class probability is below thresh, at least min_kept of them)")
+
+
+def check_ce(weight: Any, top_k_percent_pixels: Any, avg_non_ignore: Any, data_format: Any) -> None:
+    """Refuse PaddleSeg CrossEntropyLoss arguments that SafeCrossEntropyLoss does not reproduce."""
+    if top_k_percent_pixels != 1.0:
+        raise ValueError(
+            f"SafeCrossEntropyLoss does not mine pixels (top_k_percent_pixels={top_k_percent_pixels!r}). "
+            f"Fix: use {{type: TopKLoss, ratio: {top_k_percent_pixels}}} (the hardest fraction of the "
+            "non-ignored pixels) instead, or leave top_k_percent_pixels at 1.0."
+        )
+    if data_format not in ("NCHW", "NHWC"):
+        raise ValueError(f"data_format must be 'NCHW' or 'NHWC', got {data_format!r}. Fix: data_format='NCHW'.")
+    if not isinstance(avg_non_ignore, bool):
+        raise TypeError(f"avg_non_ignore must be True or False, got {avg_non_ignore!r}. Fix: avg_non_ignore=True.")
+    if not avg_non_ignore and weight is not None:
+        raise ValueError(
+            "avg_non_ignore=False with class weights has no weight for the ignored pixels (PaddleSeg's "
+            "one-hot of the ignore label). Fix: avg_non_ignore=True (the weighted mean over the "
+            "non-ignored pixels), or drop the weights."
+        )
+
+
+def check_dice_weight(weight: Any) -> list[float] | None:
+    """PaddleSeg's DiceLoss ``weight``: one number per class, or None."""
+    if weight is None:
+        return None
+    if not isinstance(weight, (list, tuple)) or not weight or not all(
+            isinstance(w, (int, float)) and not isinstance(w, bool) for w in weight):
+        raise ValueError(f"weight must be a list of per-class numbers, got {weight!r}. Fix: e.g. weight=[1.0, 2.0].")
+    return [float(w) for w in weight]
+
+
+def with_ignore_index(losses: Any, ignore_index: int | None) -> Any:
+    """AutoWeight's ``losses`` with the dataset's ``ignore_index`` added to each config dict that sets
+    none and whose class takes one, as PaddleSeg's config checker does to MixedLoss's entries (it gives
+    it to AutoWeight itself, not to the dicts inside). Layers and dicts with their own are unchanged.
+
+    The call to add at the top of ``AutoWeight.__init__``::
+
+        losses = _loss_args.with_ignore_index(losses, ignore_index)
+    """
+    if ignore_index is None or not isinstance(losses, (list, tuple)):
+        return losses
+    out = []
+    for loss in losses:
+        if isinstance(loss, dict) and "ignore_index" not in loss and loss.get("type") in manager.LOSSES.components_dict:
+            if "ignore_index" in inspect.signature(manager.LOSSES[loss["type"]]).parameters:
+                loss = {**loss, "ignore_index": ignore_index}
+        out.append(loss)
+    return out
