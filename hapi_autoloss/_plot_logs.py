@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
+from typing import Any
 
 INSTALL_HINT = 'pip install "hapi-autoloss[plot]"'
 READERS = ("auto", "tensorboard", "visualdl")
@@ -58,6 +60,11 @@ def _files(log_dir: str, marker: str) -> list[str]:
     return sorted(n for n in os.listdir(log_dir) if marker in n and os.path.isfile(os.path.join(log_dir, n)))
 
 
+def _no_purge_note(record: logging.LogRecord) -> bool:
+    # A resumed or continued run's purge marker is expected, not a problem to report.
+    return not str(record.msg).startswith("Detected out of order event.step")
+
+
 def _read_tensorboard(log_dir: str) -> Series:
     try:
         from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -71,10 +78,12 @@ def _read_tensorboard(log_dir: str) -> Series:
     logger = logging.getLogger("tensorboard")
     level = logger.level
     logger.setLevel(logging.WARNING)  # not its INFO line per file read
+    logger.addFilter(_no_purge_note)
     try:
         acc.Reload()
     finally:
         logger.setLevel(level)
+        logger.removeFilter(_no_purge_note)
     out: Series = {}
     for tag in acc.Tags().get("scalars", []):
         events = acc.Scalars(tag)
@@ -92,11 +101,43 @@ def _read_visualdl(log_dir: str) -> Series:
         ) from err
     names = _files(log_dir, "vdlrecords")
     # VisualDL shows a folder's newest file only; read the same one.
-    reader = LogReader(file_path=os.path.join(log_dir, names[-1]))
+    path = os.path.join(log_dir, names[-1])
+    try:
+        reader = LogReader(file_path=path)
+        tags = reader.get_tags().get("scalar", [])
+    except Exception:  # protobuf's DecodeError: a record cut short (a crash while writing)
+        return _read_visualdl_records(path)
     out: Series = {}
-    for tag in reader.get_tags().get("scalar", []):
+    for tag in tags:
         values = reader.get_data("scalar", tag)
         out[tag] = ([int(v.id) for v in values], [float(v.value) for v in values])
+    return out
+
+
+def _read_visualdl_records(path: str) -> Series:
+    """Every scalar of a VisualDL file whose record parses, each record alone."""
+    from visualdl.proto.record_pb2 import Record
+    from visualdl.reader.record_reader import RecordReader
+
+    out: Series = {}
+    bad = 0
+    for data in RecordReader(filepath=path).get_remain():
+        record: Any = Record()
+        try:
+            record.ParseFromString(data)
+        except Exception:
+            bad += 1
+            continue
+        for value in record.values:
+            if value.WhichOneof("one_value") == "value":
+                steps, values = out.setdefault(value.tag, ([], []))
+                steps.append(int(value.id))
+                values.append(float(value.value))
+    warnings.warn(
+        f"The VisualDL file {path!r} is cut short ({bad} unreadable record(s), e.g. a crash "
+        "while writing); read the records before it.",
+        stacklevel=4,
+    )
     return out
 
 
@@ -146,6 +187,9 @@ def read_scalars(log_dir: str | os.PathLike[str], reader: str = "auto") -> Serie
             hint = f"Its subfolders hold runs: {runs}. Fix: pass one run folder, e.g. {example}."
         elif not os.listdir(log_dir):
             hint = "It is empty. Fix: train with TensorBoardExport(log_dir) or VisualDLExport(log_dir) first."
+        elif has_tb or has_vdl:
+            other, name = ("TensorBoard", "tensorboard") if has_tb else ("VisualDL", "visualdl")
+            hint = f"It holds {other} log files. Fix: use --reader auto or --reader {name} (reader='{name}')."
         else:
             hint = "Fix: train with TensorBoardExport(log_dir) or VisualDLExport(log_dir) first."
         raise NoLogsError(f"LOGDIR {log_dir!r} holds no {kind} log file. {hint}")

@@ -5,6 +5,7 @@ own reader."""
 
 from __future__ import annotations
 
+import os
 import warnings
 
 import paddle
@@ -12,6 +13,7 @@ import pytest
 from helpers import TwoTaskData, build_model, kendall_loss, tb_read, vdl_read
 
 from hapi_autoloss.callbacks import AutoWeightCallback, TensorBoardExport, VisualDLExport
+from hapi_autoloss.plot import read_scalars
 
 STEPS = 6  # TwoTaskData(96) in batches of 16
 READERS = [tb_read, vdl_read]
@@ -108,3 +110,64 @@ def test_evaluate_after_an_interrupted_fit_is_not_logged(tmp_path):
         points = read(tmp_path)
         assert [s for s, _ in points["train/loss"]] == list(range(1, 2 * STEPS + 4)), read.__name__
         assert [s for s, _ in points["eval/loss"]] == [STEPS, 2 * STEPS + 3], read.__name__
+
+
+def tags_in_each_file(folder):
+    """The tags of every TensorBoard file directly in ``folder``, each read alone (no purge
+    across files): what TensorBoard's default, fast loader keeps of tags a run never rewrites."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tags = set()
+    for name in os.listdir(folder):
+        if "tfevents" in name:
+            acc = EventAccumulator(os.path.join(folder, name), size_guidance={"scalars": 0})
+            acc.Reload()
+            tags.update(acc.Tags()["scalars"])
+    return tags
+
+
+def test_a_new_model_moves_the_earlier_run_into_a_subfolder(tmp_path):
+    """Model A (with eval_data) then a new model B (none) into one folder: the folder holds B
+    alone for every reader, A's files are kept whole in earlier-run-<time>/, and B's second
+    fit (a continued run) still appends to the folder."""
+    a = build_model(kendall_loss())
+    a.fit(TwoTaskData(96), TwoTaskData(32, seed=1), epochs=1, batch_size=16, verbose=0,
+          callbacks=[AutoWeightCallback(), TensorBoardExport(tmp_path), VisualDLExport(tmp_path)])
+    b = build_model(kendall_loss(), lr=0.01)
+    for _ in range(2):
+        b.fit(TwoTaskData(96), epochs=1, batch_size=16, verbose=0,
+              callbacks=[AutoWeightCallback(), TensorBoardExport(tmp_path), VisualDLExport(tmp_path)])
+    assert not any(t.startswith("eval/") for t in tags_in_each_file(tmp_path))
+    earlier = [n for n in os.listdir(tmp_path) if os.path.isdir(tmp_path / n)]
+    assert len(earlier) == 1 and earlier[0].startswith("earlier-run-")
+    for read in READERS:
+        points = read(tmp_path)
+        assert "eval/loss" not in points, read.__name__
+        assert [s for s, _ in points["lr"]] == list(range(1, 2 * STEPS + 1)), read.__name__
+        assert [v for _, v in points["lr"]] == pytest.approx([0.01] * 2 * STEPS), read.__name__
+        old = read(tmp_path / earlier[0])
+        assert [s for s, _ in old["eval/loss"]] == [STEPS], read.__name__
+        assert [v for _, v in old["lr"]] == pytest.approx([0.05] * STEPS), read.__name__
+    assert "eval/loss" not in read_scalars(tmp_path)
+
+
+@pytest.mark.parametrize("scheduler_first", [False, True])
+def test_lr_is_the_one_each_step_used(tmp_path, scheduler_first):
+    """paddle's LRScheduler(by_step=True) callback listed before the exporters steps the
+    schedule before their batch end: each point still holds the lr its step's update used."""
+    model = build_model(kendall_loss())
+    model._optimizer = opt = paddle.optimizer.SGD(paddle.optimizer.lr.ExponentialDecay(0.1, gamma=0.5),
+                                                  parameters=model.parameters())
+    used = []
+
+    class Used(paddle.callbacks.Callback):
+        def on_train_batch_begin(self, step, logs=None):
+            used.append(opt.get_lr())
+
+    scheduler = [paddle.callbacks.LRScheduler(by_step=True)] if scheduler_first else []
+    model.fit(TwoTaskData(96), epochs=1, batch_size=16, verbose=0,
+              callbacks=[Used(), *scheduler, AutoWeightCallback(),
+                         TensorBoardExport(tmp_path), VisualDLExport(tmp_path)])
+    assert used == pytest.approx([0.1 * 0.5**i for i in range(STEPS)])
+    for read in READERS:
+        assert [v for _, v in read(tmp_path)["lr"]] == pytest.approx(used, rel=1e-6), read.__name__

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -174,3 +175,45 @@ def test_quickstart_trains_logs_and_plots(tmp_path, capsys):
     assert f"tensorboard --logdir {tmp_path / 'q'}" in printed and "visualdl --logdir" in printed
     points = read_scalars(tmp_path / "q")
     assert {"autoloss/sigma/digit", "autoloss/sigma/ink", "topk/ratio", "eval/acc"} <= set(points)
+
+
+def test_a_resumed_run_is_read_without_tensorboards_purge_note(tmp_path, caplog):
+    """A resume from step 6 after a run that reached 12: the purge is expected, not reported."""
+    import hapi_autoloss
+
+    model = build_model(AutoWeight([paddle.nn.MSELoss(), paddle.nn.MSELoss()], method="liebel"))
+    for epoch in range(2):
+        model.fit(TwoTaskData(96), epochs=1, batch_size=16, verbose=0,
+                  callbacks=[AutoWeightCallback(), TensorBoardExport(tmp_path)])
+        if epoch == 0:
+            model.save(str(tmp_path / "ckpt" / "m"))
+    resumed = build_model(AutoWeight([paddle.nn.MSELoss(), paddle.nn.MSELoss()], method="liebel"))
+    resumed.load(str(tmp_path / "ckpt" / "m"))
+    hapi_autoloss.load_state(resumed, str(tmp_path / "ckpt" / "m"))
+    resumed.fit(TwoTaskData(32), epochs=1, batch_size=16, verbose=0,
+                callbacks=[AutoWeightCallback(), TensorBoardExport(tmp_path)])
+    caplog.set_level(logging.INFO)
+    steps, _ = read_scalars(tmp_path)["train/loss"]
+    assert steps == list(range(1, 9))  # 1..6, then the resumed 7..8; the first run's 9..12 purged
+    assert "out of order" not in caplog.text
+
+
+def test_wrong_reader_names_the_logs_that_are_there(logdir, tmp_path):
+    only_tb = tmp_path / "tb"
+    only_tb.mkdir()
+    for name in os.listdir(logdir):
+        if "tfevents" in name:
+            (only_tb / name).write_bytes((logdir / name).read_bytes())
+    with pytest.raises(NoLogsError) as err:
+        plot_curves(only_tb, reader="visualdl")
+    assert "holds TensorBoard log files. Fix: use --reader auto or --reader tensorboard" in str(err.value)
+
+
+def test_a_cut_short_visualdl_file_is_read_up_to_the_cut(logdir, tmp_path):
+    cut = tmp_path / "cut"
+    cut.mkdir()
+    name = sorted(n for n in os.listdir(logdir) if "vdlrecords" in n)[-1]
+    (cut / name).write_bytes((logdir / name).read_bytes()[:-5])  # a crash mid-record
+    whole = read_scalars(logdir, "visualdl")["autoloss/sigma/y1"]
+    with pytest.warns(UserWarning, match=f"The VisualDL file .*{name}.* is cut short"):
+        assert read_scalars(cut, "visualdl")["autoloss/sigma/y1"] == whole

@@ -150,3 +150,30 @@ def test_bad_arguments():
         TqdmProgressBar(verbose=5)
     with pytest.raises(ValueError, match="log_freq"):
         TqdmProgressBar(log_freq=0)
+
+
+class NoLength(paddle.io.IterableDataset):
+    """TwoTaskData without a length: hapi's params['steps'] is None, the bar has no total."""
+
+    def __init__(self, n):
+        self.data = TwoTaskData(n)
+
+    def __iter__(self):
+        for i in range(len(self.data)):
+            yield self.data[i]
+
+
+def test_verbose_2_without_a_length_prints_each_line_once():
+    out = io.StringIO()
+    model = build_model(kendall_loss())
+    model.fit(paddle.io.DataLoader(NoLength(96), batch_size=16), epochs=2, verbose=0,
+              callbacks=[AutoWeightCallback(), TqdmProgressBar(verbose=2, log_freq=2, file=out)])
+    counts = [re.search(r"(\d+)step", line).group(1) for line in out.getvalue().splitlines() if line]
+    assert counts == ["2", "4", "6"] * 2  # the 6th step's line once per epoch (was twice)
+
+
+def test_a_new_epoch_starts_without_the_last_epochs_values():
+    out = io.StringIO()
+    fit(TqdmProgressBar(verbose=1, file=out, mininterval=0), epochs=2, eval_data=False)
+    start = [part for part in out.getvalue().split("\r") if part.startswith("Epoch 2/2:   0%")]
+    assert start and not any("loss=" in part or "σ_" in part for part in start)

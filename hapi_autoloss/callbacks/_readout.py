@@ -88,6 +88,7 @@ class Readout:
         self.weighting = _autoweight_tags(model)
         self.topk = _topk_layers(model)
         self.drop_shown: set[int] = set()  # per fit: a new run shows drop from its first step above 0
+        self.lr_used: float | None = None  # read at the batch's begin (batch_begins)
 
     def train_values(self, logs: dict[str, Any], step: int) -> dict[str, float]:
         """``{tag: value}`` of the train batch that ended at global ``step``."""
@@ -128,12 +129,23 @@ class Readout:
             if drop is not None and (drop > 0 or i in self.drop_shown):
                 self.drop_shown.add(i)
                 values[f"topk/drop{suffix}"] = drop
+        lr = self.lr_used if self.lr_used is not None else self._lr()
+        if lr is not None:
+            values["lr"] = lr
+        return values
+
+    def batch_begins(self) -> None:
+        """At ``on_train_batch_begin``: the learning rate this step's update uses (paddle's
+        ``LRScheduler(by_step=True)`` callback listed first steps it before our batch end)."""
+        self.lr_used = self._lr()
+
+    def _lr(self) -> float | None:
         opt = _hapi.optimizer_of(self.model)
         if opt is not None and hasattr(opt, "get_lr"):
             lr = _scalar(opt.get_lr())
             if lr is not None and math.isfinite(lr):
-                values["lr"] = lr
-        return values
+                return lr
+        return None
 
     def config_text(self, exporter: str, every_n_steps: int, start_step: int) -> str:
         """Markdown: the run's settings, the AutoWeight and TopKLoss configuration."""

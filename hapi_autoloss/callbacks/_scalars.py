@@ -35,8 +35,10 @@ Design decisions (the issue was silent on them):
   queue to drain). An exception, Ctrl-C or ``kill -9`` therefore loses nothing
   logged before it. ``fsync`` (milliseconds) runs only when the file is closed,
   at train end or exit: an operating-system crash can cost the points since.
-- **One folder holds one run**. A fresh run (a model at step 0) hides an
-  earlier run's points in the same folder; a continued or resumed run (a model
+- **One folder holds one run**. A fresh run (a model at step 0) moves an
+  earlier run's log files into a subfolder ``earlier-run-<its start time>``, which
+  TensorBoard and VisualDL list as a run of its own (``_earlier_run.py``: TensorBoard's
+  default loader does not purge the tags a new run never writes); a continued or resumed run (a model
   at step s > 0) replaces the points after step s instead of duplicating them
   (TensorBoard: a purge marker; VisualDL: the new file starts with the kept
   points copied forward, see ``visualdl.py``). Use one folder per experiment
@@ -56,6 +58,7 @@ from paddle.callbacks import Callback
 from .. import _hapi
 from .._args import check_count
 from ._checks import check_epoch_had_batches, check_has_batches, local_folder
+from ._earlier_run import opened_new_run, set_aside_earlier_run
 from ._logfile import ScalarFile, check_log_dir
 from ._readout import EvalMean, Readout, _scalar
 
@@ -118,7 +121,11 @@ class ScalarExport(Callback):
         if not self.is_writer:
             return
         check_log_dir(self.log_dir, type(self).__name__)
+        if self.global_step == 0:  # a new model: an earlier run's files go to a subfolder
+            set_aside_earlier_run(self.log_dir, self.model, type(self).__name__)
         self.file = self._open(self.global_step)
+        if self.global_step == 0:
+            opened_new_run(self.model, self.file.path)
         atexit.register(self.file.close)  # VisualDL has no atexit close of its own
         text = self._readout.config_text(type(self).__name__, self.every_n_steps, self.global_step)
         self.file.write_text(self.global_step, TEXT_TAG, text, time.time())
@@ -126,6 +133,10 @@ class ScalarExport(Callback):
 
     def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
         self._batches = 0
+
+    def on_train_batch_begin(self, step: int, logs: Any = None) -> None:
+        if self.file is not None and self._readout is not None:
+            self._readout.batch_begins()  # the lr this step uses, before a scheduler steps it
 
     def on_train_batch_end(self, step: int, logs: Any = None) -> None:
         self.global_step = _hapi.progress(self.model)["step"]  # this step included

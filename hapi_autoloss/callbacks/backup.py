@@ -48,8 +48,9 @@ class BackupAndRestore(Callback):
     it had reached, so ``shuffle=True`` gives the same batches: the run ends bit for bit
     as an uninterrupted one, and the exporters' files hold every step once. Epochs are
     counted within this ``fit``, so a script may train or load before it (an earlier fit
-    with exporters needs its own log folder: rerun on a fresh model, it replaces the
-    folder's curves, the crashed run's later steps included).
+    with exporters needs its own log folder: rerun on a fresh model, it moves the
+    folder's earlier run into a subfolder ``earlier-run-<time>``, the crashed run's
+    later steps included).
 
     Each backup is complete before the previous one is removed; a crash while
     writing leaves the previous one. A run that finished (all epochs, or stopped by

@@ -41,7 +41,8 @@ class TqdmProgressBar(ProgBarLogger):
             files). ``None`` (default) takes ``fit(verbose=...)``, like hapi's
             own bar: hapi's default is 2, so pass ``fit(verbose=1)`` for the
             live bar.
-        log_freq: steps between lines when ``verbose=2``.
+        log_freq: steps between lines when ``verbose=2`` (``fit(log_freq=...)``
+            does not reach a progress bar passed in ``callbacks``: set it here).
         show_weights: also show each task's weight (``w_<task>``).
         file: where to write; default ``sys.stderr`` (tqdm's).
         mininterval: least seconds between redraws (tqdm's).
@@ -81,6 +82,7 @@ class TqdmProgressBar(ProgBarLogger):
         self._eval_keys: list[str] = ["loss"]
         self._eval_loss = EvalMean()
         self._count = 0
+        self._printed = -1
         self._batches = 0  # train batches in this epoch, on every rank
         self._keys: list[str] = []
 
@@ -105,6 +107,7 @@ class TqdmProgressBar(ProgBarLogger):
     def _open(self, desc: str, total: Any, values: Callable[[], dict[str, float]]) -> None:
         self._close()
         self._count = 0
+        self._printed = -1  # the count of the last plain line printed (verbose 2)
         line_mode = self._level() >= 2
         self._bar = LazyBar(
             total=total if isinstance(total, int) and total > 0 else None,
@@ -127,6 +130,7 @@ class TqdmProgressBar(ProgBarLogger):
         self._count += 1
         if self._level() >= 2 and self._count % self.log_freq == 0 and self._count != bar.total:
             self._line(bar)
+            self._printed = self._count
 
     def _line(self, bar: LazyBar) -> None:
         # Not tqdm.write: that clears and redraws the bars on the same file.
@@ -138,7 +142,8 @@ class TqdmProgressBar(ProgBarLogger):
         bar, self._bar = self._bar, None
         if bar is None:
             return
-        if self._level() >= 2 and not bar.disable:
+        # The last line, unless _step just printed it (data without a length: no total).
+        if self._level() >= 2 and not bar.disable and self._printed != self._count:
             self._line(bar)
         bar.close()
 
@@ -157,6 +162,7 @@ class TqdmProgressBar(ProgBarLogger):
     def on_epoch_begin(self, epoch: int | None = None, logs: Any = None) -> None:
         self.epoch = epoch
         self._batches = 0
+        self._train = {}  # 0% of an epoch shows no value of the previous epoch's last step
         if not self._on():
             return
         self._keys = self._train_keys()  # complete now: every on_train_begin has run

@@ -84,7 +84,8 @@ class TensorBoardExport(ScalarExport):
     - ``lr``: the optimizer's learning rate;
     - ``eval/loss`` (the mean over the evaluation set, each batch weighted by its
       size) and ``eval/<metric>`` after each evaluation of ``fit(eval_data=...)``;
-    - ``autoloss/config`` (text): the AutoWeight and TopKLoss settings, once per run.
+    - ``autoloss/config`` (text, shown as ``autoloss/config/text_summary``): the
+      AutoWeight and TopKLoss settings, once per run.
 
     Only rank 0 of ``paddle.distributed.launch`` writes. Each written step is on
     disk before training goes on, so an exception, Ctrl-C or a killed process
@@ -92,9 +93,10 @@ class TensorBoardExport(ScalarExport):
     it is saved by ``model.save``; after ``model.load`` +
     ``hapi_autoloss.load_state`` (or ``BackupAndRestore``), or in a second
     ``fit`` of the same model, the run carries on from it and the points after
-    it are replaced, not duplicated. A new model (step 0) replaces an earlier
-    run's curves in the same ``log_dir``, also with an exporter an earlier run
-    used: use one folder per experiment. Training data that gives no batch raises a
+    it are replaced, not duplicated. A new model (step 0) moves an earlier run's
+    log files in ``log_dir`` into a subfolder ``earlier-run-<its start time>``,
+    listed as a run of its own, also with an exporter an earlier run used: use
+    one folder per experiment. Training data that gives no batch raises a
     ``ValueError`` saying so.
 
     Args:
@@ -113,6 +115,6 @@ class TensorBoardExport(ScalarExport):
         super().__init__(log_dir, every_n_steps)
 
     def _open(self, start_step: int) -> _EventFile:
-        # A new model (step 0) hides everything older (purge at 0); a continuing or
-        # resumed one what comes after its step.
+        # A new model (step 0) finds the folder's earlier run moved away (and purges at 0
+        # whatever could not be moved); a continuing or resumed one what comes after its step.
         return _EventFile(self.log_dir, 0 if start_step == 0 else start_step + 1)

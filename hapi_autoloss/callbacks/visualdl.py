@@ -126,8 +126,10 @@ class VisualDLExport(ScalarExport):
     file with the earlier points up to step s, copied forward: the run reads as
     one curve, each step once, and the points a crashed run wrote after its
     checkpoint are replaced. Older files are left as they are (VisualDL ignores
-    them). A new model (step 0) starts an empty file, which likewise replaces the
-    folder's earlier run, also with an exporter an earlier run used.
+    them; the newest holds the whole run, so n fits write about n²/2 fits' points
+    to disk). A new model (step 0) moves the folder's earlier run into a subfolder
+    ``earlier-run-<its start time>`` (a run of its own) and starts an empty file,
+    also with an exporter an earlier run used.
 
     Needs ``pip install "hapi-autoloss[visualdl]"``.
 
