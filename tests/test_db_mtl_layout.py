@@ -157,3 +157,69 @@ def test_frozen_parameters_that_need_not_be_the_trunk_get_both_fixes():
     assert error.endswith("Fix: if they are the shared trunk, unfreeze them (stop_gradient=False), or use a "
                           "loss-level method (e.g. method='kendall') while it is frozen; otherwise pass "
                           "shared=<the trunk Layer the network uses>, or use a loss-level method."), error
+
+
+@pytest.mark.parametrize("wrap_save, wrap_load", [(True, False), (False, True)])
+def test_a_network_bound_through_data_parallel_on_one_side_resumes_exactly(wrap_save, wrap_load):
+    """A plain loop that gives param_groups paddle.DataParallel(net) (a 2-GPU run resumed on one):
+    its names carry '_layers.', so keyed by name the saved history matched nothing and restarted."""
+    rng = np.random.default_rng(0)
+    x = paddle.to_tensor(rng.normal(size=(8, 3)).astype("float32"))
+    t1, t2 = (paddle.to_tensor(s * rng.normal(size=(8, 1)).astype("float32")) for s in (1, 3))
+
+    def built(wrap):
+        paddle.seed(1)
+        net = Deep()
+        model = paddle.DataParallel(net) if wrap else net
+        loss = AutoWeight([paddle.nn.MSELoss(), paddle.nn.MSELoss()], method="db_mtl")
+        return net, model, loss, paddle.optimizer.SGD(LR, parameters=hapi_autoloss.param_groups(model, loss))
+
+    def steps(model, loss, opt, n):
+        for _ in range(n):
+            loss(*model(x), t1, t2).backward()
+            opt.step()
+            opt.clear_grad()
+
+    net, model, loss, opt = built(wrap_save)
+    steps(model, loss, opt, 4)
+    want, want_net = loss.weighting.db_grads.numpy(), flat(net.parameters())
+    net, model, loss, opt = built(wrap_save)
+    steps(model, loss, opt, 2)
+    saved_net, saved_loss = net.state_dict(), loss.state_dict()
+    net, model, loss, opt = built(wrap_load)
+    net.set_state_dict(saved_net)
+    loss.set_state_dict(saved_loss)
+    steps(model, loss, opt, 2)
+    np.testing.assert_array_equal(loss.weighting.db_grads.numpy(), want)
+    np.testing.assert_array_equal(flat(net.parameters()), want_net)
+
+
+def test_a_state_dict_of_another_number_of_tasks_is_refused_changing_nothing():
+    """Its [3, n] history was resized into a 2-task loss and dropped at the next step, with no word."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(8, 3)).astype("float32")
+    t = [rng.normal(size=(8, 1)).astype("float32") for _ in range(3)]
+
+    class Three(paddle.nn.Layer):
+        def __init__(self):
+            super().__init__()
+            self.trunk = paddle.nn.Linear(3, 4)
+            self.heads = paddle.nn.LayerList([paddle.nn.Linear(4, 1) for _ in range(3)])
+
+        def forward(self, x):
+            z = paddle.tanh(self.trunk(x))
+            return tuple(h(z) for h in self.heads)
+
+    three = AutoWeight([paddle.nn.MSELoss()] * 3, method="db_mtl")
+    model = paddle.Model(Three())
+    model.prepare(paddle.optimizer.SGD(LR, parameters=model.parameters()), three)
+    hapi_autoloss.attach(model)
+    model.train_batch([x], t)
+    loss, two = _model(Deep())
+    two.train_batch([x[:, :3]], t[:2])
+    before = {k: v.numpy().copy() for k, v in loss.state_dict().items()}
+    with pytest.raises(ValueError, match=r"weighting\.db_grads has shape \[3, 16\], this loss.s \[2, 44\].*Fix: build "
+                                         "the same loss"):
+        loss.set_state_dict(three.state_dict())
+    for k, v in loss.state_dict().items():
+        np.testing.assert_array_equal(v.numpy(), before[k])

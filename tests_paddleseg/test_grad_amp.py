@@ -151,7 +151,7 @@ def test_use_ema_with_a_buffer_sized_at_the_first_step_is_refused_before_any_upd
         hp.attach(model, losses, opt)
         before = flat(model)
         for _ in range(2):  # the same call again: it slipped through once the first had checked
-            with pytest.raises(ValueError, match=r"method='db_mtl'\) sizes weighting\.\w+ at its first "
+            with pytest.raises(ValueError, match=r"method='db_mtl'\) sizes weighting\.db_grads at its first "
                                                  r"step.*Fix: train with use_ema=False"):
                 train(model, losses, opt, SegData(n=8, same=True), tmp_path, iters=3, use_ema=True)
             np.testing.assert_array_equal(flat(model), before)

@@ -161,17 +161,15 @@ def _lineage(state: dict[str, Any]) -> list[tuple[Any, int | None]]:
 def check_state(model: Any, path: str, state: dict[str, Any] | None = None) -> None:
     """Raise, changing nothing, if ``<path>.autoloss`` was written by another loss (other method,
     other task names or order, other state) than ``model``'s."""
-    from ..weighting._buffers import fit_empty_buffers, layout_buffers  # the weighting package imports this one
+    from ..weighting._buffers import layout_buffers, may_take  # the weighting package imports this one
 
     target = path + STATE_SUFFIX
     state = read_state(path) if state is None else state
     loss = loss_layer(model)
     named = dict(loss.named_parameters()) if loss is not None else {}
     saved = state.get("loss", {})
-    if loss is not None:
-        fit_empty_buffers(loss, saved, layout=False)  # sizes a method's empty buffers: no value changes
     tensors = loss.state_dict() if loss is not None else {}
-    follows = layout_buffers(loss) if loss is not None else set()  # their shape is the saved one's on loading
+    follows = layout_buffers(loss) if loss is not None else {}  # their shape is the saved one's on loading
     saved_layers = state.get("layers", {})
     for name, layer in _layers_with_state(loss).items():
         check = getattr(layer, "check_checkpoint_state", None)
@@ -188,7 +186,7 @@ def check_state(model: Any, path: str, state: dict[str, Any] | None = None) -> N
         )
     for name, value in saved.items():
         here = tuple(tensors[name].shape)
-        if here != tuple(np.shape(value)) and not (name in follows and len(here) == np.ndim(value)):
+        if here != tuple(np.shape(value)) and not may_take(here, np.shape(value), follows.get(name)):
             raise ValueError(
                 f"Loss state {name} has shape {list(tensors[name].shape)} here but "
                 f"{list(np.shape(value))} in {target}. Fix: build the same loss."

@@ -67,7 +67,9 @@ def check_ema(loss: paddle.nn.Layer) -> None:
     if getattr(loss, "_autoloss_ema_checked", False) or not paddle.is_grad_enabled():
         return
     frame = train_frame()
-    empty = [name for name, b in loss.named_buffers() if b is not None and int(b.size) == 0]
+    # the floating ones: PaddleSeg's EMA update blends only those
+    empty = [name for name, b in loss.named_buffers()
+             if b is not None and int(b.size) == 0 and paddle.is_floating_point(b)]
     if frame is not None and frame.f_locals.get("use_ema") and empty:
         raise ValueError(
             f"{type(loss).__name__}(method={getattr(loss, 'method', '?')!r}) sizes {empty[0]} at its first "

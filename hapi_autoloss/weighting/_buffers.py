@@ -3,30 +3,61 @@ then), and those whose shape follows what is trained (``Weighting.layout_buffers
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import paddle
 
 
-def layout_buffers(layer: paddle.nn.Layer) -> set[str]:
-    """Structured names of the buffers of ``layer`` whose shape follows the trained layout
-    (a method's ``layout_buffers``): loading may change their shape."""
-    return {name for name, _ in layer.named_buffers() if name.rpartition(".")[2] in
-            getattr(_owner(layer, name), "layout_buffers", ())}
+def layout_buffers(layer: paddle.nn.Layer) -> dict[str, int]:
+    """{structured name: dimension} of the buffers of ``layer`` whose shape follows the trained
+    layout along that dimension (a method's ``layout_buffers``): loading may change it."""
+    out = {}
+    for name, _ in layer.named_buffers():
+        dims = getattr(_owner(layer, name), "layout_buffers", {})
+        if name.rpartition(".")[2] in dims:
+            out[name] = dims[name.rpartition(".")[2]]
+    return out
+
+
+def may_take(here: Sequence[int], saved: Sequence[int], dim: int | None) -> bool:
+    """Whether loading may give a buffer of shape ``here`` the ``saved`` shape: one as many
+    dimensions, and the buffer empty (sized at a first step), or equal but in its layout
+    dimension ``dim`` (db_mtl's columns: its rows, one per task, must agree)."""
+    if len(here) != len(saved):
+        return False
+    if int(np.prod(here)) == 0:
+        return True
+    return dim is not None and all(a == b for i, (a, b) in enumerate(zip(here, saved)) if i != dim)
+
+
+def check_shapes(layer: paddle.nn.Layer, state: dict[str, Any]) -> None:
+    """Raise, changing nothing, when ``state`` (structured names) holds a tensor of another shape
+    than ``layer``'s that loading may not give it (Paddle's ``set_state_dict`` skips it with a
+    warning and trains on: another number of tasks read into db_mtl's history)."""
+    dims = layout_buffers(layer)
+    for name, tensor in layer.state_dict().items():
+        saved = state.get(name)
+        here = list(tensor.shape)
+        if saved is not None and list(np.shape(saved)) != here and not may_take(here, np.shape(saved), dims.get(name)):
+            raise ValueError(
+                f"The state dict's {name} has shape {list(np.shape(saved))}, this loss's {here}: it was "
+                "saved by another loss (other tasks or method). Fix: build the same loss as the run that saved it."
+            )
 
 
 def fit_empty_buffers(layer: paddle.nn.Layer, state: dict[str, Any], layout: bool = True) -> None:
     """Give each empty buffer of ``layer`` (one whose size a method learns at its first step), and
     with ``layout`` each of its :func:`layout_buffers`, the shape of its value in ``state``
     (structured names), so that loading can set it."""
-    resized = layout_buffers(layer) if layout else set()
+    dims = layout_buffers(layer) if layout else {}
     for name, buf in list(layer.named_buffers()):
         saved = state.get(name)
-        if buf is None or saved is None or (int(np.prod(buf.shape)) != 0 and name not in resized):
+        if buf is None or saved is None:
             continue
-        shape = [int(d) for d in saved.shape]
-        if shape != list(buf.shape) and len(shape) == len(buf.shape):
+        shape = [int(d) for d in np.shape(saved)]
+        if shape != list(buf.shape) and may_take(list(buf.shape), shape, dims.get(name)):
             value = paddle.zeros(shape, dtype=buf.dtype)
             _owner(layer, name).register_buffer(name.rpartition(".")[2],
                                                 value.cpu() if buf.place.is_cpu_place() else value)

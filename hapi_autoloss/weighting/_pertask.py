@@ -198,7 +198,7 @@ class PerTask:
         method.last_shared = self._last or slice(None)
         if not self.rep_grad:  # the columns: id, structured name (a resumed network's match the saved ones), size
             if self._seen is None or self._seen[0] is not self._key:
-                named = {id(p): name for name, p in self._network().named_parameters()}
+                named = {id(p): _surrogate.unwrapped(name) for name, p in self._network().named_parameters()}
                 self._seen = (self._key, [(id(p), _surrogate.name_key(named.get(id(p), f"<not in the network> {j}")), n)
                                           for j, (p, n) in enumerate(zip(shared, sizes))])
             method.shared_layout(self._seen[1], shared)

@@ -25,6 +25,14 @@ def flat(grads: list[Any], sizes: list[int]) -> paddle.Tensor:
     return paddle.concat(parts) if parts else paddle.zeros([0], "float32")
 
 
+def unwrapped(name: str) -> str:
+    """A parameter's structured name as the bare network gives it: a ``paddle.DataParallel``
+    wrapper adds ``_layers.`` (a 2-GPU run resumed on one GPU binds the bare network)."""
+    while name.startswith("_layers."):
+        name = name[len("_layers."):]
+    return name
+
+
 def name_key(name: str) -> int:
     """A stable 63-bit key of a parameter's structured name (the same in every process, unlike hash())."""
     return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "big") >> 1

@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 import numpy as np
 import paddle
 
-from ._buffers import fit_empty_buffers
+from ._buffers import check_shapes, fit_empty_buffers
 
 # name -> class; filled by Weighting.__init_subclass__ when a method's module is imported.
 METHODS: dict[str, type[Weighting]] = {}
@@ -62,8 +62,9 @@ class Weighting(paddle.nn.Layer):
     wants_losses_after_update: ClassVar[bool] = False
     # buffers that training steps change and a resume must restore (rlw's, pcgrad's stream)
     keeps_step_state: ClassVar[bool] = False
-    # buffers whose shape follows what is trained (db_mtl's columns): loading gives them the saved shape
-    layout_buffers: ClassVar[tuple[str, ...]] = ()
+    # {buffer: the dimension that follows what is trained} (db_mtl's columns): loading gives them the
+    # saved size along it, the other dimensions (one row per task) must agree
+    layout_buffers: ClassVar[dict[str, int]] = {}
     # For users of LibMTL: its name of the method (its --weighting), a note on how the two differ,
     # its option names {LibMTL's: ours}, and its options we lack {LibMTL's: why}. The errors for
     # method="UW", calpha=0.4... name ours instead (one name per option: no silent aliases).
@@ -154,6 +155,7 @@ class Weighting(paddle.nn.Layer):
     def set_state_dict(self, state_dict: dict[str, Any], use_structured_name: bool = True) -> Any:
         """``paddle.nn.Layer.set_state_dict``, plus buffers sized at the first step (:meth:`state_loaded`)."""
         if use_structured_name:
+            check_shapes(self, state_dict)
             fit_empty_buffers(self, state_dict)
         result = super().set_state_dict(state_dict, use_structured_name)
         self.state_loaded()

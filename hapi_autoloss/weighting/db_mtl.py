@@ -45,7 +45,7 @@ class DBMTL(GradWeighting):
     libmtl_options: ClassVar[dict[str, str]] = {"DB_beta": "beta", "DB_beta_sigma": "beta_sigma"}
     rep_grad: ClassVar[bool] = False
     keeps_columns: ClassVar[bool] = True  # the buffer's columns are saved with it (shared_columns)
-    layout_buffers: ClassVar[tuple[str, ...]] = ("db_grads", "shared_columns")  # loading takes the saved shape
+    layout_buffers: ClassVar[dict[str, int]] = {"db_grads": 1, "shared_columns": 0}  # loading takes the saved columns
     db_grads: paddle.Tensor  # buffers (bind)
     db_step: paddle.Tensor
 
