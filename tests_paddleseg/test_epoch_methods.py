@@ -107,7 +107,10 @@ def test_a_checkpoint_without_the_loss_state_is_refused(tmp_path):
     saved = paddle.load(str(path))
     paddle.save({k: v for k, v in saved.items() if not k.startswith("hapi_autoloss_")}, str(path))
     with pytest.raises(RuntimeError, match=r"is at iteration 0, but train resumes at iteration 3: the checkpoint's "
-                                           r"model\.pdparams lacks this loss's state"):
+                                           r"model\.pdparams lacks this loss's state.*; from a checkpoint saved "
+                                           r"without it, load the network's weights with model\.set_state_dict"
+                                           r"\(paddle\.load\('.*iter_3/model\.pdparams'\)\) and train without "
+                                           r"resume_model"):
         run("attach", data, tmp_path / "resumed", iters=8, method="dwa", schedule=8,
             resume_model=str(tmp_path / "cut" / "iter_3"))
 

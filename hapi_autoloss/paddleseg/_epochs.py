@@ -28,6 +28,7 @@ forgets one that did not end. One loss on several outputs (``types: [aw, aw]``) 
 
 from __future__ import annotations
 
+import os
 import weakref
 from typing import Any
 
@@ -109,10 +110,13 @@ def advance(loss: Any) -> None:
         return
     if last != it - 1:  # not the next iteration of the run the loss saw last
         if it != 1:
+            ckpt = os.path.join(str(local.get("resume_model") or "iter_N"), "model.pdparams")
             raise RuntimeError(
                 f"{_name(loss)} is at iteration {last}, but train resumes at iteration {it - 1}: the checkpoint's "
                 "model.pdparams lacks this loss's state, or is another run's. Fix: call attach before "
-                "train(resume_model=...), and resume from a checkpoint saved that way."
+                "train(resume_model=...), and resume from a checkpoint saved that way; from a checkpoint saved "
+                f"without it, load the network's weights with model.set_state_dict(paddle.load({ckpt!r})) and "
+                "train without resume_model (the loss's epochs start over)."
             )
         before = int(loss.seg_per) or per  # the last run's epoch length (this one's if unknown)
         for _ in range(_ended(last + 1, before) - _ended(last, before)):

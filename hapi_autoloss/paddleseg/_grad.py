@@ -23,8 +23,9 @@ so ``train``'s one ``backward`` writes it. What :func:`bind` tells it, and why i
    model's is wrapped to size a method's buffers that grow at its first step (db_mtl's) and to
    refresh the host copies of them (nash_mtl's α) after loading.
 
-What stays out of ``model.pdparams`` (host state of no tensor): pcgrad's random stream (a resumed
-run draws other task orders) and the α shown by ``weights()`` before the first step.
+pcgrad's random stream is a buffer (``weighting.stream``), saved in ``model.pdparams`` and
+resumed with it (a resumed run draws the task orders of the uninterrupted one). What stays out
+(host state of no tensor): the α shown by ``weights()`` before the first step.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ import paddle
 
 from .._hapi.model import bind_network, scaler_scale
 from ..weighting._buffers import fit_empty_buffers
+from . import _attached
 
 TRAIN = ("train", "paddleseg.core.train")  # the function whose local ``scaler`` is the AMP one
 
@@ -104,6 +106,7 @@ def resume_buffers(model: paddle.nn.Layer) -> None:
 
 def _set_state_dict(self: paddle.nn.Layer, state_dict: dict[str, Any], use_structured_name: bool = True) -> Any:
     if use_structured_name:
+        state_dict = _attached.check_identity(self, state_dict)  # another loss's checkpoint: refused first
         fit_empty_buffers(self, state_dict)
     out = type(self).set_state_dict(self, state_dict, use_structured_name)
     for layer in self.sublayers():

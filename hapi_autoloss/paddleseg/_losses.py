@@ -16,7 +16,7 @@ from paddleseg.cvlibs import manager
 from .. import topk as _topk
 from .._args import is_real
 from ..weighting import autoweight as _autoweight
-from . import _epochs, _grad, _loss_args
+from . import _attached, _epochs, _grad, _loss_args
 from ._safe_losses import SafeCrossEntropyLoss, SafeDiceLoss, _labels
 
 __all__ = ["AutoWeight", "SafeCrossEntropyLoss", "SafeDiceLoss", "TopKLoss"]
@@ -180,8 +180,19 @@ class AutoWeight(_autoweight.AutoWeight):
                 "paddle.Model.fit with AutoWeightCallback."
             )
         _epochs.track(self)  # dwa, stch: the iteration it last saw, to end epochs in train
+        _attached.track(self)  # method and tasks, checked by resume_model
+
+    @property
+    def training(self) -> bool:  # type: ignore[override]
+        return bool(self.__dict__.get("_seg_training", True))
+
+    @training.setter
+    def training(self, mode: bool) -> None:  # model.train() (train's start): check the next forward
+        self.__dict__["_seg_training"] = mode
+        self.__dict__["_seg_checked"] = False
 
     def forward(self, *tensors: paddle.Tensor) -> paddle.Tensor:
+        _attached.check(self)  # σ attached to train's model and optimizer (once per train call)
         _grad.check_ema(self)  # once, before the first step
         _epochs.advance(self)  # epochs that ended since the last forward, before this one's losses
         return super().forward(*tensors).reshape([1])

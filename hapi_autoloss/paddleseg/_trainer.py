@@ -85,9 +85,11 @@ def _check(layer: Any) -> None:
 def attach(model: paddle.nn.Layer, losses: Any, optimizer: Any, lr_scale: float = 1.0) -> list[paddle.nn.Layer]:
     """Make ``paddleseg.core.train(model, optimizer=optimizer, losses=losses, ...)`` train σ right.
 
-    Call it once, after building the optimizer from ``model.parameters()`` (by hand or by PaddleSeg's
-    ``Config``/``SegBuilder``) and before ``train``; on every rank under ``paddle.distributed.launch``,
-    and before ``train(resume_model=...)``. It replaces seed 000's hand ``parameters.append(σ)``.
+    Call it once per optimizer, after building the optimizer from ``model.parameters()`` (by hand or
+    by PaddleSeg's ``Config``/``SegBuilder``) and before ``train``; on every rank under
+    ``paddle.distributed.launch``, and before ``train(resume_model=...)``; again with a new optimizer
+    built later. It replaces seed 000's hand ``parameters.append(σ)``. ``train``'s first training
+    forward refuses a loss with parameters that is not attached, or an optimizer attach did not set up.
 
     Args:
         model: the segmentation model given to ``train``.

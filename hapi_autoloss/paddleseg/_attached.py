@@ -1,0 +1,119 @@
+"""What ``paddleseg.core.train`` refuses for a loss that owns parameters (σ) and was not attached
+as it trains, and the identity a resumed checkpoint must match.
+
+Checked against PaddleSeg 2.8.0 (``paddleseg/core/train.py``, ``utils/utils.py::resume``) on
+paddlepaddle 3.3.1.
+
+1. At a ``train`` call's first training forward, from ``train``'s frame (its ``model`` and
+   ``optimizer`` locals): refused if the loss is not a sublayer of the model (σ would stay at its
+   initial value or be decayed, its gradient would add up, ``model.pdparams`` would not save it),
+   or if σ is not in that optimizer, or that optimizer is not one ``attach`` set up (a second
+   optimizer built later decays σ, does not average it over the ranks). ``train`` calls
+   ``model.train()`` first, which sets ``training`` on every sublayer, an attached loss included:
+   the loss's setter marks it unchecked, so the stack is walked once per ``train`` call (and
+   once after each evaluation), never per step. A loss outside ``train`` (a plain loop with σ
+   in its own optimizer) is walked once and never refused.
+2. ``model.pdparams`` keeps tensors only: the loss's method and task names are kept as a hash in
+   an int64 host buffer (``seg_identity``), compared before ``resume`` loads anything. A
+   checkpoint without it (older) loads as before.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+import paddle
+
+from .._hapi.optimizer import optimizer_params
+from . import _grad
+
+KEY = "seg_identity"
+
+
+def identity(method: str, tasks: list[str]) -> int:
+    """A stable 63-bit hash of the method and the task names in their order."""
+    text = json.dumps({"method": method, "tasks": list(tasks)}, sort_keys=True)
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big") >> 1
+
+
+def track(loss: Any) -> None:
+    """Give ``loss`` its identity buffer, on the host (PaddleSeg's EMA reads the state every step)."""
+    value = identity(loss.method, loss.task_names)
+    loss.register_buffer(KEY, paddle.to_tensor(value, dtype="int64", place=paddle.CPUPlace()))
+
+
+def _name(loss: Any) -> str:
+    return f"{type(loss).__name__}(method={loss.method!r})"
+
+
+def _inner(opt: Any) -> Any:
+    """The paddle optimizer in fleet's wrappers (``train`` rebinds ``optimizer`` under several ranks)."""
+    for _ in range(4):
+        if isinstance(opt, paddle.optimizer.Optimizer):
+            return opt
+        opt = getattr(opt, "user_defined_optimizer", None) or getattr(opt, "_inner_opt", None)
+    return opt if isinstance(opt, paddle.optimizer.Optimizer) else None
+
+
+def check(loss: Any) -> None:
+    """At a training forward: refuse, before any update, a loss with trainable parameters that
+    ``train`` would not train right (once per ``train`` call; see the module)."""
+    if loss.__dict__.get("_seg_checked") or not paddle.is_grad_enabled():
+        return
+    params = [p for p in loss.parameters() if not p.stop_gradient]
+    frame = _grad.train_frame() if params else None
+    if frame is not None:
+        _refuse(loss, params, frame.f_locals)
+    loss.__dict__["_seg_checked"] = True  # passed: a refused train is refused again
+
+
+def _refuse(loss: Any, params: list[Any], local: dict[str, Any]) -> None:
+    model = local.get("model")
+    if model is None or all(sub is not loss for sub in model.sublayers()):
+        raise RuntimeError(
+            f"{_name(loss)} has trainable parameters (σ), but it is not attached to train's model: train "
+            "would not update σ right (no update, or decayed), would never clear its gradient, and "
+            "model.pdparams would not save it (resume_model starts σ over). "
+            "Fix: call hapi_autoloss.paddleseg.attach(model, losses, optimizer) before train."
+        )
+    opt = _inner(local.get("optimizer"))
+    if opt is None:
+        return  # a wrapper not known here: nothing to tell
+    held = {id(p) for p in optimizer_params(opt)}
+    synced = {id(p) for p in getattr(opt, "_autoloss_synced", None) or ()}
+    if all(id(p) in held and id(p) in synced for p in params):
+        return
+    why = ("is not in the optimizer given to train, so σ would never move" if any(id(p) not in held for p in params)
+           else "is in the optimizer given to train, but attach did not set that optimizer up, so it would "
+           "decay σ and not average its gradient over the ranks")
+    raise RuntimeError(
+        f"{_name(loss)}'s σ {why}. Fix: call attach(model, losses, optimizer) with the optimizer you pass to "
+        "train (again after building a new one)."
+    )
+
+
+def check_identity(model: paddle.nn.Layer, state_dict: dict[str, Any]) -> dict[str, Any]:
+    """Raise, before anything loads, if ``state_dict`` holds a loss of ``model`` saved by another
+    method or other tasks; the dict to load (an older checkpoint's missing key: the loss's own)."""
+    out = state_dict
+    for prefix, layer in model.named_sublayers():
+        own = layer._buffers.get(KEY)
+        if own is None:
+            continue
+        key = f"{prefix}.{KEY}"
+        saved = state_dict.get(key)
+        if saved is None:  # saved before the key existed: load as then, without Paddle's warning
+            out = dict(out) if out is state_dict else out
+            out[key] = own
+            continue
+        value = saved.numpy() if hasattr(saved, "numpy") else saved
+        if saved is not own and int(value) != int(own.numpy()):
+            raise ValueError(
+                f"The checkpoint's {key} was saved by another loss than this AutoWeight(method={layer.method!r}, "
+                f"tasks={list(layer.task_names)}) (another method, or other tasks or in another order): loading "
+                "it would read one task's (or method's) σ as another's. Fix: build the same loss "
+                "(method=..., tasks=[...]) as the checkpoint, or train without resume_model."
+            )
+    return out
