@@ -109,3 +109,12 @@ def test_dataset_ignore_index_reaches_config_dicts_without_their_own():
     dicts = [{"type": "SafeCrossEntropyLoss"}, {"type": "TopKLoss", "ratio": 0.5}]
     aw = hp.AutoWeight(_loss_args.with_ignore_index(dicts, 0), method="liebel", ignore_index=0)
     assert [f.ignore_index for f in aw.losses] == [0, 0]
+
+
+def test_autoweight_gives_the_datasets_ignore_index_to_its_entries():
+    """PaddleSeg's config checker gives the dataset's ignore_index to AutoWeight, not to the dicts
+    in its losses: with ignore_index 0, AutoWeight was refused ("losses[0] ignores label 255")."""
+    aw = hp.AutoWeight([{"type": "SafeCrossEntropyLoss"}, {"type": "SafeDiceLoss"}], method="liebel", ignore_index=0)
+    assert [f.ignore_index for f in aw.losses] == [0, 0]
+    with pytest.raises(ValueError, match="leave it out there to take the dataset's"):
+        hp.AutoWeight([{"type": "SafeCrossEntropyLoss", "ignore_index": 255}], method="liebel", ignore_index=0)

@@ -153,6 +153,9 @@ def test_attach_refuses_mistakes():
         hp.attach(model, {"types": [core], "coef": [1]}, opt)
     with pytest.warns(UserWarning, match="nothing to do"):
         assert hp.attach(model, {"types": [hp.SafeDiceLoss()], "coef": [1]}, opt) == []
+    for coef in ([], [1, 0.4]):  # train's coef[i]: an IndexError at the first iteration, or ignored
+        with pytest.raises(ValueError, match=rf"1 types but {len(coef)} coef\. Fix: one coef per entry"):
+            hp.attach(model, {"types": [aw], "coef": coef}, opt)
     assert len(SegData()) == 16
 
 

@@ -72,10 +72,6 @@ def with_ignore_index(losses: Any, ignore_index: int | None) -> Any:
     """AutoWeight's ``losses`` with the dataset's ``ignore_index`` added to each config dict that sets
     none and whose class takes one, as PaddleSeg's config checker does to MixedLoss's entries (it gives
     it to AutoWeight itself, not to the dicts inside). Layers and dicts with their own are unchanged.
-
-    The call to add at the top of ``AutoWeight.__init__``::
-
-        losses = _loss_args.with_ignore_index(losses, ignore_index)
     """
     if ignore_index is None or not isinstance(losses, (list, tuple)):
         return losses

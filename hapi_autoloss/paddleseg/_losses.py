@@ -141,8 +141,8 @@ class AutoWeight(_autoweight.AutoWeight):
             ``"stch"``, whose epochs end every ``len(batch_sampler)`` iterations of ``train``
             (``_epochs``). Not ``famo``, which needs a forward after each update that ``train`` never makes.
         names: task names (default from the classes: ``crossentropy``, ``dice``...).
-        ignore_index: if given (PaddleSeg's builder adds the dataset's), every sub-loss that has an
-            ``ignore_index`` must agree.
+        ignore_index: if given (PaddleSeg's builder adds the dataset's), the entries of ``losses``
+            that set none take it, and every sub-loss that has one must agree.
         **options: the method's options (``init``, ``clamp``, ``weights``...).
 
     Train it through ``paddleseg.core.train`` after ``hapi_autoloss.paddleseg.attach(model, losses,
@@ -161,12 +161,14 @@ class AutoWeight(_autoweight.AutoWeight):
         if not isinstance(losses, (list, tuple)) or not losses:
             raise TypeError(f"losses must be a non-empty list, as in MixedLoss, got {losses!r}. "
                             "Fix: losses=[{'type': 'SafeCrossEntropyLoss'}, {'type': 'SafeDiceLoss'}].")
+        losses = _loss_args.with_ignore_index(losses, ignore_index)  # the dataset's, where an entry sets none
         fns = [build(f, f"AutoWeight's losses[{i}]") for i, f in enumerate(losses)]
         for i, f in enumerate(fns):
             own = getattr(f, "ignore_index", None)
             if ignore_index is not None and own is not None and int(own) != int(ignore_index):
-                raise ValueError(f"losses[{i}] ignores label {own}, AutoWeight {ignore_index}. "
-                                 "Fix: give every loss the dataset's ignore_index.")
+                raise ValueError(f"losses[{i}] ignores label {own}, AutoWeight (the dataset) {ignore_index}. "
+                                 "Fix: write ignore_index in each entry of AutoWeight's losses as the dataset's, "
+                                 "or leave it out there to take the dataset's.")
         names = list(names) if names is not None else _task_names(fns)
         if len(names) != len(fns):
             raise ValueError(f"{len(names)} names for {len(fns)} losses. Fix: one name per loss.")

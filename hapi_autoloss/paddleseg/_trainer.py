@@ -124,6 +124,10 @@ def attach(model: paddle.nn.Layer, losses: Any, optimizer: Any, lr_scale: float 
         )
     lr_scale = positive(lr_scale, "lr_scale", "lr_scale=1.0")
     layers = _loss_layers(losses)
+    coef = losses.get("coef") if isinstance(losses, dict) else None
+    if coef is not None and len(coef) != len(losses["types"]):  # train indexes coef[i]: an IndexError, or ignored
+        raise ValueError(f"losses has {len(losses['types'])} types but {len(coef)} coef. Fix: one coef per "
+                         "entry of types, e.g. 'coef': [1] * len(types).")
     for layer in layers:
         _check(layer)
     layers = [x for x in layers if isinstance(x, paddle.nn.Layer)]
