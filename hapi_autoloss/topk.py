@@ -160,6 +160,12 @@ class TopKLoss(paddle.nn.Layer):
         self.set_range(value, self._drop)
 
     @property
+    def anneal_refusal(self) -> str | None:
+        """None, or why no callback may change ``ratio`` (TopKScheduler, TopKOnPlateau refuse the loss
+        before any step with this text, "<problem>. Fix: ..."); a subclass's rule sets it."""
+        return None
+
+    @property
     def drop(self) -> float:
         """Fraction of the hardest valid losses dropped (m/n), in [0, ratio)."""
         return self._drop

@@ -118,3 +118,72 @@ def test_autoweight_gives_the_datasets_ignore_index_to_its_entries():
     assert [f.ignore_index for f in aw.losses] == [0, 0]
     with pytest.raises(ValueError, match="leave it out there to take the dataset's"):
         hp.AutoWeight([{"type": "SafeCrossEntropyLoss", "ignore_index": 255}], method="liebel", ignore_index=0)
+
+
+def seg_fit(loss, callback):
+    """A hapi fit of a 1×1 conv on 8×8 labels; returns the model's parameters before it."""
+    paddle.seed(0)
+    rng = np.random.default_rng(0)
+    x = paddle.to_tensor(rng.standard_normal((8, 3, 8, 8)).astype("float32"))
+    y = paddle.to_tensor(rng.integers(0, 3, (8, 1, 8, 8)).astype("int64"))
+    net = paddle.nn.Conv2D(3, 3, 1)
+    model = paddle.Model(net)
+    model.prepare(paddle.optimizer.SGD(0.1, parameters=net.parameters()), loss)
+    before = [p.numpy().copy() for p in net.parameters()]
+    data = paddle.io.TensorDataset([x, y])
+    model.fit(data, data, batch_size=4, epochs=3, verbose=0, callbacks=[callback])
+    return before, net.parameters()
+
+
+@pytest.mark.parametrize("kwargs,rule", [(dict(thresh=0.7, min_kept=10), "thresh=0.7"),
+                                         (dict(threshold=0.3), "threshold=0.3")])
+def test_topk_schedulers_refuse_ohem_rule_before_any_step(kwargs, rule):
+    """TopKScheduler made OHEM's rule a plain top-k (ratios 0.5..1.0, thresh without effect at 1.0);
+    TopKOnPlateau never acted on it."""
+    from hapi_autoloss.callbacks import TopKOnPlateau, TopKScheduler
+    for callback, verb in [(TopKScheduler(1.0, 0.5), "anneal"), (TopKOnPlateau(monitor="loss", patience=0), "reduce")]:
+        loss = hp.TopKLoss(**kwargs)
+        match = (rf"cannot {verb} a TopKLoss's ratio: TopKLoss\({rule}\) without ratio is OHEM's rule, which has no "
+                 r"ratio to anneal. Fix: give ratio= to combine both .*or drop the callback.")
+        with pytest.raises(ValueError, match=match):
+            seg_fit(loss, callback)
+        assert loss.ratio == 1e-12
+    combined = hp.TopKLoss(ratio=1.0, **kwargs)  # thresh and a fraction: the ratio anneals
+    assert combined.anneal_refusal is None and hp.TopKLoss(ratio=0.5).anneal_refusal is None
+    before, after = seg_fit(combined, TopKScheduler(1.0, 0.5))
+    assert combined.ratio == 0.5 and any((b != a.numpy()).any() for b, a in zip(before, after))
+
+
+def test_safe_dice_weight_takes_arrays_and_numpy_numbers():
+    logits, y = easy_batch(margin=1.0)
+    want = float(DiceLoss(weight=[0.1, 1.0, 5.0])(paddle.to_tensor(logits), paddle.to_tensor(y)))
+    for w in [np.array([0.1, 1.0, 5.0]), [np.float32(0.1), np.float64(1.0), np.int64(5)], (0.1, 1, 5.0)]:
+        out = hp.SafeDiceLoss(weight=w)(paddle.to_tensor(logits), paddle.to_tensor(y))
+        np.testing.assert_allclose(out.numpy()[0], want, rtol=1e-6)
+    for w, match in [([True, 1.0, 1.0], r"weight\[0\] is a bool \(True\), not a number. Fix"),
+                     ([1.0, "2", 1.0], r"weight\[1\] is a str \('2'\), not a number. Fix"),
+                     ("1,2,3", "non-empty 1-D list"), (np.ones((3, 1)), "non-empty 1-D list"), ([], "non-empty")]:
+        with pytest.raises(ValueError, match=match):
+            hp.SafeDiceLoss(weight=w)
+
+
+@pytest.mark.parametrize("thresh,min_kept", [(1.0, 100), (1.5, 100), (0.7, 0)])
+def test_ohem_refusal_keeping_every_pixel_names_the_plain_ce(thresh, min_kept):
+    """PaddleSeg's rule keeps every valid pixel at thresh >= 1 or min_kept == 0: the suggested TopKLoss
+    config was itself refused (thresh outside (0, 1), min_kept < 1)."""
+    with pytest.raises(ValueError, match=r"Fix: use \{type: SafeCrossEntropyLoss, ignore_index: 0\} \(with thresh="):
+        hp.AutoWeight([OhemCrossEntropyLoss(thresh=thresh, min_kept=min_kept, ignore_index=0), hp.SafeDiceLoss()])
+    logits, y = easy_batch(margin=1.0)
+    out = hp.SafeCrossEntropyLoss(ignore_index=255)(paddle.to_tensor(logits), paddle.to_tensor(y))
+    want, kept = ohem64(logits, y, 2.0, 0)  # every valid pixel (no probability reaches 1.0 here)
+    assert kept == (y != 255).sum()
+    np.testing.assert_allclose(out.numpy()[0], want, rtol=1e-5)
+
+
+def test_safe_ce_top_k_percent_pixels_fix_names_range_and_weights():
+    for value in [1.5, 0.0, -0.2, "0.2"]:
+        with pytest.raises(ValueError, match=r"top_k_percent_pixels must lie in \(0, 1\].*Fix: leave it at 1.0"):
+            hp.SafeCrossEntropyLoss(top_k_percent_pixels=value)
+    with pytest.raises(ValueError, match=r"ratio: 0.2\} \(.*unweighted: TopKLoss does not carry the class weights"):
+        hp.SafeCrossEntropyLoss(top_k_percent_pixels=0.2, weight=[1.0, 2.0, 3.0])
+    assert hp.SafeCrossEntropyLoss(top_k_percent_pixels=1).weight is None

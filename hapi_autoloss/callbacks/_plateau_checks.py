@@ -31,6 +31,8 @@ def check_plateau_fit(plateau: TopKOnPlateau, layers: list[TopKLoss]) -> None:
                 f"TopKOnPlateau reduces ratio, but a TopKLoss uses band={layer.band}, which has none. "
                 "Fix: build it with ratio=/drop= instead of band=."
             )
+        if layer.anneal_refusal is not None:
+            raise ValueError(f"TopKOnPlateau cannot reduce a TopKLoss's ratio: {layer.anneal_refusal}")
         if not plateau.scale_drop and layer.drop >= plateau.min_ratio:
             raise ValueError(
                 f"A TopKLoss drops {layer.drop} and scale_drop=False keeps it, so ratio may reach "

@@ -125,6 +125,9 @@ class RangeSchedule:
                 f"TopKScheduler anneals ratio and drop, but a TopKLoss uses band={banded[0].band}, which "
                 "has neither. Fix: build it with ratio=/drop= instead, or drop the callback."
             )
+        refusals = [layer.anneal_refusal for layer in layers if layer.anneal_refusal is not None]
+        if refusals:
+            raise ValueError(f"TopKScheduler cannot anneal a TopKLoss's ratio: {refusals[0]}")
         if self.drop_start is not None:
             top = max(self.drop_start, self.drop_end or 0.0)
             for layer in layers:  # the drop moves monotonically from drop_start to drop_end

@@ -5,7 +5,10 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
+import numpy as np
 from paddleseg.cvlibs import manager
+
+from .._args import as_real, is_real
 
 # ratio for TopKLoss(thresh=...) without ratio: k = max(ceil(1e-12·n − 1e-6), min_kept) = min_kept for
 # every n below 10**12, so only the threshold and min_kept choose the pixels, as in OhemCrossEntropyLoss.
@@ -30,21 +33,36 @@ def topk_ratio(ratio: Any, min_kept: Any, threshold: Any, band: Any) -> tuple[An
     return ratio, 1
 
 
+def ohem_anneal_refusal(rule: str) -> str:
+    """Why a TopKLoss on OHEM's rule (``rule``: its ``thresh=...`` or ``threshold=...``) is not annealed."""
+    return (f"TopKLoss({rule}) without ratio is OHEM's rule, which has no ratio to anneal. Fix: give "
+            "ratio= to combine both (the pixels below thresh and the hardest fraction), or drop the callback.")
+
+
 def ohem_replacement(loss: Any) -> str:
-    """The TopKLoss config that does what this PaddleSeg ``OhemCrossEntropyLoss`` means."""
+    """The config that does what this PaddleSeg ``OhemCrossEntropyLoss`` means: TopKLoss on its rule, or
+    the plain cross-entropy where that rule keeps every valid pixel (``thresh >= 1``: every probability
+    is below it, but for saturated ones at exactly 1.0, whose loss is 0; ``min_kept <= 0``: no mining)."""
     thresh, min_kept = getattr(loss, "thresh", 0.7), getattr(loss, "min_kept", 10000)
     ignore = getattr(loss, "ignore_index", 255)
+    if is_real(thresh) and is_real(min_kept) and (thresh >= 1 or min_kept <= 0):
+        return (f"{{type: SafeCrossEntropyLoss, ignore_index: {ignore}}} (with thresh={thresh}, min_kept={min_kept} "
+                "OhemCrossEntropyLoss keeps every valid pixel: the mean cross-entropy)")
     return (f"{{type: TopKLoss, thresh: {thresh}, min_kept: {min_kept}, ignore_index: {ignore}}} (no ratio: "
             "the pixels whose true-class probability is below thresh, at least min_kept of them)")
 
 
 def check_ce(weight: Any, top_k_percent_pixels: Any, avg_non_ignore: Any, data_format: Any) -> None:
     """Refuse PaddleSeg CrossEntropyLoss arguments that SafeCrossEntropyLoss does not reproduce."""
+    if not is_real(top_k_percent_pixels) or not 0 < top_k_percent_pixels <= 1:
+        raise ValueError(f"top_k_percent_pixels must lie in (0, 1] (the fraction of pixels kept), got "
+                         f"{top_k_percent_pixels!r}. Fix: leave it at 1.0 (every pixel).")
     if top_k_percent_pixels != 1.0:
+        weights = "" if weight is None else "; unweighted: TopKLoss does not carry the class weights over"
         raise ValueError(
             f"SafeCrossEntropyLoss does not mine pixels (top_k_percent_pixels={top_k_percent_pixels!r}). "
             f"Fix: use {{type: TopKLoss, ratio: {top_k_percent_pixels}}} (the hardest fraction of the "
-            "non-ignored pixels) instead, or leave top_k_percent_pixels at 1.0."
+            f"non-ignored pixels{weights}) instead, or leave top_k_percent_pixels at 1.0."
         )
     if data_format not in ("NCHW", "NHWC"):
         raise ValueError(f"data_format must be 'NCHW' or 'NHWC', got {data_format!r}. Fix: data_format='NCHW'.")
@@ -59,13 +77,23 @@ def check_ce(weight: Any, top_k_percent_pixels: Any, avg_non_ignore: Any, data_f
 
 
 def check_dice_weight(weight: Any) -> list[float] | None:
-    """PaddleSeg's DiceLoss ``weight``: one number per class, or None."""
+    """PaddleSeg's DiceLoss ``weight``: one real number per class (a list, tuple or 1-D array, NumPy
+    numbers too), or None."""
     if weight is None:
         return None
-    if not isinstance(weight, (list, tuple)) or not weight or not all(
-            isinstance(w, (int, float)) and not isinstance(w, bool) for w in weight):
-        raise ValueError(f"weight must be a list of per-class numbers, got {weight!r}. Fix: e.g. weight=[1.0, 2.0].")
-    return [float(w) for w in weight]
+    try:
+        flat = not isinstance(weight, (str, bytes)) and np.ndim(weight) == 1 and len(weight) > 0
+    except ValueError:  # ragged, e.g. [1, [2, 3]]
+        flat = False
+    if not flat:
+        raise ValueError(f"weight must be a non-empty 1-D list of per-class numbers, got {weight!r}. "
+                         "Fix: e.g. weight=[1.0, 2.0].")
+    values = [as_real(w) for w in weight]
+    bad = next((i for i, v in enumerate(values) if v is None), None)
+    if bad is not None:
+        raise ValueError(f"weight[{bad}] is a {type(weight[bad]).__name__} ({weight[bad]!r}), not a number. "
+                         "Fix: one real number per class, e.g. weight=[1.0, 2.0].")
+    return [float(v) for v in values if v is not None]
 
 
 def with_ignore_index(losses: Any, ignore_index: int | None) -> Any:

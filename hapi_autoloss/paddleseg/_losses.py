@@ -67,7 +67,8 @@ class TopKLoss(_topk.TopKLoss):
     ``k = max(ceil(ratio·n), min_kept)`` of the ``n`` non-ignored pixels. ``thresh`` (or
     ``threshold``) without ``ratio`` is ``OhemCrossEntropyLoss(thresh, min_kept)``'s rule: no
     fraction, only the pixels below ``thresh`` and at least ``min_kept`` (``min_kept`` without
-    ``ratio`` or ``thresh`` is refused). Unlike PaddleSeg's, it keeps exactly ``min_kept`` (not
+    ``ratio`` or ``thresh`` is refused); that rule has no ratio, so ``TopKScheduler`` and ``TopKOnPlateau``
+    refuse it (give ``ratio`` to combine both). Unlike PaddleSeg's, it keeps exactly ``min_kept`` (not
     ``min_kept − 1``), uses one ``topk`` instead of a full argsort and never reads a value back to
     the host. Returns ``[1]``.
 
@@ -95,6 +96,7 @@ class TopKLoss(_topk.TopKLoss):
     def __init__(self, ratio: float | None = None, min_kept: int | None = None, thresh: float | None = None,
                  threshold: float | None = None, ignore_index: int = 255, per: str = "pixel",
                  loss: Any = None, drop: float = 0.0, band: Any = None, num_classes: int | None = None) -> None:
+        rule = f"thresh={thresh!r}" if thresh is not None else f"threshold={threshold!r}"
         if thresh is not None:
             if threshold is not None or loss is not None:
                 raise ValueError("thresh (a cross-entropy probability) was given with threshold or loss. "
@@ -107,6 +109,14 @@ class TopKLoss(_topk.TopKLoss):
             loss = paddle.nn.CrossEntropyLoss(axis=1, reduction="none", ignore_index=int(ignore_index))
         super().__init__(build(loss, "TopKLoss's loss"), ratio=ratio, per=per, ignore_index=ignore_index,
                          min_kept=min_kept, threshold=threshold, drop=drop, band=band, num_classes=num_classes)
+        self._ohem_rule = rule if ratio == _loss_args.OHEM_RATIO and self.threshold is not None else None
+
+    @property
+    def anneal_refusal(self) -> str | None:
+        """OHEM's rule (thresh without ratio) has no ratio for TopKScheduler or TopKOnPlateau to change."""
+        if self._ohem_rule is None or self.ratio != _loss_args.OHEM_RATIO:
+            return None
+        return _loss_args.ohem_anneal_refusal(self._ohem_rule)
 
     def forward(self, *inputs: paddle.Tensor) -> paddle.Tensor:
         logits, labels = inputs

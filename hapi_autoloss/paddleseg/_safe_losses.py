@@ -27,7 +27,7 @@ class SafeCrossEntropyLoss(paddle.nn.Layer):
     With class weights the mean is weighted: Σ w_y·CE / Σ w_y over the non-ignored pixels. A batch
     whose pixels are all ignored gives 0. PaddleSeg's ``avg_non_ignore=False`` (divide by every
     pixel, unweighted only) and ``data_format`` (``"NCHW"``, ``"NHWC"``) work as there;
-    ``top_k_percent_pixels`` below 1 is refused: use ``TopKLoss(ratio=...)``.
+    ``top_k_percent_pixels`` other than 1 is refused (in (0, 1): use ``TopKLoss(ratio=...)``, unweighted).
 
     Example (YAML)::
 
@@ -62,8 +62,9 @@ class SafeCrossEntropyLoss(paddle.nn.Layer):
 @manager.LOSSES.add_component
 class SafeDiceLoss(_losses.DiceLoss):
     """PaddleSeg's ``DiceLoss`` (``smooth`` = 1, every class counted equally, or by ``weight``: one
-    number per class, ``Σ_c w_c·(1 − mean_n ratio[n, c]) / C`` as PaddleSeg's) that never writes into
-    the label, so it can follow or precede a cross-entropy on the same label. Returns ``[1]``.
+    real number per class, a list or 1-D array, ``Σ_c w_c·(1 − mean_n ratio[n, c]) / C`` as
+    PaddleSeg's) that never writes into the label, so it can follow or precede a cross-entropy on the
+    same label. Returns ``[1]``.
     See :class:`hapi_autoloss.DiceLoss` for the formula.
 
     Example (YAML)::
