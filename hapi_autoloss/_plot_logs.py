@@ -161,6 +161,17 @@ def _holds_our_tags(folder: str, reader: str) -> bool:
     return any(tag.startswith(prefix) for tag in tags for _, prefix in PANELS)
 
 
+def _runs_below(log_dir: str, reader: str) -> list[str]:
+    """The folders below ``log_dir``, at any depth (``exp1/earlier-run-*`` too, as TensorBoard
+    and VisualDL list them), whose logs ``plot_curves`` can draw."""
+    runs = []
+    for root, dirs, _ in os.walk(log_dir):
+        dirs.sort()
+        if root != log_dir and _holds_our_tags(root, reader):
+            runs.append(root)
+    return runs
+
+
 def read_scalars(log_dir: str | os.PathLike[str], reader: str = "auto") -> Series:
     """Every scalar tag in ``log_dir`` as ``{tag: (steps, values)}``.
 
@@ -180,11 +191,10 @@ def read_scalars(log_dir: str | os.PathLike[str], reader: str = "auto") -> Serie
     missing = {"tensorboard": not has_tb, "visualdl": not has_vdl, "auto": not (has_tb or has_vdl)}[reader]
     if missing:
         kind = {"tensorboard": "TensorBoard", "visualdl": "VisualDL"}.get(reader, "TensorBoard or VisualDL")
-        subdirs = [n for n in sorted(os.listdir(log_dir)) if _holds_our_tags(os.path.join(log_dir, n), reader)]
+        subdirs = _runs_below(log_dir, reader)
         if subdirs:
-            runs = ", ".join(os.path.join(log_dir, n) for n in subdirs[:3]) + (", ..." if len(subdirs) > 3 else "")
-            example = os.path.join(log_dir, subdirs[0])
-            hint = f"Its subfolders hold runs: {runs}. Fix: pass one run folder, e.g. {example}."
+            runs = ", ".join(subdirs[:3]) + (f", ... ({len(subdirs)} in all)" if len(subdirs) > 3 else "")
+            hint = f"Its subfolders hold runs: {runs}. Fix: pass one run folder, e.g. {subdirs[0]}."
         elif not os.listdir(log_dir):
             hint = "It is empty. Fix: train with TensorBoardExport(log_dir) or VisualDLExport(log_dir) first."
         elif has_tb or has_vdl:

@@ -217,3 +217,21 @@ def test_a_cut_short_visualdl_file_is_read_up_to_the_cut(logdir, tmp_path):
     whole = read_scalars(logdir, "visualdl")["autoloss/sigma/y1"]
     with pytest.warns(UserWarning, match=f"The VisualDL file .*{name}.* is cut short"):
         assert read_scalars(cut, "visualdl")["autoloss/sigma/y1"] == whole
+
+
+def test_parent_folder_lists_runs_at_any_depth(tmp_path):
+    """A new model moved exp1's earlier run into exp1/earlier-run-*: the parent lists it too, as
+    TensorBoard and VisualDL do, and a run two levels down."""
+    for folder in (tmp_path / "exp1", tmp_path / "exp1", tmp_path / "group" / "exp2"):
+        build_model(kendall_like()).fit(TwoTaskData(32), epochs=1, batch_size=16, verbose=0,
+                                        callbacks=[AutoWeightCallback(), TensorBoardExport(folder)])
+    [earlier] = [n for n in os.listdir(tmp_path / "exp1") if n.startswith("earlier-run-")]
+    with pytest.raises(NoLogsError) as err:
+        plot_curves(tmp_path)
+    runs = f"{tmp_path / 'exp1'}, {tmp_path / 'exp1' / earlier}, {tmp_path / 'group' / 'exp2'}."
+    assert f"Its subfolders hold runs: {runs}" in str(err.value)
+
+
+def kendall_like():
+    return AutoWeight({"y1": paddle.nn.MSELoss(), "y2": paddle.nn.MSELoss()}, method="kendall",
+                      task_types=["regression", "regression"])

@@ -12,6 +12,12 @@ Only a new model (step 0) moves anything: a continued or resumed run (step s > 0
 a second ``fit``, ``BackupAndRestore``, ``load_state``) appends to the folder as before.
 Both exporters of one fit share the folder: the first to start moves the earlier files of
 both kinds, and the files this model's new run opened are never moved.
+
+Only our own files move: their names end in :data:`MARK` (a user's own ``SummaryWriter`` or
+``LogWriter`` writes the same ``events.out.tfevents.*`` / ``vdlrecords.*`` names, without it).
+Files of hapi-autoloss versions before the mark stay where they are. A marked file that another
+process may still be writing (modified since this module was imported, and not opened by this
+process's exporters) stays too, with a warning.
 """
 
 from __future__ import annotations
@@ -23,12 +29,25 @@ import warnings
 import weakref
 from typing import Any
 
-LOG_MARKERS = ("tfevents", "vdlrecords")
+MARK = ".hapi-autoloss"  # the end of every log file name our exporters write
 PREFIX = "earlier-run-"
+_IMPORTED = time.time()  # "this process started", for the files of other processes
 _STAMP = re.compile(r"(?:tfevents|vdlrecords)\.(\d{9,11})\.")
 
 # model -> paths of the files its new run (step 0) opened: kept in place for its other exporter.
 _NEW_RUN_FILES: weakref.WeakKeyDictionary[Any, set[str]] = weakref.WeakKeyDictionary()
+# Every log file this process's exporters opened: theirs to move once a new run starts.
+_WRITTEN_HERE: set[str] = set()
+
+
+def marked(name: str) -> str:
+    """``name`` with the mark that says our exporters wrote the file."""
+    return name + MARK
+
+
+def opened(path: str) -> None:
+    """Remember that an exporter of this process writes ``path``."""
+    _WRITTEN_HERE.add(os.path.abspath(path))
 
 
 def opened_new_run(model: Any, path: str) -> None:
@@ -46,13 +65,23 @@ def _started(log_dir: str, names: list[str]) -> float:
 def set_aside_earlier_run(log_dir: str, model: Any, owner: str) -> str | None:
     """Move the log files of an earlier run in ``log_dir`` into a new subfolder named
     after that run's start time; returns the subfolder, or None when there was none."""
-    ours = _NEW_RUN_FILES.get(model, set())
-    names = [
-        n for n in sorted(os.listdir(log_dir))
-        if any(m in n for m in LOG_MARKERS)
-        and os.path.isfile(os.path.join(log_dir, n))
-        and os.path.abspath(os.path.join(log_dir, n)) not in ours
-    ]
+    keep = _NEW_RUN_FILES.get(model, set())
+    names: list[str] = []
+    busy: list[str] = []
+    for name in sorted(os.listdir(log_dir)):
+        path = os.path.abspath(os.path.join(log_dir, name))
+        if not name.endswith(MARK) or path in keep or not os.path.isfile(path):
+            continue
+        if path in _WRITTEN_HERE or os.path.getmtime(path) < _IMPORTED:
+            names.append(name)
+        else:
+            busy.append(name)
+    if busy:
+        warnings.warn(
+            f"{owner}: left {', '.join(busy)} in {log_dir!r}: written since this process started, "
+            "by another process (another run logging into this folder?). Fix: give each run its own log_dir.",
+            stacklevel=3,
+        )
     if not names:
         return None
     base = os.path.join(log_dir, PREFIX + time.strftime("%Y%m%d-%H%M%S", time.localtime(_started(log_dir, names))))

@@ -16,6 +16,8 @@ import numbers
 import weakref
 from typing import Any
 
+import paddle
+
 from .. import _hapi
 from ..topk import TopKLoss
 from ..weighting import AutoWeight
@@ -88,7 +90,11 @@ class Readout:
         self.weighting = _autoweight_tags(model)
         self.topk = _topk_layers(model)
         self.drop_shown: set[int] = set()  # per fit: a new run shows drop from its first step above 0
-        self.lr_used: float | None = None  # read at the batch's begin (batch_begins)
+        # The lr of this batch: read by a forward pre-hook on the network (the update follows
+        # the forward with no callback between), else at its begin and end (see _lr_used).
+        self.lr_forward: float | None = None
+        self.lr_begin: tuple[float | None, Any] = (None, None)
+        self._hook: Any = None
 
     def train_values(self, logs: dict[str, Any], step: int) -> dict[str, float]:
         """``{tag: value}`` of the train batch that ended at global ``step``."""
@@ -129,15 +135,51 @@ class Readout:
             if drop is not None and (drop > 0 or i in self.drop_shown):
                 self.drop_shown.add(i)
                 values[f"topk/drop{suffix}"] = drop
-        lr = self.lr_used if self.lr_used is not None else self._lr()
+        lr = self._lr_used()
         if lr is not None:
             values["lr"] = lr
         return values
 
+    def watch_lr(self) -> None:
+        """From ``on_train_begin``: read the lr at each training forward of the network,
+        whatever the callbacks' order (a warmup's ``set_lr`` at batch begin listed after
+        us, paddle's ``LRScheduler(by_step=True)`` listed before us)."""
+        self.unwatch_lr()
+        network = getattr(self.model, "network", None)
+        if isinstance(network, paddle.nn.Layer):
+            me = weakref.ref(self)
+
+            def read(layer: Any, inputs: Any) -> None:
+                readout = me()
+                if readout is not None and layer.training:
+                    readout.lr_forward = readout._lr()
+
+            self._hook = network.register_forward_pre_hook(read)  # type: ignore[arg-type]
+
+    def unwatch_lr(self) -> None:
+        if self._hook is not None:
+            self._hook.remove()
+            self._hook = None
+
     def batch_begins(self) -> None:
-        """At ``on_train_batch_begin``: the learning rate this step's update uses (paddle's
-        ``LRScheduler(by_step=True)`` callback listed first steps it before our batch end)."""
-        self.lr_used = self._lr()
+        """At ``on_train_batch_begin``: forget the last batch's lr; read it now too."""
+        self.lr_forward = None
+        self.lr_begin = (self._lr(), self._schedule_count())
+
+    def _lr_used(self) -> float | None:
+        """The lr of this batch's update: read at its forward; without one seen (the hook did
+        not run), the lr at batch end unless the schedule stepped since its begin (then
+        the begin's: the step came after the update)."""
+        if self.lr_forward is not None:
+            return self.lr_forward
+        begin, count = self.lr_begin
+        if begin is not None and count is not None and self._schedule_count() != count:
+            return begin
+        return self._lr()
+
+    def _schedule_count(self) -> Any:
+        opt = _hapi.optimizer_of(self.model)
+        return getattr(getattr(opt, "_learning_rate", None), "last_epoch", None)
 
     def _lr(self) -> float | None:
         opt = _hapi.optimizer_of(self.model)

@@ -36,7 +36,7 @@ Design decisions (the issue was silent on them):
   logged before it. ``fsync`` (milliseconds) runs only when the file is closed,
   at train end or exit: an operating-system crash can cost the points since.
 - **One folder holds one run**. A fresh run (a model at step 0) moves an
-  earlier run's log files into a subfolder ``earlier-run-<its start time>``, which
+  earlier run's log files (the exporters' own) into a subfolder ``earlier-run-<its start time>``, which
   TensorBoard and VisualDL list as a run of its own (``_earlier_run.py``: TensorBoard's
   default loader does not purge the tags a new run never writes); a continued or resumed run (a model
   at step s > 0) replaces the points after step s instead of duplicating them
@@ -58,7 +58,7 @@ from paddle.callbacks import Callback
 from .. import _hapi
 from .._args import check_count
 from ._checks import check_epoch_had_batches, check_has_batches, local_folder
-from ._earlier_run import opened_new_run, set_aside_earlier_run
+from ._earlier_run import opened, opened_new_run, set_aside_earlier_run
 from ._logfile import ScalarFile, check_log_dir
 from ._readout import EvalMean, Readout, _scalar
 
@@ -115,15 +115,17 @@ class ScalarExport(Callback):
     def on_train_begin(self, logs: Any = None) -> None:
         check_has_batches(self.params)
         _hapi.register_state(self.model, type(self).__name__, self)  # the model counts its steps
-        self._close()  # a previous fit that raised may have left its file open
+        self._close()  # a previous fit that raised may have left its file (and lr hook)
         self.global_step = _hapi.progress(self.model)["step"]  # restored by load_state / BackupAndRestore
         self._readout = Readout(self.model)
         if not self.is_writer:
             return
+        self._readout.watch_lr()
         check_log_dir(self.log_dir, type(self).__name__)
         if self.global_step == 0:  # a new model: an earlier run's files go to a subfolder
             set_aside_earlier_run(self.log_dir, self.model, type(self).__name__)
         self.file = self._open(self.global_step)
+        opened(self.file.path)
         if self.global_step == 0:
             opened_new_run(self.model, self.file.path)
         atexit.register(self.file.close)  # VisualDL has no atexit close of its own
@@ -136,7 +138,7 @@ class ScalarExport(Callback):
 
     def on_train_batch_begin(self, step: int, logs: Any = None) -> None:
         if self.file is not None and self._readout is not None:
-            self._readout.batch_begins()  # the lr this step uses, before a scheduler steps it
+            self._readout.batch_begins()  # see Readout._lr_used
 
     def on_train_batch_end(self, step: int, logs: Any = None) -> None:
         self.global_step = _hapi.progress(self.model)["step"]  # this step included
@@ -195,6 +197,8 @@ class ScalarExport(Callback):
     # ------------------------------------------------------------ internals
 
     def _close(self) -> None:
+        if self._readout is not None:
+            self._readout.unwatch_lr()
         if self.file is not None:
             atexit.unregister(self.file.close)
             self.file.close()

@@ -12,6 +12,7 @@ from tensorboardX.proto.summary_pb2 import Summary
 from tensorboardX.record_writer import masked_crc32c
 from tensorboardX.summary import text as text_summary
 
+from ._earlier_run import marked
 from ._logfile import AppendOnlyFile
 from ._scalars import ScalarExport
 
@@ -29,8 +30,9 @@ class _EventFile(AppendOnlyFile):
 
     def __init__(self, log_dir: str, purge_step: int) -> None:
         # The nanosecond suffix keeps files unique and in time order when two runs
-        # start in the same second (TensorBoard reads a folder's files by name).
-        name = (
+        # start in the same second (TensorBoard reads a folder's files by name); the
+        # mark tells our files from a user's own SummaryWriter's (_earlier_run.py).
+        name = marked(
             f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}"
             f".{time.time_ns()}.{os.getpid()}"
         )
@@ -81,7 +83,7 @@ class TensorBoardExport(ScalarExport):
       ``AutoWeight`` in the loss;
     - ``topk/ratio``: the kept fraction of each ``TopKLoss`` (a second one is
       ``topk/ratio/1``...);
-    - ``lr``: the optimizer's learning rate;
+    - ``lr``: the learning rate the step's update used (read at its forward);
     - ``eval/loss`` (the mean over the evaluation set, each batch weighted by its
       size) and ``eval/<metric>`` after each evaluation of ``fit(eval_data=...)``;
     - ``autoloss/config`` (text, shown as ``autoloss/config/text_summary``): the
@@ -93,8 +95,9 @@ class TensorBoardExport(ScalarExport):
     it is saved by ``model.save``; after ``model.load`` +
     ``hapi_autoloss.load_state`` (or ``BackupAndRestore``), or in a second
     ``fit`` of the same model, the run carries on from it and the points after
-    it are replaced, not duplicated. A new model (step 0) moves an earlier run's
-    log files in ``log_dir`` into a subfolder ``earlier-run-<its start time>``,
+    it are replaced, not duplicated. A new model (step 0) moves the log files an
+    earlier run of the exporters wrote in ``log_dir`` (named ``*.hapi-autoloss``)
+    into a subfolder ``earlier-run-<its start time>``,
     listed as a run of its own, also with an exporter an earlier run used: use
     one folder per experiment. Training data that gives no batch raises a
     ``ValueError`` saying so.

@@ -6,6 +6,7 @@ import os
 import time
 from typing import Any
 
+from ._earlier_run import marked
 from ._logfile import AppendOnlyFile
 from ._scalars import ScalarExport
 
@@ -57,8 +58,9 @@ class _RecordFile(AppendOnlyFile):
         self._vdl = vdl
         previous = newest_vdl_file(log_dir) if keep_until is not None else None
         # Same naming as LogWriter; the nanosecond suffix makes this file the newest
-        # even when the previous run started in the same second.
-        name = f"vdlrecords.{int(time.time()):010d}.log.{time.time_ns()}.{os.getpid()}"
+        # even when the previous run started in the same second; the mark tells our
+        # files from a user's own LogWriter's (_earlier_run.py).
+        name = marked(f"vdlrecords.{int(time.time()):010d}.log.{time.time_ns()}.{os.getpid()}")
         self.path = os.path.join(log_dir, name)
         self._file = open(self.path, "wb")  # closed in close()
         self._writer = vdl["RecordWriter"](self._file)
@@ -127,7 +129,7 @@ class VisualDLExport(ScalarExport):
     one curve, each step once, and the points a crashed run wrote after its
     checkpoint are replaced. Older files are left as they are (VisualDL ignores
     them; the newest holds the whole run, so n fits write about n²/2 fits' points
-    to disk). A new model (step 0) moves the folder's earlier run into a subfolder
+    to disk). A new model (step 0) moves the folder's earlier run (the exporters' own files) into a subfolder
     ``earlier-run-<its start time>`` (a run of its own) and starts an empty file,
     also with an exporter an earlier run used.
 
