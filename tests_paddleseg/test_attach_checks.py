@@ -1,6 +1,8 @@
 """What ``train`` refuses at its first training forward (σ in an optimizer attach did not set up), and
 ``resume_model`` into a loss built another way; the checks cost one stack walk per train call."""
 
+import warnings
+
 import numpy as np
 import paddle
 import pytest
@@ -117,3 +119,61 @@ def test_an_older_checkpoint_without_the_identity_resumes_bit_for_bit(tmp_path):
     _, resumed = run("attach", data, tmp_path / "resumed", iters=4, resume_model=str(path.parent))
     np.testing.assert_array_equal(resumed.s.numpy(), aw.s.numpy())
     assert np.abs(aw.s.numpy() - 1.0).max() > 1e-3
+
+
+def test_a_loss_used_outside_train_first_is_still_refused_unattached(tmp_path):
+    """One grad-enabled call outside train (a smoke test) marked the loss checked for good: train
+    then ran it unattached, σ stayed at 1 while its gradient added up."""
+    model, aw, losses = setup()
+    data = SegData(n=4)
+    aw(model(paddle.to_tensor(data.x))[0], paddle.to_tensor(data.y))  # outside train: not refused
+    opt = paddle.optimizer.SGD(LR, parameters=model.parameters())
+    w = model.c1.weight.numpy()
+    with pytest.raises(RuntimeError, match=r"is not attached to train's model.*Fix: call "
+                                           r"hapi_autoloss\.paddleseg\.attach\(model, losses, optimizer\)"):
+        train(model, losses, opt, data, tmp_path, iters=2)
+    np.testing.assert_array_equal(model.c1.weight.numpy(), w)
+    np.testing.assert_array_equal(aw.s.numpy(), [1.0, 1.0])
+
+
+def test_the_identity_is_never_loaded_and_another_losss_state_is_refused(tmp_path):
+    """AutoWeight.set_state_dict (README's read-σ-from-iter_N snippet) took another loss's identity:
+    a kendall loss then passed for liebel's, and its own checkpoints were refused on resume."""
+    data = SegData(same=True)
+    run("attach", data, tmp_path / "cut", iters=2, save_interval=2)
+    saved = paddle.load(str(tmp_path / "cut" / "iter_2" / "model.pdparams"))
+    own = {k.removeprefix("hapi_autoloss_0."): v for k, v in saved.items() if k.startswith("hapi_autoloss_0.")}
+    kendall = liebel(method="kendall")
+    with pytest.raises(ValueError, match=r"another loss than this AutoWeight\(method='kendall'.*Fix: build the same "
+                                         r"loss .*or load the state of a loss built like this one\.$"):
+        kendall.set_state_dict(own)
+    np.testing.assert_array_equal(kendall.s.numpy(), [0.0, 0.0])
+    for state in (own, {k: v for k, v in own.items() if k != "seg_identity"}):  # older: no identity, no warning
+        same = liebel()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            same.set_state_dict(state)
+        np.testing.assert_array_equal(same.s.numpy(), own["weighting.s"].numpy())
+    mine = liebel(method="kendall")
+    mine.set_state_dict({**own, "seg_identity": mine.seg_identity})  # another loss's σ, said to be its own
+    assert int(mine.seg_identity) != int(own["seg_identity"])  # its identity stays its own
+
+
+def test_resume_with_an_optimizer_attach_did_not_set_up_is_refused_before_it_loads(tmp_path):
+    data = SegData(same=True)
+    run("attach", data, tmp_path / "cut", iters=2, save_interval=2)
+    with paddle.utils.unique_name.guard():
+        model, _aw, losses = setup()
+        hp.attach(model, losses, paddle.optimizer.SGD(LR, parameters=model.parameters()))
+        other = paddle.optimizer.SGD(LR, parameters=model.parameters())
+        before = [p.numpy() for p in model.parameters()]
+        with pytest.raises(RuntimeError, match=r"attach did not set that optimizer up.*" + SECOND):
+            train(model, losses, other, data, tmp_path / "b", iters=4, resume_model=str(tmp_path / "cut" / "iter_2"))
+    for p, b in zip(model.parameters(), before):
+        np.testing.assert_array_equal(p.numpy(), b)  # resume had not loaded the checkpoint yet
+
+
+def test_a_built_sub_loss_with_another_ignore_index_is_told_to_build_it_with_the_datasets():
+    with pytest.raises(ValueError, match=r"Fix: build it with ignore_index=0, e\.g\. "
+                                         r"SafeCrossEntropyLoss\(ignore_index=0\)\.$"):
+        hp.AutoWeight([hp.SafeCrossEntropyLoss(), {"type": "SafeDiceLoss"}], method="liebel", ignore_index=0)

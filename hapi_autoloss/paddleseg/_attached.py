@@ -11,8 +11,9 @@ paddlepaddle 3.3.1.
    optimizer built later decays σ, does not average it over the ranks). ``train`` calls
    ``model.train()`` first, which sets ``training`` on every sublayer, an attached loss included:
    the loss's setter marks it unchecked, so the stack is walked once per ``train`` call (and
-   once after each evaluation), never per step. A loss outside ``train`` (a plain loop with σ
-   in its own optimizer) is walked once and never refused.
+   once after each evaluation), never per step. A loss with σ outside ``train`` (a plain loop with
+   σ in its own optimizer) is never refused, and walks the stack at each training forward (a few
+   µs): a loss used there first and then given to ``train`` unattached is refused too.
 2. ``model.pdparams`` keeps tensors only: the loss's method and task names are kept as a hash in
    an int64 host buffer (``seg_identity``), compared before ``resume`` loads anything. A
    checkpoint without it (older) loads as before.
@@ -66,7 +67,8 @@ def check(loss: Any) -> None:
     frame = _grad.train_frame() if params else None
     if frame is not None:
         _refuse(loss, params, frame.f_locals)
-    loss.__dict__["_seg_checked"] = True  # passed: a refused train is refused again
+    if frame is not None or not params:  # passed (a refused train is refused again); outside train
+        loss.__dict__["_seg_checked"] = True  # σ is checked again: an unattached loss never sees model.train()
 
 
 def _refuse(loss: Any, params: list[Any], local: dict[str, Any]) -> None:
@@ -96,24 +98,36 @@ def _refuse(loss: Any, params: list[Any], local: dict[str, Any]) -> None:
 
 def check_identity(model: paddle.nn.Layer, state_dict: dict[str, Any]) -> dict[str, Any]:
     """Raise, before anything loads, if ``state_dict`` holds a loss of ``model`` saved by another
-    method or other tasks; the dict to load (an older checkpoint's missing key: the loss's own)."""
-    out = state_dict
+    method or other tasks, or (from ``train``'s ``resume``) ``train`` would refuse the loss at its
+    first forward; the dict to load, whose identities are the losses' own (never loaded)."""
+    out = dict(state_dict)
+    trained = []
     for prefix, layer in model.named_sublayers():
-        own = layer._buffers.get(KEY)
-        if own is None:
-            continue
-        key = f"{prefix}.{KEY}"
-        saved = state_dict.get(key)
-        if saved is None:  # saved before the key existed: load as then, without Paddle's warning
-            out = dict(out) if out is state_dict else out
-            out[key] = own
-            continue
-        value = saved.numpy() if hasattr(saved, "numpy") else saved
-        if saved is not own and int(value) != int(own.numpy()):
-            raise ValueError(
-                f"The checkpoint's {key} was saved by another loss than this AutoWeight(method={layer.method!r}, "
-                f"tasks={list(layer.task_names)}) (another method, or other tasks or in another order): loading "
-                "it would read one task's (or method's) σ as another's. Fix: build the same loss "
-                "(method=..., tasks=[...]) as the checkpoint, or train without resume_model."
-            )
+        if layer._buffers.get(KEY) is not None:
+            key = f"{prefix}.{KEY}" if prefix else KEY
+            out[key] = own_identity(layer, state_dict, key, "train without resume_model")
+            params = [p for p in layer.parameters() if not p.stop_gradient]
+            if params:  # none in PaddleSeg's EMA copy, loaded every step: no stack walk there
+                trained.append((layer, params))
+    frame = _grad.train_frame() if trained else None
+    if frame is not None:
+        for layer, params in trained:
+            _refuse(layer, params, frame.f_locals)  # before resume changes the model and optimizer
     return out
+
+
+def own_identity(loss: Any, state_dict: dict[str, Any], key: str, way: str) -> Any:
+    """``loss``'s identity buffer, to load in place of ``state_dict[key]``; raise, changing nothing,
+    if that was saved by another method or other tasks (a checkpoint without it, older, passes)."""
+    own = loss._buffers[KEY]
+    saved = state_dict.get(key)
+    if saved is not None and saved is not own:
+        value = saved.numpy() if hasattr(saved, "numpy") else saved
+        if int(value) != int(own.numpy()):
+            raise ValueError(
+                f"The checkpoint's {key} was saved by another loss than this AutoWeight(method={loss.method!r}, "
+                f"tasks={list(loss.task_names)}) (another method, or other tasks or in another order): loading "
+                "it would read one task's (or method's) σ as another's. Fix: build the same loss "
+                f"(method=..., tasks=[...]) as the checkpoint, or {way}."
+            )
+    return own

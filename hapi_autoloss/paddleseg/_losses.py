@@ -176,9 +176,11 @@ class AutoWeight(_autoweight.AutoWeight):
         for i, f in enumerate(fns):
             own = getattr(f, "ignore_index", None)
             if ignore_index is not None and own is not None and int(own) != int(ignore_index):
+                fix = ("write ignore_index in each entry of AutoWeight's losses as the dataset's, or leave it out "
+                       "there to take the dataset's" if isinstance(losses[i], dict) else f"build it with "
+                       f"ignore_index={ignore_index}, e.g. {type(f).__name__}(ignore_index={ignore_index})")
                 raise ValueError(f"losses[{i}] ignores label {own}, AutoWeight (the dataset) {ignore_index}. "
-                                 "Fix: write ignore_index in each entry of AutoWeight's losses as the dataset's, "
-                                 "or leave it out there to take the dataset's.")
+                                 f"Fix: {fix}.")
         names = list(names) if names is not None else _task_names(fns)
         if len(names) != len(fns):
             raise ValueError(f"{len(names)} names for {len(fns)} losses. Fix: one name per loss.")
@@ -202,6 +204,14 @@ class AutoWeight(_autoweight.AutoWeight):
     def training(self, mode: bool) -> None:  # model.train() (train's start): check the next forward
         self.__dict__["_seg_training"] = mode
         self.__dict__["_seg_checked"] = False
+
+    def set_state_dict(self, state_dict: dict[str, Any], use_structured_name: bool = True) -> Any:
+        """``AutoWeight.set_state_dict``; another loss's state (its identity) is refused, and the
+        identity is never loaded (an older checkpoint without it loads without a warning)."""
+        if use_structured_name:
+            state_dict = {**state_dict, _attached.KEY: _attached.own_identity(
+                self, state_dict, _attached.KEY, "load the state of a loss built like this one")}
+        return super().set_state_dict(state_dict, use_structured_name)
 
     def forward(self, *tensors: paddle.Tensor) -> paddle.Tensor:
         _attached.check(self)  # σ attached to train's model and optimizer (once per train call)
