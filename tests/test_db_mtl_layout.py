@@ -215,11 +215,14 @@ def test_a_state_dict_of_another_number_of_tasks_is_refused_changing_nothing():
     model.prepare(paddle.optimizer.SGD(LR, parameters=model.parameters()), three)
     hapi_autoloss.attach(model)
     model.train_batch([x], t)
-    loss, two = _model(Deep())
-    two.train_batch([x[:, :3]], t[:2])
-    before = {k: v.numpy().copy() for k, v in loss.state_dict().items()}
-    with pytest.raises(ValueError, match=r"weighting\.db_grads has shape \[3, 16\], this loss.s \[2, 44\].*Fix: build "
-                                         "the same loss"):
-        loss.set_state_dict(three.state_dict())
-    for k, v in loss.state_dict().items():
-        np.testing.assert_array_equal(v.numpy(), before[k])
+    for stepped in (True, False):  # a loss before its first step ([2, 0] history) too: the usual resume
+        loss, two = _model(Deep())
+        if stepped:
+            two.train_batch([x[:, :3]], t[:2])
+        before = {k: v.numpy().copy() for k, v in loss.state_dict().items()}
+        here = "44" if stepped else "0"
+        with pytest.raises(ValueError, match=rf"weighting\.db_grads has shape \[3, 16\], this loss.s \[2, {here}\].*"
+                                             "Fix: build the same loss"):
+            loss.set_state_dict(three.state_dict())
+        for k, v in loss.state_dict().items():
+            np.testing.assert_array_equal(v.numpy(), before[k])

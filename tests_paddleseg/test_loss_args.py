@@ -187,3 +187,11 @@ def test_safe_ce_top_k_percent_pixels_fix_names_range_and_weights():
     with pytest.raises(ValueError, match=r"ratio: 0.2\} \(.*unweighted: TopKLoss does not carry the class weights"):
         hp.SafeCrossEntropyLoss(top_k_percent_pixels=0.2, weight=[1.0, 2.0, 3.0])
     assert hp.SafeCrossEntropyLoss(top_k_percent_pixels=1).weight is None
+
+
+def test_a_nan_dice_weight_and_the_threshold_rules_refusal_text():
+    with pytest.raises(ValueError, match=r"weight\[1\] is nan, not a finite number\. Fix: one finite weight"):
+        hp.SafeDiceLoss(weight=np.array([1.0, np.nan, 1.0]))
+    from hapi_autoloss.paddleseg import _loss_args
+    assert "the pixels whose loss is above threshold" in _loss_args.ohem_anneal_refusal("threshold=0.3")
+    assert "the pixels whose probability is below thresh" in _loss_args.ohem_anneal_refusal("thresh=0.7")

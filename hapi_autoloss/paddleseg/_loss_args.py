@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import math
 from typing import Any
 
 import numpy as np
@@ -35,8 +36,10 @@ def topk_ratio(ratio: Any, min_kept: Any, threshold: Any, band: Any) -> tuple[An
 
 def ohem_anneal_refusal(rule: str) -> str:
     """Why a TopKLoss on OHEM's rule (``rule``: its ``thresh=...`` or ``threshold=...``) is not annealed."""
+    kept = ("the pixels whose loss is above threshold" if rule.startswith("threshold")
+            else "the pixels whose probability is below thresh")
     return (f"TopKLoss({rule}) without ratio is OHEM's rule, which has no ratio to anneal. Fix: give "
-            "ratio= to combine both (the pixels below thresh and the hardest fraction), or drop the callback.")
+            f"ratio= to combine both ({kept} and the hardest fraction), or drop the callback.")
 
 
 def ohem_replacement(loss: Any) -> str:
@@ -93,6 +96,9 @@ def check_dice_weight(weight: Any) -> list[float] | None:
     if bad is not None:
         raise ValueError(f"weight[{bad}] is a {type(weight[bad]).__name__} ({weight[bad]!r}), not a number. "
                          "Fix: one real number per class, e.g. weight=[1.0, 2.0].")
+    bad = next((i for i, v in enumerate(values) if not math.isfinite(float(v or 0.0))), None)
+    if bad is not None:  # the loss would be NaN
+        raise ValueError(f"weight[{bad}] is {values[bad]}, not a finite number. Fix: one finite weight per class.")
     return [float(v) for v in values if v is not None]
 
 

@@ -23,13 +23,13 @@ def layout_buffers(layer: paddle.nn.Layer) -> dict[str, int]:
 
 def may_take(here: Sequence[int], saved: Sequence[int], dim: int | None) -> bool:
     """Whether loading may give a buffer of shape ``here`` the ``saved`` shape: one as many
-    dimensions, and the buffer empty (sized at a first step), or equal but in its layout
-    dimension ``dim`` (db_mtl's columns: its rows, one per task, must agree)."""
+    dimensions, and equal but in its layout dimension ``dim`` (db_mtl's columns: its rows, one per
+    task, must agree, before its first step too), or, with no ``dim``, the buffer empty."""
     if len(here) != len(saved):
         return False
-    if int(np.prod(here)) == 0:
-        return True
-    return dim is not None and all(a == b for i, (a, b) in enumerate(zip(here, saved)) if i != dim)
+    if dim is not None:  # empty or not: its other dimensions are known ([tasks, 0] before the first step)
+        return all(a == b for i, (a, b) in enumerate(zip(here, saved)) if i != dim)
+    return int(np.prod(here)) == 0
 
 
 def check_shapes(layer: paddle.nn.Layer, state: dict[str, Any]) -> None:
