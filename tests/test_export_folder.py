@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 import warnings
 
 import pytest
@@ -88,3 +89,38 @@ def test_a_marked_file_another_process_may_write_stays(tmp_path):
     assert any(busy in str(w.message) and "Fix:" in str(w.message) for w in caught)
     assert [v for _, v in tb_read(run / earlier)["lr"]] == pytest.approx([0.05] * STEPS)
     assert [v for _, v in vdl_read(run)["lr"]] == pytest.approx([0.01] * STEPS)  # the newest file
+
+
+def test_a_file_another_process_wrote_just_before_this_one_started_stays(tmp_path, monkeypatch):
+    """In a script training starts ms after the import, so "written since this process started"
+    missed a live run writing every few hundred ms in the same folder: its files were moved."""
+    from hapi_autoloss.callbacks import _earlier_run
+
+    source, run = tmp_path / "a", tmp_path / "run"
+    fit(build_model(kendall_loss()), source)
+    run.mkdir()
+    [live] = [n for n in os.listdir(source) if "tfevents" in n]
+    shutil.copy(source / live, run / live)
+    now = time.time()
+    os.utime(run / live, (now - 5, now - 5))  # 5 s ago, by another process
+    monkeypatch.setattr(_earlier_run, "_IMPORTED", now)  # this process had just started
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fit(build_model(kendall_loss(), lr=0.01), run)
+    assert earlier_runs(run) == [] and live in os.listdir(run)
+    assert any(live in str(w.message) and "Fix:" in str(w.message) for w in caught)
+
+
+def test_a_resume_copies_forward_our_newest_file_not_a_users_later_one(tmp_path):
+    """A user's own LogWriter file started after ours sorts after it: the resume copied that one."""
+    from hapi_autoloss.callbacks.visualdl import newest_vdl_file
+
+    ours = "vdlrecords.1796674310.log.1796674310320329635.19315.hapi-autoloss"
+    for name in (ours, "vdlrecords.1796674312.log", "vdlrecords.1796674300.log.1.2.hapi-autoloss"):
+        (tmp_path / name).write_bytes(b"")
+    assert newest_vdl_file(str(tmp_path)) == str(tmp_path / ours)
+    older = tmp_path / "older"
+    older.mkdir()
+    (older / "vdlrecords.1.log").write_bytes(b"")  # files of a version before the mark: the greatest
+    (older / "vdlrecords.2.log").write_bytes(b"")
+    assert newest_vdl_file(str(older)) == str(older / "vdlrecords.2.log")

@@ -61,7 +61,7 @@ CASES = {  # name: (lr, callbacks before the exporters, callbacks after them)
 
 
 class Unhook(paddle.callbacks.Callback):
-    """Removes the exporters' forward hook: their fallback (batch begin and end) is what reads."""
+    """Makes the exporters ignore the lr kept at the update: their fallback (batch begin and end) reads."""
 
     def __init__(self, exporters) -> None:
         super().__init__()
@@ -116,9 +116,26 @@ def test_lr_with_gradient_accumulation(tmp_path, case):
 
 
 @pytest.mark.parametrize("case", ["scheduler_first", "scheduler_last", "hapi_scheduler", "warmup_last"])
-def test_lr_without_the_forward_hook(tmp_path, case):
-    """Where no training forward was seen (the hook is gone), the batch's begin and end decide:
+def test_lr_without_the_update_record(tmp_path, case):
+    """Where no update was seen (accumulation) or kept, the batch's begin and end decide:
     the end's value unless the schedule stepped in between."""
     at_update, _ = run(tmp_path, case, hooked=False)
     for read in (tb_read, vdl_read):
         assert [v for _, v in read(tmp_path)["lr"]] == pytest.approx(at_update, rel=1e-6), read.__name__
+
+
+def test_no_hook_is_left_on_the_network_after_a_fit_that_raised(tmp_path):
+    """A forward hook read the lr and stayed after a fit that raised: every later forward
+    (predict, a plain call) left Paddle's hook-free path, one more hook per such exporter."""
+
+    class Boom(paddle.callbacks.Callback):
+        def on_train_batch_end(self, step, logs=None):
+            raise RuntimeError("boom")
+
+    model = build_model(kendall_loss())
+    for _ in range(2):
+        with pytest.raises(RuntimeError, match="boom"):
+            model.fit(TwoTaskData(32), epochs=1, batch_size=16, verbose=0,
+                      callbacks=[AutoWeightCallback(), TensorBoardExport(tmp_path), Boom()])
+    assert len(model.network._forward_pre_hooks) == 0
+    assert len(tb_read(tmp_path)["lr"]) >= 1  # the lr was logged all the same

@@ -16,8 +16,8 @@ both kinds, and the files this model's new run opened are never moved.
 Only our own files move: their names end in :data:`MARK` (a user's own ``SummaryWriter`` or
 ``LogWriter`` writes the same ``events.out.tfevents.*`` / ``vdlrecords.*`` names, without it).
 Files of hapi-autoloss versions before the mark stay where they are. A marked file that another
-process may still be writing (modified since this module was imported, and not opened by this
-process's exporters) stays too, with a warning.
+process may still be writing (modified in the last :data:`QUIET` seconds or since this module was
+imported, and not opened by this process's exporters) stays too, with a warning.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from typing import Any
 MARK = ".hapi-autoloss"  # the end of every log file name our exporters write
 PREFIX = "earlier-run-"
 _IMPORTED = time.time()  # "this process started", for the files of other processes
+QUIET = 30.0  # s: a file another process wrote this recently may still be written (a live run)
 _STAMP = re.compile(r"(?:tfevents|vdlrecords)\.(\d{9,11})\.")
 
 # model -> paths of the files its new run (step 0) opened: kept in place for its other exporter.
@@ -72,14 +73,15 @@ def set_aside_earlier_run(log_dir: str, model: Any, owner: str) -> str | None:
         path = os.path.abspath(os.path.join(log_dir, name))
         if not name.endswith(MARK) or path in keep or not os.path.isfile(path):
             continue
-        if path in _WRITTEN_HERE or os.path.getmtime(path) < _IMPORTED:
+        if path in _WRITTEN_HERE or os.path.getmtime(path) < min(_IMPORTED, time.time() - QUIET):
             names.append(name)
         else:
             busy.append(name)
     if busy:
         warnings.warn(
-            f"{owner}: left {', '.join(busy)} in {log_dir!r}: written since this process started, "
-            "by another process (another run logging into this folder?). Fix: give each run its own log_dir.",
+            f"{owner}: left {', '.join(busy)} in {log_dir!r}: written by another process in the last "
+            f"{QUIET:.0f} s or since this one started (another run logging into this folder?). Fix: give each "
+            "run its own log_dir, or wait until the other run has ended.",
             stacklevel=3,
         )
     if not names:

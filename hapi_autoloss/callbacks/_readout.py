@@ -16,8 +16,6 @@ import numbers
 import weakref
 from typing import Any
 
-import paddle
-
 from .. import _hapi
 from ..topk import TopKLoss
 from ..weighting import AutoWeight
@@ -90,11 +88,11 @@ class Readout:
         self.weighting = _autoweight_tags(model)
         self.topk = _topk_layers(model)
         self.drop_shown: set[int] = set()  # per fit: a new run shows drop from its first step above 0
-        # The lr of this batch: read by a forward pre-hook on the network (the update follows
-        # the forward with no callback between), else at its begin and end (see _lr_used).
-        self.lr_forward: float | None = None
+        # The lr of this batch: read by the optimizer's minimize as it updates (no callback runs
+        # between hapi's forward and update), else at its begin and end (see _lr_used).
         self.lr_begin: tuple[float | None, Any] = (None, None)
-        self._hook: Any = None
+        self.updates_begin: int | None = None
+        self.watching = False
 
     def train_values(self, logs: dict[str, Any], step: int) -> dict[str, float]:
         """``{tag: value}`` of the train batch that ended at global ``step``."""
@@ -141,37 +139,30 @@ class Readout:
         return values
 
     def watch_lr(self) -> None:
-        """From ``on_train_begin``: read the lr at each training forward of the network,
-        whatever the callbacks' order (a warmup's ``set_lr`` at batch begin listed after
-        us, paddle's ``LRScheduler(by_step=True)`` listed before us)."""
-        self.unwatch_lr()
-        network = getattr(self.model, "network", None)
-        if isinstance(network, paddle.nn.Layer):
-            me = weakref.ref(self)
-
-            def read(layer: Any, inputs: Any) -> None:
-                readout = me()
-                if readout is not None and layer.training:
-                    readout.lr_forward = readout._lr()
-
-            self._hook = network.register_forward_pre_hook(read)  # type: ignore[arg-type]
+        """From ``on_train_begin``: have the optimizer keep the lr of each update, whatever the
+        callbacks' order (a warmup's ``set_lr`` at batch begin listed after us, paddle's
+        ``LRScheduler(by_step=True)`` listed before us). The wrapper is put on once per
+        optimizer and stays (a call and a read per update; a forward hook on the network took
+        Paddle's layers off their hook-free path, and stayed after a fit that raised)."""
+        opt = _hapi.optimizer_of(self.model)
+        self.watching = opt is not None and _keep_update_lr(opt)
 
     def unwatch_lr(self) -> None:
-        if self._hook is not None:
-            self._hook.remove()
-            self._hook = None
+        self.watching = False
 
     def batch_begins(self) -> None:
-        """At ``on_train_batch_begin``: forget the last batch's lr; read it now too."""
-        self.lr_forward = None
+        """At ``on_train_batch_begin``: the updates so far, and the lr now."""
+        opt = _hapi.optimizer_of(self.model)
+        self.updates_begin = getattr(opt, "_autoloss_lr_update", (0, None))[0]
         self.lr_begin = (self._lr(), self._schedule_count())
 
     def _lr_used(self) -> float | None:
-        """The lr of this batch's update: read at its forward; without one seen (the hook did
-        not run), the lr at batch end unless the schedule stepped since its begin (then
-        the begin's: the step came after the update)."""
-        if self.lr_forward is not None:
-            return self.lr_forward
+        """The lr of this batch's update, as the optimizer kept it; with no update in the batch
+        (accumulation) or none kept, the lr at batch end unless the schedule stepped since its
+        begin (then the begin's: the step came after the forward)."""
+        count, lr = getattr(_hapi.optimizer_of(self.model), "_autoloss_lr_update", (0, None))
+        if self.watching and lr is not None and count != self.updates_begin:
+            return lr
         begin, count = self.lr_begin
         if begin is not None and count is not None and self._schedule_count() != count:
             return begin
@@ -209,3 +200,21 @@ class Readout:
         loss = _hapi.loss_layer(self.model)
         tree = "\n".join("    " + line for line in repr(loss).splitlines()) if loss is not None else ""
         return f"| setting | value |\n|---|---|\n{table}\n\nLoss:\n\n{tree}\n"
+
+
+def _keep_update_lr(opt: Any) -> bool:
+    """Wrap ``opt.minimize`` (once) to keep ``(updates, lr)`` of its last call in
+    ``opt._autoloss_lr_update``; hapi (and its AMP scaler) updates through it."""
+    if getattr(opt, "_autoloss_lr_update", None) is not None:
+        return True
+    if not hasattr(opt, "get_lr") or not callable(getattr(opt, "minimize", None)):
+        return False
+    inner = opt.minimize
+
+    def minimize(*args: Any, **kwargs: Any) -> Any:
+        opt._autoloss_lr_update = (opt._autoloss_lr_update[0] + 1, _scalar(opt.get_lr()))
+        return inner(*args, **kwargs)
+
+    opt._autoloss_lr_update = (0, None)
+    opt.minimize = minimize
+    return True

@@ -83,7 +83,7 @@ class TensorBoardExport(ScalarExport):
       ``AutoWeight`` in the loss;
     - ``topk/ratio``: the kept fraction of each ``TopKLoss`` (a second one is
       ``topk/ratio/1``...);
-    - ``lr``: the learning rate the step's update used (read at its forward);
+    - ``lr``: the learning rate the step's update used (read as the optimizer updates);
     - ``eval/loss`` (the mean over the evaluation set, each batch weighted by its
       size) and ``eval/<metric>`` after each evaluation of ``fit(eval_data=...)``;
     - ``autoloss/config`` (text, shown as ``autoloss/config/text_summary``): the

@@ -6,7 +6,7 @@ import os
 import time
 from typing import Any
 
-from ._earlier_run import marked
+from ._earlier_run import MARK, marked
 from ._logfile import AppendOnlyFile
 from ._scalars import ScalarExport
 
@@ -30,10 +30,14 @@ def _import_visualdl() -> dict[str, Any]:
 
 
 def newest_vdl_file(log_dir: str) -> str | None:
-    """The file VisualDL shows for ``log_dir``: the greatest ``vdlrecords`` file name."""
+    """Our newest file in ``log_dir``, which a resume copies forward: the greatest ``vdlrecords``
+    name with our mark (a user's own ``LogWriter`` file started later sorts after it), else the
+    greatest of all (files of versions before the mark)."""
     if not os.path.isdir(log_dir):
         return None
     names = sorted(n for n in os.listdir(log_dir) if "vdlrecords" in n)
+    ours = [n for n in names if n.endswith(MARK)]
+    names = ours or names
     return os.path.join(log_dir, names[-1]) if names else None
 
 
