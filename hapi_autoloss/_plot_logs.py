@@ -133,11 +133,12 @@ def _read_visualdl_records(path: str) -> Series:
                 steps, values = out.setdefault(value.tag, ([], []))
                 steps.append(int(value.id))
                 values.append(float(value.value))
-    warnings.warn(
-        f"The VisualDL file {path!r} is cut short ({bad} unreadable record(s), e.g. a crash "
-        "while writing); read the records before it.",
-        stacklevel=4,
-    )
+    if bad:
+        warnings.warn(
+            f"The VisualDL file {path!r} is cut short ({bad} unreadable record(s), e.g. a crash "
+            "while writing); read the records before it.",
+            stacklevel=4,
+        )
     return out
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import paddle
 import pytest
 from test_grad_machinery import data
-from test_grad_trainable import LR, Deep, build, flat, freeze, per_task
+from test_grad_trainable import LR, Deep, build, db_model, flat, freeze, per_task, restore_loss, save_both
 
 import hapi_autoloss
 from hapi_autoloss import AutoWeight
@@ -40,14 +40,6 @@ class Square(paddle.nn.Layer):
         return self.h1(z), self.h2(z)
 
 
-def _model(net):
-    loss = AutoWeight([paddle.nn.MSELoss(), paddle.nn.MSELoss()], method="db_mtl")
-    model = paddle.Model(net)
-    model.prepare(paddle.optimizer.SGD(LR, parameters=net.parameters()), loss)
-    hapi_autoloss.attach(model)
-    return loss, model
-
-
 def _reorder_run(tmp_path, kind, via):
     """One step, (a save and a load into the reordered network,) two steps: buffer and parameters."""
     rng = np.random.default_rng(0)
@@ -55,20 +47,15 @@ def _reorder_run(tmp_path, kind, via):
     t1, t2 = (rng.normal(size=(8, 1)).astype("float32") for _ in range(2))
     paddle.seed(1)
     net = Square() if kind == "square" else Deep()
-    loss, model = _model(net)
+    loss, model = db_model(net)
     model.train_batch([x], [t1, t2])
     if via:
-        path = str(tmp_path / "ck")
-        model.save(path)
-        paddle.save(loss.state_dict(), path + ".loss")
+        path = save_both(model, loss, tmp_path)
         paddle.seed(7)
         net = Square(extra=True) if kind == "square" else Reordered((2, 2))
-        loss, model = _model(net)
+        loss, model = db_model(net)
         net.set_state_dict(paddle.load(path + ".pdparams"))
-        if via == "hapi":
-            hapi_autoloss.load_state(model, path)
-        else:
-            loss.set_state_dict(paddle.load(path + ".loss"))
+        restore_loss(model, loss, path, via)
     for _ in range(2):
         model.train_batch([x], [t1, t2])
     return loss.weighting.db_grads.numpy(), flat([p for n, p in net.named_parameters() if not n.startswith("extra")])
@@ -147,7 +134,7 @@ class Towers(paddle.nn.Layer):
 def test_frozen_parameters_that_need_not_be_the_trunk_get_both_fixes():
     net = Towers()
     freeze(net.norm, True)
-    _, model = _model(net)
+    _, model = db_model(net)
     x, t1, t2 = data()
     with pytest.raises(ValueError) as info:
         model.train_batch([x], [t1, t2])
@@ -216,7 +203,7 @@ def test_a_state_dict_of_another_number_of_tasks_is_refused_changing_nothing():
     hapi_autoloss.attach(model)
     model.train_batch([x], t)
     for stepped in (True, False):  # a loss before its first step ([2, 0] history) too: the usual resume
-        loss, two = _model(Deep())
+        loss, two = db_model(Deep())
         if stepped:
             two.train_batch([x[:, :3]], t[:2])
         before = {k: v.numpy().copy() for k, v in loss.state_dict().items()}

@@ -125,6 +125,31 @@ def test_db_mtl_keeps_the_buffer_of_the_parameters_still_shared():
     np.testing.assert_allclose(loss.weighting.db_grads.numpy(), want, rtol=1e-4, atol=1e-7)
 
 
+def db_model(net):
+    """(loss, model): db_mtl on ``net``, SGD, attached."""
+    loss = AutoWeight([paddle.nn.MSELoss(), paddle.nn.MSELoss()], method="db_mtl")
+    model = paddle.Model(net)
+    model.prepare(paddle.optimizer.SGD(LR, parameters=net.parameters()), loss)
+    hapi_autoloss.attach(model)
+    return loss, model
+
+
+def save_both(model, loss, tmp_path):
+    """hapi's checkpoint, and the loss's state dict as a plain loop saves it: their path."""
+    path = str(tmp_path / "ck")
+    model.save(path)
+    paddle.save(loss.state_dict(), path + ".loss")
+    return path
+
+
+def restore_loss(model, loss, path, via):
+    """The loss's state from ``path``: by hapi's load_state, or a plain loop's state dict."""
+    if via == "hapi":
+        hapi_autoloss.load_state(model, path)
+    else:
+        loss.set_state_dict(paddle.load(path + ".loss"))
+
+
 def _db_run(tmp_path, saved_frozen, resumed_frozen, via):
     """db_mtl: one step with ``saved_frozen`` frozen, then one with ``resumed_frozen`` frozen; with
     ``via``, a save after the first step and a load into a fresh model and loss (built with another
@@ -136,22 +161,14 @@ def _db_run(tmp_path, saved_frozen, resumed_frozen, via):
         p.stop_gradient = True
     model.train_batch([x], [t1, t2])
     if via:
-        path = str(tmp_path / "ck")
-        model.save(path)
-        paddle.save(loss.state_dict(), path + ".loss")
+        path = save_both(model, loss, tmp_path)
         paddle.seed(7)
         net = Deep()
-        loss = AutoWeight([paddle.nn.MSELoss(), paddle.nn.MSELoss()], method="db_mtl")
-        model = paddle.Model(net)
-        model.prepare(paddle.optimizer.SGD(LR, parameters=net.parameters()), loss)
-        hapi_autoloss.attach(model)
+        loss, model = db_model(net)
         for p in saved_frozen(net):
             p.stop_gradient = True
         model.load(path)
-        if via == "hapi":
-            hapi_autoloss.load_state(model, path)
-        else:  # a plain loop's checkpoint: the loss's state dict
-            loss.set_state_dict(paddle.load(path + ".loss"))
+        restore_loss(model, loss, path, via)
     for p in net.parameters():
         p.stop_gradient = False
     for p in resumed_frozen(net):

@@ -159,8 +159,9 @@ def others_in_fit(callback: Any) -> list[Any]:
     return others
 
 
-def check_attached(layer: paddle.nn.Layer, needed: bool, reason: str = "learns during training") -> None:
-    """Raise if ``layer`` trains inside hapi without the callback it ``needed`` (``reason``: why).
+def check_attached(layer: paddle.nn.Layer, needed: bool, reason: Callable[[], str]) -> None:
+    """Raise if ``layer`` trains inside hapi without the callback it ``needed`` (``reason()``: why,
+    built only when raising).
 
     Called from a loss's forward. Costs a few stack-frame reads until attached.
     """
@@ -171,7 +172,7 @@ def check_attached(layer: paddle.nn.Layer, needed: bool, reason: str = "learns d
     calls: list[str] = getattr(layer, "training_calls", list)()  # the method's own hooks (dwa, stch, famo)
     also = f" and {'; '.join(calls)}" if calls else ""
     raise RuntimeError(
-        f"{type(layer).__name__} {reason}. Fix: pass "
+        f"{type(layer).__name__} {reason()}. Fix: pass "
         "hapi_autoloss.callbacks.AutoWeightCallback() in "
         "model.fit(callbacks=[...]), or call hapi_autoloss.attach(model) before "
         f"model.train_batch(...){also}."

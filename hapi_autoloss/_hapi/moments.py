@@ -50,8 +50,9 @@ def optimizer_state_of(opt: Any, params: dict[str, Any]) -> dict[str, dict[str, 
                 out.setdefault(sname, {})[acc_name] = var.numpy()
     waiting = (getattr(opt, "_accumulators_holder", None) or {}) if opt is not None else {}
     names = {p.name: sname for sname, p in params.items() if sname not in out}
+    candidates = set(names)
     for key, value in waiting.items():  # loaded, no update since: they still wait there
-        found = _split(key, set(names))
+        found = _split(key, candidates)
         if found is not None:
             out.setdefault(names[found[0]], {})[found[1]] = value.numpy() if hasattr(value, "numpy") else value
     return out
@@ -99,8 +100,9 @@ def rename_network_moments(opt: Any, names: dict[str, str], old_names: dict[str,
         # the loaded master weights keep their names, and their moments are named after them
         moves.update({v.name: v.name for v in master.values() if isinstance(getattr(v, "name", None), str)})
     renamed: dict[str, Any] = {}
+    olds = set(moves)
     for key, value in holder.items():
-        found = None if key in keep else _split(key, set(moves))
+        found = None if key in keep else _split(key, olds)
         renamed[accumulator_name(moves[found[0]], found[1]) if found else key] = value
     opt._accumulators_holder = renamed
 

@@ -161,7 +161,7 @@ def _lineage(state: dict[str, Any]) -> list[tuple[Any, int | None]]:
 def check_state(model: Any, path: str, state: dict[str, Any] | None = None) -> None:
     """Raise, changing nothing, if ``<path>.autoloss`` was written by another loss (other method,
     other task names or order, other state) than ``model``'s."""
-    from ..weighting._buffers import layout_buffers, may_take  # the weighting package imports this one
+    from ..weighting._buffers import check_shapes  # the weighting package imports this one
 
     target = path + STATE_SUFFIX
     state = read_state(path) if state is None else state
@@ -169,7 +169,6 @@ def check_state(model: Any, path: str, state: dict[str, Any] | None = None) -> N
     named = dict(loss.named_parameters()) if loss is not None else {}
     saved = state.get("loss", {})
     tensors = loss.state_dict() if loss is not None else {}
-    follows = layout_buffers(loss) if loss is not None else {}  # their shape is the saved one's on loading
     saved_layers = state.get("layers", {})
     for name, layer in _layers_with_state(loss).items():
         check = getattr(layer, "check_checkpoint_state", None)
@@ -184,13 +183,8 @@ def check_state(model: Any, path: str, state: dict[str, Any] | None = None) -> N
             f"{sorted(tensors)}. Fix: build the same loss (same tasks and method) as the "
             "run that saved it."
         )
-    for name, value in saved.items():
-        here = tuple(tensors[name].shape)
-        if here != tuple(np.shape(value)) and not may_take(here, np.shape(value), follows.get(name)):
-            raise ValueError(
-                f"Loss state {name} has shape {list(tensors[name].shape)} here but "
-                f"{list(np.shape(value))} in {target}. Fix: build the same loss."
-            )
+    if loss is not None:
+        check_shapes(loss, saved, where=target)
 
 
 def load_state(model: Any, path: str) -> dict[str, Any]:

@@ -57,8 +57,8 @@ def supported() -> str:
 def track(loss: Any) -> None:
     """Give ``loss`` its position buffer if its method needs epoch ends."""
     if "end_epoch" in type(loss.weighting).training_hooks():
-        loss.register_buffer("seg_iter", paddle.zeros([], dtype="int64"))
-        loss.register_buffer("seg_per", paddle.zeros([], dtype="int64"))  # its run's epoch length
+        loss.register_buffer("seg_iter", paddle.zeros([], dtype="int64").cpu())  # on the host: set every step
+        loss.register_buffer("seg_per", paddle.zeros([], dtype="int64").cpu())  # its run's epoch length
 
 
 # (the train call (its batch sampler) each loss saw last, its last iteration there): outside the

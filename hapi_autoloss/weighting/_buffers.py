@@ -32,26 +32,27 @@ def may_take(here: Sequence[int], saved: Sequence[int], dim: int | None) -> bool
     return int(np.prod(here)) == 0
 
 
-def check_shapes(layer: paddle.nn.Layer, state: dict[str, Any]) -> None:
+def check_shapes(layer: paddle.nn.Layer, state: dict[str, Any], where: str = "The state dict") -> None:
     """Raise, changing nothing, when ``state`` (structured names) holds a tensor of another shape
     than ``layer``'s that loading may not give it (Paddle's ``set_state_dict`` skips it with a
-    warning and trains on: another number of tasks read into db_mtl's history)."""
+    warning and trains on: another number of tasks read into db_mtl's history). ``where``: the
+    state's source, for the message (``load_state``'s file)."""
     dims = layout_buffers(layer)
     for name, tensor in layer.state_dict().items():
         saved = state.get(name)
         here = list(tensor.shape)
         if saved is not None and list(np.shape(saved)) != here and not may_take(here, np.shape(saved), dims.get(name)):
             raise ValueError(
-                f"The state dict's {name} has shape {list(np.shape(saved))}, this loss's {here}: it was "
+                f"{where}'s {name} has shape {list(np.shape(saved))}, this loss's {here}: it was "
                 "saved by another loss (other tasks or method). Fix: build the same loss as the run that saved it."
             )
 
 
-def fit_empty_buffers(layer: paddle.nn.Layer, state: dict[str, Any], layout: bool = True) -> None:
+def fit_empty_buffers(layer: paddle.nn.Layer, state: dict[str, Any]) -> None:
     """Give each empty buffer of ``layer`` (one whose size a method learns at its first step), and
     with ``layout`` each of its :func:`layout_buffers`, the shape of its value in ``state``
     (structured names), so that loading can set it."""
-    dims = layout_buffers(layer) if layout else {}
+    dims = layout_buffers(layer)
     for name, buf in list(layer.named_buffers()):
         saved = state.get(name)
         if buf is None or saved is None:

@@ -144,8 +144,8 @@ class AutoWeight(Checkpoints):
 
     def forward(self, *tensors: paddle.Tensor) -> paddle.Tensor:
         if not _hapi.is_attached(self):  # once attached always: skip walking the method's parameters
-            _hapi.check_attached(self, self.weighting.needs_callback, self.weighting.callback_reason)
-        elif not self._since.recording:  # not in its own model's train step
+            _hapi.check_attached(self, self.weighting.needs_callback, lambda: self.weighting.callback_reason)
+        elif not self._since.recording and paddle.is_grad_enabled():  # another train step? (no eval's walk)
             _hapi.check_other_train(self, needed=self.weighting.needs_callback)
         try:
             each = self._each_loss(tensors)
