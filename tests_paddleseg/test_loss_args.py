@@ -195,3 +195,23 @@ def test_a_nan_dice_weight_and_the_threshold_rules_refusal_text():
     from hapi_autoloss.paddleseg import _loss_args
     assert "the pixels whose loss is above threshold" in _loss_args.ohem_anneal_refusal("threshold=0.3")
     assert "the pixels whose probability is below thresh" in _loss_args.ohem_anneal_refusal("thresh=0.7")
+
+
+def test_ohem_refusal_at_thresh_zero_or_below_names_a_config_that_runs():
+    """thresh <= 0 keeps no pixel by probability, so PaddleSeg's rule is the min_kept hardest pixels: the
+    suggested config (YAML as a user pastes it) builds and equals the mean of those pixels' CE in float64."""
+    import re
+
+    import yaml
+    for thresh in (0.0, -0.3):
+        with pytest.raises(ValueError) as err:
+            hp.AutoWeight([OhemCrossEntropyLoss(thresh=thresh, min_kept=100, ignore_index=255), hp.SafeDiceLoss()])
+        config = re.search(r"Fix: use (\{.*?\})", str(err.value)).group(1)
+        assert f"thresh={thresh} no probability is below thresh: the 100 hardest pixels" in str(err.value)
+        cfg = yaml.safe_load(config)
+        loss = hp.TopKLoss(**{k: v for k, v in cfg.items() if k != "type"})
+        logits, y = easy_batch(margin=2.0)
+        valid = y != 255
+        p = np.take_along_axis(softmax64(logits), np.where(valid, y, 0)[:, None], 1)[:, 0][valid]
+        want = -np.log(np.sort(p)[:100]).mean()
+        np.testing.assert_allclose(loss(paddle.to_tensor(logits), paddle.to_tensor(y)).numpy()[0], want, rtol=1e-5)

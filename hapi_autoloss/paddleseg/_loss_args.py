@@ -51,6 +51,10 @@ def ohem_replacement(loss: Any) -> str:
     if is_real(thresh) and is_real(min_kept) and (thresh >= 1 or min_kept <= 0):
         return (f"{{type: SafeCrossEntropyLoss, ignore_index: {ignore}}} (with thresh={thresh}, min_kept={min_kept} "
                 "OhemCrossEntropyLoss keeps every valid pixel: the mean cross-entropy)")
+    if is_real(thresh) and is_real(min_kept) and thresh <= 0:
+        # No probability is below thresh: only min_kept chooses; ratio 1e-12 is thresh's "no fraction" (above).
+        return (f"{{type: TopKLoss, ratio: 1.0e-12, min_kept: {min_kept}, ignore_index: {ignore}}} (with "
+                f"thresh={thresh} no probability is below thresh: the {min_kept} hardest pixels)")
     return (f"{{type: TopKLoss, thresh: {thresh}, min_kept: {min_kept}, ignore_index: {ignore}}} (no ratio: "
             "the pixels whose true-class probability is below thresh, at least min_kept of them)")
 
