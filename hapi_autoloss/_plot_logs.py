@@ -136,7 +136,8 @@ def _read_visualdl_records(path: str) -> Series:
     if bad:
         warnings.warn(
             f"The VisualDL file {path!r} is cut short ({bad} unreadable record(s), e.g. a crash "
-            "while writing); read the records before it.",
+            "while writing); the points before it are plotted. Fix: none for this file (a run stopped "
+            "by Ctrl-C or an exception closes its file cleanly).",
             stacklevel=4,
         )
     return out

@@ -52,12 +52,6 @@ def _trainable(obj: Params, what: str) -> list[Any]:
     return [p for p in params if not p.stop_gradient]
 
 
-def _own_no_decay(p: Any) -> bool:
-    """The parameter asked for no decay itself: ``ParamAttr(regularizer=L2Decay(0.0))``."""
-    reg = getattr(p, "regularizer", None)
-    return isinstance(reg, paddle.regularizer.L2Decay) and float(reg._coeff) == 0.0
-
-
 def _no_decay_group(params: list[Any], lr_scale: float, clip: bool) -> dict[str, Any]:
     # Every paddle 3.3.1 optimizer reads its group keys with .get, so a key that only
     # Lamb knows is harmless elsewhere. Group weight decay 0 switches off coupled decay
@@ -121,8 +115,8 @@ def param_groups(
             "weight decay and σ's none at once. Fix: pass a network that does not hold the loss "
             "(e.g. the backbone Layer, or a list of its parameters without the loss's)."
         )
-    own = [p for p in net_params if _own_no_decay(p)]
-    other = [p.name for p in net_params if getattr(p, "regularizer", None) is not None and not _own_no_decay(p)]
+    own = [p for p in net_params if _hapi.asks_no_decay(p)]
+    other = [p.name for p in net_params if getattr(p, "regularizer", None) is not None and not _hapi.asks_no_decay(p)]
     if other:
         warnings.warn(
             f"Network parameters {other[:3]}{'...' if len(other) > 3 else ''} carry their own regularizer; "
@@ -131,7 +125,7 @@ def param_groups(
             "{'params': the others, 'weight_decay': their regularizer} to the groups.",
             stacklevel=2,
         )
-    main: dict[str, Any] = {"params": [p for p in net_params if not _own_no_decay(p)]}
+    main: dict[str, Any] = {"params": [p for p in net_params if not _hapi.asks_no_decay(p)]}
     if weight_decay is not None:
         main["weight_decay"] = float(weight_decay)
     groups = [main] if main["params"] else []

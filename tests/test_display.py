@@ -22,7 +22,7 @@ from hapi_autoloss.callbacks import (
     VisualDLExport,
 )
 from hapi_autoloss.plot import read_scalars
-from hapi_autoloss.weighting import GLS_FLOOR
+from hapi_autoloss.weighting.gls import GLS_FLOOR
 
 TASKS = ("y1", "y2")
 STEPS = 6  # TwoTaskData(96), batch_size 16

@@ -6,7 +6,7 @@ import paddle
 from helpers import feed_losses, identity
 
 from hapi_autoloss import AutoWeight
-from hapi_autoloss.weighting import GLS_FLOOR
+from hapi_autoloss.weighting.gls import GLS_FLOOR
 
 L = np.array([0.7, 2.5, 0.05])
 

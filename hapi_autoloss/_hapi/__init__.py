@@ -20,7 +20,9 @@ owns parameters, and where we fix it:
    runs and lets a restored run skip the epochs it has done.
 """
 
+from .decay import asks_no_decay
 from .logs import SILENT, before_epoch_end, forget_earlier_fits, is_progbar, progbar_on, progbar_prints
+from .lr import current_lr, keep_update_lr, schedule_count, update_lr
 from .model import (
     bind_network,
     callback_list_of,
@@ -33,6 +35,7 @@ from .model import (
     metric_names,
     optimizer_of,
     others_in_fit,
+    prepared_loss,
     require_dynamic_mode,
     show_in_progress_bar,
     world,
@@ -56,6 +59,7 @@ __all__ = [
     "SILENT",
     "STATE_SUFFIX",
     "after_train_batch",
+    "asks_no_decay",
     "attach",
     "before_epoch_end",
     "bind_network",
@@ -64,6 +68,7 @@ __all__ = [
     "check_other_train",
     "check_state",
     "checkpoint_info",
+    "current_lr",
     "forget_earlier_fits",
     "forward_again",
     "freeze_state",
@@ -71,6 +76,7 @@ __all__ = [
     "is_attached",
     "is_progbar",
     "iter_layers",
+    "keep_update_lr",
     "lacks_eval_data",
     "load_state",
     "loss_layer",
@@ -79,6 +85,7 @@ __all__ = [
     "newest_checkpoint",
     "optimizer_of",
     "others_in_fit",
+    "prepared_loss",
     "progbar_on",
     "progbar_prints",
     "progress",
@@ -86,7 +93,9 @@ __all__ = [
     "register_state",
     "require_dynamic_mode",
     "save_state",
+    "schedule_count",
     "show_in_progress_bar",
     "skip_done_epochs",
+    "update_lr",
     "world",
 ]

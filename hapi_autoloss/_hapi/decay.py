@@ -59,8 +59,10 @@ def idle_zero_decay(opt: Any, params: list[Any]) -> list[Any]:
         return []
     if type(opt)._create_regularization_of_grad is not paddle.optimizer.Optimizer._create_regularization_of_grad:
         return []
-    return [p for p in params if _is_zero_l2(getattr(p, "regularizer", None))]
+    return [p for p in params if asks_no_decay(p)]
 
 
-def _is_zero_l2(reg: Any) -> bool:
+def asks_no_decay(p: Any) -> bool:
+    """The parameter asked for no decay itself: ``ParamAttr(regularizer=L2Decay(0.0))``."""
+    reg = getattr(p, "regularizer", None)
     return isinstance(reg, paddle.regularizer.L2Decay) and float(reg._coeff) == 0.0

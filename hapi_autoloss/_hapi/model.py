@@ -43,9 +43,14 @@ def require_dynamic_mode() -> None:
         )
 
 
+def prepared_loss(model: Any) -> Any:
+    """The loss given to ``model.prepare`` (a Layer, a function or None)."""
+    return getattr(model, "_loss", None)
+
+
 def loss_layer(model: Any) -> paddle.nn.Layer | None:
     """The loss given to ``model.prepare``, if it is a Layer."""
-    loss = getattr(model, "_loss", None)
+    loss = prepared_loss(model)
     return loss if isinstance(loss, paddle.nn.Layer) else None
 
 

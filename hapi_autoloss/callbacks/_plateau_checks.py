@@ -18,7 +18,7 @@ def check_plateau_fit(plateau: TopKOnPlateau, layers: list[TopKLoss]) -> None:
     """Raise when ``plateau`` cannot work in this ``fit``: ``layers`` (the model's TopKLoss
     layers) empty or with a rule it cannot reduce, a TopKScheduler beside it, no eval_data,
     or a monitored key the evaluation will not log."""
-    loss = getattr(plateau.model, "_loss", None)
+    loss = _hapi.prepared_loss(plateau.model)
     if not layers:
         raise ValueError(
             f"TopKOnPlateau found no TopKLoss in the model's loss ({type(loss).__name__}), so it has "

@@ -11,7 +11,6 @@ Example::
 
 from __future__ import annotations
 
-import math
 import numbers
 import weakref
 from typing import Any
@@ -145,7 +144,7 @@ class Readout:
         optimizer and stays (a call and a read per update; a forward hook on the network took
         Paddle's layers off their hook-free path, and stayed after a fit that raised)."""
         opt = _hapi.optimizer_of(self.model)
-        self.watching = opt is not None and _keep_update_lr(opt)
+        self.watching = opt is not None and _hapi.keep_update_lr(opt)
 
     def unwatch_lr(self) -> None:
         self.watching = False
@@ -153,14 +152,14 @@ class Readout:
     def batch_begins(self) -> None:
         """At ``on_train_batch_begin``: the updates so far, and the lr now."""
         opt = _hapi.optimizer_of(self.model)
-        self.updates_begin = getattr(opt, "_autoloss_lr_update", (0, None))[0]
+        self.updates_begin = _hapi.update_lr(opt)[0]
         self.lr_begin = (self._lr(), self._schedule_count())
 
     def _lr_used(self) -> float | None:
         """The lr of this batch's update, as the optimizer kept it; with no update in the batch
         (accumulation) or none kept, the lr at batch end unless the schedule stepped since its
         begin (then the begin's: the step came after the forward)."""
-        count, lr = getattr(_hapi.optimizer_of(self.model), "_autoloss_lr_update", (0, None))
+        count, lr = _hapi.update_lr(_hapi.optimizer_of(self.model))
         if self.watching and lr is not None and count != self.updates_begin:
             return lr
         begin, count = self.lr_begin
@@ -169,16 +168,10 @@ class Readout:
         return self._lr()
 
     def _schedule_count(self) -> Any:
-        opt = _hapi.optimizer_of(self.model)
-        return getattr(getattr(opt, "_learning_rate", None), "last_epoch", None)
+        return _hapi.schedule_count(_hapi.optimizer_of(self.model))
 
     def _lr(self) -> float | None:
-        opt = _hapi.optimizer_of(self.model)
-        if opt is not None and hasattr(opt, "get_lr"):
-            lr = _scalar(opt.get_lr())
-            if lr is not None and math.isfinite(lr):
-                return lr
-        return None
+        return _hapi.current_lr(_hapi.optimizer_of(self.model))
 
     def config_text(self, exporter: str, every_n_steps: int, start_step: int) -> str:
         """Markdown: the run's settings, the AutoWeight and TopKLoss configuration."""
@@ -200,21 +193,3 @@ class Readout:
         loss = _hapi.loss_layer(self.model)
         tree = "\n".join("    " + line for line in repr(loss).splitlines()) if loss is not None else ""
         return f"| setting | value |\n|---|---|\n{table}\n\nLoss:\n\n{tree}\n"
-
-
-def _keep_update_lr(opt: Any) -> bool:
-    """Wrap ``opt.minimize`` (once) to keep ``(updates, lr)`` of its last call in
-    ``opt._autoloss_lr_update``; hapi (and its AMP scaler) updates through it."""
-    if getattr(opt, "_autoloss_lr_update", None) is not None:
-        return True
-    if not hasattr(opt, "get_lr") or not callable(getattr(opt, "minimize", None)):
-        return False
-    inner = opt.minimize
-
-    def minimize(*args: Any, **kwargs: Any) -> Any:
-        opt._autoloss_lr_update = (opt._autoloss_lr_update[0] + 1, _scalar(opt.get_lr()))
-        return inner(*args, **kwargs)
-
-    opt._autoloss_lr_update = (0, None)
-    opt.minimize = minimize
-    return True

@@ -157,7 +157,7 @@ class AutoWeightCallback(Callback):
         """Whether a callback reads this step's logs at its on_train_batch_end."""
         return (
             self._every_step
-            or any(bar._bar is not None for bar in self._bars)  # copies every step while its bar is open
+            or any(bar.is_open for bar in self._bars)  # copies every step while its bar is open
             or any(_hapi.progbar_prints(line) for line in self._lines)
         )
 

@@ -96,6 +96,11 @@ class TqdmProgressBar(ProgBarLogger):
     def _on(self) -> bool:
         return self._level() > 0 and _hapi.world()[0] == 0
 
+    @property
+    def is_open(self) -> bool:
+        """Whether a bar is drawn now (its values are copied from ``logs`` at every step)."""
+        return self._bar is not None
+
     def _out(self) -> IO[str]:
         return self.file if self.file is not None else sys.stderr
 

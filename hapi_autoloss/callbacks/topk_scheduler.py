@@ -156,7 +156,7 @@ class TopKScheduler(RangeSchedule, Callback):
         _hapi.forget_earlier_fits()  # another model's sigma_/topk_ keys
         self._layers = list(_hapi.iter_layers(self.model, TopKLoss))
         if not self._layers:
-            loss = getattr(self.model, "_loss", None)
+            loss = _hapi.prepared_loss(self.model)
             raise ValueError(
                 f"TopKScheduler found no TopKLoss in the model's loss ({type(loss).__name__}), so "
                 "it has nothing to anneal. Fix: prepare the model with a TopKLoss, e.g. "

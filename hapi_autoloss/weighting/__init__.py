@@ -37,6 +37,5 @@ for _module in pkgutil.iter_modules(__path__):
         importlib.import_module(f"{__name__}.{_module.name}")
 
 from ._tasks import TASK_TYPES  # noqa: E402
-from .gls import GLS_FLOOR  # noqa: E402
 
-__all__ = ["GLS_FLOOR", "METHODS", "TASK_TYPES", "AutoWeight", "Weighting", "make_method"]
+__all__ = ["METHODS", "TASK_TYPES", "AutoWeight", "Weighting", "make_method"]

@@ -7,8 +7,6 @@ import paddle
 
 from ._learned import LearnedScale
 
-TASK_TYPES = ("regression", "classification")
-
 
 class Kendall(LearnedScale):
     """Per task ``f·e^(−s)·L + ½·s`` with ``s = log σ²``; f = ½ for a regression task,
