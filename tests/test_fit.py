@@ -294,3 +294,27 @@ def test_two_callbacks_in_one_fit_are_refused_before_any_step(same):
     with pytest.raises(ValueError, match=r"Two AutoWeightCallbacks.*Fix: pass one"):
         fit(model, epochs=1, callbacks=[one, one if same else AutoWeightCallback()])
     np.testing.assert_array_equal(model.network.trunk.weight.numpy(), before)
+
+
+@pytest.mark.parametrize("first", ["checkpoint", "autoweight"])
+def test_a_model_checkpoint_listed_first_holds_the_epoch_dwa_closed(tmp_path, first):
+    """ModelCheckpoint saves at its own on_epoch_end: listed before AutoWeightCallback, it wrote dwa
+    before the epoch's averages were taken in, so a resume trained with other weights."""
+    import hapi_autoloss
+    from hapi_autoloss import AutoWeight
+
+    def dwa():
+        return AutoWeight({"y1": paddle.nn.MSELoss(), "y2": paddle.nn.MSELoss()}, method="dwa")
+
+    checkpoint = paddle.callbacks.ModelCheckpoint(save_freq=1, save_dir=str(tmp_path))
+    order = [checkpoint, AutoWeightCallback()] if first == "checkpoint" else [AutoWeightCallback(), checkpoint]
+    fit(build_model(dwa()), epochs=3, callbacks=order)
+    two = dwa()  # the same run's first two epochs, uninterrupted
+    fit(build_model(two), epochs=2, callbacks=[AutoWeightCallback()])
+    resumed = dwa()
+    model = build_model(resumed, seed=1)
+    model.load(str(tmp_path / "1"), reset_optimizer=True)  # written after epochs 0 and 1
+    hapi_autoloss.load_state(model, str(tmp_path / "1"))
+    assert int(resumed.weighting.epochs_seen) == int(two.weighting.epochs_seen) == 2
+    np.testing.assert_array_equal(resumed.weighting.dwa_history.numpy(), two.weighting.dwa_history.numpy())
+    assert resumed.weights() == two.weights() and abs(two.weights()["y1"] - 1.0) > 1e-4

@@ -226,6 +226,25 @@ def test_resume_continues_the_schedule_from_a_checkpoint(tmp_path):
                                   "drop": None}
 
 
+@pytest.mark.parametrize("first", ["checkpoint", "scheduler"])
+def test_a_model_checkpoint_listed_first_holds_the_epoch_it_ends(tmp_path, first):
+    """ModelCheckpoint saves at its own on_epoch_end: listed before the scheduler, it wrote the
+    position before that epoch was counted, so a resume replayed one ratio and never reached end."""
+    full = RecordingTopK(ce())
+    checkpoint = paddle.callbacks.ModelCheckpoint(save_freq=1, save_dir=str(tmp_path))
+    sched = TopKScheduler(1.0, 0.1)
+    fit(build(full), 10, [checkpoint, sched] if first == "checkpoint" else [sched, checkpoint])
+    ckpt = str(tmp_path / "4")  # written after epochs 0-4
+    assert hapi_autoloss.checkpoint_info(ckpt)["epoch"] == 5
+    resumed = RecordingTopK(ce())
+    model = build(resumed, seed=1)
+    model.load(ckpt, reset_optimizer=True)
+    hapi_autoloss.load_state(model, ckpt)
+    fit(model, 5, [TopKScheduler(1.0, 0.1)])
+    assert resumed.used == full.used[15:] and resumed.used[-1] == pytest.approx(0.1)
+    assert [full.used[3 * e] for e in range(10)] == pytest.approx([1.0 - 0.1 * e for e in range(10)])
+
+
 def test_resume_by_step_after_model_save(tmp_path):
     full = RecordingTopK(ce())
     model = build(full)

@@ -46,8 +46,8 @@ class AutoWeightCallback(Callback):
     ``"skip"`` the step's update is dropped and ``nonfinite_skipped`` in
     ``logs`` counts the skips.
 
-    List it before an explicit ``ModelCheckpoint`` in ``callbacks`` (hapi appends
-    its own after yours), so a checkpoint holds the epoch dwa has just closed.
+    It closes each epoch (dwa's averages) before any callback's ``on_epoch_end``, so a
+    ``ModelCheckpoint`` holds that epoch wherever it is listed.
 
     Args:
         lr_scale: multiplies the optimizer's learning rate for the loss's
@@ -83,7 +83,7 @@ class AutoWeightCallback(Callback):
         self._weighting: list[AutoWeight] = []
         self._epoch = 0
         self._step = 0
-        self._batches = 0
+        self._batches, self._open = 0, False
         self._skipped_before = 0
         self._logs: dict[str, Any] | None = None
         self._wanting: list[AutoWeight] = []
@@ -121,6 +121,10 @@ class AutoWeightCallback(Callback):
         if self.show_in_progress_bar and self._weighting:
             _hapi.show_in_progress_bar(self.params, list(self._values()))
         self._plan_logs()
+        self._open = False  # an epoch a raised fit left open is not this fit's
+        callbacks = _hapi.callback_list_of(self)
+        if callbacks is not None:  # before a ModelCheckpoint listed first saves the epoch
+            _hapi.before_epoch_end(callbacks, self._close_epoch)
         # Right after each step, before hapi's bar reads logs at on_train_batch_end.
         _hapi.after_train_batch(self.model, "AutoWeightCallback", self._after_step)
 
@@ -151,7 +155,6 @@ class AutoWeightCallback(Callback):
             elif type(cb) not in silent:
                 unknown = True
         self._every_step = unknown
-        _hapi.before_epoch_end(callbacks, self._fill_stale)
 
     def _read_now(self) -> bool:
         """Whether a callback reads this step's logs at its on_train_batch_end."""
@@ -161,11 +164,17 @@ class AutoWeightCallback(Callback):
             or any(_hapi.progbar_prints(line) for line in self._lines)
         )
 
-    def _fill_stale(self, epoch: int, logs: Any) -> None:
-        """Epoch end, before any callback's: the last step's values, if that step did not put them in."""
+    def _close_epoch(self, epoch: int, logs: Any) -> None:
+        """Epoch end, before any callback's (once): the last step's values, if that step did not put
+        them in, then the epoch closed (dwa's averages, stch's count)."""
         if self._stale and logs is not None:
             logs.update(self._values())
         self._stale = False
+        if self._open:  # not an epoch BackupAndRestore skips (no on_epoch_begin reached us)
+            self._open = False
+            check_epoch_had_batches(epoch, self._batches)
+            for aw in self._weighting:
+                aw.end_epoch()  # dwa's next weights come from this epoch's average losses
 
     def _values(self) -> dict[str, float]:
         out: dict[str, float] = {}
@@ -220,7 +229,7 @@ class AutoWeightCallback(Callback):
 
     def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
         self._epoch = epoch
-        self._batches = 0
+        self._batches, self._open = 0, True
 
     def on_train_batch_begin(self, step: int, logs: Any = None) -> None:
         self._step = step
@@ -237,6 +246,4 @@ class AutoWeightCallback(Callback):
             logs["nonfinite_skipped"] = self.skipped
 
     def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
-        check_epoch_had_batches(epoch, self._batches)
-        for aw in self._weighting:
-            aw.end_epoch()  # dwa's next weights come from this epoch's average losses
+        self._close_epoch(epoch, logs)  # done already inside hapi's fit

@@ -55,8 +55,8 @@ class TopKScheduler(RangeSchedule, Callback):
     same model continues. A fit of another ``paddle.Model`` (a notebook cell that builds
     the model again) starts a new run: position 0, ``total`` from that fit, every
     ``TopKLoss`` set to ``start``, unless ``load_state`` gave it a state to go on from.
-    Put it before an explicit
-    ``ModelCheckpoint`` in ``callbacks`` so a checkpoint counts the epoch it ends.
+    The epoch is counted before any callback's ``on_epoch_end``, so a ``ModelCheckpoint``
+    holds it wherever it is listed.
 
     With ``drop_end`` (and ``drop_start``, default 0) the dropped fraction of a ranked
     range (``TopKLoss(drop=...)``, AoRR) follows the same schedule and progress, e.g.
@@ -106,7 +106,7 @@ class TopKScheduler(RangeSchedule, Callback):
         self.ratio = self.start
         self.drop = self.drop_start
         self._layers: list[TopKLoss] = []
-        self._epoch_start = 0
+        self._epoch_start, self._epoch_open = 0, False
 
     @classmethod
     def deeplab(cls, top_k: float = 0.2, hard_example_mining_step: int = 100_000) -> TopKScheduler:
@@ -175,6 +175,10 @@ class TopKScheduler(RangeSchedule, Callback):
         self._check_warmup(self.total)
         self._check_layers(self._layers)
         _hapi.show_in_progress_bar(self.params, ["topk_ratio"] + (["topk_drop"] if self.drop is not None else []))
+        self._epoch_open = False  # an epoch a raised fit left open is not this fit's
+        callbacks = _hapi.callback_list_of(self)
+        if callbacks is not None:  # count the epoch before a ModelCheckpoint listed first saves it
+            _hapi.before_epoch_end(callbacks, self._end_epoch)
         self._apply()
 
     def _new_run(self) -> None:
@@ -185,7 +189,7 @@ class TopKScheduler(RangeSchedule, Callback):
         self.ratio, self.drop = self.start, self.drop_start
 
     def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
-        self._epoch_start = self.steps_done
+        self._epoch_start, self._epoch_open = self.steps_done, True
         if self.by == "epoch":
             self._apply()
 
@@ -201,8 +205,13 @@ class TopKScheduler(RangeSchedule, Callback):
         self.steps_done += 1
 
     def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
-        check_epoch_had_batches(epoch, self.steps_done - self._epoch_start)
-        self.epochs_done += 1
+        self._end_epoch(epoch, logs)
+
+    def _end_epoch(self, epoch: int, logs: Any = None) -> None:
+        if self._epoch_open:  # once, before every callback's epoch end; not an epoch BackupAndRestore skips
+            self._epoch_open = False
+            check_epoch_had_batches(epoch, self.steps_done - self._epoch_start)
+            self.epochs_done += 1
 
     # ------------------------------------------------------------ resume
 
