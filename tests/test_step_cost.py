@@ -18,6 +18,27 @@ from hapi_autoloss import AutoWeight
 from hapi_autoloss.callbacks import AutoWeightCallback, TqdmProgressBar
 
 STEPS = 6  # TwoTaskData(96), batch 16
+
+
+class Mse(paddle.metric.Metric):
+    """The first task's mean squared error, a metric TopKOnPlateau can monitor (hapi reads it, not us)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reset()
+
+    def reset(self) -> None:
+        self.total, self.count = 0.0, 0
+
+    def update(self, o1, o2, y1, y2) -> None:
+        self.total += float(((np.asarray(o1) - np.asarray(y1)) ** 2).sum())
+        self.count += len(y1)
+
+    def accumulate(self) -> float:
+        return self.total / max(self.count, 1)
+
+    def name(self) -> str:
+        return "mse"
 READS = ("numpy", "item", "tolist", "__float__", "__int__", "__bool__", "__array__")
 
 
@@ -98,10 +119,11 @@ def test_our_topk_callbacks_do_not_make_sigma_read_every_step(monkeypatch):
     from hapi_autoloss import TopKLoss
     from hapi_autoloss.callbacks import TopKOnPlateau, TopKScheduler
 
-    for topk_callback in (TopKScheduler(start=1.0, end=0.5), TopKOnPlateau(monitor="loss", patience=0, verbose=0)):
+    for topk_callback in (TopKScheduler(start=1.0, end=0.5), TopKOnPlateau(monitor="mse", patience=0, verbose=0)):
         loss = AutoWeight({"y1": TopKLoss(paddle.nn.MSELoss(reduction="none"), ratio=1.0), "y2": paddle.nn.MSELoss()},
                           method="kendall", task_types=["regression", "regression"])  # fmt: skip
         model = build_model(loss)
+        model.prepare(model._optimizer, loss, metrics=[Mse()])  # the plateau monitors the evaluation's mse
         reads = StepReads(model, loss, monkeypatch)
         fit(model, [topk_callback], verbose=0, eval_data=TwoTaskData(32))
         assert [r["other"] for r in reads.steps][:-1] == [0] * (STEPS - 1), type(topk_callback).__name__

@@ -35,7 +35,7 @@ def build(loss):
 
 
 @pytest.mark.parametrize("callback,verb", [(lambda: TopKScheduler(1.0, 0.5), "anneal"),
-                                           (lambda: TopKOnPlateau(monitor="loss", patience=0), "reduce")])
+                                           (lambda: TopKOnPlateau(monitor="acc", patience=0), "reduce")])
 @pytest.mark.parametrize("nested", [False, True])
 def test_a_loss_that_refuses_annealing_is_refused_before_any_step(callback, verb, nested):
     layer = FixedRule(paddle.nn.CrossEntropyLoss(reduction="none"), ratio=0.3)

@@ -127,7 +127,7 @@ def fit_eval(model, epochs, callbacks, **kwargs):
 
 
 def plateau():
-    return TopKOnPlateau(monitor="loss", factor=0.5, patience=1, min_delta=0.0, min_ratio=0.1, verbose=0)
+    return TopKOnPlateau(monitor="acc", factor=0.5, patience=1, min_delta=0.0, min_ratio=0.1, verbose=0)
 
 
 def test_a_new_models_plateau_starts_without_the_old_best():
@@ -137,8 +137,8 @@ def test_a_new_models_plateau_starts_without_the_old_best():
     loss = TopKLoss(ce(), ratio=1.0)
     rec = Evals(loss)
     fit_eval(build_eval(loss, seed=1, lr=0.01), 4, [plat, rec])
-    assert rec.evals[0]["loss"][0] > old_best  # compared with the old best, epoch 1 would train at 0.5
-    factors = paddle_lr_factors(rec.evals, "loss", factor=0.5, patience=1, min_delta=0.0, min_lr=0.1)
+    assert rec.evals[0]["acc"] <= old_best  # compared with the old best, epoch 1 would train at 0.5
+    factors = paddle_lr_factors(rec.evals, "acc", factor=0.5, patience=1, min_delta=0.0, min_lr=0.1)
     assert rec.ratios == pytest.approx([1.0, *factors[:-1]])  # a fresh ReduceLROnPlateau on this run's evals
     assert rec.ratios[1] == 1.0
     assert plat.evaluations == 4
@@ -165,8 +165,8 @@ def test_the_same_model_goes_on_and_a_loaded_state_wins(tmp_path):
     fit_eval(other, 1, [plat, rec])
     assert rec.ratios == [saved["ranges"][0][0]]
     assert plat.evaluations == 9  # counted on from the checkpoint's 8
-    value = rec.evals[0]["loss"][0]
-    assert plat.best == (value if value < saved["best"] else saved["best"])
+    value = rec.evals[0]["acc"]
+    assert plat.best == (value if value > saved["best"] else saved["best"])
 
 
 def test_a_topkloss_the_plateau_reduced_keeps_its_k_on_a_new_model_and_warns():

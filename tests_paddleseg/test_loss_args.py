@@ -141,7 +141,7 @@ def test_topk_schedulers_refuse_ohem_rule_before_any_step(kwargs, rule):
     """TopKScheduler made OHEM's rule a plain top-k (ratios 0.5..1.0, thresh without effect at 1.0);
     TopKOnPlateau never acted on it."""
     from hapi_autoloss.callbacks import TopKOnPlateau, TopKScheduler
-    for callback, verb in [(TopKScheduler(1.0, 0.5), "anneal"), (TopKOnPlateau(monitor="loss", patience=0), "reduce")]:
+    for callback, verb in [(TopKScheduler(1.0, 0.5), "anneal"), (TopKOnPlateau(monitor="acc", patience=0), "reduce")]:
         loss = hp.TopKLoss(**kwargs)
         match = (rf"cannot {verb} a TopKLoss's ratio: TopKLoss\({rule}\) without ratio is OHEM's rule, which has no "
                  r"ratio to anneal. Fix: give ratio= to combine both .*or drop the callback.")

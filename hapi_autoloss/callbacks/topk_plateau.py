@@ -11,7 +11,14 @@ from paddle.callbacks import Callback
 from .. import _hapi
 from .._args import check_count, non_negative
 from ..topk import TopKLoss, validate_ratio
-from ._plateau_checks import check_plateau_fit, warn_reduced_layers
+from ._plateau_checks import (
+    check_monitor,
+    check_plateau_fit,
+    check_saved_monitor,
+    missing_monitor_fix,
+    resolve_mode,
+    warn_reduced_layers,
+)
 from ._run import begin_run, loaded
 
 STATE_KEY = "TopKOnPlateau"
@@ -47,19 +54,24 @@ class TopKOnPlateau(Callback):
     hapi's ``ModelCheckpoint`` saves at the end of an epoch, before its evaluation, so
     its files hold the state before that evaluation; ``BackupAndRestore``'s include it.
 
-    Errors come before any training step: no ``TopKLoss`` in the loss, a ``band``
-    rule, a ``TopKScheduler`` in the same ``fit``, no ``eval_data``, or a ``monitor``
-    that is neither ``'loss'`` nor a metric name (e.g. ``'acc'`` for
-    ``paddle.metric.Accuracy``); a key still missing from the first evaluation's logs
-    raises there.
+    Errors come at construction for ``monitor='loss'`` (the evaluation loss is the
+    TopKLoss at the current k, so it rises at every reduction and k would shrink at
+    every evaluation) and for a name ``mode='auto'`` cannot read; and before any
+    training step for no ``TopKLoss`` in the loss, a ``band`` rule, a ``TopKScheduler``
+    in the same ``fit``, no ``eval_data``, or a ``monitor`` that is not a metric name
+    of the model (e.g. ``'acc'`` for ``paddle.metric.Accuracy``; the error names the
+    closest one); a key still missing from the first evaluation's logs raises there.
 
     Args:
-        monitor: the evaluation log key, ``'loss'`` or a metric name.
+        monitor: a metric name of the evaluation logs (default ``'acc'``, from
+            ``paddle.metric.Accuracy``); ``'loss'`` is refused.
         factor: the ratio's multiplier at a plateau, in (0, 1).
         patience: evaluations without improvement before a reduction, >= 0.
         verbose: 1 prints each reduction (rank 0), 0 is silent.
-        mode: ``'min'``, ``'max'`` or ``'auto'`` (``'max'`` when ``'acc'`` is in
-            ``monitor``, as paddle's).
+        mode: ``'min'``, ``'max'`` or ``'auto'``: ``'max'`` when the lowercased name
+            contains acc, precision, recall, auc, f1, iou, map or dice, ``'min'`` when it
+            contains err, mse, mae, rmse, mape or loss; a name with both or neither is
+            refused (give ``'max'`` or ``'min'``, which take any name).
         min_delta: the least change that counts as an improvement, >= 0.
         cooldown: evaluations after a reduction during which the wait does not grow.
         min_ratio: the ratio is never reduced below it, in (0, 1].
@@ -90,7 +102,7 @@ class TopKOnPlateau(Callback):
 
     def __init__(
         self,
-        monitor: str = "loss",
+        monitor: str = "acc",
         factor: float = 0.5,
         patience: int = 3,
         verbose: int = 1,
@@ -101,14 +113,13 @@ class TopKOnPlateau(Callback):
         scale_drop: bool = True,
     ) -> None:
         super().__init__()
-        if not isinstance(monitor, str) or not monitor:
-            raise ValueError(f"monitor must be a log key such as 'loss' or 'acc', got {monitor!r}. Fix: monitor='acc'.")
+        monitor = check_monitor(monitor)
         if isinstance(factor, bool) or not isinstance(factor, numbers.Real) or not 0.0 < float(factor) < 1.0:
             raise ValueError(
                 f"factor must be in (0, 1) (the ratio is multiplied by it), got {factor!r}. Fix: e.g. factor=0.5."
             )
         if mode not in MODES:
-            raise ValueError(f"Unknown mode {mode!r}. Fix: mode='max' for accuracies, 'min' for losses, or 'auto'.")
+            raise ValueError(f"Unknown mode {mode!r}. Fix: mode='max' for accuracies, 'min' for errors, or 'auto'.")
         self.monitor = monitor
         self.factor = float(factor)
         self.patience = check_count(patience, "patience", 0, "patience=3 (evaluations)")
@@ -118,7 +129,7 @@ class TopKOnPlateau(Callback):
         self.min_ratio = validate_ratio(min_ratio, "min_ratio")
         self.min_delta = non_negative(min_delta, "min_delta", "min_delta=1e-4")
         self.scale_drop = bool(scale_drop)
-        self.mode = "max" if mode == "max" or (mode == "auto" and "acc" in monitor) else "min"
+        self.mode = resolve_mode(monitor, mode)
         self._new_run()
         self._layers: list[TopKLoss] = []
         self._ranges: list[Any] = []  # (ratio, drop) per TopKLoss from a loaded state, not yet set
@@ -163,10 +174,9 @@ class TopKOnPlateau(Callback):
         if isinstance(value, (list, tuple)):
             value = value[0] if value else None
         if value is None:
-            raise ValueError(
-                f"TopKOnPlateau monitors {self.monitor!r}, but the evaluation logs hold "
-                f"{sorted(k for k in (logs or {}) if k != 'batch_size')}. Fix: monitor one of them."
-            )
+            keys = sorted(k for k in (logs or {}) if k != "batch_size")
+            raise ValueError(f"TopKOnPlateau monitors {self.monitor!r}, but the evaluation logs hold {keys}. "
+                             f"{missing_monitor_fix(self.monitor, keys)}")
         self.step(float(value))
 
     def step(self, current: float) -> bool:
@@ -224,15 +234,11 @@ class TopKOnPlateau(Callback):
 
     def set_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from a saved state (refused if it monitored another key)."""
-        if state.get("monitor", self.monitor) != self.monitor:
-            raise ValueError(
-                f"The saved TopKOnPlateau monitored {state['monitor']!r}, this one monitors {self.monitor!r}, "
-                f"so its best value would be compared with another quantity. Fix: monitor={state['monitor']!r}."
-            )
+        watch = check_saved_monitor(state.get("monitor", self.monitor), self.monitor)
         loaded(self)  # the next fit continues from here, even on a new model
-        best = state.get("best")
+        best = state.get("best") if watch else None
         self.best = None if best is None else float(best)
-        self.wait = int(state.get("wait", 0))
+        self.wait = int(state.get("wait", 0)) if watch else 0
         self.cooldown_counter = int(state.get("cooldown_counter", 0))
         self.evaluations = int(state.get("evaluations", 0))
         self.reductions = int(state.get("reductions", 0))
