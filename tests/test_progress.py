@@ -113,6 +113,21 @@ def test_show_weights():
     assert [values["w_y1"], values["w_y2"]] == [fmt(weights["y1"]), fmt(weights["y2"])]
 
 
+@pytest.mark.parametrize("method", ["dwa", "famo"])
+def test_a_method_without_sigma_shows_its_weights_by_default(method):
+    """The default bar showed nothing of ours for dwa, famo, mgda...: weights only with show_weights=True."""
+    out = io.StringIO()
+    loss = AutoWeight({"y1": paddle.nn.MSELoss(), "y2": paddle.nn.MSELoss()}, method=method)
+    fit(TqdmProgressBar(file=out), epochs=2, eval_data=False, loss=loss)
+    _, _, values = parse(final_lines(out.getvalue())[-1])
+    assert list(values) == ["loss", "w_y1", "w_y2"]
+    weights = loss.used()[1]
+    assert [values["w_y1"], values["w_y2"]] == [fmt(weights["y1"]), fmt(weights["y2"])]
+    hidden = io.StringIO()
+    fit(TqdmProgressBar(file=hidden, show_weights=False), epochs=1, eval_data=False, loss=loss)
+    assert list(parse(final_lines(hidden.getvalue())[-1])[2]) == ["loss"]
+
+
 def test_plain_loss_without_autoweight():
     out = io.StringIO()
     paddle.seed(0)

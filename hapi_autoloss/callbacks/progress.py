@@ -43,7 +43,8 @@ class TqdmProgressBar(ProgBarLogger):
             live bar.
         log_freq: steps between lines when ``verbose=2`` (``fit(log_freq=...)``
             does not reach a progress bar passed in ``callbacks``: set it here).
-        show_weights: also show each task's weight (``w_<task>``).
+        show_weights: show each task's weight (``w_<task>``): True for every task, False
+            for none, ``None`` (default) for the tasks without a σ (dwa, famo, mgda...).
         file: where to write; default ``sys.stderr`` (tqdm's).
         mininterval: least seconds between redraws (tqdm's).
         **tqdm_kwargs: passed to ``tqdm`` (e.g. ``ncols=100``, ``ascii=True``).
@@ -59,7 +60,7 @@ class TqdmProgressBar(ProgBarLogger):
         self,
         verbose: int | None = None,
         log_freq: int = 10,
-        show_weights: bool = False,
+        show_weights: bool | None = None,
         file: IO[str] | None = None,
         mininterval: float = 0.1,
         **tqdm_kwargs: Any,
@@ -107,6 +108,9 @@ class TqdmProgressBar(ProgBarLogger):
     def _train_keys(self) -> list[str]:
         metrics = self.params.get("metrics") if isinstance(self.params, dict) else None
         keys = list(metrics) if isinstance(metrics, list) else ["loss"]
+        sigmas = {k[len("sigma_"):] for k in keys if k.startswith("sigma_")}
+        if self.show_weights is None:  # a task's weight where it has no σ to show (dwa, famo, mgda...)
+            return [k for k in keys if not k.startswith("weight_") or k[len("weight_"):] not in sigmas]
         return [k for k in keys if self.show_weights or not k.startswith("weight_")]
 
     def _open(self, desc: str, total: Any, values: Callable[[], dict[str, float]]) -> None:

@@ -200,7 +200,8 @@ class AutoWeight(Checkpoints):
 
     def weights(self) -> dict[str, float]:
         """The factor each task's loss gets in the total now, d total / d L_i at the last
-        forward's losses (rlw: its last draw; gls: 0 for a loss below its floor)."""
+        forward's losses, an evaluation's too (rlw: its last draw; gls: 0 for a loss below
+        its floor); :meth:`used` is the last training step's."""
         return self._named(self.weighting.weight(used=False))
 
     def used(self) -> tuple[dict[str, float], dict[str, float]]:
