@@ -11,6 +11,7 @@ from ._kept_counts import ROUNDING_TOLERANCE, k_of, m_of
 from ._topk_args import (
     check_num_classes_applies,
     check_threshold_drop,
+    ignore_index_with,
     validate_band,
     validate_counts,
     validate_drop,
@@ -83,8 +84,9 @@ class TopKLoss(paddle.nn.Layer):
         per: ``"sample"``, ``"pixel"`` or ``"class"`` (n, k and ``min_kept`` then
             count classes; the class labels are read from the last argument).
         ignore_index: elements whose label (the last argument) equals it are never
-            kept and do not count in n. The label needs one entry per loss element;
-            give the wrapped cross-entropy the same ``ignore_index``.
+            kept and do not count in n. The label needs one entry per loss element.
+            None takes the wrapped loss's ``ignore_index`` (but Paddle's default -100);
+            another value than the wrapped loss's own (but -100) is refused.
         min_kept: the least number of losses averaged while something is valid.
         threshold: optional loss threshold, see above.
         drop: fraction of the hardest dropped, m/n, in [0, ratio). Settable.
@@ -133,6 +135,7 @@ class TopKLoss(paddle.nn.Layer):
         _hapi.require_dynamic_mode()  # in static mode the wrapped loss returns graph values, not tensors
         validate_per(per, PER_CHOICES, num_classes)
         min_kept, ignore_index, threshold = validate_counts(min_kept, ignore_index, threshold)
+        ignore_index = ignore_index_with(loss, ignore_index)
         self.band = None if band is None else validate_band(band)
         if self.band is not None and (ratio is not None or drop != 0 or threshold is not None):
             raise ValueError(
