@@ -164,3 +164,12 @@ def test_gradnorm_with_every_loss_zero_stays_finite():
     total = loss(*net(paddle.to_tensor(x)), o1, o2)  # labels = outputs: every loss is 0
     total.backward()
     assert np.isfinite(float(total)) and np.isfinite(loss.weighting.p.grad.numpy()).all()
+
+
+@pytest.mark.parametrize("method", ["mgda", "pcgrad", "cagrad", "nash_mtl", "db_mtl", "gradnorm", "imtl"])
+def test_one_task_is_refused_at_construction(method):
+    """It was refused at the first training step only, as 'no shared parameter' with a shared= fix."""
+    with pytest.raises(ValueError, match=rf"method='{method}' combines the gradients of several tasks, but the "
+                                         r"loss has one task \('y1' only\), so there is nothing to combine\. "
+                                         r"Fix: method='equal'"):
+        AutoWeight({"y1": paddle.nn.MSELoss()}, method=method)

@@ -23,7 +23,7 @@ CASES = {  # fixed gradient matrices [k, n]
     "five": RNG.normal(size=(5, 8)),
     "five_rank3": RNG.normal(size=(5, 3)),
     "all_zero": np.zeros((3, 4)),
-    "one_task": np.array([[0.3, -1.0, 2.0]]),
+    # one task is refused at construction (tests/test_grad_edges.py): nothing to combine
 }
 REGULAR = ["conflicting", "orthogonal", "five"]  # full row rank: every rule has a unique answer
 LOSSES = {k: np.linspace(0.5, 2.0, k) for k in (1, 2, 3, 5)}

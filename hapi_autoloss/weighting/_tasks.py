@@ -149,7 +149,7 @@ def route(routes: Routes, n: int, tensors: tuple[paddle.Tensor, ...]) -> list[tu
 
 def check_inputs(name: str, kind: str | None, args: tuple[paddle.Tensor, ...]) -> None:
     """Shape and dtype mistakes that a loss would otherwise broadcast silently."""
-    shapes = [a.shape for a in args if isinstance(a, paddle.Tensor)]
+    shapes = [list(a.shape) for a in args if isinstance(a, paddle.Tensor)]  # paddle.Size prints its type
     if len({shape[0] for shape in shapes if shape}) > 1:
         raise ValueError(
             f"task '{name}' got tensors with different batch sizes {shapes}. Fix: the "
@@ -168,9 +168,16 @@ def check_inputs(name: str, kind: str | None, args: tuple[paddle.Tensor, ...]) -
         raise ValueError(
             f"task '{name}' is a regression task, but its output has shape "
             f"{shapes[0]} and its label {shapes[1]}; a loss such as MSELoss "
-            "would broadcast them to a wrong result. Fix: reshape the label (or the output) "
-            f"to {shapes[0]}."
+            f"would broadcast them to a wrong result. Fix: {_same_shape_fix(shapes[0], shapes[1])}"
         )
+
+
+def _same_shape_fix(out: list[int], label: list[int]) -> str:
+    """A reshape where both hold as many values ([32] and [32, 1]); else the network's output size."""
+    if math.prod(out) == math.prod(label):
+        return f"reshape the label (or the output) to {out}."
+    return (f"the network's output for this task holds {out[1:]} values per sample and the label "
+            f"{label[1:]}: make them match (the head's output size, or the label's columns).")
 
 
 def as_scalar(name: str, value: object) -> paddle.Tensor:

@@ -64,6 +64,12 @@ class GradWeighting(Weighting):
         self._alphas = np.zeros(0)
 
     def bind(self, tasks: list[str], task_types: list[str | None]) -> None:
+        if len(tasks) < 2:  # at construction: the first step's "no shared parameter" says less
+            raise ValueError(
+                f"method={self.name!r} combines the gradients of several tasks, but the loss has one task "
+                f"({tasks[0]!r} only), so there is nothing to combine. Fix: method='equal' (the loss as "
+                "it is), or give AutoWeight every task's loss."
+            )
         super().bind(tasks, task_types)
         self._alphas = np.ones(self.n)
         # (id, name key, size) per shared parameter of the last step; None: unknown
