@@ -9,7 +9,7 @@ import pytest
 from seg_helpers import SegData, TinyNet, run, train
 
 import hapi_autoloss.paddleseg as hp
-from hapi_autoloss.paddleseg import _grad
+from hapi_autoloss.paddleseg import _train_frame
 
 LR = 0.1
 SECOND = (r"Fix: call attach\(model, losses, optimizer\) with the optimizer you pass to train \(again after "
@@ -68,13 +68,13 @@ def test_attach_again_with_the_new_optimizer_trains_sigma_by_the_rule(tmp_path):
 def test_one_stack_walk_per_train_call(tmp_path, monkeypatch):
     """Attached: the frame is read at each train call's first training forward, never per step."""
     calls = []
-    walk = _grad.train_frame
+    walk = _train_frame.train_locals
 
     def counted():
         calls.append(1)
         return walk()
 
-    monkeypatch.setattr(_grad, "train_frame", counted)
+    monkeypatch.setattr(_train_frame, "train_locals", counted)
     model, aw, losses = setup()
     opt = paddle.optimizer.AdamW(LR, parameters=model.parameters())
     hp.attach(model, losses, opt)

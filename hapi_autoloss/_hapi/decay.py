@@ -47,7 +47,7 @@ def skip_decoupled_decay(opt: Any, params: list[Any]) -> None:
 
 
 def idle_zero_decay(opt: Any, params: list[Any]) -> list[Any]:
-    """The parameters whose ``L2Decay(0.0)`` (set by ``optimizer._inject``) nothing would override.
+    """The parameters whose ``L2Decay(0.0)`` (set by ``optimizer.inject``) nothing would override.
 
     Paddle 3.3.1's base ``Optimizer._create_regularization_of_grad`` adds ``0·σ`` to their
     gradients, two ops a step for nothing; without a regularizer it returns the gradient

@@ -47,7 +47,7 @@ def optimizer_params(opt: Any) -> list[Any]:
     return list(opt._parameter_list or [])
 
 
-def _inject(opt: Any, params: list[Any], lr_scale: float) -> None:
+def inject(opt: Any, params: list[Any], lr_scale: float) -> None:
     """Make ``opt`` update ``params`` by the rule above.
 
     Parameters the user already put in the optimizer (as seed 000 does) are not
@@ -96,7 +96,7 @@ def check_groups(opt: Any) -> None:
 
 def _wrap_clear_gradients(network: Any, params: list[Any]) -> None:
     """Make hapi's ``network.clear_gradients()`` clear the loss's gradients too."""
-    if _track(network, "_autoloss_params", params):
+    if track(network, "_autoloss_params", params):
         return
     original = network.clear_gradients
 
@@ -109,7 +109,7 @@ def _wrap_clear_gradients(network: Any, params: list[Any]) -> None:
     network.clear_gradients = clear_gradients
 
 
-def _track(obj: Any, attr: str, params: list[Any]) -> bool:
+def track(obj: Any, attr: str, params: list[Any]) -> bool:
     """Keep ``params`` in ``obj.<attr>``; True if ``obj`` was wrapped already."""
     current = getattr(obj, attr, None)
     if current is None:
@@ -141,7 +141,7 @@ def _wrap_minimize(opt: Any, params: list[Any], nranks: int) -> None:
       (``get_all_grads`` gets dicts), so hapi cannot train one at all; ``step``
       handles groups and does the same update in dynamic mode.
     """
-    if _track(opt, "_autoloss_sync", params):
+    if track(opt, "_autoloss_sync", params):
         return
     original = opt.minimize
 
@@ -224,7 +224,7 @@ def attach(
     hand_over(owned, model)  # an AutoWeight inside a wrapper loss too
     params = loss_parameters(model)
     warn_unclaimed(opt, {p.name for p in model.network.parameters()}, loss)
-    _inject(opt, params, lr_scale)
+    inject(opt, params, lr_scale)
     check_groups(opt)
     _wrap_clear_gradients(model.network, params)
     _wrap_minimize(opt, params, world()[1])

@@ -28,7 +28,7 @@ from typing import Any
 import paddle
 
 from .._hapi.optimizer import optimizer_params
-from . import _grad
+from . import _train_frame
 
 KEY = "seg_identity"
 
@@ -49,25 +49,16 @@ def _name(loss: Any) -> str:
     return f"{type(loss).__name__}(method={loss.method!r})"
 
 
-def _inner(opt: Any) -> Any:
-    """The paddle optimizer in fleet's wrappers (``train`` rebinds ``optimizer`` under several ranks)."""
-    for _ in range(4):
-        if isinstance(opt, paddle.optimizer.Optimizer):
-            return opt
-        opt = getattr(opt, "user_defined_optimizer", None) or getattr(opt, "_inner_opt", None)
-    return opt if isinstance(opt, paddle.optimizer.Optimizer) else None
-
-
 def check(loss: Any) -> None:
     """At a training forward: refuse, before any update, a loss with trainable parameters that
     ``train`` would not train right (once per ``train`` call; see the module)."""
     if loss.__dict__.get("_seg_checked") or not paddle.is_grad_enabled():
         return
     params = [p for p in loss.parameters() if not p.stop_gradient]
-    frame = _grad.train_frame() if params else None
-    if frame is not None:
-        _refuse(loss, params, frame.f_locals)
-    if frame is not None or not params:  # passed (a refused train is refused again); outside train
+    local = _train_frame.train_locals() if params else None
+    if local is not None:
+        _refuse(loss, params, local)
+    if local is not None or not params:  # passed (a refused train is refused again); outside train
         loss.__dict__["_seg_checked"] = True  # σ is checked again: an unattached loss never sees model.train()
 
 
@@ -80,7 +71,7 @@ def _refuse(loss: Any, params: list[Any], local: dict[str, Any]) -> None:
             "model.pdparams would not save it (resume_model starts σ over). "
             "Fix: call hapi_autoloss.paddleseg.attach(model, losses, optimizer) before train."
         )
-    opt = _inner(local.get("optimizer"))
+    opt = _train_frame.inner_optimizer(local.get("optimizer"))
     if opt is None:
         return  # a wrapper not known here: nothing to tell
     held = {id(p) for p in optimizer_params(opt)}
@@ -103,23 +94,23 @@ def check_identity(model: paddle.nn.Layer, state_dict: dict[str, Any]) -> dict[s
     out = dict(state_dict)
     trained = []
     for prefix, layer in model.named_sublayers():
-        if layer._buffers.get(KEY) is not None:
+        if isinstance(getattr(layer, KEY, None), paddle.Tensor):
             key = f"{prefix}.{KEY}" if prefix else KEY
             out[key] = own_identity(layer, state_dict, key, "train without resume_model")
             params = [p for p in layer.parameters() if not p.stop_gradient]
             if params:  # none in PaddleSeg's EMA copy, loaded every step: no stack walk there
                 trained.append((layer, params))
-    frame = _grad.train_frame() if trained else None
-    if frame is not None:
+    local = _train_frame.train_locals() if trained else None
+    if local is not None:
         for layer, params in trained:
-            _refuse(layer, params, frame.f_locals)  # before resume changes the model and optimizer
+            _refuse(layer, params, local)  # before resume changes the model and optimizer
     return out
 
 
 def own_identity(loss: Any, state_dict: dict[str, Any], key: str, way: str) -> Any:
     """``loss``'s identity buffer, to load in place of ``state_dict[key]``; raise, changing nothing,
     if that was saved by another method or other tasks (a checkpoint without it, older, passes)."""
-    own = loss._buffers[KEY]
+    own = getattr(loss, KEY)
     saved = state_dict.get(key)
     if saved is not None and saved is not own:
         value = saved.numpy() if hasattr(saved, "numpy") else saved

@@ -36,7 +36,7 @@ import numpy as np
 import paddle
 
 from ..weighting.base import METHODS, Weighting
-from . import _grad
+from . import _train_frame
 
 
 def unsupported(method: Weighting | type[Weighting]) -> str | None:
@@ -80,8 +80,8 @@ def advance(loss: Any) -> None:
     ended since its last forward, before this one's losses are observed."""
     if getattr(loss, "seg_iter", None) is None or not paddle.is_grad_enabled():
         return
-    frame = _grad.train_frame()
-    if frame is None:
+    local = _train_frame.train_locals()
+    if local is None:
         raise RuntimeError(
             f"{_name(loss)} learns at epoch ends, which only paddleseg.core.train's iterations tell it, but "
             "this training forward is outside train, so no epoch would ever end. Fix: train it with "
@@ -89,7 +89,6 @@ def advance(loss: Any) -> None:
             "with paddle.Model.fit and AutoWeightCallback (in your own loop, hapi_autoloss.AutoWeight "
             "and loss.end_epoch() after each epoch)."
         )
-    local = frame.f_locals
     if not {"iter", "iters_per_epoch", "batch_sampler"} <= local.keys():
         raise RuntimeError(f"{_name(loss)} found no iter, iters_per_epoch or batch_sampler in paddleseg.core."
                            "train (checked against PaddleSeg 2.8.0). Fix: use PaddleSeg 2.8, or paddle.Model.fit.")

@@ -30,32 +30,20 @@ resumed with it (a resumed run draws the task orders of the uninterrupted one). 
 
 from __future__ import annotations
 
-import sys
 import types
-from types import FrameType
 from typing import Any
 
 import paddle
 
 from .._hapi.model import bind_network, scaler_scale
 from ..weighting._buffers import fit_empty_buffers
-from . import _attached
-
-TRAIN = ("train", "paddleseg.core.train")  # the function whose local ``scaler`` is the AMP one
-
-
-def train_frame() -> FrameType | None:
-    """The frame of the running ``paddleseg.core.train`` (None outside it)."""
-    frame: FrameType | None = sys._getframe(1)
-    while frame is not None and (frame.f_code.co_name, frame.f_globals.get("__name__")) != TRAIN:
-        frame = frame.f_back
-    return frame
+from . import _attached, _train_frame
 
 
 def train_scaler() -> Any:
     """The ``scaler`` local of the running ``paddleseg.core.train`` (None outside it or without AMP)."""
-    frame = train_frame()
-    return None if frame is None else frame.f_locals.get("scaler")
+    local = _train_frame.train_locals()
+    return None if local is None else local.get("scaler")
 
 
 def amp_scale() -> paddle.Tensor | None:
@@ -68,11 +56,11 @@ def check_ema(loss: paddle.nn.Layer) -> None:
     the empty buffer: PaddleSeg's ``update_ema_model`` then fails ("Broadcast dimension mismatch")."""
     if getattr(loss, "_autoloss_ema_checked", False) or not paddle.is_grad_enabled():
         return
-    frame = train_frame()
+    local = _train_frame.train_locals()
     # the floating ones: PaddleSeg's EMA update blends only those
     empty = [name for name, b in loss.named_buffers()
              if b is not None and int(b.size) == 0 and paddle.is_floating_point(b)]
-    if frame is not None and frame.f_locals.get("use_ema") and empty:
+    if local is not None and local.get("use_ema") and empty:
         raise ValueError(
             f"{type(loss).__name__}(method={getattr(loss, 'method', '?')!r}) sizes {empty[0]} at its first "
             "step, but train(use_ema=True) copied the model for its EMA before that step, so the EMA's "

@@ -43,7 +43,7 @@ import paddle
 from .._args import positive
 from .._dist import average_gradients
 from .._hapi import world
-from .._hapi.optimizer import _inject, _track, check_groups, optimizer_params
+from .._hapi.optimizer import check_groups, inject, optimizer_params, track
 from ..topk import TopKLoss as _CoreTopK
 from ..weighting.autoweight import AutoWeight as _CoreAutoWeight
 from . import _grad, _losses
@@ -158,7 +158,7 @@ def attach(model: paddle.nn.Layer, losses: Any, optimizer: Any, lr_scale: float 
     _grad.keep_buffers_in_step(taken)
     _grad.resume_buffers(model)
     if params:
-        _inject(optimizer, params, lr_scale)
+        inject(optimizer, params, lr_scale)
         for p in params:
             p.no_sync = True
         _average_before_step(optimizer, params)
@@ -170,7 +170,7 @@ def _average_before_step(optimizer: Any, params: list[Any]) -> None:
     the ranks first (once per optimizer). ``train`` calls ``step``, or with ``precision='fp16'``
     ``scaler.minimize(optimizer, ...)``, which calls ``minimize`` (averaging twice is harmless:
     the mean of equal gradients is the same gradient)."""
-    if _track(optimizer, "_autoloss_synced", params):
+    if track(optimizer, "_autoloss_synced", params):
         return
     for name in ("step", "minimize"):
         original = getattr(optimizer, name)
