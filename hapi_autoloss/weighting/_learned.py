@@ -29,6 +29,8 @@ class LearnedScale(Weighting):
 
     default_clamp: ClassVar[tuple[float, float]] = (-10.0, 10.0)
     default_init: ClassVar[float] = 0.0
+    # every subclass: a term such as e^(−s)·L + s has no minimum in s for L < 0 (σ drifts to the clamp)
+    positive_losses = "learns σ by minimizing e^(−s)·L + s (or the like), which has no minimum for L < 0"
 
     def __init__(self, clamp: tuple[float, float] | None = None, init: float | str | None = None) -> None:
         super().__init__()

@@ -17,7 +17,7 @@ from typing import Any, Callable, Union
 import paddle
 
 from . import _checks, _surrogate
-from ._since import SinceUpdate, first_bad
+from ._since import SinceUpdate, first_bad, first_negative
 from .gradient import GradWeighting
 
 Shared = Union[None, paddle.nn.Layer, Sequence[Any]]
@@ -186,12 +186,18 @@ class PerTask:
         local = paddle.stack([loss.detach() for loss in losses]).astype("float32")
         value = local.sum()
         others_ok = _surrogate.finite_flag([g for row in reached for g in row])
+        checked = self.since is not None and self.since.recording and self.since.positive
+        if checked:  # a negative loss makes this step non-finite on every rank (no host read)
+            others_ok = paddle.logical_and(others_ok, local.min() >= 0)
         mean, grads, gram, (finite_losses, finite) = _surrogate.average(local, others_ok, rows, self.rep_grad)
         if not finite:
             # Non-finite somewhere (the sums carry it to every rank): the method must not see the step.
-            overflow = finite_losses and scale is not None
-            if not overflow and self.since is not None:  # an overflow is the GradScaler's to skip
-                names = [self._name(i) for i in range(k)]  # read the host only on this failing step
+            names = [self._name(i) for i in range(k)]  # read the host only on this failing step
+            negative = first_negative([local], names)[1] if checked and finite_losses else ""
+            overflow = finite_losses and scale is not None and not negative
+            if negative and self.since is not None:
+                self.since.skip("negative", negative)
+            elif not overflow and self.since is not None:  # an overflow is the GradScaler's to skip
                 self.since.skip(*(("gradient", _checks.nonfinite(names, rows, reached, self.rep_grad)) if finite_losses
                                   else ("loss", first_bad([local], names)[1] or "a loss")))
             return _surrogate.skipped(value, params, amp_overflow=overflow)

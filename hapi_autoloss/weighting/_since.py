@@ -28,14 +28,29 @@ import paddle
 ACCUMULATED = " in a batch accumulated since the last update"
 
 
+def _read(values: list[paddle.Tensor]) -> np.ndarray:
+    """The rows of ``values`` in float64 (one host read; bfloat16's numpy() is raw bits)."""
+    return paddle.stack(values).astype("float32").numpy().astype(np.float64)
+
+
+def _named(rows: np.ndarray, tasks: list[str], negative: bool) -> tuple[int, str]:
+    bad = [row for row in rows if ((row < 0) if negative else ~np.isfinite(row)).any()]
+    if not bad:
+        return 0, ""
+    if negative:
+        return len(bad), ", ".join(f"task '{t}' has loss {v} < 0" for t, v in zip(tasks, bad[0].tolist()) if v < 0)
+    return len(bad), ", ".join(f"task '{t}' = {v}" for t, v in zip(tasks, bad[0].tolist()) if not math.isfinite(v))
+
+
 def first_bad(values: list[paddle.Tensor], tasks: list[str]) -> tuple[int, str]:
     """(how many of ``values`` hold a non-finite loss, "task 'b' = nan, ..." for the first of them)."""
-    if not values:
-        return 0, ""
-    rows = paddle.stack(values).astype("float32").numpy().astype(np.float64)  # bfloat16's numpy() is raw bits
-    bad = [row for row in rows if not np.isfinite(row).all()]
-    named = [f"task '{t}' = {v}" for t, v in zip(tasks, bad[0].tolist()) if not math.isfinite(v)] if bad else []
-    return len(bad), ", ".join(named)
+    return _named(_read(values), tasks, False) if values else (0, "")
+
+
+def first_negative(values: list[paddle.Tensor], tasks: list[str]) -> tuple[int, str]:
+    """(how many of ``values`` hold a loss < 0, "task 'b' has loss -1.5 < 0" for the first of them): a
+    host read, made only where the check refused a step."""
+    return _named(_read(values), tasks, True) if values else (0, "")
 
 
 class SinceUpdate:
@@ -47,6 +62,7 @@ class SinceUpdate:
         self.skipped = 0  # forwards a gradient-level method skipped (non-finite)
         self.cause = ("", "")  # ("gradient" or "loss", which task) of the first of them
         self.cause_batch = 0
+        self.positive = False  # the method needs every task loss >= 0 (its ``positive_losses``)
 
     def begin_batch(self) -> None:
         self.earlier.extend(self.current)
@@ -73,15 +89,29 @@ class SinceUpdate:
             if self.cause_batch < self.batch and not text.endswith(ACCUMULATED):
                 self.cause = (kind, text + ACCUMULATED)
             return self.skipped
-        count, named = first_bad(self.earlier, tasks)
+        if not self.earlier:
+            return 0
+        rows = _read(self.earlier)
+        count, named = _named(rows, tasks, False)
         if named and not self.cause[1]:
             self.cause = ("loss", named + ACCUMULATED)
+        if not count and self.positive:  # the same read: an earlier batch's negative loss
+            count, named = _named(rows, tasks, True)
+            if named:
+                self.cause = ("negative", named + ACCUMULATED)
         return count
 
     def now(self, tasks: list[str]) -> str | None:
         """The non-finite losses of this batch's forwards ("" if none), read on a refused step only;
         None if no train step was ever tracked (a loss driven by hand, not through ``attach``)."""
         return first_bad(self.current, tasks)[1] if self.batch else None
+
+    def negative_now(self, tasks: list[str]) -> str:
+        """The negative losses that refused this step ("" if none; a host read, on that step only)."""
+        kind, text = self.cause
+        if kind == "negative":
+            return text
+        return first_negative(self.current, tasks)[1] if self.positive and self.batch else ""
 
     def reset(self) -> None:
         self.current, self.earlier, self.skipped, self.cause = [], [], 0, ("", "")

@@ -97,6 +97,8 @@ class AutoWeight(Checkpoints):
         self.weighting.bind(names, self._types)
         self._pertask = self._per_task(shared, rep_grad)
         self._since = SinceUpdate()  # the training forwards since the last update, for the check before it
+        self._since.positive = bool(self.weighting.positive_losses)
+        self._nan: dict[str, paddle.Tensor] = {}  # a 0-d NaN, made once (a dict: a Tensor attribute is a buffer)
         if self._pertask is not None:
             self._pertask.since = self._since
 
@@ -163,7 +165,19 @@ class AutoWeight(Checkpoints):
             if self._pertask is not None:
                 self._pertask.forget()  # a representation kept for this step must not reach the next
             raise
-        return self.weighting.combine(values)
+        total = self.weighting.combine(values)
+        if self._since.recording and self._since.positive:
+            total = self._refuse_negative(total, detached)
+        return total
+
+    def _refuse_negative(self, total: paddle.Tensor, detached: paddle.Tensor) -> paddle.Tensor:
+        """Inside hapi's train step, for a method that needs every loss >= 0: the total, or NaN where a
+        task loss is negative, so that the check before the update refuses it (``nonfinite_negative``
+        names why). On the device, no host read; the same value and gradient otherwise."""
+        nan = self._nan.get("nan")
+        if nan is None or nan.dtype != total.dtype:
+            nan = self._nan["nan"] = paddle.full([], float("nan"), dtype=total.dtype)
+        return paddle.where(detached.min() >= 0, total, nan)
 
     # ------------------------------------------------------------ training hooks
 
@@ -227,6 +241,11 @@ class AutoWeight(Checkpoints):
         if now is not None:
             return now
         return ", ".join(f"task '{t}' = {v}" for t, v in self.last_losses().items() if not math.isfinite(v))
+
+    def nonfinite_negative(self) -> str:
+        """Why the train step being refused had to be, if the method needs every task loss >= 0 and one
+        was negative: e.g. "task 'reg' has loss -1.55 < 0" ("" if not; a host read, on that step only)."""
+        return self._since.negative_now(self.task_names)
 
     def nonfinite_cause(self) -> tuple[str, str]:
         """Why a training forward since the last update must not reach it, as ``("gradient" or

@@ -40,6 +40,9 @@ class Weighting(paddle.nn.Layer):
     - :meth:`end_epoch` at each training epoch's end (every rank calls it).
     - :meth:`sigma` / :meth:`weight` for display, :meth:`checkpoint_state` /
       :meth:`set_checkpoint_state` for Python-side state that buffers cannot hold.
+    - ``positive_losses``: why the method needs every task loss ≥ 0, e.g. "takes log L" ("" when
+      any sign works). Inside ``model.fit`` with ``AutoWeightCallback``, a step with a negative task
+      loss is then refused before any update, with a ValueError naming the task and this reason.
     - :meth:`state_loaded` after ``AutoWeight.set_state_dict`` or ``load_state`` set the
       buffers: refresh host copies of them. State in buffers is saved by
       ``loss.state_dict()``, so a plain loop resumes it; a buffer whose size is known only at
@@ -65,6 +68,9 @@ class Weighting(paddle.nn.Layer):
     # {buffer: the dimension that follows what is trained} (db_mtl's columns): loading gives them the
     # saved size along it, the other dimensions (one row per task) must agree
     layout_buffers: ClassVar[dict[str, int]] = {}
+    # Why the rule needs every task loss >= 0 ("takes log L"), "" when any sign works: a fit with
+    # AutoWeightCallback refuses a step with a negative task loss, before any update, naming this.
+    positive_losses: ClassVar[str] = ""
     # For users of LibMTL: its name of the method (its --weighting), a note on how the two differ,
     # its option names {LibMTL's: ours}, and its options we lack {LibMTL's: why}. The errors for
     # method="UW", calpha=0.4... name ours instead (one name per option: no silent aliases).

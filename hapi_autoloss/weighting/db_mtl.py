@@ -42,6 +42,7 @@ class DBMTL(GradWeighting):
 
     name = "db_mtl"
     libmtl_name = "DB_MTL"
+    positive_losses = "takes log L (its gradient ∇L / L)"
     libmtl_options: ClassVar[dict[str, str]] = {"DB_beta": "beta", "DB_beta_sigma": "beta_sigma"}
     rep_grad: ClassVar[bool] = False
     keeps_columns: ClassVar[bool] = True  # the buffer's columns are saved with it (shared_columns)

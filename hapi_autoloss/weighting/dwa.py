@@ -29,6 +29,7 @@ class DWA(Weighting):
 
     name = "dwa"
     libmtl_name = "DWA"
+    positive_losses = "divides each task's epoch average by the one before"
     libmtl_options: ClassVar[dict[str, str]] = {"T": "temperature"}
 
     def __init__(self, temperature: float = 2.0) -> None:

@@ -42,6 +42,7 @@ class FAMO(Weighting):
 
     name = "famo"
     libmtl_name = "FAMO"
+    positive_losses = "takes log L"
     libmtl_options: ClassVar[dict[str, str]] = {"FAMO_w_lr": "w_lr", "FAMO_w_gamma": "gamma"}
     wants_losses_after_update = True
 

@@ -22,6 +22,7 @@ class GLS(Weighting):
 
     name = "gls"
     libmtl_name = "GLS"
+    positive_losses = "takes the geometric mean of the losses (log L)"
 
     def combine(self, losses: paddle.Tensor) -> paddle.Tensor:
         return paddle.exp(paddle.log(paddle.clip(losses, min=GLS_FLOOR)).mean())

@@ -36,6 +36,7 @@ class GradNorm(GradWeighting):
 
     name = "gradnorm"
     libmtl_name = "GradNorm"
+    positive_losses = "divides each loss by its first value (L / L(0))"
     rep_grad: ClassVar[bool] = False
     zero_task_breaks = ("its targets follow the mean gradient norm, which that zero lowers for every task, and "
                         "the softmax lets that task's weight drift up at the others' expense")

@@ -65,6 +65,7 @@ class IMTL(GradWeighting):
 
     name = "imtl"
     libmtl_name = "IMTL"
+    positive_losses = "learns s by minimizing e^s·L − s, which has no minimum for L < 0"
     libmtl_note = "LibMTL's IMTL is IMTL-G on IMTL-L's scaled losses, as imtl; imtl_l is the loss half alone"
     rep_grad: ClassVar[bool] = True
 

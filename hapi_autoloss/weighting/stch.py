@@ -38,6 +38,7 @@ class STCH(Weighting):
 
     name = "stch"
     libmtl_name = "STCH"
+    positive_losses = "takes log L"
     libmtl_options: ClassVar[dict[str, str]] = {"STCH_mu": "mu", "STCH_warmup_epoch": "warmup_epochs"}
 
     def __init__(self, mu: float = 1.0, warmup_epochs: int = 4) -> None:

@@ -23,6 +23,7 @@ class UWSO(Weighting):
     """
 
     name = "uw_so"
+    positive_losses = "weights each loss by 1/L"
 
     def __init__(self, temperature: float = 1.0) -> None:
         super().__init__()
