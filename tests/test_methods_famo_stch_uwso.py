@@ -173,6 +173,30 @@ def test_famo_through_fit_equals_a_hand_written_loop():
     np.testing.assert_allclose(list(loss.used()[1].values()), famo_total(*last)[1], rtol=1e-4)
 
 
+def test_famo_after_update_twice_for_one_step_moves_w_once_and_warns():
+    """A plain loop calling after_update twice per update moved w twice (adam_t 64 instead of 32)."""
+    data = TwoTaskData(64)
+    runs = []
+    for twice in (False, True):
+        paddle.seed(0)
+        net = TwoTaskNet()
+        loss = AutoWeight({"y1": paddle.nn.MSELoss(), "y2": paddle.nn.MSELoss()}, method="famo")
+        opt = paddle.optimizer.Adam(learning_rate=0.05, parameters=net.parameters())
+        for x, y1, y2 in data.batches(16):
+            loss(*net(x), y1, y2).backward()
+            opt.step()
+            opt.clear_grad()
+            loss.after_update(*net(x), y1, y2)
+            if twice:
+                with pytest.warns(UserWarning, match=r"after_update was called again with no training forward "
+                                                     r"since the last call; this call is ignored.*Fix: call"):
+                    loss.after_update(*net(x), y1, y2)
+        runs.append((float(loss.weighting.adam_t), loss.weighting.logits.numpy()))
+    assert runs[0][0] == runs[1][0] == 4.0
+    assert np.abs(runs[0][1]).max() > 1e-3
+    np.testing.assert_array_equal(runs[1][1], runs[0][1])
+
+
 # ------------------------------------------------------------------ stch
 
 
@@ -299,3 +323,34 @@ def test_stch_a_skipped_nonfinite_step_does_not_poison_the_nadir():
     assert len(finite) == 4
     np.testing.assert_allclose(loss.weighting.nadir.numpy()[0], np.mean(finite), rtol=1e-5)
     assert guard.skipped == 3  # the NaN batch of each epoch, nothing else
+
+
+@pytest.mark.parametrize("method", ["stch", "dwa"])
+def test_an_end_epoch_after_a_validation_loop_is_not_an_epoch(method):
+    """A plain loop calling end_epoch after its no_grad validation loop too: stch counted an epoch with no
+    training batch, stored the neutral nadir 1 and left warm-up after half the epochs (dwa skipped it)."""
+    options = {"warmup_epochs": 1} if method == "stch" else {}
+    states = []
+    for twice in (False, True):
+        paddle.seed(0)
+        net = TwoTaskNet()
+        loss = AutoWeight({"y1": paddle.nn.MSELoss(), "y2": paddle.nn.MSELoss()}, method=method, **options)
+        opt = paddle.optimizer.Adam(0.01, parameters=net.parameters())
+        data = TwoTaskData(64)
+        x, y1, y2 = (paddle.to_tensor(np.stack(col)) for col in zip(*[data[i] for i in range(64)]))
+        for _ in range(4):
+            for i in range(0, 64, 16):
+                loss(*net(x[i:i + 16]), y1[i:i + 16], y2[i:i + 16]).backward()
+                opt.step()
+                opt.clear_grad()
+            loss.end_epoch()
+            if twice:
+                with paddle.no_grad():
+                    loss(*net(x[:16]), y1[:16], y2[:16])
+                loss.end_epoch()
+        states.append({k: v.numpy() for k, v in loss.state_dict().items()})
+    assert int(states[1]["weighting.epochs_seen"]) == 4
+    for key, value in states[0].items():
+        np.testing.assert_array_equal(states[1][key], value, err_msg=key)
+    if method == "stch":
+        assert np.abs(states[1]["weighting.nadir"] - 1.0).min() > 1e-3  # a real nadir, not the neutral 1

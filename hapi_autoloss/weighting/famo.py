@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import ClassVar
 
 import numpy as np
@@ -68,6 +69,15 @@ class FAMO(Weighting):
         before = self._seen.get("train_last")
         if before is None:
             return
+        if before is self._seen.get("famo_taken"):  # the same training forward's losses again
+            warnings.warn(
+                "famo's after_update was called again with no training forward since the last call; this "
+                "call is ignored (w would move twice for one update). Fix: call loss.after_update(...) once "
+                "after each optimizer update.",
+                stacklevel=3,
+            )
+            return
+        self._seen["famo_taken"] = before
         delta = paddle.log(before + EPS) - paddle.log(losses_after.astype("float32") + EPS)
         nranks = world()[1]
         if nranks > 1:  # one w on every rank

@@ -29,7 +29,8 @@ class STCH(Weighting):
 
     Defaults μ = 1 and 4 warm-up epochs (LibMTL's). Needs its epoch ends (it counts
     epochs): ``AutoWeightCallback``, PaddleSeg's ``train`` (:mod:`hapi_autoloss.paddleseg`) or
-    ``loss.end_epoch()``; nothing is learned by the optimizer.
+    ``loss.end_epoch()`` (one with no training forward since the last, e.g. after a validation
+    loop, is not an epoch); nothing is learned by the optimizer.
 
     Example::
 
@@ -54,6 +55,8 @@ class STCH(Weighting):
         self.register_buffer("nadir_sum", paddle.zeros([self.n], dtype="float32"))
         self.register_buffer("nadir_count", paddle.zeros([self.n], dtype="float32"))
         self._epoch = 0  # a host copy of epochs_seen, read once per fit
+        self._trained = False  # a training forward in this process since the last end_epoch
+        self._ended = False  # an end_epoch in this process: a resumed run's first one is never empty
 
     def begin_training(self) -> None:
         self._epoch = int(self.epochs_seen)
@@ -67,6 +70,7 @@ class STCH(Weighting):
         self._epoch = int(self.epochs_seen)  # a plain loop's resume has no begin_training
 
     def observe(self, losses: paddle.Tensor, batch_size: int = 1) -> None:
+        self._trained = True
         if self._epoch == self.warmup_epochs:  # the nadir epoch; a non-finite task loss does not count
             finite = paddle.isfinite(losses)
             total = paddle.where(finite, losses, paddle.zeros_like(losses))
@@ -81,6 +85,8 @@ class STCH(Weighting):
         return self.n * self.mu * paddle.log(paddle.exp((scaled - m) / self.mu).sum())
 
     def end_epoch(self) -> None:
+        if self._empty_epoch():  # a plain loop's end_epoch after its validation loop, say
+            return
         if self._epoch == self.warmup_epochs:
             total, count = self.nadir_sum.clone(), self.nadir_count.clone()
             self._forget_sums()
@@ -92,6 +98,16 @@ class STCH(Weighting):
             self.nadir.set_value(paddle.where(count > 0, total / paddle.clip(count, min=1.0), paddle.ones_like(total)))
         self._epoch += 1
         self.epochs_seen.set_value(paddle.to_tensor(self._epoch, dtype="int64"))
+
+    def _empty_epoch(self) -> bool:
+        """No training forward since the last end_epoch of this process, on any rank (a collective)."""
+        empty = self._ended and not self._trained
+        self._ended, self._trained = True, False
+        if world()[1] > 1:
+            flag = paddle.to_tensor([0 if empty else 1], dtype="int32")
+            paddle.distributed.all_reduce(flag, op=paddle.distributed.ReduceOp.MAX)
+            empty = int(flag) == 0
+        return empty
 
     def set_checkpoint_state(self, state: dict) -> None:
         self.begin_training()
