@@ -13,6 +13,7 @@ from . import _checks
 from ._checkpoints import Checkpoints
 from ._make import make_method
 from ._pertask import PerTask, Shared
+from ._plain import PlainChecks
 from ._since import SinceUpdate
 from ._tasks import (
     Losses,
@@ -99,8 +100,19 @@ class AutoWeight(Checkpoints):
         self._since = SinceUpdate()  # the training forwards since the last update, for the check before it
         self._since.positive = bool(self.weighting.positive_losses)
         self._nan: dict[str, paddle.Tensor] = {}  # a 0-d NaN, made once (a dict: a Tensor attribute is a buffer)
+        # the calls a plain loop owes the method, σ's averaging, a zeroed step: warned there
+        self._plain = PlainChecks(type(self.weighting).training_hooks(), self.training_calls(), self.method)
         if self._pertask is not None:
             self._pertask.since = self._since
+            self._pertask.plain = self._zeroed  # a bound method: the loss still pickles and deep-copies
+
+    def _driven(self) -> bool:
+        """Whether a trainer (hapi's ``attach``, PaddleSeg's) makes the calls, not a plain loop."""
+        return self._since.recording or self._plain.driven or _hapi.is_attached(self)
+
+    def _zeroed(self, text: str) -> None:
+        if not self._driven():
+            self._plain.nonfinite(text)
 
     def _per_task(self, shared: Shared, rep_grad: bool) -> PerTask | None:
         if not isinstance(self.weighting, GradWeighting):
@@ -156,6 +168,8 @@ class AutoWeight(Checkpoints):
             detached = values.detach()
             self.weighting.record(detached, paddle.is_grad_enabled(), int(batch))
             self._since.forward(detached)  # kept only inside hapi's train step (attach's wrapper)
+            if paddle.is_grad_enabled() and not self._driven():
+                self._plain.forward(self)
             if self._pertask is not None and paddle.is_grad_enabled() and not values.stop_gradient:
                 assert isinstance(self.weighting, GradWeighting)
                 # each task's own scalar: a slice of the stack would reach every task's inputs (with zeros)
@@ -194,11 +208,14 @@ class AutoWeight(Checkpoints):
     def end_epoch(self) -> None:
         """Close a training epoch (dwa's next weights, stch's nadir point); a collective under
         ``paddle.distributed.launch``. ``AutoWeightCallback`` calls it at every epoch end."""
+        if not self._driven():
+            self._plain.end_epoch()
         self.weighting.end_epoch()
 
     def after_update(self, *tensors: paddle.Tensor) -> None:
         """After an optimizer update: the same batch's ``(*outputs, *labels)`` recomputed after
         it, for methods that want them (famo). ``AutoWeightCallback`` does this."""
+        self._plain.after_update()
         with paddle.no_grad():
             self.weighting.after_update(self.task_losses(*tensors).detach())
 
