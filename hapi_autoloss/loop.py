@@ -30,6 +30,7 @@ import paddle
 from . import _hapi
 from ._args import is_real, positive
 from ._dist import average_gradients
+from .weighting._plain import note_sync
 
 Params = Union[paddle.nn.Layer, Sequence[Any]]
 
@@ -166,3 +167,4 @@ def sync_gradients(loss_or_params: Params) -> None:
         opt.step()
     """
     average_gradients(_trainable(loss_or_params, "loss_or_params"), _hapi.world()[1])
+    note_sync()  # the plain-loop check: σ was averaged (weighting/_plain.py)

@@ -45,6 +45,7 @@ from .._dist import average_gradients
 from .._hapi import world
 from .._hapi.optimizer import check_groups, inject, optimizer_params, track
 from ..topk import TopKLoss as _CoreTopK
+from ..weighting._plain import mark_driven
 from ..weighting.autoweight import AutoWeight as _CoreAutoWeight
 from . import _grad, _losses
 
@@ -155,6 +156,8 @@ def attach(model: paddle.nn.Layer, losses: Any, optimizer: Any, lr_scale: float 
                 i += 1
             model.add_sublayer(f"{PREFIX}{i}", layer)
         params.extend(p for p in layer.parameters() if not p.stop_gradient)
+    for layer in taken:
+        mark_driven(layer)  # train makes its calls: no plain-loop warning (weighting/_plain.py)
     _grad.keep_buffers_in_step(taken)
     _grad.resume_buffers(model)
     if params:

@@ -50,6 +50,7 @@ class PerTask:
         self._seen: tuple[Any, list[tuple[int, int, int]]] | None = None  # (key, (id, name key, size) per shared param)
         self._rep: dict[str, Any] = {}
         self.since: SinceUpdate | None = None  # AutoWeight's record of the forwards since the last update
+        self.plain: Callable[[str], None] | None = None  # a step zeroed outside a trainer: AutoWeight warns
         if rep_grad:
             assert isinstance(shared, paddle.nn.Layer)
             shared.register_forward_post_hook(self._capture)  # type: ignore[arg-type]
@@ -84,8 +85,10 @@ class PerTask:
                 "A gradient-level method computes each task's gradient of the network's parameters, "
                 "but this AutoWeight does not know the network. Fix: train with model.fit(..., "
                 "callbacks=[AutoWeightCallback()]) (or call hapi_autoloss.attach(model) before "
-                "train_batch); in your own loop, build the optimizer with param_groups(network, loss); in "
-                "PaddleSeg's train, call hapi_autoloss.paddleseg.attach(model, losses, optimizer) first."
+                "train_batch); in your own loop, build the optimizer with param_groups(network, loss), or call "
+                "loss.set_network(network) once before the first step (e.g. with one optimizer for the network "
+                "and another for the loss); in PaddleSeg's train, call hapi_autoloss.paddleseg.attach(model, "
+                "losses, optimizer) first."
             )
         # A loss can be a sublayer of the network (PaddleSeg's attach adds it, to save σ in the
         # model's checkpoints): its own parameters (σ, a method's) are never the network's.
@@ -198,8 +201,11 @@ class PerTask:
             if negative and self.since is not None:
                 self.since.skip("negative", negative)
             elif not overflow and self.since is not None:  # an overflow is the GradScaler's to skip
-                self.since.skip(*(("gradient", _checks.nonfinite(names, rows, reached, self.rep_grad)) if finite_losses
-                                  else ("loss", first_bad([local], names)[1] or "a loss")))
+                kind, text = (("gradient", _checks.nonfinite(names, rows, reached, self.rep_grad)) if finite_losses
+                              else ("loss", first_bad([local], names)[1] or "a loss"))
+                self.since.skip(kind, text)
+                if not self.since.recording and self.plain is not None:
+                    self.plain(text)
             return _surrogate.skipped(value, params, amp_overflow=overflow)
         method.last_shared = self._last or slice(None)
         if not self.rep_grad:  # the columns: id, structured name (a resumed network's match the saved ones), size

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any, Callable
 
 import numpy as np
@@ -13,6 +12,7 @@ from . import _checks
 from ._checkpoints import Checkpoints
 from ._make import make_method
 from ._pertask import PerTask, Shared
+from ._plain import PlainChecks
 from ._since import SinceUpdate
 from ._tasks import (
     Losses,
@@ -25,11 +25,12 @@ from ._tasks import (
     parse_task_types,
     route,
 )
+from ._update_checks import UpdateChecks
 from .base import Weighting
 from .gradient import GradWeighting
 
 
-class AutoWeight(Checkpoints):
+class AutoWeight(UpdateChecks, Checkpoints):
     """Computes several losses and weights them into one, learning the weights during ``model.fit``.
 
     Args:
@@ -99,8 +100,11 @@ class AutoWeight(Checkpoints):
         self._since = SinceUpdate()  # the training forwards since the last update, for the check before it
         self._since.positive = bool(self.weighting.positive_losses)
         self._nan: dict[str, paddle.Tensor] = {}  # a 0-d NaN, made once (a dict: a Tensor attribute is a buffer)
+        # the calls a plain loop owes the method, σ's averaging, a zeroed step: warned there
+        self._plain = PlainChecks(type(self.weighting).training_hooks(), self.training_calls(), self.method)
         if self._pertask is not None:
             self._pertask.since = self._since
+            self._pertask.plain = self._zeroed  # a bound method: the loss still pickles and deep-copies
 
     def _per_task(self, shared: Shared, rep_grad: bool) -> PerTask | None:
         if not isinstance(self.weighting, GradWeighting):
@@ -156,6 +160,8 @@ class AutoWeight(Checkpoints):
             detached = values.detach()
             self.weighting.record(detached, paddle.is_grad_enabled(), int(batch))
             self._since.forward(detached)  # kept only inside hapi's train step (attach's wrapper)
+            if paddle.is_grad_enabled() and not self._driven():
+                self._plain.forward(self)
             if self._pertask is not None and paddle.is_grad_enabled() and not values.stop_gradient:
                 assert isinstance(self.weighting, GradWeighting)
                 # each task's own scalar: a slice of the stack would reach every task's inputs (with zeros)
@@ -169,15 +175,6 @@ class AutoWeight(Checkpoints):
         if self._since.recording and self._since.positive:
             total = self._refuse_negative(total, detached)
         return total
-
-    def _refuse_negative(self, total: paddle.Tensor, detached: paddle.Tensor) -> paddle.Tensor:
-        """Inside hapi's train step, for a method that needs every loss >= 0: the total, or NaN where a
-        task loss is negative, so that the check before the update refuses it (``nonfinite_negative``
-        names why). On the device, no host read; the same value and gradient otherwise."""
-        nan = self._nan.get("nan")
-        if nan is None or nan.dtype != total.dtype:
-            nan = self._nan["nan"] = paddle.full([], float("nan"), dtype=total.dtype)
-        return paddle.where(detached.min() >= 0, total, nan)
 
     # ------------------------------------------------------------ training hooks
 
@@ -194,11 +191,14 @@ class AutoWeight(Checkpoints):
     def end_epoch(self) -> None:
         """Close a training epoch (dwa's next weights, stch's nadir point); a collective under
         ``paddle.distributed.launch``. ``AutoWeightCallback`` calls it at every epoch end."""
+        if not self._driven():
+            self._plain.end_epoch()
         self.weighting.end_epoch()
 
     def after_update(self, *tensors: paddle.Tensor) -> None:
         """After an optimizer update: the same batch's ``(*outputs, *labels)`` recomputed after
         it, for methods that want them (famo). ``AutoWeightCallback`` does this."""
+        self._plain.after_update()
         with paddle.no_grad():
             self.weighting.after_update(self.task_losses(*tensors).detach())
 
@@ -233,40 +233,6 @@ class AutoWeight(Checkpoints):
         """The raw (unweighted) per-task losses of the last forward; {} before one."""
         last = self.weighting._seen.get("last")
         return {} if last is None else self._named(last.numpy())
-
-    def nonfinite_now(self) -> str:
-        """The non-finite losses of the train step being refused, e.g. "task 'b' = nan" ("" if none;
-        a host read, on that step only): every call of this loss in it, deep supervision included."""
-        now = self._since.now(self.task_names)
-        if now is not None:
-            return now
-        return ", ".join(f"task '{t}' = {v}" for t, v in self.last_losses().items() if not math.isfinite(v))
-
-    def nonfinite_negative(self) -> str:
-        """Why the train step being refused had to be, if the method needs every task loss >= 0 and one
-        was negative: e.g. "task 'reg' has loss -1.55 < 0" ("" if not; a host read, on that step only)."""
-        return self._since.negative_now(self.task_names)
-
-    def nonfinite_cause(self) -> tuple[str, str]:
-        """Why a training forward since the last update must not reach it, as ``("gradient" or
-        "loss", which task)`` (set by :meth:`skipped_forwards`); ``("", "")`` if none. For the callback."""
-        return self._since.cause
-
-    def skipped_forwards(self) -> int:
-        """Training forwards since the last update that it must not take: skipped by a gradient-level
-        method, or (accumulation) an earlier batch's non-finite loss. Counted before an update."""
-        return self._since.count(self.task_names)
-
-    def track_batch(self, begins: bool) -> None:
-        """``attach`` brackets each of hapi's train steps: only their forwards count for the update."""
-        if begins:
-            self._since.begin_batch()
-        else:
-            self._since.end_batch()
-
-    def forget_skipped(self) -> None:
-        """After an update, or after skipping it: count again from the next batch."""
-        self._since.reset()
 
     def extra_repr(self) -> str:
         return f"method={self.method}, tasks={self.task_names}"
