@@ -98,26 +98,14 @@ def validate_counts(min_kept: Any, ignore_index: Any, threshold: Any) -> tuple[i
 PADDLE_IGNORE_DEFAULT = -100  # paddle.nn.CrossEntropyLoss's: no label takes it in practice
 
 
-def ignore_index_with(loss: Any, ignore_index: int | None) -> int | None:
-    """TopKLoss's ``ignore_index`` given the wrapped loss's own (``paddle.nn.CrossEntropyLoss``,
-    PaddleSeg's losses) when that is not Paddle's default -100: None takes it, another value is
-    refused (the wrapped loss would give its ignored elements a 0 that counts in n)."""
-    theirs = getattr(loss, "ignore_index", None)
-    if isinstance(theirs, bool) or not isinstance(theirs, numbers.Integral):
-        return ignore_index
-    theirs = int(theirs)
-    if theirs == PADDLE_IGNORE_DEFAULT:  # the wrapped loss ignores nothing: ours may be any label
-        return ignore_index
-    if ignore_index is None:
-        return theirs
-    if ignore_index != theirs:
-        name = type(loss).__name__
-        raise ValueError(
-            f"TopKLoss ignores label {ignore_index}, but the wrapped {name} ignores {theirs}: it gives label "
-            f"{theirs} a 0 that TopKLoss would count as a loss. Fix: the same value in both, e.g. "
-            f"{name}(..., ignore_index={ignore_index}) and TopKLoss(..., ignore_index={ignore_index})."
-        )
-    return ignore_index
+def wrapped_ignore_index(loss: Any) -> int | None:
+    """The label the wrapped loss ignores itself (``paddle.nn.CrossEntropyLoss``'s ``ignore_index``,
+    ``NLLLoss``'s ``_ignore_index`` in paddle 3.3.1, PaddleSeg's losses'), or None: none, or Paddle's
+    default -100."""
+    theirs = getattr(loss, "ignore_index", getattr(loss, "_ignore_index", None))
+    if isinstance(theirs, bool) or not isinstance(theirs, numbers.Integral) or theirs == PADDLE_IGNORE_DEFAULT:
+        return None
+    return int(theirs)
 
 
 def check_threshold_drop(threshold: float | None, drop: float, where: str = "") -> None:

@@ -77,6 +77,18 @@ def ignored_mask(
     return paddle.equal(label, paddle.full([], ignore_index, dtype=label.dtype)).reshape(values.shape)
 
 
+def fitting_mask(
+    ignore_index: int | None, values: paddle.Tensor, inputs: tuple[paddle.Tensor, ...]
+) -> paddle.Tensor | None:
+    """:func:`ignored_mask` for the wrapped loss's own ``ignore_index``, only where the label holds one
+    entry per loss element; None otherwise (a loss reducing per sample masks its padding itself)."""
+    if ignore_index is None or len(inputs) < 2 or not isinstance(inputs[-1], paddle.Tensor):
+        return None
+    if math.prod(inputs[-1].shape) != math.prod(values.shape):
+        return None
+    return ignored_mask(ignore_index, values, inputs)
+
+
 def per_class(
     values: paddle.Tensor,
     ignored: paddle.Tensor | None,

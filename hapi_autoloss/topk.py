@@ -11,12 +11,12 @@ from ._kept_counts import ROUNDING_TOLERANCE, k_of, m_of
 from ._topk_args import (
     check_num_classes_applies,
     check_threshold_drop,
-    ignore_index_with,
     validate_band,
     validate_counts,
     validate_drop,
     validate_per,
     validate_ratio,
+    wrapped_ignore_index,
 )
 
 __all__ = ["ROUNDING_TOLERANCE", "TopKLoss", "k_of", "m_of", "validate_drop", "validate_ratio"]
@@ -85,8 +85,9 @@ class TopKLoss(paddle.nn.Layer):
             count classes; the class labels are read from the last argument).
         ignore_index: elements whose label (the last argument) equals it are never
             kept and do not count in n. The label needs one entry per loss element.
-            None takes the wrapped loss's ``ignore_index`` (but Paddle's default -100);
-            another value than the wrapped loss's own (but -100) is refused.
+            None: the wrapped loss's own ``ignore_index`` (but Paddle's default -100), where
+            the label holds one entry per loss element (a loss that reduces per sample
+            itself is left alone).
         min_kept: the least number of losses averaged while something is valid.
         threshold: optional loss threshold, see above.
         drop: fraction of the hardest dropped, m/n, in [0, ratio). Settable.
@@ -135,7 +136,6 @@ class TopKLoss(paddle.nn.Layer):
         _hapi.require_dynamic_mode()  # in static mode the wrapped loss returns graph values, not tensors
         validate_per(per, PER_CHOICES, num_classes)
         min_kept, ignore_index, threshold = validate_counts(min_kept, ignore_index, threshold)
-        ignore_index = ignore_index_with(loss, ignore_index)
         self.band = None if band is None else validate_band(band)
         if self.band is not None and (ratio is not None or drop != 0 or threshold is not None):
             raise ValueError(
@@ -148,6 +148,7 @@ class TopKLoss(paddle.nn.Layer):
         self.loss = loss
         self.per = per
         self.ignore_index, self.min_kept, self.threshold = ignore_index, min_kept, threshold
+        self._loss_ignores = wrapped_ignore_index(loss)  # used while ignore_index is None
         self.num_classes = None if num_classes is None else int(num_classes)
         self._ratio, self._drop = 1.0, 0.0
         if self.band is None:
@@ -218,8 +219,10 @@ class TopKLoss(paddle.nn.Layer):
 
     def extra_repr(self) -> str:
         rule = f"band={self.band}" if self.band is not None else f"ratio={self._ratio}, drop={self._drop}"
+        own = self._loss_ignores if self.ignore_index is None and self._loss_ignores is not None else None
         return (
-            f"{rule}, per={self.per}, ignore_index={self.ignore_index}, "
+            f"{rule}, per={self.per}, ignore_index={self.ignore_index}"
+            + ("" if own is None else f" (the loss's {own})") + ", "
             f"min_kept={self.min_kept}, threshold={self.threshold}"
             + (f", num_classes={self.num_classes}" if self.num_classes is not None else "")
         )
@@ -229,7 +232,10 @@ class TopKLoss(paddle.nn.Layer):
     def forward(self, *inputs: paddle.Tensor) -> paddle.Tensor:
         raw = self.loss(*inputs)
         values = _topk_input.check_loss(type(self.loss).__name__, raw, inputs, self.per)
-        ignored = _topk_input.ignored_mask(self.ignore_index, values, inputs)
+        if self.ignore_index is not None:
+            ignored = _topk_input.ignored_mask(self.ignore_index, values, inputs)
+        else:  # the wrapped loss's zeros for its ignored elements must not count in n
+            ignored = _topk_input.fitting_mask(self._loss_ignores, values, inputs)
         if self.per == "sample":
             values, ignored = _topk_input.per_sample(values, ignored)
         elif self.per == "class":

@@ -31,7 +31,7 @@ def test_label_shape_that_cannot_match_the_output_of_a_regression_task():
     check(info, "task 'y1'", "[8, 1]", "[8]", "broadcast", "Fix: reshape the label (or the output) to [8, 1].")
     with pytest.raises(ValueError) as info:  # no reshape makes [8, 2] of [8, 1]: the sizes differ
         aw(paddle.ones([8, 1]), paddle.ones([8, 1]), paddle.ones([8, 2]), paddle.ones([8, 1]))
-    check(info, "Fix: the network's output for this task holds [1] values per sample and the label [2]")
+    check(info, "Fix: the network's output for this task holds 1 value(s) per sample and the label 2")
     assert "reshape" not in str(info.value)
 
 

@@ -28,11 +28,11 @@ def ce64(logits, lab):
 
 
 @pytest.mark.parametrize("ratio", [1.0, 0.3])
-def test_the_wrapped_ignore_index_is_taken(ratio):
+def test_the_wrapped_ignore_index_is_used(ratio):
     logits, lab = batch()
     ce = paddle.nn.CrossEntropyLoss(reduction="none", axis=1, ignore_index=255)
     layer = TopKLoss(ce, ratio=ratio, per="pixel")
-    assert layer.ignore_index == 255
+    assert layer.ignore_index is None and "ignore_index=None (the loss's 255)" in layer.extra_repr()
     losses, valid = ce64(logits, lab)
     kept = np.sort(losses[valid])[::-1][: int(np.ceil(ratio * valid.sum() - 1e-6))]
     out = layer(paddle.to_tensor(logits), paddle.to_tensor(lab.astype("int64")))
@@ -43,17 +43,46 @@ def test_the_wrapped_ignore_index_is_taken(ratio):
         np.testing.assert_allclose(float(out), float(plain), rtol=1e-5)
 
 
-def test_paddles_default_is_not_taken_and_leaves_any_value_free():
+def test_nll_loss_keeps_its_ignore_index_in_a_private_attribute():
+    rng = np.random.default_rng(1)
+    logp = np.log(rng.dirichlet(np.ones(3), size=8)).astype("float32")
+    y = np.array([0, 1, 2, 0, 1, 2, 0, 1])
+    layer = TopKLoss(paddle.nn.NLLLoss(ignore_index=0, reduction="none"), ratio=1.0)
+    out = layer(paddle.to_tensor(logp), paddle.to_tensor(y))
+    want = -logp[np.arange(8), y][y != 0].astype(np.float64).mean()
+    np.testing.assert_allclose(float(out), want, rtol=1e-6)
+
+
+def test_paddles_default_is_not_used_and_any_value_of_ours_wins():
     ce = paddle.nn.CrossEntropyLoss(reduction="none")  # ignore_index=-100: it ignores nothing
-    assert TopKLoss(ce).ignore_index is None
-    assert TopKLoss(ce, ignore_index=0).ignore_index == 0  # a class left out of the ranking only
-    assert TopKLoss(lambda x, y: x, ignore_index=3).ignore_index == 3  # a function has none
+    assert TopKLoss(ce)._loss_ignores is None
+    logits, lab = batch(seed=2, ignored=0.0)
+    ce255 = paddle.nn.CrossEntropyLoss(reduction="none", axis=1, ignore_index=255)
+    ours = TopKLoss(ce255, ratio=1.0, per="pixel", ignore_index=0)  # class 0 left out of the ranking only
+    losses, _ = ce64(logits, lab)
+    out = ours(paddle.to_tensor(logits), paddle.to_tensor(lab.astype("int64")))
+    np.testing.assert_allclose(float(out), losses[lab != 0].mean(), rtol=1e-5)
 
 
-def test_another_value_than_the_wrapped_one_is_refused():
-    ce = paddle.nn.CrossEntropyLoss(reduction="none", axis=1, ignore_index=255)
-    with pytest.raises(ValueError, match=r"TopKLoss ignores label 0, but the wrapped CrossEntropyLoss ignores 255: "
-                                         r"it gives label 255 a 0 that TopKLoss would count as a loss\. Fix: "
-                                         r"the same value in both"):
-        TopKLoss(ce, ignore_index=0)
-    assert TopKLoss(ce, ignore_index=255).ignore_index == 255
+class SequenceLoss(paddle.nn.Layer):
+    """A loss with an ignore_index that masks its padding itself and returns one loss per sample."""
+
+    def __init__(self):
+        super().__init__()
+        self.ignore_index = 0
+
+    def forward(self, logits, tokens):
+        each = paddle.nn.functional.cross_entropy(logits, tokens.unsqueeze(-1), reduction="none").squeeze(-1)
+        mask = (tokens != 0).astype("float32")
+        return (each * mask).sum(axis=1) / mask.sum(axis=1).clip(min=1.0)
+
+
+def test_a_loss_that_reduces_per_sample_itself_is_left_alone():
+    """Its label [N, T] holds more entries than its loss [N]: its ignore_index is not TopKLoss's business."""
+    rng = np.random.default_rng(3)
+    logits = rng.standard_normal((4, 5, 6)).astype("float32")
+    tokens = rng.integers(1, 6, (4, 5))
+    tokens[:, 3:] = 0
+    per_sample = SequenceLoss()(paddle.to_tensor(logits), paddle.to_tensor(tokens)).numpy().astype(np.float64)
+    out = TopKLoss(SequenceLoss(), ratio=0.5)(paddle.to_tensor(logits), paddle.to_tensor(tokens))
+    np.testing.assert_allclose(float(out), np.sort(per_sample)[::-1][:2].mean(), rtol=1e-6)

@@ -58,12 +58,12 @@ def test_auto_mode_is_max_for_higher_is_better_names(name):
     assert TopKOnPlateau(monitor=name).mode == "max"
 
 
-@pytest.mark.parametrize("name", ["err", "error_rate", "mse", "mae", "rmse", "val_loss"])
+@pytest.mark.parametrize("name", ["err", "error_rate", "mse", "mae", "rmse", "val_loss", "mape", "val_mape"])
 def test_auto_mode_is_min_for_lower_is_better_names(name):
     assert TopKOnPlateau(monitor=name).mode == "min"
 
 
-@pytest.mark.parametrize("name", ["mape", "score", "val_ce", "top1"])
+@pytest.mark.parametrize("name", ["heatmap_mse", "score", "val_ce", "top1"])  # heatmap: "map" and "mse"
 def test_auto_mode_refuses_a_name_it_cannot_read(name):
     with pytest.raises(ValueError, match=rf"mode='auto' cannot tell whether a higher '{name}' is better. "
                                          r"Fix: mode='max' \(.*\) or mode='min' \(.*\)\.$"):

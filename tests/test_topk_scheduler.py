@@ -386,3 +386,19 @@ def test_drop_clashes_found_before_any_step():
     fit(threshold, 1, [TopKScheduler(1.0, 0.5, drop_start=0.0)])  # a drop held at 0 is allowed
     for p, b in zip(model.parameters(), before):
         np.testing.assert_array_equal(p.numpy(), b)
+
+
+def test_driven_by_hand_each_epoch_end_counts():
+    """Outside hapi's fit (no CallbackList, so no hook before the epoch ends) every on_epoch_end ends an
+    epoch, on_epoch_begin or not: the epoch-close hook's bookkeeping made them count nothing."""
+    loss = TopKLoss(ce())
+    model = build(loss)
+    sched = TopKScheduler(1.0, 0.5, total=3)
+    sched.set_model(model)
+    sched.set_params({"epochs": 3, "steps": 1, "verbose": 0, "metrics": ["loss"]})
+    sched.on_train_begin()
+    for epoch in range(3):
+        sched.on_train_batch_begin(0, {})
+        sched.on_train_batch_end(0, {})
+        sched.on_epoch_end(epoch)
+        assert sched.epochs_done == epoch + 1

@@ -40,7 +40,7 @@ def resolve_mode(monitor: str, mode: str) -> str:
     if mode != "auto":
         return mode
     name = monitor.lower()
-    higher = any(word in name for word in HIGHER_IS_BETTER)
+    higher = any(word in name.replace("mape", "") for word in HIGHER_IS_BETTER)  # "map" is not in "mape"
     lower = any(word in name for word in LOWER_IS_BETTER)
     if higher == lower:
         raise ValueError(

@@ -83,7 +83,7 @@ class AutoWeightCallback(Callback):
         self._weighting: list[AutoWeight] = []
         self._epoch = 0
         self._step = 0
-        self._batches, self._open = 0, False
+        self._batches, self._open, self._hooked = 0, False, False
         self._skipped_before = 0
         self._logs: dict[str, Any] | None = None
         self._wanting: list[AutoWeight] = []
@@ -123,6 +123,7 @@ class AutoWeightCallback(Callback):
         self._plan_logs()
         self._open = False  # an epoch a raised fit left open is not this fit's
         callbacks = _hapi.callback_list_of(self)
+        self._hooked = callbacks is not None
         if callbacks is not None:  # before a ModelCheckpoint listed first saves the epoch
             _hapi.before_epoch_end(callbacks, self._close_epoch)
         # Right after each step, before hapi's bar reads logs at on_train_batch_end.
@@ -259,4 +260,6 @@ class AutoWeightCallback(Callback):
             logs["nonfinite_skipped"] = self.skipped
 
     def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
+        if not self._hooked:  # driven by hand, not by hapi's fit: each call ends an epoch
+            self._open = True
         self._close_epoch(epoch, logs)  # done already inside hapi's fit

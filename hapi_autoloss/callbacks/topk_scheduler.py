@@ -106,7 +106,7 @@ class TopKScheduler(RangeSchedule, Callback):
         self.ratio = self.start
         self.drop = self.drop_start
         self._layers: list[TopKLoss] = []
-        self._epoch_start, self._epoch_open = 0, False
+        self._epoch_start, self._epoch_open, self._hooked = 0, False, False
 
     @classmethod
     def deeplab(cls, top_k: float = 0.2, hard_example_mining_step: int = 100_000) -> TopKScheduler:
@@ -177,6 +177,7 @@ class TopKScheduler(RangeSchedule, Callback):
         _hapi.show_in_progress_bar(self.params, ["topk_ratio"] + (["topk_drop"] if self.drop is not None else []))
         self._epoch_open = False  # an epoch a raised fit left open is not this fit's
         callbacks = _hapi.callback_list_of(self)
+        self._hooked = callbacks is not None
         if callbacks is not None:  # count the epoch before a ModelCheckpoint listed first saves it
             _hapi.before_epoch_end(callbacks, self._end_epoch)
         self._apply()
@@ -205,6 +206,8 @@ class TopKScheduler(RangeSchedule, Callback):
         self.steps_done += 1
 
     def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
+        if not self._hooked:  # driven by hand, not by hapi's fit: each call ends an epoch
+            self._epoch_open = True
         self._end_epoch(epoch, logs)
 
     def _end_epoch(self, epoch: int, logs: Any = None) -> None:

@@ -176,8 +176,8 @@ def _same_shape_fix(out: list[int], label: list[int]) -> str:
     """A reshape where both hold as many values ([32] and [32, 1]); else the network's output size."""
     if math.prod(out) == math.prod(label):
         return f"reshape the label (or the output) to {out}."
-    return (f"the network's output for this task holds {out[1:]} values per sample and the label "
-            f"{label[1:]}: make them match (the head's output size, or the label's columns).")
+    return (f"the network's output for this task holds {math.prod(out[1:])} value(s) per sample and the "
+            f"label {math.prod(label[1:])}: make them match (the head's output size, or the label's columns).")
 
 
 def as_scalar(name: str, value: object) -> paddle.Tensor:
