@@ -1,4 +1,4 @@
-"""Real 2-process `paddle.distributed.launch` runs (CPU, gloo): dwa and rlw agree across ranks."""
+"""Real 2-process `paddle.distributed.launch` runs (CPU, gloo): dwa, rlw and stch agree across ranks."""
 
 import os
 import subprocess
@@ -76,3 +76,19 @@ def test_rlw_without_seed_draws_the_same_weights_on_every_rank(ranks):
     # hapi's logs carry the draw each step trained with, step 0 included.
     for r in ranks:
         np.testing.assert_array_equal(r["rlw_logged"], r["rlw_used"])
+
+
+@pytest.mark.distributed
+def test_stch_nadir_is_both_ranks_average_and_its_epochs_agree(ranks):
+    """stch's empty-epoch check is a collective: its flag was a [1] tensor that int() refused, so stch
+    failed at its first epoch end on 2 ranks."""
+    for r in ranks:
+        assert int(r["stch_epochs"]) == 3
+    np.testing.assert_array_equal(ranks[0]["stch_nadir"], ranks[1]["stch_nadir"])
+    nadir_epoch = np.concatenate([r["stch_losses"][1].astype(np.float64) for r in ranks])  # every batch of epoch 1
+    np.testing.assert_allclose(ranks[0]["stch_nadir"], nadir_epoch.mean(axis=0), rtol=1e-6)
+    # Bare: epoch 0 on both ranks (the nadir), an end_epoch nobody trained before (not an epoch), then
+    # an epoch only rank 1 trained (an epoch for both).
+    for r in ranks:
+        assert int(r["bare_stch_epochs"]) == 2
+        np.testing.assert_allclose(r["bare_stch_nadir"], [2.0, 3.0], rtol=1e-7)

@@ -106,7 +106,7 @@ class STCH(Weighting):
         if world()[1] > 1:
             flag = paddle.to_tensor([0 if empty else 1], dtype="int32")
             paddle.distributed.all_reduce(flag, op=paddle.distributed.ReduceOp.MAX)
-            empty = int(flag) == 0
+            empty = int(flag.numpy()[0]) == 0
         return empty
 
     def set_checkpoint_state(self, state: dict) -> None:

@@ -42,8 +42,8 @@ class Record(Callback):
         self.epoch_weights.append(list(self.aw.weights().values()))
 
 
-def train(method, epochs):
-    aw = AutoWeight({"y1": paddle.nn.MSELoss(), "y2": paddle.nn.MSELoss()}, method=method)
+def train(method, epochs, **options):
+    aw = AutoWeight({"y1": paddle.nn.MSELoss(), "y2": paddle.nn.MSELoss()}, method=method, **options)
     record = Record(aw)
     model = build_model(aw)
     # 200 samples: 100 per rank, 7 batches each (the last of 4).
@@ -58,6 +58,7 @@ def identity(out, _label):
 
 rank = paddle.distributed.get_rank()
 dwa, rlw = train("dwa", 4), train("rlw", 2)
+stch = train("stch", 3, warmup_epochs=1)  # epoch 1 is the nadir epoch: both ranks' batches
 
 # A rank without batches in an epoch still joins the reduction.
 bare = AutoWeight([identity, identity], method="dwa")
@@ -67,6 +68,14 @@ for epoch_batches in batches:
         bare(*[paddle.to_tensor(np.float32(v)) for v in values], paddle.zeros([]), paddle.zeros([]))
     bare.end_epoch()
 
+# stch: an end_epoch with no training forward since the last one, on any rank, is not an epoch.
+bare_stch = AutoWeight([identity, identity], method="stch", warmup_epochs=0)
+stch_batches = {0: [[[1.0, 4.0]], [], []], 1: [[[3.0, 2.0]], [], [[5.0, 1.0]]]}[rank]
+for epoch_batches in stch_batches:
+    for values in epoch_batches:
+        bare_stch(*[paddle.to_tensor(np.float32(v)) for v in values], paddle.zeros([]), paddle.zeros([]))
+    bare_stch.end_epoch()
+
 np.savez(
     os.path.join(sys.argv[1], f"rank{rank}.npz"),
     dwa_losses=np.array(dwa.losses), dwa_epoch_weights=np.array(dwa.epoch_weights),
@@ -74,4 +83,7 @@ np.savez(
     rlw_used=np.array(rlw.used), rlw_logged=np.array(rlw.logged),
     bare_history=bare.weighting.dwa_history.numpy(), bare_epochs=int(bare.weighting.epochs_seen),
     bare_weights=np.array(list(bare.weights().values())),
+    stch_losses=np.array(stch.losses), stch_nadir=stch.aw.weighting.nadir.numpy(),
+    stch_epochs=int(stch.aw.weighting.epochs_seen),
+    bare_stch_nadir=bare_stch.weighting.nadir.numpy(), bare_stch_epochs=int(bare_stch.weighting.epochs_seen),
 )
