@@ -62,6 +62,33 @@ def test_a_user_method_trains_through_fit_as_a_hand_written_loop():
     np.testing.assert_allclose(grad.numpy(), inverse_weights(probe), rtol=1e-6)
 
 
+class HalfUncertainty(Weighting):  # seed 000's rule, ½e^(−s)·L + ½s, written as the README shows
+    name = "half_uncertainty_test"
+
+    def bind(self, tasks, task_types):
+        super().bind(tasks, task_types)
+        self.s = self.task_parameter(0.0)
+
+    def combine(self, losses):
+        return (0.5 * paddle.exp(-self.s) * losses + 0.5 * self.s).sum()
+
+
+def test_a_user_method_with_parameters_shows_what_the_step_used():
+    """The default weight() took the step's losses but the parameters after its update: 0.3033 = ½e^(−0.5)
+    for a step that trained with ½ (kendall's display shows ½)."""
+    loss = mse_losses(HalfUncertainty())
+    model = build_model(loss, lr=0.5)
+    hapi_autoloss.attach(model)
+    x, y1, y2 = next(DATA.batches(16))
+    s_before = loss.weighting.s.numpy().astype(np.float64)
+    model.train_batch([x], [y1, y2])
+    s_after = loss.weighting.s.numpy().astype(np.float64)
+    assert np.abs(s_after - s_before).min() > 0.1  # the update moved s
+    np.testing.assert_allclose(list(loss.used()[1].values()), 0.5 * np.exp(-s_before), rtol=1e-6)
+    np.testing.assert_allclose(list(loss.weights().values()), 0.5 * np.exp(-s_after), rtol=1e-6)
+    np.testing.assert_array_equal(loss.weighting.s.numpy(), s_after.astype(np.float32))  # the read put s back
+
+
 def test_registry_by_name_and_instances():
     assert METHODS["inverse_test"] is InverseLoss
     by_name = AutoWeight([identity] * 2, method="inverse_test")

@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 import numpy as np
 import paddle
 
+from . import _shown
 from ._buffers import check_shapes, fit_empty_buffers
 
 # name -> class; filled by Weighting.__init_subclass__ when a method's module is imported.
@@ -100,6 +101,7 @@ class Weighting(paddle.nn.Layer):
         # Last losses and scratch tensors. A dict, because a Tensor attribute of a Layer
         # silently becomes a buffer (copied on every assignment).
         self._seen: dict[str, paddle.Tensor] = {}
+        self._seen_params: dict[str, list[paddle.Tensor]] = {}  # a default-shown method's, at the last step
 
     # ------------------------------------------------------------ hooks
 
@@ -137,16 +139,9 @@ class Weighting(paddle.nn.Layer):
 
     def weight(self, used: bool) -> np.ndarray:
         """The factor each task's loss gets, d total / d L_i (float64), at the last training
-        forward's losses (``used``) or the last forward's. By default from autograd, so a
+        forward's losses and parameters (``used``) or the last forward's. By default from autograd, so a
         method that is not a weighted sum is shown right too."""
-        losses = self._seen.get("train_last" if used else "last")
-        if losses is None:
-            return np.ones(self.n)
-        leaf = losses.detach().clone()
-        leaf.stop_gradient = False
-        with paddle.set_grad_enabled(True):
-            (grad,) = paddle.grad(self.combine(leaf), [leaf])
-        return grad.numpy().astype(np.float64)
+        return _shown.autograd_weight(self, used)
 
     def checkpoint_state(self) -> dict[str, Any]:
         """Python-side state for checkpoints (tensors belong in buffers)."""
@@ -217,6 +212,8 @@ class Weighting(paddle.nn.Layer):
         self._seen["last"] = losses
         if training:
             self._seen["train_last"] = losses
+            if type(self).weight is Weighting.weight:  # shown at the step's parameters (default weight())
+                _shown.keep_step_parameters(self)
             self.observe(losses, batch_size)
 
     def task_parameter(self, start: float = 0.0) -> paddle.Tensor:
