@@ -8,8 +8,18 @@ from typing import Any
 import paddle
 
 
-def check_loss(name: str, raw: Any, inputs: tuple[paddle.Tensor, ...], per: str) -> paddle.Tensor:
+def _unreduced_fix(loss: Any) -> str:
+    """How to get one loss per element from the wrapped ``loss``."""
+    if hasattr(loss, "reduction"):
+        return ("build it with reduction='none', e.g. "
+                "TopKLoss(paddle.nn.CrossEntropyLoss(reduction='none')).")
+    return (f"{type(loss).__name__} has no reduction='none': wrap a function that returns one loss per "
+            "sample (or pixel) instead, e.g. TopKLoss(lambda out, lab: per_sample_loss(out, lab)).")
+
+
+def check_loss(loss: Any, raw: Any, inputs: tuple[paddle.Tensor, ...], per: str) -> paddle.Tensor:
     """The wrapped loss's output as float32, or a clear error when there is nothing to rank."""
+    name = type(loss).__name__
     if not isinstance(raw, paddle.Tensor):
         if not paddle.in_dynamic_mode():
             raise RuntimeError(
@@ -34,8 +44,7 @@ def check_loss(name: str, raw: Any, inputs: tuple[paddle.Tensor, ...], per: str)
         raise ValueError(
             f"The wrapped loss {name} returned an already reduced value (shape "
             f"{list(raw.shape)}) for a batch of {batch}, so there is nothing to rank. "
-            "Fix: build it with reduction='none', e.g. "
-            "TopKLoss(paddle.nn.CrossEntropyLoss(reduction='none'))."
+            f"Fix: {_unreduced_fix(loss)}"
         )
     if per == "sample" and batch is not None and int(shape[0]) != batch:
         raise ValueError(

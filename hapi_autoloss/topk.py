@@ -231,7 +231,7 @@ class TopKLoss(paddle.nn.Layer):
 
     def forward(self, *inputs: paddle.Tensor) -> paddle.Tensor:
         raw = self.loss(*inputs)
-        values = _topk_input.check_loss(type(self.loss).__name__, raw, inputs, self.per)
+        values = _topk_input.check_loss(self.loss, raw, inputs, self.per)
         if self.ignore_index is not None:
             ignored = _topk_input.ignored_mask(self.ignore_index, values, inputs)
         else:  # the wrapped loss's zeros for its ignored elements must not count in n

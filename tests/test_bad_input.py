@@ -290,3 +290,18 @@ def test_a_network_returning_a_dict_is_told_to_return_a_tuple():
     check(info, "returned a dict (y1, y2)", "return tuple(out[k] for k in ['y1', 'y2'])")
     for p, before in zip(model.parameters(), net_before):
         np.testing.assert_array_equal(p.numpy(), before)
+
+
+def test_routing_errors_show_a_zero_based_routing_that_fits():
+    """A main head and an auxiliary head with one label: 'shared' and 'paired' fail, and so did 1-based
+    indices, with fixes that did not show what to write."""
+    main, aux, label = paddle.ones([4, 1]), paddle.ones([4, 1]), paddle.ones([4, 1])
+    fix = "indices from 0 over the 3 tensors (*outputs, *labels), e.g. routing={'main': (0, 2), 'aux': (1, 2)}"
+    for routing in ("shared", "paired", {"main": (1, 3), "aux": (2, 3)}):
+        aw = AutoWeight({"main": paddle.nn.MSELoss(), "aux": paddle.nn.MSELoss()}, method="equal", routing=routing)
+        with pytest.raises(ValueError) as info:
+            aw(main, aux, label)
+        check(info, fix)
+    aw = AutoWeight({"main": paddle.nn.MSELoss(), "aux": paddle.nn.MSELoss()}, method="equal",
+                    routing={"main": (0, 2), "aux": (1, 2)})
+    np.testing.assert_allclose(float(aw(main, 2 * aux, label)), 0.0 + 1.0, rtol=1e-6)  # the fix works

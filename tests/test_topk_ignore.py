@@ -86,3 +86,15 @@ def test_a_loss_that_reduces_per_sample_itself_is_left_alone():
     per_sample = SequenceLoss()(paddle.to_tensor(logits), paddle.to_tensor(tokens)).numpy().astype(np.float64)
     out = TopKLoss(SequenceLoss(), ratio=0.5)(paddle.to_tensor(logits), paddle.to_tensor(tokens))
     np.testing.assert_allclose(float(out), np.sort(per_sample)[::-1][:2].mean(), rtol=1e-6)
+
+
+def test_a_reduced_loss_without_a_reduction_argument_gets_a_fix_it_can_follow():
+    """TopKLoss(DiceLoss()) was told to build DiceLoss with reduction='none', which DiceLoss does not take."""
+    from hapi_autoloss import DiceLoss
+
+    logits, lab = batch(ignored=0.0)
+    with pytest.raises(ValueError, match=r"already reduced.*Fix: DiceLoss has no reduction='none': wrap a "
+                                         r"function that returns one loss per sample"):
+        TopKLoss(DiceLoss(), per="sample")(paddle.to_tensor(logits), paddle.to_tensor(lab.astype("int64")))
+    with pytest.raises(ValueError, match=r"already reduced.*Fix: build it with reduction='none'"):
+        TopKLoss(paddle.nn.CrossEntropyLoss(axis=1))(paddle.to_tensor(logits), paddle.to_tensor(lab.astype("int64")))

@@ -114,9 +114,21 @@ def parse_routing(routing: Routing, names: list[str]) -> list[tuple[int, ...]] |
 Routes = Union[list[tuple[int, ...]], None]
 
 
-def route(routes: Routes, n: int, tensors: tuple[paddle.Tensor, ...]) -> list[tuple[paddle.Tensor, ...]]:
-    """The tensors each of the ``n`` tasks gets, with clear errors when the count does not fit."""
-    got = len(tensors)
+def _example(names: list[str], got: int) -> str:
+    """An explicit routing for ``got`` tensors (0-based over ``*outputs, *labels``): each task its own
+    output and one shared label when that fits, else the two-outputs-two-labels pattern."""
+    n = len(names)
+    if got == n + 1:
+        return "{" + ", ".join(f"'{t}': ({i}, {n})" for i, t in enumerate(names)) + "}"
+    return "{'a': (0, 2), 'b': (1, 3)}"
+
+
+def route(routes: Routes, names: list[str], tensors: tuple[paddle.Tensor, ...]) -> list[tuple[paddle.Tensor, ...]]:
+    """The tensors each task (``names``) gets, with clear errors when the count does not fit."""
+    n, got = len(names), len(tensors)
+
+    def zero_based() -> str:  # built only for an error: route runs at every forward
+        return f"indices from 0 over the {got} tensors (*outputs, *labels), e.g. routing={_example(names, got)}"
     for t in tensors:
         if isinstance(t, dict):  # a LibMTL-style network: hapi passes its dict as one item
             raise TypeError(
@@ -129,20 +141,20 @@ def route(routes: Routes, n: int, tensors: tuple[paddle.Tensor, ...]) -> list[tu
             raise ValueError(
                 f"routing='paired' with {n} tasks expects {2 * n} tensors "
                 f"({n} outputs then {n} labels), but hapi passed {got}. Fix: return one "
-                "output per task and give one label per task, or use routing='shared' "
-                "or an explicit routing."
+                "output per task and give one label per task, or routing='shared' (one output "
+                f"and one label for every task), or an explicit routing: {zero_based()}."
             )
         return [(tensors[i], tensors[n + i]) for i in range(n)]
     need = max(max(r) for r in routes) + 1
     if routes == [(0, 1)] * n and got != 2:
         raise ValueError(
             f"routing='shared' expects 2 tensors (one output, one label), but hapi "
-            f"passed {got}. Fix: use routing='paired' or an explicit routing."
+            f"passed {got}. Fix: an explicit routing: {zero_based()}."
         )
     if got < need:
         raise ValueError(
             f"routing uses tensor index {need - 1}, but hapi passed only {got} tensors "
-            "(*outputs, *labels). Fix: the routing indices."
+            f"(*outputs, *labels: indices 0..{got - 1}). Fix: {zero_based()}."
         )
     return [tuple(tensors[i] for i in r) for r in routes]
 

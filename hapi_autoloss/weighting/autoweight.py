@@ -143,7 +143,7 @@ class AutoWeight(UpdateChecks, Checkpoints):
     def _each_loss(self, tensors: tuple[paddle.Tensor, ...]) -> list[paddle.Tensor]:
         raw = []
         for name, kind, fn, args in zip(self.task_names, self._types, self._fns,
-                                        route(self._routes, len(self.task_names), tensors)):
+                                        route(self._routes, self.task_names, tensors)):
             check_inputs(name, kind, args)
             raw.append(as_scalar(name, fn(*args)))
         return raw
