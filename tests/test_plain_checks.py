@@ -68,11 +68,104 @@ def test_a_correct_plain_loop_warns_nothing(method, accumulate):
 
 def test_famo_without_after_update_warns_at_the_epoch_end():
     net, loss = make("famo")
-    with pytest.warns(UserWarning, match=r"saw 4 training forwards in an epoch without loss\.after_update") as rec:
-        loop(net, loss, epochs=3, after_update=False)
+    with pytest.warns(UserWarning, match=r"saw 8 training forwards \(more than this epoch's 4\) without "
+                                         r"loss\.after_update") as rec:
+        loop(net, loss, epochs=3, after_update=False)  # the second epoch's end: two epochs without it
     assert len([w for w in rec if "after_update" in str(w.message)]) == 1  # once per loss
     assert "Fix: call with paddle.no_grad(): loss.after_update(" in str(rec[0].message)
     np.testing.assert_array_equal(loss.weighting.logits.numpy(), [0.0, 0.0])  # what it warns about
+
+
+@pytest.mark.parametrize("batches", [1, 4])
+def test_famo_closing_each_epoch_before_its_one_update_warns_nothing(batches):
+    """A full-batch loop (one forward, one update per epoch), or one update accumulated over a whole
+    epoch, that calls end_epoch() before after_update(): correct, so silent."""
+    net, loss = make("famo")
+    opt = paddle.optimizer.Adam(0.05, parameters=net.parameters())
+    x, y1, y2 = next(DATA.batches(32))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for _epoch in range(3):
+            for part in range(batches):
+                rows = slice(part * 32 // batches, (part + 1) * 32 // batches)
+                loss(*net(x[rows]), y1[rows], y2[rows]).backward()
+            opt.step()
+            opt.clear_grad()
+            loss.end_epoch()
+            with paddle.no_grad():
+                loss.after_update(*net(x), y1, y2)
+    assert float(loss.weighting.adam_t) == 3  # every update reached famo
+
+
+def test_one_training_forward_is_singular(monkeypatch):
+    monkeypatch.setattr(_plain, "PER_UPDATE", 0)
+    net, loss = make("famo")
+    x, y1, y2 = next(DATA.batches(32))
+    with pytest.warns(UserWarning, match=r"saw 1 training forward in a row without loss\.after_update"):
+        loss(*net(x), y1, y2)
+
+
+def _warned(run):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run()
+    return [w for w in caught if "AutoWeight(method=" in str(w.message)]
+
+
+def test_each_warning_names_the_users_line(monkeypatch):
+    """Whichever path warns (a forward inside paddle's Layer.__call__, end_epoch, a gradient-level
+    method's step), the warning points at this file, not into hapi_autoloss or paddle."""
+    monkeypatch.setattr(_plain, "PER_UPDATE", 2)
+    monkeypatch.setattr(_plain, "PER_EPOCH", 2)
+    monkeypatch.setattr(_plain, "world", lambda: (0, 2))  # "under the launcher": the σ check is on
+    x, y1, y2 = next(DATA.batches(32))
+    net, famo = make("famo")
+    _, dwa = make("dwa")
+    _, kendall = make("kendall")
+    _, kendall_epoch = make("kendall")
+    _, pcgrad = make("pcgrad")
+    pcgrad.set_network(net)
+    nan = y1.clone()
+    nan[0, 0] = float("nan")
+
+    def epochs(loss):  # two epochs of one forward: the epoch-end rule, not "in a row", warns
+        for _ in range(2):
+            loss(*net(x), y1, y2)
+            loss.end_epoch()
+
+    caught = (_warned(lambda: [famo(*net(x), y1, y2) for _ in range(3)])
+              + _warned(lambda: [dwa(*net(x), y1, y2) for _ in range(3)])
+              + _warned(lambda: [kendall(*net(x), y1, y2) for _ in range(3)])
+              + _warned(lambda: epochs(kendall_epoch))
+              + _warned(lambda: pcgrad(*net(x), nan, y2)))
+    texts = [str(w.message)[:60] for w in caught]
+    assert len(caught) == 5, texts
+    assert "in an epoch" not in str(caught[3].message) and "more than this epoch's 1" in str(caught[3].message)
+    assert {w.filename for w in caught} == {__file__}, [(w.filename, w.lineno) for w in caught]
+
+
+def test_sigma_inside_one_data_parallel_with_the_network_is_not_warned(monkeypatch):
+    """paddle.DataParallel(a layer holding the network and the loss) averages σ itself (a 2-rank
+    launch checks the σ: tests/scripts/dist_plain_warn.py); one with the network alone does not."""
+    monkeypatch.setattr(_plain, "PER_UPDATE", 2)
+    monkeypatch.setattr(_plain, "world", lambda: (0, 2))
+
+    class Full(paddle.nn.Layer):
+        def __init__(self):
+            super().__init__()
+            self.net, self.loss = make("kendall")
+
+        def forward(self, x, y1, y2):
+            return self.loss(*self.net(x), y1, y2)
+
+    x, y1, y2 = next(DATA.batches(32))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "The program will return to single-card")  # one process here
+        both, alone = paddle.DataParallel(Full()), Full()
+        net_only = paddle.DataParallel(alone.net)
+    assert not _warned(lambda: [both(x, y1, y2) for _ in range(4)])
+    assert both._layers.loss._plain.sync is False
+    assert len(_warned(lambda: [alone.loss(*net_only(x), y1, y2) for _ in range(4)])) == 1
 
 
 def test_famo_without_after_update_warns_without_epoch_ends_past_the_limit():
@@ -142,6 +235,10 @@ def test_two_ranks_without_sync_gradients_warn_once(tmp_path):
         assert f"RANK{rank} synced-ok" in logs
         (line,) = re.findall(rf"^RANK{rank} warned .*$", logs, re.M)
         assert line.startswith(f"RANK{rank} warned 1 "), line
-        assert "saw 4 training forwards in an epoch without hapi_autoloss.sync_gradients" in line
+        assert "saw 8 training forwards (more than this epoch's 4) without hapi_autoloss.sync_gradients" in line
     sigmas = [re.search(rf"^RANK{r} warned 1 (\[.*?\])", logs, re.M).group(1) for r in (0, 1)]
     assert sigmas[0] != sigmas[1]  # what it warns about: each rank its own σ
+    # one paddle.DataParallel of the network and the loss averages σ itself: the same σ, no warning
+    both = [re.search(rf"^RANK{r} dp-full warned (\d+) (\[.*?\])", logs, re.M).groups() for r in (0, 1)]
+    assert both[0] == both[1] and both[0][0] == "0", both
+    assert both[0][1] not in sigmas

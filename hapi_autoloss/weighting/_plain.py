@@ -14,20 +14,27 @@ per epoch are checked by counting training forwards since the last call (Python 
 device op, no host read):
 
 - once per update (``after_update``, ``sync_gradients``): more than ``PER_UPDATE`` (100) training
-  forwards without it, or a closed epoch (``end_epoch``) whose training forwards all came without
-  it. A loop accumulating by hand up to 100 micro-batches per update, and updating at least once per
-  epoch, never warns.
+  forwards without it, or, at an epoch's close (``end_epoch``), more training forwards without it
+  than that epoch held (the whole epoch and some of the one before). A loop accumulating by hand up
+  to 100 micro-batches per update, and updating at least once per epoch (before or after its
+  ``end_epoch``), never warns.
 - once per epoch (``end_epoch``): more than ``PER_EPOCH`` (a million) training forwards without it;
   an epoch of more batches than that would warn wrongly, and a shorter run is not told.
 
 A loss that hapi drives (``attach``: ``AutoWeightCallback``) or PaddleSeg's ``attach`` took is
-never checked: those trainers make every call themselves. Each warning is given once per loss.
+never checked: those trainers make every call themselves. Nor is σ's averaging where a
+``paddle.DataParallel`` wraps the loss with the network (it averages σ itself). Each warning is given
+once per loss, at the user's line (the first frame outside hapi_autoloss and paddle).
 """
 
 from __future__ import annotations
 
+import sys
 import warnings
+from types import FrameType
 from typing import Any
+
+import paddle
 
 from .._hapi import world
 
@@ -39,6 +46,35 @@ SYNCS = [0]  # sync_gradients calls in this process (any loss: a list of paramet
 def note_sync() -> None:
     """``sync_gradients`` ran (cheap: one integer)."""
     SYNCS[0] += 1
+
+
+def _forwards(count: int) -> str:
+    return f"{count} training forward{'' if count == 1 else 's'}"
+
+
+def _user_level() -> int:
+    """``stacklevel`` naming the first frame outside hapi_autoloss and paddle (the user's line): the
+    depth differs by path (a forward inside paddle's ``Layer.__call__``, ``end_epoch``, a gradient-level
+    method's per-task step)."""
+    frame, level = sys._getframe(2), 2  # 1: PlainChecks._warn, the caller of warnings.warn
+    while frame.f_back is not None and frame.f_globals.get("__name__", "").split(".")[0] in ("hapi_autoloss", "paddle"):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+def _in_data_parallel(loss: Any) -> bool:
+    """Whether this forward runs inside a ``paddle.DataParallel`` whose layers hold the loss's σ, so
+    that it averages σ's gradients itself. Paddle 3.3.1 marks no parameter with its DataParallel, but
+    ``DataParallel.forward`` calls its layers (the loss among them) from a frame whose ``self`` is it.
+    Walked once per loss (the first training forward), never per step."""
+    own = {id(p) for p in loss.parameters() if not p.stop_gradient}
+    frame: FrameType | None = sys._getframe(1)
+    while frame is not None:
+        holder = frame.f_locals.get("self")
+        if isinstance(holder, paddle.DataParallel) and own <= {id(p) for p in holder.parameters()}:
+            return True
+        frame = frame.f_back
+    return False
 
 
 def mark_driven(layer: Any) -> None:
@@ -68,25 +104,27 @@ class PlainChecks:
     def _warn(self, key: str, text: str) -> None:
         if key not in self.warned:
             self.warned.add(key)
-            warnings.warn(text, UserWarning, stacklevel=4)
+            warnings.warn(text, UserWarning, stacklevel=_user_level())
 
     def _missing_update(self, count: int, where: str) -> None:
         self._warn("after_update", (
-            f"AutoWeight(method={self.method!r}) saw {count} training forwards {where} without "
+            f"AutoWeight(method={self.method!r}) saw {_forwards(count)} {where} without "
             "loss.after_update(...), so its weights never learn from the updates (they move only with "
             f"each batch's losses). Fix: call {self._call('after_update')}."))
 
     def _missing_sync(self, count: int, where: str) -> None:
         self._warn("sync", (
             f"AutoWeight(method={self.method!r}) has trainable parameters (σ) under paddle.distributed.launch "
-            f"and saw {count} training forwards {where} without hapi_autoloss.sync_gradients, so each rank "
-            "learns its own σ (paddle.DataParallel averages only the network's gradients). Fix: call "
-            "hapi_autoloss.sync_gradients(loss_fn) after loss.backward() and before opt.step(), on every rank."))
+            f"and saw {_forwards(count)} {where} without hapi_autoloss.sync_gradients, so each rank learns its "
+            "own σ (a paddle.DataParallel averages only the layers it wraps, and none wraps this loss). Fix: call "
+            "hapi_autoloss.sync_gradients(loss_fn) after loss.backward() and before opt.step(), on every rank "
+            "(or wrap the network and the loss in one paddle.DataParallel)."))
 
     def forward(self, loss: Any) -> None:
         """A training forward of a loss that no trainer drives."""
         if self.sync is None:  # once: the launcher's world is fixed, σ's trainable set too
             self.sync = world()[1] > 1 and any(not p.stop_gradient for p in loss.parameters())
+            self.sync = self.sync and not _in_data_parallel(loss)
         self.in_epoch += 1
         if self.needs_update:
             self.since_update += 1
@@ -100,7 +138,7 @@ class PlainChecks:
                 self._missing_sync(self.since_sync, "in a row")
         if self.needs_epoch and self.in_epoch > PER_EPOCH:
             self._warn("end_epoch", (
-                f"AutoWeight(method={self.method!r}) saw {self.in_epoch} training forwards without "
+                f"AutoWeight(method={self.method!r}) saw {_forwards(self.in_epoch)} without "
                 f"loss.end_epoch() (more than {PER_EPOCH}, no epoch is that long), so it stays at its first "
                 f"epoch's weights (dwa: 1; stch: its warm-up). Fix: call {self._call('end_epoch')}."))
 
@@ -108,15 +146,18 @@ class PlainChecks:
         self.since_update = 0
 
     def end_epoch(self) -> None:
-        """An epoch closed by hand: every update it held must have had its once-per-update calls."""
+        """An epoch closed by hand: more training forwards without a once-per-update call than the
+        epoch held means a whole epoch and more went by without it. (An epoch's forwards all without
+        it are no proof: a full-batch loop may close its epoch before its one update's call.)"""
         if self.in_epoch:
-            if self.needs_update and self.since_update >= self.in_epoch:
-                self._missing_update(self.in_epoch, "in an epoch")
+            where = f"(more than this epoch's {self.in_epoch})"
+            if self.needs_update and self.since_update > self.in_epoch:
+                self._missing_update(self.since_update, where)
             if self.sync:
                 if SYNCS[0] != self.syncs:
                     self.syncs, self.since_sync = SYNCS[0], 0
-                if self.since_sync >= self.in_epoch:
-                    self._missing_sync(self.in_epoch, "in an epoch")
+                if self.since_sync > self.in_epoch:
+                    self._missing_sync(self.since_sync, where)
         self.in_epoch = 0
 
     def nonfinite(self, text: str) -> None:
