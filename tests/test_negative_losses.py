@@ -1,6 +1,7 @@
 """A method that needs every task loss >= 0 (``Weighting.positive_losses``) refuses a negative one
 inside hapi's fit, before any update; the others train through it; nothing else changes."""
 
+import functools
 import re
 
 import numpy as np
@@ -170,3 +171,86 @@ def test_a_plain_loop_gets_the_same_total_as_before(method, monkeypatch):
         model.network.train()
         totals.append(float(loss(*model.network(x), y1, y2)))
     assert np.isfinite(totals[0]) and totals[0] == totals[1]
+
+
+class JustBelow(paddle.nn.Layer):
+    """mse's gradient with the value −below (a loss >= 0 that rounding took a little below 0)."""
+
+    def __init__(self, below):
+        super().__init__()
+        self.below = below
+
+    def forward(self, o, y):
+        mse = paddle.nn.functional.mse_loss(o, y)
+        return mse - mse.detach() - self.below
+
+
+@pytest.mark.parametrize("method", ["gls", "kendall", "db_mtl"])
+@pytest.mark.parametrize("accumulate", [1, 2])
+def test_a_loss_a_rounding_below_zero_trains_and_one_below_the_tolerance_is_refused(method, accumulate):
+    options = {"task_types": ["regression"] * 2} if method == "kendall" else {}
+    for below in (5e-5, 2e-4):  # NEGATIVE_TOLERANCE = 1e-4
+        loss = AutoWeight({"y1": JustBelow(below), "y2": paddle.nn.MSELoss()}, method=method, **options)
+        model = build_model(loss)
+        before = model.network.trunk.weight.numpy().copy()
+        run = functools.partial(model.fit, DATA, epochs=1, batch_size=16, shuffle=False, verbose=0,
+                                callbacks=[AutoWeightCallback()], accumulate_grad_batches=accumulate)
+        if below < 1e-4:
+            run()
+            after = model.network.trunk.weight.numpy()
+            assert np.isfinite(after).all() and not np.array_equal(after, before)
+            np.testing.assert_allclose(loss.last_losses()["y1"], -below, rtol=1e-3)
+        else:
+            with pytest.raises(ValueError, match=r"below -0\.0001 is refused") as info:
+                run()
+            np.testing.assert_allclose(value_in(str(info.value)), -below, rtol=1e-3)
+            assert f"step {accumulate - 1}" in str(info.value)
+
+
+def pre_refusal(method, monkeypatch, run):
+    """``run(loss, shifted, model)`` with the refusal, then as before it existed (positive_losses "")."""
+    out = []
+    for reason in (METHODS[method].positive_losses, ""):
+        monkeypatch.setattr(METHODS[method], "positive_losses", reason)
+        paddle.seed(0)
+        loss, shifted, model = make(method)
+        out.append((run(loss, shifted, model), snapshot(model, loss)))
+    (a, sa), (b, sb) = out
+    assert a == b and set(sa) == set(sb)
+    for key in sa:
+        np.testing.assert_array_equal(sa[key], sb[key], err_msg=key)
+    return a, sa
+
+
+@pytest.mark.parametrize("method", ["gls", "kendall", "db_mtl"])
+def test_train_batch_by_hand_without_a_policy_is_not_refused(method, monkeypatch):
+    def run(loss, shifted, model):
+        shifted.shift = SHIFT
+        attach(model)  # no on_nonfinite: nothing checks the update, so no NaN
+        x, y1, y2 = next(DATA.batches(16))
+        return float(np.ravel(model.train_batch([x], [y1, y2])[0])[0])
+
+    total, state = pre_refusal(method, monkeypatch, run)
+    assert np.isfinite(total)
+    assert all(np.isfinite(v).all() for v in state.values())
+
+
+class LogLoss(paddle.callbacks.Callback):
+    def __init__(self):
+        self.logged = []
+
+    def on_train_batch_end(self, step, logs=None):
+        self.logged.append(float(np.ravel(logs["loss"])[0]))
+
+
+@pytest.mark.parametrize("method", ["gls", "db_mtl"])
+def test_a_fit_without_the_callback_after_one_with_it_is_not_refused(method, monkeypatch):
+    def run(loss, shifted, model):
+        fit(model, loss, shifted, {99})  # with AutoWeightCallback: losses >= 0
+        shifted.shift = SHIFT
+        log = LogLoss()
+        model.fit(DATA, epochs=1, batch_size=16, shuffle=False, verbose=0, callbacks=[log])
+        return tuple(log.logged)
+
+    logged, _ = pre_refusal(method, monkeypatch, run)
+    assert len(logged) == 6 and np.isfinite(logged).all()

@@ -233,10 +233,14 @@ def attach(
     me = weakref.ref(model)  # the closure lives on the model: no reference cycle
 
     def track(begins: bool) -> None:  # only hapi's train step's forwards count for its update
+        checked = False
         if begins:
-            check_owner(owned, me())
+            model = me()
+            check_owner(owned, model)
+            # a negative loss is refused (NaN) only where a policy checks this step's update
+            checked = policy_of(optimizer_of(model)) is not None
         for x in tracked:
-            x.track_batch(begins)
+            x.track_batch(begins, checked)
 
     around_train_batch(model, "since_update", track)
     if on_nonfinite is not None:

@@ -13,6 +13,7 @@ from .. import _hapi
 from .._args import positive
 from ..weighting import AutoWeight
 from ._checks import check_epoch_had_batches, check_has_batches
+from ._negative import refuse_negative
 
 NONFINITE_POLICIES = ("raise", "skip")
 
@@ -204,9 +205,7 @@ class AutoWeightCallback(Callback):
         def tagged(aw: AutoWeight, text: str) -> str:
             return f"AutoWeight '{names.get(id(aw), 'loss')}': {text}" if several and text else text
 
-        negative = [(aw, tagged(aw, text)) for aw in self._weighting for text in [aw.nonfinite_negative()] if text]
-        if negative:  # on this rank (another rank's shows there)
-            self._refuse_negative(*negative[0])
+        refuse_negative(self._weighting, tagged, self._epoch, self._step)  # a loss < 0 on any rank: ValueError
         bad = [tagged(aw, text) for aw in self._weighting for text in [aw.nonfinite_now()] if text]
         causes = [(kind, tagged(aw, text)) for aw in self._weighting for kind, text in [aw.nonfinite_cause()] if text]
         what, fix = "loss", "check that task's data and learning rate"
@@ -230,16 +229,6 @@ class AutoWeightCallback(Callback):
                 "AutoWeightCallback(on_nonfinite='skip') to skip such steps."
             )
         self.skipped += 1
-
-    def _refuse_negative(self, aw: AutoWeight, where: str) -> None:
-        """A method that needs every task loss >= 0 got a negative one: a ValueError whatever
-        ``on_nonfinite`` says, since skipping would skip every such step and train nothing."""
-        raise ValueError(
-            f"{where[0].upper()}{where[1:]} at epoch {self._epoch}, step {self._step}, but method={aw.method!r} "
-            f"{aw.weighting.positive_losses}: it needs every task loss >= 0. No parameter, σ or optimizer "
-            "moment was updated by this step. Fix: make that loss non-negative (e.g. subtract its lower bound), "
-            "or use a method that takes any sign (equal, fixed, rlw, or a gradient-level method such as pcgrad)."
-        )
 
     def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
         self._epoch = epoch

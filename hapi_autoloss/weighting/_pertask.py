@@ -17,7 +17,7 @@ from typing import Any, Callable, Union
 import paddle
 
 from . import _checks, _surrogate
-from ._since import SinceUpdate, first_bad, first_negative
+from ._since import ANOTHER_RANK, NEGATIVE_TOLERANCE, SinceUpdate, first_bad, first_negative
 from .gradient import GradWeighting
 
 Shared = Union[None, paddle.nn.Layer, Sequence[Any]]
@@ -189,17 +189,16 @@ class PerTask:
         local = paddle.stack([loss.detach() for loss in losses]).astype("float32")
         value = local.sum()
         others_ok = _surrogate.finite_flag([g for row in reached for g in row])
-        checked = self.since is not None and self.since.recording and self.since.positive
-        if checked:  # a negative loss makes this step non-finite on every rank (no host read)
-            others_ok = paddle.logical_and(others_ok, local.min() >= 0)
-        mean, grads, gram, (finite_losses, finite) = _surrogate.average(local, others_ok, rows, self.rep_grad)
+        # a policy checks this step: a negative loss on any rank refuses it on every rank (no host read)
+        below = local.min() < -NEGATIVE_TOLERANCE if self.since is not None and self.since.refusing else None
+        mean, grads, gram, (finite_losses, finite, negative) = _surrogate.average(local, others_ok, rows,
+                                                                                 self.rep_grad, below)
         if not finite:
             # Non-finite somewhere (the sums carry it to every rank): the method must not see the step.
             names = [self._name(i) for i in range(k)]  # read the host only on this failing step
-            negative = first_negative([local], names)[1] if checked and finite_losses else ""
             overflow = finite_losses and scale is not None and not negative
             if negative and self.since is not None:
-                self.since.skip("negative", negative)
+                self.since.skip("negative", first_negative([local], names)[1] or ANOTHER_RANK)
             elif not overflow and self.since is not None:  # an overflow is the GradScaler's to skip
                 kind, text = (("gradient", _checks.nonfinite(names, rows, reached, self.rep_grad)) if finite_losses
                               else ("loss", first_bad([local], names)[1] or "a loss"))

@@ -26,6 +26,11 @@ import numpy as np
 import paddle
 
 ACCUMULATED = " in a batch accumulated since the last update"
+# A task loss refused as negative is below -NEGATIVE_TOLERANCE: a loss >= 0 in exact arithmetic
+# comes out a little below 0 in float32 (mean(1 - cosine_similarity(x, x)) = -6e-8). Every check
+# that decides (on the device, and on the host for accumulated batches) and every message use it.
+NEGATIVE_TOLERANCE = 1e-4
+ANOTHER_RANK = "a task loss < 0 on another rank"
 
 
 def _read(values: list[paddle.Tensor]) -> np.ndarray:
@@ -34,11 +39,12 @@ def _read(values: list[paddle.Tensor]) -> np.ndarray:
 
 
 def _named(rows: np.ndarray, tasks: list[str], negative: bool) -> tuple[int, str]:
-    bad = [row for row in rows if ((row < 0) if negative else ~np.isfinite(row)).any()]
+    bad = [row for row in rows if ((row < -NEGATIVE_TOLERANCE) if negative else ~np.isfinite(row)).any()]
     if not bad:
         return 0, ""
     if negative:
-        return len(bad), ", ".join(f"task '{t}' has loss {v} < 0" for t, v in zip(tasks, bad[0].tolist()) if v < 0)
+        return len(bad), ", ".join(f"task '{t}' has loss {v} < 0" for t, v in zip(tasks, bad[0].tolist())
+                                   if v < -NEGATIVE_TOLERANCE)
     return len(bad), ", ".join(f"task '{t}' = {v}" for t, v in zip(tasks, bad[0].tolist()) if not math.isfinite(v))
 
 
@@ -48,8 +54,8 @@ def first_bad(values: list[paddle.Tensor], tasks: list[str]) -> tuple[int, str]:
 
 
 def first_negative(values: list[paddle.Tensor], tasks: list[str]) -> tuple[int, str]:
-    """(how many of ``values`` hold a loss < 0, "task 'b' has loss -1.5 < 0" for the first of them): a
-    host read, made only where the check refused a step."""
+    """(how many of ``values`` hold a loss < -NEGATIVE_TOLERANCE, "task 'b' has loss -1.5 < 0" for the
+    first of them): a host read, made only where the check refused a step."""
     return _named(_read(values), tasks, True) if values else (0, "")
 
 
@@ -63,10 +69,17 @@ class SinceUpdate:
         self.cause = ("", "")  # ("gradient" or "loss", which task) of the first of them
         self.cause_batch = 0
         self.positive = False  # the method needs every task loss >= 0 (its ``positive_losses``)
+        self.checked = False  # a non-finite policy checks this train step's update (``policy_of``)
 
-    def begin_batch(self) -> None:
+    @property
+    def refusing(self) -> bool:
+        """Whether this forward refuses a negative loss: hapi's train step, a policy checks its update
+        and the method needs losses >= 0. Elsewhere nothing reads the NaN: no refusal."""
+        return self.recording and self.checked and self.positive
+
+    def begin_batch(self, checked: bool = False) -> None:
         self.earlier.extend(self.current)
-        self.current, self.recording, self.batch = [], True, self.batch + 1
+        self.current, self.recording, self.batch, self.checked = [], True, self.batch + 1, checked
 
     def end_batch(self) -> None:
         self.recording = False
@@ -111,7 +124,7 @@ class SinceUpdate:
         kind, text = self.cause
         if kind == "negative":
             return text
-        return first_negative(self.current, tasks)[1] if self.positive and self.batch else ""
+        return first_negative(self.current, tasks)[1] if self.positive and self.checked and self.batch else ""
 
     def reset(self) -> None:
         self.current, self.earlier, self.skipped, self.cause = [], [], 0, ("", "")

@@ -68,10 +68,12 @@ def finite_flag(grads: list[Any]) -> paddle.Tensor:
     return paddle.stack(flags).all() if flags else paddle.to_tensor(True)
 
 
-def average(losses: paddle.Tensor, others_ok: paddle.Tensor, grads: paddle.Tensor,
-            rep: bool) -> tuple[paddle.Tensor, paddle.Tensor, paddle.Tensor | None, tuple[bool, bool]]:
-    """(mean losses, gradients, Gram or None, (losses finite, everything finite)) over the ranks
-    of the launcher, in one all-reduce and one host read of three flags.
+def average(losses: paddle.Tensor, others_ok: paddle.Tensor, grads: paddle.Tensor, rep: bool,
+            negative: paddle.Tensor | None = None
+            ) -> tuple[paddle.Tensor, paddle.Tensor, paddle.Tensor | None, tuple[bool, bool, bool]]:
+    """(mean losses, gradients, Gram or None, (losses finite, everything finite and no loss refused as
+    negative, ``negative`` on any rank)) over the ranks of the launcher, in one all-reduce and one host
+    read of four flags. ``negative``: a 0-d bool, this rank refuses a negative loss (None: never).
 
     Parameter mode averages G itself. Representation mode cannot (each rank holds other
     samples' representations): it sums the Gram matrices instead, which for losses that
@@ -81,15 +83,18 @@ def average(losses: paddle.Tensor, others_ok: paddle.Tensor, grads: paddle.Tenso
     k = int(losses.shape[0])
     # NaN where this rank's task-specific gradients are not finite: the sum carries it to every rank.
     flag = paddle.where(others_ok, paddle.zeros([1], "float32"), paddle.full([1], float("nan"), "float32"))
+    # 1 where this rank refuses a negative loss: the sum tells every rank (each then refuses the step).
+    below = paddle.zeros([1], "float32") if negative is None else negative.astype("float32").reshape([1])
     payload = paddle.matmul(grads, grads, transpose_y=True) if rep else grads
     if nranks > 1:
-        buf = paddle.concat([losses, flag, payload.reshape([-1])])
+        buf = paddle.concat([losses, flag, below, payload.reshape([-1])])
         paddle.distributed.all_reduce(buf)
-        losses, flag = buf[:k] / nranks, buf[k : k + 1]
-        payload = buf[k + 1 :].reshape(payload.shape) / (nranks * nranks if rep else nranks)
+        losses, flag, below = buf[:k] / nranks, buf[k : k + 1], buf[k + 1 : k + 2]
+        payload = buf[k + 2 :].reshape(payload.shape) / (nranks * nranks if rep else nranks)
     flags = paddle.stack([paddle.isfinite(losses).all(), paddle.isfinite(flag).all(),
-                          paddle.isfinite(payload).all()]).numpy()
-    finite = (bool(flags[0]), bool(flags.all()))
+                          paddle.isfinite(payload).all(), (below > 0).all()]).numpy()
+    any_negative = bool(flags[3])
+    finite = (bool(flags[0]), bool(flags[:3].all()) and not any_negative, any_negative)
     return (losses, grads, payload, finite) if rep else (losses, payload, None, finite)
 
 

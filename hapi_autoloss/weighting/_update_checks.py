@@ -14,7 +14,7 @@ import paddle
 
 from .. import _hapi
 from ._plain import PlainChecks
-from ._since import SinceUpdate
+from ._since import NEGATIVE_TOLERANCE, SinceUpdate
 
 
 class UpdateChecks(paddle.nn.Layer):
@@ -37,13 +37,14 @@ class UpdateChecks(paddle.nn.Layer):
             self._plain.nonfinite(text)
 
     def _refuse_negative(self, total: paddle.Tensor, detached: paddle.Tensor) -> paddle.Tensor:
-        """Inside hapi's train step, for a method that needs every loss >= 0: the total, or NaN where a
-        task loss is negative, so that the check before the update refuses it (``nonfinite_negative``
-        names why). On the device, no host read; the same value and gradient otherwise."""
+        """Inside hapi's train step whose update a non-finite policy checks, for a method that needs every
+        loss >= 0: the total, or NaN where a task loss is below -NEGATIVE_TOLERANCE, so that the check
+        refuses it (``nonfinite_negative`` names why). On the device, no host read; the same value and
+        gradient otherwise."""
         nan = self._nan.get("nan")
         if nan is None or nan.dtype != total.dtype:
             nan = self._nan["nan"] = paddle.full([], float("nan"), dtype=total.dtype)
-        return paddle.where(detached.min() >= 0, total, nan)
+        return paddle.where(detached.min() >= -NEGATIVE_TOLERANCE, total, nan)
 
     def nonfinite_now(self) -> str:
         """The non-finite losses of the train step being refused, e.g. "task 'b' = nan" ("" if none;
@@ -68,10 +69,11 @@ class UpdateChecks(paddle.nn.Layer):
         method, or (accumulation) an earlier batch's non-finite loss. Counted before an update."""
         return self._since.count(self.task_names)
 
-    def track_batch(self, begins: bool) -> None:
-        """``attach`` brackets each of hapi's train steps: only their forwards count for the update."""
+    def track_batch(self, begins: bool, checked: bool = False) -> None:
+        """``attach`` brackets each of hapi's train steps: only their forwards count for the update.
+        ``checked``: a non-finite policy checks this step's update (only then is a negative loss refused)."""
         if begins:
-            self._since.begin_batch()
+            self._since.begin_batch(checked)
         else:
             self._since.end_batch()
 

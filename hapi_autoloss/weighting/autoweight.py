@@ -172,7 +172,7 @@ class AutoWeight(UpdateChecks, Checkpoints):
                 self._pertask.forget()  # a representation kept for this step must not reach the next
             raise
         total = self.weighting.combine(values)
-        if self._since.recording and self._since.positive:
+        if self._since.refusing:  # a policy checks this step's update: it reads the NaN
             total = self._refuse_negative(total, detached)
         return total
 

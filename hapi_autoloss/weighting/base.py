@@ -42,8 +42,9 @@ class Weighting(paddle.nn.Layer):
     - :meth:`sigma` / :meth:`weight` for display, :meth:`checkpoint_state` /
       :meth:`set_checkpoint_state` for Python-side state that buffers cannot hold.
     - ``positive_losses``: why the method needs every task loss ≥ 0, e.g. "takes log L" ("" when
-      any sign works). Inside ``model.fit`` with ``AutoWeightCallback``, a step with a negative task
-      loss is then refused before any update, with a ValueError naming the task and this reason.
+      any sign works). Inside ``model.fit`` with ``AutoWeightCallback``, a step with a task loss below
+      ``-NEGATIVE_TOLERANCE`` (1e-4, absolute: float32 rounding of a loss >= 0 passes) is then
+      refused before any update, on every rank, with a ValueError naming the task and this reason.
     - :meth:`state_loaded` after ``AutoWeight.set_state_dict`` or ``load_state`` set the
       buffers: refresh host copies of them. State in buffers is saved by
       ``loss.state_dict()``, so a plain loop resumes it; a buffer whose size is known only at
