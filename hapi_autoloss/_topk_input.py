@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 from typing import Any
 
@@ -10,11 +11,21 @@ import paddle
 
 def _unreduced_fix(loss: Any) -> str:
     """How to get one loss per element from the wrapped ``loss``."""
-    if hasattr(loss, "reduction"):
+    reduction = getattr(loss, "reduction", None)
+    if reduction == "none":
+        return "it reduces although built with reduction='none': make it return one loss per sample (or pixel)."
+    if reduction is not None:
         return ("build it with reduction='none', e.g. "
                 "TopKLoss(paddle.nn.CrossEntropyLoss(reduction='none')).")
-    return (f"{type(loss).__name__} has no reduction='none': wrap a function that returns one loss per "
-            "sample (or pixel) instead, e.g. TopKLoss(lambda out, lab: per_sample_loss(out, lab)).")
+    try:
+        takes = "reduction" in inspect.signature(loss).parameters
+    except (TypeError, ValueError):
+        takes = False
+    if takes:  # a function such as paddle.nn.functional.cross_entropy, or a partial of one
+        return ("call it with reduction='none', e.g. TopKLoss(functools.partial("
+                "paddle.nn.functional.cross_entropy, reduction='none')).")
+    return ("it takes no reduction='none': wrap a function that returns one loss per sample (or pixel) "
+            "instead, e.g. TopKLoss(lambda out, lab: per_sample_loss(out, lab)).")
 
 
 def check_loss(loss: Any, raw: Any, inputs: tuple[paddle.Tensor, ...], per: str) -> paddle.Tensor:

@@ -296,7 +296,7 @@ def test_routing_errors_show_a_zero_based_routing_that_fits():
     """A main head and an auxiliary head with one label: 'shared' and 'paired' fail, and so did 1-based
     indices, with fixes that did not show what to write."""
     main, aux, label = paddle.ones([4, 1]), paddle.ones([4, 1]), paddle.ones([4, 1])
-    fix = "indices from 0 over the 3 tensors (*outputs, *labels), e.g. routing={'main': (0, 2), 'aux': (1, 2)}"
+    fix = "indices from 0 over the 3 tensors (*outputs, *labels): e.g. routing={'main': (0, 2), 'aux': (1, 2)}"
     for routing in ("shared", "paired", {"main": (1, 3), "aux": (2, 3)}):
         aw = AutoWeight({"main": paddle.nn.MSELoss(), "aux": paddle.nn.MSELoss()}, method="equal", routing=routing)
         with pytest.raises(ValueError) as info:
@@ -305,3 +305,17 @@ def test_routing_errors_show_a_zero_based_routing_that_fits():
     aw = AutoWeight({"main": paddle.nn.MSELoss(), "aux": paddle.nn.MSELoss()}, method="equal",
                     routing={"main": (0, 2), "aux": (1, 2)})
     np.testing.assert_allclose(float(aw(main, 2 * aux, label)), 0.0 + 1.0, rtol=1e-6)  # the fix works
+
+
+def test_routing_examples_use_the_task_names_and_only_what_fits():
+    two = paddle.ones([4, 1])
+    aw = AutoWeight({"it's": paddle.nn.MSELoss(), "b": paddle.nn.MSELoss()}, method="equal", routing="shared")
+    with pytest.raises(ValueError) as info:  # 4 tensors: each task its own output and label
+        aw(two, two, two, two)
+    check(info, "e.g. routing={\"it's\": (0, 2), 'b': (1, 3)}")
+    aw = AutoWeight({"depth": paddle.nn.MSELoss(), "seg": paddle.nn.MSELoss(), "normal": paddle.nn.MSELoss()},
+                    method="equal")
+    with pytest.raises(ValueError) as info:  # 2 tensors for 3 tasks: no routing of that shape fits
+        aw(two, two)
+    check(info, "give each of ['depth', 'seg', 'normal'] a tuple (its output's index, its label's index)")
+    assert "routing={" not in str(info.value)

@@ -93,8 +93,30 @@ def test_a_reduced_loss_without_a_reduction_argument_gets_a_fix_it_can_follow():
     from hapi_autoloss import DiceLoss
 
     logits, lab = batch(ignored=0.0)
-    with pytest.raises(ValueError, match=r"already reduced.*Fix: DiceLoss has no reduction='none': wrap a "
+    with pytest.raises(ValueError, match=r"already reduced.*Fix: it takes no reduction='none': wrap a "
                                          r"function that returns one loss per sample"):
         TopKLoss(DiceLoss(), per="sample")(paddle.to_tensor(logits), paddle.to_tensor(lab.astype("int64")))
     with pytest.raises(ValueError, match=r"already reduced.*Fix: build it with reduction='none'"):
         TopKLoss(paddle.nn.CrossEntropyLoss(axis=1))(paddle.to_tensor(logits), paddle.to_tensor(lab.astype("int64")))
+
+
+def test_a_reducing_function_is_told_to_take_reduction_none_and_a_layer_that_reduces_anyway_is_told_so():
+    import functools
+
+    logits, lab = batch(ignored=0.0)
+    x, y = paddle.to_tensor(logits), paddle.to_tensor(lab.astype("int64"))
+    ce = paddle.nn.functional.cross_entropy
+    for fn in (functools.partial(ce, axis=1), functools.partial(ce, axis=1, reduction="mean")):
+        with pytest.raises(ValueError, match=r"Fix: call it with reduction='none', e.g. TopKLoss\(functools.partial"):
+            TopKLoss(fn)(x, y)
+    fixed = TopKLoss(functools.partial(ce, axis=1, reduction="none"), per="pixel", ratio=1.0)(x, y)  # the fix works
+    np.testing.assert_allclose(float(fixed), ce64(logits, lab)[0].mean(), rtol=1e-5)
+
+    class Stubborn(paddle.nn.Layer):
+        reduction = "none"
+
+        def forward(self, out, lab):
+            return ce(out, lab, axis=1)
+
+    with pytest.raises(ValueError, match=r"Fix: it reduces although built with reduction='none'"):
+        TopKLoss(Stubborn())(x, y)

@@ -89,6 +89,33 @@ def test_a_user_method_with_parameters_shows_what_the_step_used():
     np.testing.assert_array_equal(loss.weighting.s.numpy(), s_after.astype(np.float32))  # the read put s back
 
 
+class Grows(Weighting):  # a user's method that re-creates a parameter, with another shape, at an epoch's end
+    name = "grows_test"
+
+    def bind(self, tasks, task_types):
+        super().bind(tasks, task_types)
+        self.s = self.task_parameter(0.0)
+        self.t = self.create_parameter([1])
+
+    def combine(self, losses):
+        return (paddle.exp(-self.s) * losses).sum() + self.t.sum()
+
+    def end_epoch(self):
+        self.t = self.create_parameter([2])
+
+
+def test_the_display_never_changes_a_parameter_even_when_one_was_re_created():
+    """used() swapped the kept copies in by position: a re-created parameter failed the swap midway and
+    left s at the step's value for good."""
+    loss = AutoWeight([paddle.nn.functional.mse_loss] * 2, method=Grows())
+    x, y = paddle.ones([4, 1]), paddle.zeros([4, 1])
+    loss(x, 2 * x, y, y)  # a training forward: s = 0 kept
+    loss.weighting.s.set_value(paddle.full([2], 0.7))  # the update
+    loss.end_epoch()
+    np.testing.assert_allclose(list(loss.used()[1].values()), [1.0, 1.0], rtol=1e-6)  # e^0: the step's s
+    np.testing.assert_array_equal(loss.weighting.s.numpy(), np.float32([0.7, 0.7]))
+
+
 def test_registry_by_name_and_instances():
     assert METHODS["inverse_test"] is InverseLoss
     by_name = AutoWeight([identity] * 2, method="inverse_test")

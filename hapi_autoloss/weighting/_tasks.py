@@ -115,12 +115,14 @@ Routes = Union[list[tuple[int, ...]], None]
 
 
 def _example(names: list[str], got: int) -> str:
-    """An explicit routing for ``got`` tensors (0-based over ``*outputs, *labels``): each task its own
-    output and one shared label when that fits, else the two-outputs-two-labels pattern."""
+    """A routing of the tasks ``names`` over ``got`` tensors (0-based over ``*outputs, *labels``):
+    each task its own output and one shared label (n + 1 tensors), or its own output and label (2n);
+    else how to write one."""
     n = len(names)
-    if got == n + 1:
-        return "{" + ", ".join(f"'{t}': ({i}, {n})" for i, t in enumerate(names)) + "}"
-    return "{'a': (0, 2), 'b': (1, 3)}"
+    if got in (n + 1, 2 * n):
+        pairs = ((i, n if got == n + 1 else n + i) for i in range(n))
+        return "e.g. routing={" + ", ".join(f"{t!r}: {p}" for t, p in zip(names, pairs)) + "}"
+    return f"give each of {names} a tuple (its output's index, its label's index)"
 
 
 def route(routes: Routes, names: list[str], tensors: tuple[paddle.Tensor, ...]) -> list[tuple[paddle.Tensor, ...]]:
@@ -128,7 +130,7 @@ def route(routes: Routes, names: list[str], tensors: tuple[paddle.Tensor, ...]) 
     n, got = len(names), len(tensors)
 
     def zero_based() -> str:  # built only for an error: route runs at every forward
-        return f"indices from 0 over the {got} tensors (*outputs, *labels), e.g. routing={_example(names, got)}"
+        return f"indices from 0 over the {got} tensors (*outputs, *labels): {_example(names, got)}"
     for t in tensors:
         if isinstance(t, dict):  # a LibMTL-style network: hapi passes its dict as one item
             raise TypeError(

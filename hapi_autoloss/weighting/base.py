@@ -102,7 +102,8 @@ class Weighting(paddle.nn.Layer):
         # Last losses and scratch tensors. A dict, because a Tensor attribute of a Layer
         # silently becomes a buffer (copied on every assignment).
         self._seen: dict[str, paddle.Tensor] = {}
-        self._seen_params: dict[str, list[paddle.Tensor]] = {}  # a default-shown method's, at the last step
+        # a default-shown method's parameters at the last training step: (parameter, its copy)
+        self._seen_params: dict[str, list[tuple[paddle.Tensor, paddle.Tensor]]] = {}
 
     # ------------------------------------------------------------ hooks
 
