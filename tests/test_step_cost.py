@@ -60,7 +60,7 @@ class StepReads:
         inner = model.train_batch
 
         def train_batch(*args, **kwargs):
-            self.s_before.append(loss.s.numpy().astype(np.float64))  # the test's read: not counted
+            self.s_before.append(None if loss.s is None else loss.s.numpy().astype(np.float64))  # not counted
             self.steps.append(Counter())
             return inner(*args, **kwargs)
 
@@ -92,8 +92,9 @@ def test_no_read_of_ours_but_the_check_on_steps_no_line_prints(monkeypatch, caps
     reads = StepReads(model, loss, monkeypatch)
     fit(model, verbose=2, log_freq=4)  # hapi prints after step 4 and at the epoch's end (step 6)
     assert len(reads.steps) == STEPS
-    # Before each update: the loss and σ's gradient, one read each; nothing else.
-    assert [r["check"] for r in reads.steps] == [2] * STEPS
+    # Before each update: the loss, σ's gradient and the task losses (kendall needs them >= 0), one read
+    # each; nothing else.
+    assert [r["check"] for r in reads.steps] == [3] * STEPS
     # σ and the weights of one step come from one read of the s it used, on the printed steps only.
     assert [r["other"] for r in reads.steps] == [0, 0, 0, 1, 0, 1]
     out = capsys.readouterr().out
@@ -110,7 +111,7 @@ def test_without_a_line_only_the_epoch_end_reads(monkeypatch):
     reads = StepReads(model, loss, monkeypatch)
     fit(model, verbose=0)
     assert [r["other"] for r in reads.steps] == [0] * (STEPS - 1) + [1]  # logs hold the last step's at epoch end
-    assert [r["check"] for r in reads.steps] == [2] * STEPS
+    assert [r["check"] for r in reads.steps] == [3] * STEPS
 
 
 def test_our_topk_callbacks_do_not_make_sigma_read_every_step(monkeypatch):
@@ -261,14 +262,20 @@ def test_a_gradient_level_step_reads_the_host_once_or_twice(monkeypatch, method,
     assert [s["other"] for s in steps[:-1]] == [per_step] * (STEPS - 1)  # the last step holds the epoch end's
 
 
-def test_accumulation_adds_one_read_per_update_of_the_batches_that_did_not_update(monkeypatch):
-    """Their losses, so a NaN among them never reaches the update; the reset after it reads nothing."""
-    loss = kendall_loss()
+@pytest.mark.parametrize("method", ["kendall", "rlw"])
+def test_accumulation_reads_the_batches_since_the_last_update_once(monkeypatch, method):
+    """Their losses, so a NaN (or, for kendall, a loss < 0) among them never reaches the update: with
+    kendall's read of its batch's losses, in that same read; the reset after it reads nothing."""
+    loss = kendall_loss() if method == "kendall" else AutoWeight(
+        {"y1": paddle.nn.MSELoss(), "y2": paddle.nn.MSELoss()}, method="rlw", seed=0)
     model = build_model(loss)
     reads = StepReads(model, loss, monkeypatch)
     fit(model, verbose=0, accumulate_grad_batches=2)  # updates after steps 2, 4 and 6
-    assert [r["check"] for r in reads.steps] == [0, 2, 0, 2, 0, 2]
-    assert [r["other"] for r in reads.steps] == [0, 1, 0, 1, 0, 2]  # + the epoch end's σ at step 6
+    if method == "kendall":  # the loss, σ's gradient, both batches' losses
+        assert [r["check"] for r in reads.steps] == [0, 3, 0, 3, 0, 3]
+        assert [r["other"] for r in reads.steps] == [0, 0, 0, 0, 0, 1]  # the epoch end's σ at step 6
+    else:  # no σ: the loss and the earlier batch's losses
+        assert [r["check"] for r in reads.steps] == [0, 2, 0, 2, 0, 2]
 
 
 class Twice(paddle.nn.Layer):
@@ -283,10 +290,10 @@ class Twice(paddle.nn.Layer):
 
 
 def test_one_loss_called_twice_per_forward_reads_nothing_more(monkeypatch):
-    """Both calls are the batch whose loss the check reads: no read of ours for them."""
+    """Both calls are the batch whose losses the check reads: one read of both, nothing more."""
     aw = kendall_loss()
     model = build_model(Twice(aw))
     reads = StepReads(model, aw, monkeypatch)
     fit(model, verbose=0)
-    assert [r["check"] for r in reads.steps] == [2] * STEPS
+    assert [r["check"] for r in reads.steps] == [3] * STEPS
     assert [r["other"] for r in reads.steps] == [0] * (STEPS - 1) + [1]

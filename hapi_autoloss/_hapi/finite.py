@@ -28,6 +28,15 @@ def all_finite(t: paddle.Tensor) -> bool:
     return bool(np.isfinite(values).all())
 
 
+def host_rows(values: list[paddle.Tensor]) -> np.ndarray:
+    """Rows of task losses as float64 [rows, k], in one read: what the check before an update reads
+    of the batches since the last one (accumulated ones, and a loss-level method's own batch for the
+    sign of its losses when it needs them >= 0). One float32 row is read as it is (no device op)."""
+    one = values[0] if len(values) == 1 and values[0].dtype == paddle.float32 else None
+    rows = one if one is not None else paddle.stack(values).astype("float32")  # bfloat16: raw bits otherwise
+    return rows.numpy().astype(np.float64).reshape(len(values), -1)
+
+
 def finite(loss: paddle.Tensor, params: list[Any]) -> bool:
     """Whether the loss and the loss parameters' gradients are finite: a read of a few
     floats each and no device op (on a CPU one op costs more than such a read)."""

@@ -231,14 +231,15 @@ def attach(
     opt._autoloss_tracked = tracked  # this model's AutoWeights: an earlier loss's leftovers are not this fit's
 
     me = weakref.ref(model)  # the closure lives on the model: no reference cycle
+    forward_checks = any(x.checks_forward() for x in tracked)  # else no stack walk per train step
 
     def track(begins: bool) -> None:  # only hapi's train step's forwards count for its update
         checked = False
         if begins:
             model = me()
             check_owner(owned, model)
-            # a negative loss is refused (NaN) only where a policy checks this step's update
-            checked = policy_of(optimizer_of(model)) is not None
+            # a gradient-level forward refuses a negative loss only where a policy checks the update
+            checked = forward_checks and policy_of(optimizer_of(model)) is not None
         for x in tracked:
             x.track_batch(begins, checked)
 

@@ -38,6 +38,13 @@ def _read(values: list[paddle.Tensor]) -> np.ndarray:
     return paddle.stack(values).astype("float32").numpy().astype(np.float64)
 
 
+def read_rows(values: list[paddle.Tensor]) -> np.ndarray:
+    """The rows of ``values`` read by the check before an update (``_hapi.finite``, which counts it)."""
+    from .._hapi.finite import host_rows  # at call time: _hapi imports this package
+
+    return host_rows(values)
+
+
 def _named(rows: np.ndarray, tasks: list[str], negative: bool) -> tuple[int, str]:
     bad = [row for row in rows if ((row < -NEGATIVE_TOLERANCE) if negative else ~np.isfinite(row)).any()]
     if not bad:
@@ -69,6 +76,9 @@ class SinceUpdate:
         self.cause = ("", "")  # ("gradient" or "loss", which task) of the first of them
         self.cause_batch = 0
         self.positive = False  # the method needs every task loss >= 0 (its ``positive_losses``)
+        # a loss-level method's: the check before the update reads this batch's losses for their sign
+        # (one read of k floats; a where() on the device cost 3 forward ops and a backward one)
+        self.read_current = False
         self.checked = False  # a non-finite policy checks this train step's update (``policy_of``)
 
     @property
@@ -95,23 +105,30 @@ class SinceUpdate:
                 self.cause, self.cause_batch = (kind, text), self.batch
 
     def count(self, tasks: list[str]) -> int:
-        """Batches' forwards since the last update that it must not take. Reads the host only when
-        earlier batches did not update (accumulation): the last batch's loss is read anyway."""
+        """Batches' forwards since the last update that it must not take: a non-finite loss of an
+        earlier batch (accumulation), or a loss below -NEGATIVE_TOLERANCE for a method that needs them
+        >= 0. One host read, of the earlier batches' losses and (a loss-level method needing losses
+        >= 0) this batch's; none for a method that takes any sign without accumulation."""
         if self.skipped:
             kind, text = self.cause
             if self.cause_batch < self.batch and not text.endswith(ACCUMULATED):
                 self.cause = (kind, text + ACCUMULATED)
             return self.skipped
-        if not self.earlier:
+        values = self.earlier + (self.current if self.read_current else [])
+        if not values:
             return 0
-        rows = _read(self.earlier)
-        count, named = _named(rows, tasks, False)
-        if named and not self.cause[1]:
-            self.cause = ("loss", named + ACCUMULATED)
-        if not count and self.positive:  # the same read: an earlier batch's negative loss
+        rows = read_rows(values)
+        early, count = len(self.earlier), 0
+        if early:
+            count, named = _named(rows[:early], tasks, False)
+            if named and not self.cause[1]:
+                self.cause = ("loss", named + ACCUMULATED)
+        # the same read: a negative loss, this batch's or an earlier one's (one min() when there is none)
+        if not count and self.positive and not rows.min() >= -NEGATIVE_TOLERANCE:
             count, named = _named(rows, tasks, True)
             if named:
-                self.cause = ("negative", named + ACCUMULATED)
+                first = next(i for i, row in enumerate(rows) if (row < -NEGATIVE_TOLERANCE).any())
+                self.cause = ("negative", named + (ACCUMULATED if first < early else ""))
         return count
 
     def now(self, tasks: list[str]) -> str | None:

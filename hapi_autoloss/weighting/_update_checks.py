@@ -14,7 +14,7 @@ import paddle
 
 from .. import _hapi
 from ._plain import PlainChecks
-from ._since import NEGATIVE_TOLERANCE, SinceUpdate
+from ._since import SinceUpdate
 
 
 class UpdateChecks(paddle.nn.Layer):
@@ -23,7 +23,6 @@ class UpdateChecks(paddle.nn.Layer):
     task_names: list[str]
     _since: SinceUpdate
     _plain: PlainChecks
-    _nan: dict[str, paddle.Tensor]
 
     def last_losses(self) -> dict[str, float]:
         raise NotImplementedError
@@ -35,16 +34,6 @@ class UpdateChecks(paddle.nn.Layer):
     def _zeroed(self, text: str) -> None:
         if not self._driven():
             self._plain.nonfinite(text)
-
-    def _refuse_negative(self, total: paddle.Tensor, detached: paddle.Tensor) -> paddle.Tensor:
-        """Inside hapi's train step whose update a non-finite policy checks, for a method that needs every
-        loss >= 0: the total, or NaN where a task loss is below -NEGATIVE_TOLERANCE, so that the check
-        refuses it (``nonfinite_negative`` names why). On the device, no host read; the same value and
-        gradient otherwise."""
-        nan = self._nan.get("nan")
-        if nan is None or nan.dtype != total.dtype:
-            nan = self._nan["nan"] = paddle.full([], float("nan"), dtype=total.dtype)
-        return paddle.where(detached.min() >= -NEGATIVE_TOLERANCE, total, nan)
 
     def nonfinite_now(self) -> str:
         """The non-finite losses of the train step being refused, e.g. "task 'b' = nan" ("" if none;
@@ -68,6 +57,11 @@ class UpdateChecks(paddle.nn.Layer):
         """Training forwards since the last update that it must not take: skipped by a gradient-level
         method, or (accumulation) an earlier batch's non-finite loss. Counted before an update."""
         return self._since.count(self.task_names)
+
+    def checks_forward(self) -> bool:
+        """Whether the forward itself refuses a negative loss (a gradient-level method that needs
+        losses >= 0), so ``attach`` must tell it, per train step, whether a policy checks the update."""
+        return self._since.positive and not self._since.read_current
 
     def track_batch(self, begins: bool, checked: bool = False) -> None:
         """``attach`` brackets each of hapi's train steps: only their forwards count for the update.

@@ -99,7 +99,7 @@ class AutoWeight(UpdateChecks, Checkpoints):
         self._pertask = self._per_task(shared, rep_grad)
         self._since = SinceUpdate()  # the training forwards since the last update, for the check before it
         self._since.positive = bool(self.weighting.positive_losses)
-        self._nan: dict[str, paddle.Tensor] = {}  # a 0-d NaN, made once (a dict: a Tensor attribute is a buffer)
+        self._since.read_current = self._since.positive and self._pertask is None  # gradient-level: in _pertask
         # the calls a plain loop owes the method, σ's averaging, a zeroed step: warned there
         self._plain = PlainChecks(type(self.weighting).training_hooks(), self.training_calls(), self.method)
         if self._pertask is not None:
@@ -171,10 +171,7 @@ class AutoWeight(UpdateChecks, Checkpoints):
             if self._pertask is not None:
                 self._pertask.forget()  # a representation kept for this step must not reach the next
             raise
-        total = self.weighting.combine(values)
-        if self._since.refusing:  # a policy checks this step's update: it reads the NaN
-            total = self._refuse_negative(total, detached)
-        return total
+        return self.weighting.combine(values)
 
     # ------------------------------------------------------------ training hooks
 
