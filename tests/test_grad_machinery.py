@@ -277,3 +277,19 @@ def test_the_weights_each_step_used_reach_tensorboard(tmp_path):
         np.testing.assert_allclose([v for _, v in points], [u[i] for u in used], rtol=1e-6)
     assert "autoloss/sigma/task0" not in tags  # no σ: the method has none
     assert used[0][1] < 0.5 * used[0][0]
+
+
+def test_alphas_of_the_wrong_length_are_refused_with_the_fix():
+    """A user's gradient-level method returning one α for two tasks failed in a raw matmul."""
+    from hapi_autoloss.weighting.gradient import GradWeighting
+
+    class OneAlpha(GradWeighting):
+        name = "one_alpha_test"
+
+        def alphas(self, gram, losses):
+            return np.ones(1)
+
+    method = OneAlpha()
+    method.bind(["a", "b"], [None, None])
+    with pytest.raises(ValueError, match=r"OneAlpha.alphas returned 1 value\(s\) for 2 tasks\. Fix: return one"):
+        method.combine_gram(paddle.eye(2), paddle.ones([2]))

@@ -394,3 +394,46 @@ def test_a_checkpoint_learned_with_another_clamp_warns(tmp_path):
         other.load(str(tmp_path / "m"))
         with pytest.warns(UserWarning, match=r"learned with clamp=\(-5.0, 5.0\).*Fix: build the loss with clamp"):
             hapi_autoloss.load_state(other, str(tmp_path / "m"))
+
+
+class NoScalar(Weighting):
+    name = "no_scalar_test"
+
+    def combine(self, losses):
+        return losses.sum(keepdim=True)  # shape [1], as Paddle 2.x code often returns
+
+
+class NoSuperBind(Weighting):
+    name = "no_super_bind_test"
+
+    def bind(self, tasks, task_types):
+        self.s = self.task_parameter(0.0)
+
+    def combine(self, losses):
+        return (paddle.exp(-self.s) * losses).sum()
+
+
+class ShortWeight(InverseLoss):
+    name = "short_weight_test"
+
+    def weight(self, used):
+        return np.ones(1)
+
+
+def test_a_user_methods_mistakes_are_refused_before_any_update():
+    """A [1] total passed the forward and failed in hapi after the update; a bind without super().bind
+    made [0] parameters (a raw broadcast error); a short weight() dropped a task from the display."""
+    model = build_model(mse_losses(NoScalar()))
+    before = [p.numpy() for p in model.network.parameters()]
+    with pytest.raises(ValueError, match=r"NoScalar.combine returned shape \[1\], float32, not a 0-d float32 "
+                                         r"tensor.*Fix: return the weighted sum as a scalar"):
+        model.fit(DATA, epochs=1, batch_size=16, verbose=0, callbacks=[AutoWeightCallback()])
+    for got, want in zip(model.network.parameters(), before):
+        np.testing.assert_array_equal(got.numpy(), want)
+    with pytest.raises(ValueError, match=r"NoSuperBind.bind did not record the tasks \['y1', 'y2'\].*Fix: call "
+                                         r"super\(\).bind\(tasks, task_types\) first"):
+        mse_losses(NoSuperBind())
+    loss = mse_losses(ShortWeight())
+    loss(paddle.ones([4, 1]), paddle.ones([4, 1]), paddle.zeros([4, 1]), paddle.zeros([4, 1]))
+    with pytest.raises(ValueError, match=r"ShortWeight.weight or sigma returned 1 value\(s\) for 2 tasks"):
+        loss.weights()

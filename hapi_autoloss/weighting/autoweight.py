@@ -11,6 +11,7 @@ from .. import _hapi
 from . import _checks
 from ._checkpoints import Checkpoints
 from ._make import make_method
+from ._method_checks import check_bound, check_per_task, check_total
 from ._pertask import PerTask, Shared
 from ._plain import PlainChecks
 from ._since import SinceUpdate
@@ -96,6 +97,7 @@ class AutoWeight(UpdateChecks, Checkpoints):
         self._types = parse_task_types(task_types, names)
         self._routes = parse_routing(routing, names)
         self.weighting.bind(names, self._types)
+        check_bound(self.weighting, names)
         self._pertask = self._per_task(shared, rep_grad)
         self._since = SinceUpdate()  # the training forwards since the last update, for the check before it
         self._since.positive = bool(self.weighting.positive_losses)
@@ -171,7 +173,9 @@ class AutoWeight(UpdateChecks, Checkpoints):
             if self._pertask is not None:
                 self._pertask.forget()  # a representation kept for this step must not reach the next
             raise
-        return self.weighting.combine(values)
+        total = self.weighting.combine(values)
+        check_total(self.weighting, total)
+        return total
 
     # ------------------------------------------------------------ training hooks
 
@@ -202,7 +206,10 @@ class AutoWeight(UpdateChecks, Checkpoints):
     # ------------------------------------------------------------ reading
 
     def _named(self, values: np.ndarray | None) -> dict[str, float]:
-        return {} if values is None else dict(zip(self.task_names, map(float, values)))
+        if values is None:
+            return {}
+        values = check_per_task(self.weighting, "weight or sigma", values, len(self.task_names))
+        return dict(zip(self.task_names, values))
 
     def sigmas(self) -> dict[str, float]:
         """σ per task now (after the last update): e^(s/2) for kendall and simple, c for

@@ -14,6 +14,7 @@ import numpy as np
 import paddle
 
 from . import _surrogate
+from ._method_checks import check_per_task
 from .base import Weighting
 
 
@@ -106,7 +107,7 @@ class GradWeighting(Weighting):
         k = int(losses.shape[0])
         host = paddle.concat([gram.reshape([-1]), losses.astype(gram.dtype)]).numpy().astype(np.float64)
         gram_host = host[: k * k].reshape(k, k)
-        alpha = np.asarray(self.alphas(gram_host, host[k * k :]), dtype=np.float64)
+        alpha = check_per_task(self, "alphas", self.alphas(gram_host, host[k * k :]), k)
         # a task with no gradient at this step adds nothing: it shows 0, not its factor on a zero
         # vector (cagrad's reaches 1e8 there, and would flatten every other curve of the plot)
         self.show_alphas(np.where(np.diag(gram_host) > 0, alpha, 0.0))
