@@ -425,7 +425,7 @@ def test_a_user_methods_mistakes_are_refused_before_any_update():
     made [0] parameters (a raw broadcast error); a short weight() dropped a task from the display."""
     model = build_model(mse_losses(NoScalar()))
     before = [p.numpy() for p in model.network.parameters()]
-    with pytest.raises(ValueError, match=r"NoScalar.combine returned shape \[1\], float32, not a 0-d float32 "
+    with pytest.raises(ValueError, match=r"NoScalar.combine returned shape \[1\], float32, not a 0-d floating "
                                          r"tensor.*Fix: return the weighted sum as a scalar"):
         model.fit(DATA, epochs=1, batch_size=16, verbose=0, callbacks=[AutoWeightCallback()])
     for got, want in zip(model.network.parameters(), before):
@@ -437,3 +437,11 @@ def test_a_user_methods_mistakes_are_refused_before_any_update():
     loss(paddle.ones([4, 1]), paddle.ones([4, 1]), paddle.zeros([4, 1]), paddle.zeros([4, 1]))
     with pytest.raises(ValueError, match=r"ShortWeight.weight or sigma returned 1 value\(s\) for 2 tasks"):
         loss.weights()
+
+
+def test_the_readings_are_python_floats():
+    """They were np.float64 for a while: printed as np.float64(0.5), which the README's lines do not show."""
+    loss = mse_losses("kendall", task_types=["regression", "regression"])
+    loss(paddle.ones([4, 1]), paddle.ones([4, 1]), paddle.zeros([4, 1]), paddle.zeros([4, 1]))
+    for reading in (loss.sigmas(), loss.weights(), loss.last_losses(), *loss.used()):
+        assert reading and all(type(v) is float for v in reading.values()), reading

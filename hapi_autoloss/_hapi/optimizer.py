@@ -196,9 +196,10 @@ def attach(
     calls ``loss.training_calls()`` lists (dwa and stch: ``end_epoch``; famo:
     ``after_update``), which the callback would make.
     With ``on_nonfinite``, the loss is checked before each update (on every rank);
-    if it is not finite somewhere, ``on_nonfinite(loss, here)`` is called (``here``:
-    on this rank) and either raises, or returns to skip the update and clear every
-    gradient.
+    if it is not finite somewhere, or a task loss of a method that needs them >= 0 is
+    below −1e-4 (``loss`` is then finite; ``AutoWeight.nonfinite_negative()`` names it),
+    ``on_nonfinite(loss, here)`` is called (``here``: on this rank) and either raises,
+    or returns to skip the update and clear every gradient.
 
     Example::
 

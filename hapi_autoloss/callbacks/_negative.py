@@ -1,10 +1,11 @@
 """The refusal of a step with a negative task loss, for ``AutoWeightCallback``'s non-finite policy.
 
-The check before an update finds such a step non-finite on every rank (the total is NaN on the
-rank holding the loss, and ``agree`` carries that to the others), and every rank then calls the
-policy. Every rank must raise the same ValueError: so under the launcher one tiny all-reduce, on
-this failing step only, tells the others that a rank holds a negative loss (a rank that skipped
-instead would wait for the next step's collectives alone, until gloo's timeout).
+The check before an update refuses such a step on the rank holding the loss (a loss-level method's
+task losses are read there, ``weighting/_since.py``; a gradient-level method's forward flags it) and
+``agree`` carries that to the others, so every rank calls the policy. Every rank must raise the
+same ValueError: so under the launcher one tiny all-reduce, on this failing step only, tells the
+others that a rank holds a negative loss (a rank that skipped instead would wait for the next
+step's collectives alone, until gloo's timeout).
 """
 
 from __future__ import annotations

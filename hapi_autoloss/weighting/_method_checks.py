@@ -20,15 +20,15 @@ def check_bound(method: Any, tasks: list[str]) -> None:
 
 
 def check_total(method: Any, total: Any) -> None:
-    """At every forward, before hapi reads it: ``combine`` returned a 0-d float32 tensor (shapes are
-    known on the host: no read)."""
-    if not isinstance(total, paddle.Tensor) or total.ndim != 0 or total.dtype != paddle.float32:
+    """At every forward, before hapi reads it: ``combine`` returned a 0-d floating tensor (shapes are
+    known on the host: no read; float16 under PaddleSeg's AMP O2 is fine)."""
+    if not isinstance(total, paddle.Tensor) or total.ndim != 0 or not paddle.is_floating_point(total):
         dtype = str(getattr(total, "dtype", "")).replace("paddle.", "")
         got = f"shape {list(total.shape)}, {dtype}" if isinstance(total, paddle.Tensor) else type(total).__name__
         raise ValueError(
-            f"{type(method).__name__}.combine returned {got}, not a 0-d float32 tensor (hapi reads the "
+            f"{type(method).__name__}.combine returned {got}, not a 0-d floating tensor (hapi reads the "
             "total as one float after its update). Fix: return the weighted sum as a scalar, e.g. "
-            "(w * losses).sum() (not sum(keepdim=True)), in float32."
+            "(w * losses).sum() (not sum(keepdim=True))."
         )
 
 

@@ -83,8 +83,9 @@ class SinceUpdate:
 
     @property
     def refusing(self) -> bool:
-        """Whether this forward refuses a negative loss: hapi's train step, a policy checks its update
-        and the method needs losses >= 0. Elsewhere nothing reads the NaN: no refusal."""
+        """Whether this forward refuses a negative loss (a gradient-level method's, in ``_pertask``):
+        hapi's train step, a policy checks its update and the method needs losses >= 0. A loss-level
+        method's losses are read by :meth:`count` instead."""
         return self.recording and self.checked and self.positive
 
     def begin_batch(self, checked: bool = False) -> None:
@@ -123,12 +124,14 @@ class SinceUpdate:
             count, named = _named(rows[:early], tasks, False)
             if named and not self.cause[1]:
                 self.cause = ("loss", named + ACCUMULATED)
-        # the same read: a negative loss, this batch's or an earlier one's (one min() when there is none)
-        if not count and self.positive and not rows.min() >= -NEGATIVE_TOLERANCE:
-            count, named = _named(rows, tasks, True)
+        # the same read: a negative loss, this batch's or an earlier one's (one min() when there is none);
+        # it is named even beside an earlier NaN, as it is refused whatever the non-finite policy says
+        if self.positive and not rows.min() >= -NEGATIVE_TOLERANCE:
+            negative, named = _named(rows, tasks, True)
             if named:
                 first = next(i for i, row in enumerate(rows) if (row < -NEGATIVE_TOLERANCE).any())
                 self.cause = ("negative", named + (ACCUMULATED if first < early else ""))
+                count = max(count, negative)
         return count
 
     def now(self, tasks: list[str]) -> str | None:

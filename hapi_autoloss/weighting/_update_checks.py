@@ -65,7 +65,8 @@ class UpdateChecks(paddle.nn.Layer):
 
     def track_batch(self, begins: bool, checked: bool = False) -> None:
         """``attach`` brackets each of hapi's train steps: only their forwards count for the update.
-        ``checked``: a non-finite policy checks this step's update (only then is a negative loss refused)."""
+        ``checked``: a non-finite policy checks this step's update (only then does a gradient-level
+        forward refuse a negative loss)."""
         if begins:
             self._since.begin_batch(checked)
         else:

@@ -209,7 +209,7 @@ class AutoWeight(UpdateChecks, Checkpoints):
         if values is None:
             return {}
         values = check_per_task(self.weighting, "weight or sigma", values, len(self.task_names))
-        return dict(zip(self.task_names, values))
+        return dict(zip(self.task_names, map(float, values)))  # Python floats, as the docs print them
 
     def sigmas(self) -> dict[str, float]:
         """σ per task now (after the last update): e^(s/2) for kendall and simple, c for
