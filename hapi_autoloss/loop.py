@@ -134,14 +134,12 @@ def param_groups(
         groups.append(_no_decay_group(own, 1.0, clip=True))
     gradient_level = _hapi.bind_network(loss, network)
     if not loss_params and not gradient_level:
-        calls: list[str] = getattr(loss, "training_calls", list)()
-        learns = (f"it learns only through calls your loop must make: {'; '.join(calls)}" if calls
-                  else "nothing to learn, as with rlw, gls, fixed or equal")
-        warnings.warn(
-            f"The loss has no trainable parameters ({learns}), so param_groups returns the network's "
-            "groups only. Fix: nothing to fix if that is intended; else pass the AutoWeight instance as loss.",
-            stacklevel=2,
-        )
+        if not callable(getattr(loss, "training_calls", None)):  # an AutoWeight tells a loop its calls itself
+            warnings.warn(
+                f"The loss ({type(loss).__name__}) has no trainable parameters and is no AutoWeight, so "
+                "param_groups returns the network's groups only. Fix: pass the AutoWeight instance as loss.",
+                stacklevel=2,
+            )
         return groups
     groups.append(_no_decay_group(loss_params, lr_scale, clip=False))
     return groups

@@ -161,11 +161,21 @@ def test_bad_input_names_the_fix():
         sync_gradients(None)
 
 
-def test_a_loss_with_nothing_to_learn_warns_and_keeps_the_network():
+def test_an_autoweight_with_nothing_to_learn_keeps_the_network_silently_and_another_loss_warns():
+    """The README's loop with famo, stch or equal warned on every run ("nothing to fix if that is
+    intended"); the plain-loop checks now tell a loop that forgets a method's calls."""
+    import warnings
+
     net = TwoTaskNet()
-    equal = AutoWeight([paddle.nn.MSELoss(), paddle.nn.MSELoss()], method="equal")
-    with pytest.warns(UserWarning, match="no trainable parameters"):
-        groups = param_groups(net, equal)
+    for method in ("equal", "famo", "stch"):
+        loss = AutoWeight([paddle.nn.MSELoss(), paddle.nn.MSELoss()], method=method)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            groups = param_groups(net, loss)
+        assert len(groups) == 1 and len(groups[0]["params"]) == len(net.parameters())
+    with pytest.warns(UserWarning, match=r"The loss \(MSELoss\) has no trainable parameters and is no "
+                                         r"AutoWeight.*Fix: pass the AutoWeight instance as loss"):
+        groups = param_groups(net, paddle.nn.MSELoss())
     assert len(groups) == 1 and len(groups[0]["params"]) == len(net.parameters())
 
 
@@ -267,12 +277,15 @@ def test_readme_shows_the_plain_loop_example_verbatim():
 
 
 def test_famo_in_a_plain_loop_learns_with_the_calls_param_groups_names():
-    """famo has no parameter: param_groups warned 'nothing to learn', and its logits stayed at 0."""
+    """famo has no parameter: param_groups warned 'nothing to learn', and its logits stayed at 0. The
+    calls are named by training_calls(), and a loop that forgets one is warned (test_plain_checks)."""
+    import warnings
+
     paddle.seed(0)
     net, loss = TwoTaskNet(), AutoWeight({"y1": paddle.nn.MSELoss(), "y2": paddle.nn.MSELoss()}, method="famo")
-    with pytest.warns(UserWarning, match=r"learns only through calls your loop must make: with paddle.no_grad\(\): "
-                                         r"loss.after_update"):
-        groups = param_groups(net, loss)
+    assert loss.training_calls()[0].startswith("with paddle.no_grad(): loss.after_update")
+    warnings.simplefilter("error")  # the correct loop warns nothing (pytest restores the filters)
+    groups = param_groups(net, loss)
     opt = OPT.Adam(learning_rate=0.01, parameters=groups)
     for x, y1, y2 in TwoTaskData(64).batches(16):
         o1, o2 = net(x)
