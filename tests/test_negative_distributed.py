@@ -4,11 +4,10 @@ is refused on every rank with the same kind of ValueError, nothing updated and n
 import json
 import os
 import re
-import subprocess
-import sys
 
 import numpy as np
 import pytest
+from helpers import launch_two_ranks
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "tests", "scripts", "dist_negative.py")
@@ -18,13 +17,7 @@ ANOTHER = "A task loss < 0 on another rank at epoch 0, step 1, but method="
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory):
     out = tmp_path_factory.mktemp("dist_negative")
-    env = dict(os.environ, PYTHONPATH=ROOT)
-    for key in ("PADDLE_TRAINER_ID", "PADDLE_TRAINERS_NUM", "PADDLE_TRAINER_ENDPOINTS"):
-        env.pop(key, None)
-    cmd = [sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", "2",
-           "--log_dir", str(out / "log"), SCRIPT, str(out)]
-    proc = subprocess.run(cmd, cwd=out, env=env, capture_output=True, text=True, timeout=300)
-    logs = "".join((out / "log" / f).read_text() for f in os.listdir(out / "log")) if (out / "log").exists() else ""
+    proc, logs = launch_two_ranks(SCRIPT, str(out), log_dir=out / "log", cwd=out, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:] + logs[-4000:]
     return [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
 

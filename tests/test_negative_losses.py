@@ -145,12 +145,17 @@ def test_equal_total_is_the_plain_sum_of_a_negative_loss():
     np.testing.assert_allclose(float(np.ravel(total)[0]), expected, rtol=1e-5)
 
 
+def with_and_without_the_check(method, monkeypatch):
+    """make(method) with the method's positive_losses, then with "" (the library before the check)."""
+    for reason in (METHODS[method].positive_losses, ""):
+        monkeypatch.setattr(METHODS[method], "positive_losses", reason)
+        yield make(method)
+
+
 @pytest.mark.parametrize("method", ["gls", "kendall", "famo", "db_mtl"])
 def test_with_losses_above_zero_the_check_changes_no_value(method, monkeypatch):
     runs = []
-    for reason in (METHODS[method].positive_losses, ""):
-        monkeypatch.setattr(METHODS[method], "positive_losses", reason)
-        loss, shifted, model = make(method)
+    for loss, shifted, model in with_and_without_the_check(method, monkeypatch):
         spy = fit(model, loss, shifted, {99}, accumulate_grad_batches=1)
         runs.append((snapshot(model, loss), loss.last_losses(), spy))
     (a, la, _), (b, lb, _) = runs
@@ -162,9 +167,7 @@ def test_with_losses_above_zero_the_check_changes_no_value(method, monkeypatch):
 @pytest.mark.parametrize("method", ["gls", "kendall", "uw_so", "db_mtl"])
 def test_a_plain_loop_gets_the_same_total_as_before(method, monkeypatch):
     totals = []
-    for reason in (METHODS[method].positive_losses, ""):
-        monkeypatch.setattr(METHODS[method], "positive_losses", reason)
-        loss, shifted, model = make(method)
+    for loss, shifted, model in with_and_without_the_check(method, monkeypatch):
         shifted.shift = SHIFT
         x, y1, y2 = next(DATA.batches(16))
         param_groups(model.network, loss)  # a plain loop's optimizer groups (tells db_mtl the network)

@@ -112,22 +112,26 @@ def test_without_attach_the_first_forward_says_to_attach(tmp_path):
     np.testing.assert_array_equal(flat(model), before)  # raised before any update
 
 
+def train_with_c1_frozen(model, losses, opt, data, save_dir):
+    """One train iteration with the backbone's first layer frozen, then unfrozen for what follows."""
+    for p in model.c1.parameters():
+        p.stop_gradient = True
+    train(model, losses, opt, data, save_dir, iters=1)
+    for p in model.c1.parameters():
+        p.stop_gradient = False
+
+
 def test_a_backbone_unfrozen_for_a_second_train_is_combined_with_the_rest(tmp_path):
     """c1 frozen for a first train, unfrozen for a second one (same model, losses and optimizer):
     the second train's update on every shared parameter is MGDA's rule on all of them."""
     data = SegData(n=4)
     model, aw, losses, opt = build("mgda", model=conflicting(data))
     hp.attach(model, losses, opt)
-    for p in model.c1.parameters():
-        p.stop_gradient = True
-    train(model, losses, opt, data, tmp_path / "a", iters=1)
-    for p in model.c1.parameters():
-        p.stop_gradient = False
+    train_with_c1_frozen(model, losses, opt, data, tmp_path / "a")
     rows, before = per_task_rows(model, data), flat(model)
     train(model, losses, opt, data, tmp_path / "b", iters=1)
     update = (before - flat(model)) / LR
     want, alpha = mgda_rule(rows)
-    print("max |update - rule|", np.abs(update - want).max(), "max |rule - sum|", np.abs(want - rows.sum(0)).max())
     np.testing.assert_allclose(list(aw.used()[1].values()), alpha, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(update, want, rtol=1e-5, atol=1e-6 * np.abs(want).max())
 
@@ -140,11 +144,7 @@ def test_db_mtl_resumed_after_the_backbone_is_unfrozen_continues_exactly(tmp_pat
     def first():
         model, aw, losses, opt = build("db_mtl")
         hp.attach(model, losses, opt)
-        for p in model.c1.parameters():
-            p.stop_gradient = True
-        train(model, losses, opt, data, tmp_path / "cut", iters=1)
-        for p in model.c1.parameters():
-            p.stop_gradient = False
+        train_with_c1_frozen(model, losses, opt, data, tmp_path / "cut")
         return model, aw, losses, opt
 
     model, aw, losses, opt = first()  # saves iter_1
