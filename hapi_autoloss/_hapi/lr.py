@@ -10,13 +10,12 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from .._args import as_real
+
 
 def _float(value: Any) -> float | None:
-    try:
-        out = float(value)
-    except (TypeError, ValueError):
-        return None
-    return out if math.isfinite(out) else None
+    number = as_real(value)
+    return number if number is not None and math.isfinite(number) else None
 
 
 def keep_update_lr(opt: Any) -> bool:

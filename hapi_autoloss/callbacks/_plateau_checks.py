@@ -66,7 +66,7 @@ def missing_monitor_fix(monitor: str, names: list[str]) -> str:
 def check_saved_monitor(saved: str, monitor: str) -> bool:
     """Whether a saved state's best value and wait go on: refused when it is of another key than
     ``monitor``; False (start them over, with a warning) for a state that monitored 'loss'."""
-    if saved == "loss" and monitor != "loss":  # a state of a version that took 'loss'
+    if saved == "loss":  # a state of a version that took 'loss' (monitor itself never is: refused)
         warnings.warn(
             f"The saved TopKOnPlateau monitored 'loss', which is refused now (the evaluation loss rises at "
             f"every reduction of k): its ratios go on, its best value and wait start over for {monitor!r}. "

@@ -13,6 +13,7 @@ from .. import _hapi
 from .._args import positive
 from ..weighting import AutoWeight
 from ._checks import check_epoch_had_batches, check_has_batches
+from ._epoch_close import EpochCloser
 from ._negative import refuse_negative
 
 NONFINITE_POLICIES = ("raise", "skip")
@@ -84,7 +85,7 @@ class AutoWeightCallback(Callback):
         self._weighting: list[AutoWeight] = []
         self._epoch = 0
         self._step = 0
-        self._batches, self._open, self._hooked = 0, False, False
+        self._batches, self._closer = 0, EpochCloser()
         self._skipped_before = 0
         self._logs: dict[str, Any] | None = None
         self._wanting: list[AutoWeight] = []
@@ -122,11 +123,7 @@ class AutoWeightCallback(Callback):
         if self.show_in_progress_bar and self._weighting:
             _hapi.show_in_progress_bar(self.params, list(self._values()))
         self._plan_logs()
-        self._open = False  # an epoch a raised fit left open is not this fit's
-        callbacks = _hapi.callback_list_of(self)
-        self._hooked = callbacks is not None
-        if callbacks is not None:  # before a ModelCheckpoint listed first saves the epoch
-            _hapi.before_epoch_end(callbacks, self._close_epoch)
+        self._closer.train_begins(self, self._close_epoch)  # before a ModelCheckpoint listed first saves it
         # Right after each step, before hapi's bar reads logs at on_train_batch_end.
         _hapi.after_train_batch(self.model, "AutoWeightCallback", self._after_step)
 
@@ -167,16 +164,14 @@ class AutoWeightCallback(Callback):
         )
 
     def _close_epoch(self, epoch: int, logs: Any) -> None:
-        """Epoch end, before any callback's (once): the last step's values, if that step did not put
-        them in, then the epoch closed (dwa's averages, stch's count)."""
+        """Epoch end, before any callback's (once, ``_epoch_close``): the last step's values, if that
+        step did not put them in, then the epoch closed (dwa's averages, stch's count)."""
         if self._stale and logs is not None:
             logs.update(self._values())
         self._stale = False
-        if self._open:  # not an epoch BackupAndRestore skips (no on_epoch_begin reached us)
-            self._open = False
-            check_epoch_had_batches(epoch, self._batches)
-            for aw in self._weighting:
-                aw.end_epoch()  # dwa's next weights come from this epoch's average losses
+        check_epoch_had_batches(epoch, self._batches)
+        for aw in self._weighting:
+            aw.end_epoch()  # dwa's next weights come from this epoch's average losses
 
     def _values(self) -> dict[str, float]:
         out: dict[str, float] = {}
@@ -232,7 +227,8 @@ class AutoWeightCallback(Callback):
 
     def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
         self._epoch = epoch
-        self._batches, self._open = 0, True
+        self._batches = 0
+        self._closer.epoch_begins()
 
     def on_train_batch_begin(self, step: int, logs: Any = None) -> None:
         self._step = step
@@ -249,6 +245,4 @@ class AutoWeightCallback(Callback):
             logs["nonfinite_skipped"] = self.skipped
 
     def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
-        if not self._hooked:  # driven by hand, not by hapi's fit: each call ends an epoch
-            self._open = True
-        self._close_epoch(epoch, logs)  # done already inside hapi's fit
+        self._closer.epoch_ends(epoch, logs, self._close_epoch)  # done already inside hapi's fit

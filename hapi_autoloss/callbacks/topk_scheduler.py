@@ -10,6 +10,7 @@ from .. import _hapi
 from .._args import check_count
 from ..topk import TopKLoss
 from ._checks import check_epoch_had_batches, check_has_batches
+from ._epoch_close import EpochCloser
 from ._run import begin_run, loaded
 from ._topk_schedule import BY_CHOICES, RangeSchedule
 
@@ -106,7 +107,7 @@ class TopKScheduler(RangeSchedule, Callback):
         self.ratio = self.start
         self.drop = self.drop_start
         self._layers: list[TopKLoss] = []
-        self._epoch_start, self._epoch_open, self._hooked = 0, False, False
+        self._epoch_start, self._closer = 0, EpochCloser()
 
     @classmethod
     def deeplab(cls, top_k: float = 0.2, hard_example_mining_step: int = 100_000) -> TopKScheduler:
@@ -175,11 +176,7 @@ class TopKScheduler(RangeSchedule, Callback):
         self._check_warmup(self.total)
         self._check_layers(self._layers)
         _hapi.show_in_progress_bar(self.params, ["topk_ratio"] + (["topk_drop"] if self.drop is not None else []))
-        self._epoch_open = False  # an epoch a raised fit left open is not this fit's
-        callbacks = _hapi.callback_list_of(self)
-        self._hooked = callbacks is not None
-        if callbacks is not None:  # count the epoch before a ModelCheckpoint listed first saves it
-            _hapi.before_epoch_end(callbacks, self._end_epoch)
+        self._closer.train_begins(self, self._end_epoch)  # counted before a ModelCheckpoint listed first saves
         self._apply()
 
     def _new_run(self) -> None:
@@ -190,7 +187,8 @@ class TopKScheduler(RangeSchedule, Callback):
         self.ratio, self.drop = self.start, self.drop_start
 
     def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
-        self._epoch_start, self._epoch_open = self.steps_done, True
+        self._epoch_start = self.steps_done
+        self._closer.epoch_begins()
         if self.by == "epoch":
             self._apply()
 
@@ -206,15 +204,11 @@ class TopKScheduler(RangeSchedule, Callback):
         self.steps_done += 1
 
     def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
-        if not self._hooked:  # driven by hand, not by hapi's fit: each call ends an epoch
-            self._epoch_open = True
-        self._end_epoch(epoch, logs)
+        self._closer.epoch_ends(epoch, logs, self._end_epoch)
 
     def _end_epoch(self, epoch: int, logs: Any = None) -> None:
-        if self._epoch_open:  # once, before every callback's epoch end; not an epoch BackupAndRestore skips
-            self._epoch_open = False
-            check_epoch_had_batches(epoch, self.steps_done - self._epoch_start)
-            self.epochs_done += 1
+        check_epoch_had_batches(epoch, self.steps_done - self._epoch_start)
+        self.epochs_done += 1
 
     # ------------------------------------------------------------ resume
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import paddle
 import paddle.nn.functional as F
 from paddleseg.cvlibs import manager
@@ -55,7 +57,7 @@ class SafeCrossEntropyLoss(paddle.nn.Layer):
         if self.weight is not None:
             index = (labels * valid.astype("int64")).flatten()  # ignored: class 0, then weight × 0
             valid = valid * paddle.gather(self.weight, index).reshape(labels.shape)
-        count = valid.sum() if self.avg_non_ignore else float(labels.numel())
+        count = valid.sum() if self.avg_non_ignore else float(math.prod(labels.shape))  # the shape: no device op
         return (per_pixel.sum() / (count + 1e-8)).reshape([1])
 
 
@@ -78,6 +80,7 @@ class SafeDiceLoss(_losses.DiceLoss):
                  eps: float = 1e-8) -> None:
         super().__init__(ignore_index=ignore_index, smooth=smooth, eps=eps)
         self.weight = _loss_args.check_dice_weight(weight)
+        self._weight_tensor: dict[str, paddle.Tensor] = {}  # made at the first forward (a dict: not a buffer)
 
     def forward(self, logits: paddle.Tensor, labels: paddle.Tensor) -> paddle.Tensor:
         if self.weight is None:
@@ -86,4 +89,7 @@ class SafeDiceLoss(_losses.DiceLoss):
             raise ValueError(f"{len(self.weight)} class weights for {logits.shape[1]} classes. "
                              "Fix: give one weight per class.")
         per_class = 1.0 - self.dice_ratios(logits, labels).mean(axis=0)
-        return (paddle.to_tensor(self.weight, dtype="float32") * per_class).mean().reshape([1])
+        weight = self._weight_tensor.get("w")
+        if weight is None:  # once, not a host-to-device copy per step
+            weight = self._weight_tensor["w"] = paddle.to_tensor(self.weight, dtype="float32")
+        return (weight * per_class).mean().reshape([1])

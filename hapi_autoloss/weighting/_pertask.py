@@ -203,7 +203,7 @@ class PerTask:
                 kind, text = (("gradient", _checks.nonfinite(names, rows, reached, self.rep_grad)) if finite_losses
                               else ("loss", first_bad([local], names)[1] or "a loss"))
                 self.since.skip(kind, text)
-                if not self.since.recording and self.plain is not None:
+                if self.plain is not None:  # a plain loop's (it tells hapi's train step apart itself)
                     self.plain(text)
             return _surrogate.skipped(value, params, amp_overflow=overflow)
         method.last_shared = self._last or slice(None)

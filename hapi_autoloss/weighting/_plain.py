@@ -120,6 +120,11 @@ class PlainChecks:
             "hapi_autoloss.sync_gradients(loss_fn) after loss.backward() and before opt.step(), on every rank "
             "(or wrap the network and the loss in one paddle.DataParallel)."))
 
+    def _seen_sync(self) -> None:
+        """A sync_gradients since the last look restarts the count of forwards without one."""
+        if SYNCS[0] != self.syncs:
+            self.syncs, self.since_sync = SYNCS[0], 0
+
     def forward(self, loss: Any) -> None:
         """A training forward of a loss that no trainer drives."""
         if self.sync is None:  # once: the launcher's world is fixed, σ's trainable set too
@@ -131,8 +136,7 @@ class PlainChecks:
             if self.since_update > PER_UPDATE:
                 self._missing_update(self.since_update, "in a row")
         if self.sync:
-            if SYNCS[0] != self.syncs:
-                self.syncs, self.since_sync = SYNCS[0], 0
+            self._seen_sync()
             self.since_sync += 1
             if self.since_sync > PER_UPDATE:
                 self._missing_sync(self.since_sync, "in a row")
@@ -154,8 +158,7 @@ class PlainChecks:
             if self.needs_update and self.since_update > self.in_epoch:
                 self._missing_update(self.since_update, where)
             if self.sync:
-                if SYNCS[0] != self.syncs:
-                    self.syncs, self.since_sync = SYNCS[0], 0
+                self._seen_sync()
                 if self.since_sync > self.in_epoch:
                     self._missing_sync(self.since_sync, where)
         self.in_epoch = 0

@@ -33,11 +33,6 @@ NEGATIVE_TOLERANCE = 1e-4
 ANOTHER_RANK = "a task loss < 0 on another rank"
 
 
-def _read(values: list[paddle.Tensor]) -> np.ndarray:
-    """The rows of ``values`` in float64 (one host read; bfloat16's numpy() is raw bits)."""
-    return paddle.stack(values).astype("float32").numpy().astype(np.float64)
-
-
 def read_rows(values: list[paddle.Tensor]) -> np.ndarray:
     """The rows of ``values`` read by the check before an update (``_hapi.finite``, which counts it)."""
     from .._hapi.finite import host_rows  # at call time: _hapi imports this package
@@ -57,17 +52,17 @@ def _named(rows: np.ndarray, tasks: list[str], negative: bool) -> tuple[int, str
 
 def first_bad(values: list[paddle.Tensor], tasks: list[str]) -> tuple[int, str]:
     """(how many of ``values`` hold a non-finite loss, "task 'b' = nan, ..." for the first of them)."""
-    return _named(_read(values), tasks, False) if values else (0, "")
+    return _named(read_rows(values), tasks, False) if values else (0, "")
 
 
 def first_negative(values: list[paddle.Tensor], tasks: list[str]) -> tuple[int, str]:
     """(how many of ``values`` hold a loss < -NEGATIVE_TOLERANCE, "task 'b' has loss -1.5 < 0" for the
     first of them): a host read, made only where the check refused a step."""
-    return _named(_read(values), tasks, True) if values else (0, "")
+    return _named(read_rows(values), tasks, True) if values else (0, "")
 
 
 class SinceUpdate:
-    def __init__(self) -> None:
+    def __init__(self, positive: bool = False, gradient_level: bool = False) -> None:
         self.recording = False  # inside hapi's train step (``attach`` wraps ``model.train_batch``)
         self.current: list[paddle.Tensor] = []  # this batch's detached losses: the update reads its loss
         self.earlier: list[paddle.Tensor] = []  # earlier batches' since the last update (accumulation)
@@ -75,10 +70,12 @@ class SinceUpdate:
         self.skipped = 0  # forwards a gradient-level method skipped (non-finite)
         self.cause = ("", "")  # ("gradient" or "loss", which task) of the first of them
         self.cause_batch = 0
-        self.positive = False  # the method needs every task loss >= 0 (its ``positive_losses``)
+        self.positive = positive  # the method needs every task loss >= 0 (its ``positive_losses``)
         # a loss-level method's: the check before the update reads this batch's losses for their sign
-        # (one read of k floats; a where() on the device cost 3 forward ops and a backward one)
-        self.read_current = False
+        # (one read of k floats; a where() on the device cost 3 forward ops and a backward one); a
+        # gradient-level method's forward checks them itself (``_pertask``)
+        self.read_current = positive and not gradient_level
+        self.checks_forward = positive and gradient_level
         self.checked = False  # a non-finite policy checks this train step's update (``policy_of``)
 
     @property

@@ -84,16 +84,18 @@ def average(losses: paddle.Tensor, others_ok: paddle.Tensor, grads: paddle.Tenso
     # NaN where this rank's task-specific gradients are not finite: the sum carries it to every rank.
     flag = paddle.where(others_ok, paddle.zeros([1], "float32"), paddle.full([1], float("nan"), "float32"))
     # 1 where this rank refuses a negative loss: the sum tells every rank (each then refuses the step).
-    below = paddle.zeros([1], "float32") if negative is None else negative.astype("float32").reshape([1])
+    # Left out when nothing is checked (the same on every rank: the buffer's layout still agrees).
+    parts = [flag] if negative is None else [flag, negative.astype("float32").reshape([1])]
     payload = paddle.matmul(grads, grads, transpose_y=True) if rep else grads
     if nranks > 1:
-        buf = paddle.concat([losses, flag, below, payload.reshape([-1])])
+        buf = paddle.concat([losses, *parts, payload.reshape([-1])])
         paddle.distributed.all_reduce(buf)
-        losses, flag, below = buf[:k] / nranks, buf[k : k + 1], buf[k + 1 : k + 2]
-        payload = buf[k + 2 :].reshape(payload.shape) / (nranks * nranks if rep else nranks)
-    flags = paddle.stack([paddle.isfinite(losses).all(), paddle.isfinite(flag).all(),
-                          paddle.isfinite(payload).all(), (below > 0).all()]).numpy()
-    any_negative = bool(flags[3])
+        k1 = k + len(parts)
+        losses, parts = buf[:k] / nranks, [buf[k + i : k + i + 1] for i in range(len(parts))]
+        payload = buf[k1:].reshape(payload.shape) / (nranks * nranks if rep else nranks)
+    checks = [paddle.isfinite(losses).all(), paddle.isfinite(parts[0]).all(), paddle.isfinite(payload).all()]
+    flags = paddle.stack([*checks, (parts[1] > 0).all()] if negative is not None else checks).numpy()
+    any_negative = negative is not None and bool(flags[3])
     finite = (bool(flags[0]), bool(flags[:3].all()) and not any_negative, any_negative)
     return (losses, grads, payload, finite) if rep else (losses, payload, None, finite)
 

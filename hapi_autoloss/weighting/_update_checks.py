@@ -61,7 +61,7 @@ class UpdateChecks(paddle.nn.Layer):
     def checks_forward(self) -> bool:
         """Whether the forward itself refuses a negative loss (a gradient-level method that needs
         losses >= 0), so ``attach`` must tell it, per train step, whether a policy checks the update."""
-        return self._since.positive and not self._since.read_current
+        return self._since.checks_forward
 
     def track_batch(self, begins: bool, checked: bool = False) -> None:
         """``attach`` brackets each of hapi's train steps: only their forwards count for the update.

@@ -99,9 +99,8 @@ class AutoWeight(UpdateChecks, Checkpoints):
         self.weighting.bind(names, self._types)
         check_bound(self.weighting, names)
         self._pertask = self._per_task(shared, rep_grad)
-        self._since = SinceUpdate()  # the training forwards since the last update, for the check before it
-        self._since.positive = bool(self.weighting.positive_losses)
-        self._since.read_current = self._since.positive and self._pertask is None  # gradient-level: in _pertask
+        # the training forwards since the last update, for the check before it
+        self._since = SinceUpdate(bool(self.weighting.positive_losses), self._pertask is not None)
         # the calls a plain loop owes the method, σ's averaging, a zeroed step: warned there
         self._plain = PlainChecks(type(self.weighting).training_hooks(), self.training_calls(), self.method)
         if self._pertask is not None:
