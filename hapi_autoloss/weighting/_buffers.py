@@ -64,6 +64,13 @@ def fit_empty_buffers(layer: paddle.nn.Layer, state: dict[str, Any]) -> None:
                                                 value.cpu() if buf.place.is_cpu_place() else value)
 
 
+def prepare_load(layer: paddle.nn.Layer, state: dict[str, Any]) -> None:
+    """Before ``set_state_dict`` of ``state`` (structured names): refuse a shape loading may not give
+    (:func:`check_shapes`), then size the buffers that follow the saved one (:func:`fit_empty_buffers`)."""
+    check_shapes(layer, state)
+    fit_empty_buffers(layer, state)
+
+
 def _owner(layer: paddle.nn.Layer, name: str) -> paddle.nn.Layer:
     owner_name = name.rpartition(".")[0]
     return layer if not owner_name else dict(layer.named_sublayers())[owner_name]

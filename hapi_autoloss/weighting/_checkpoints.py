@@ -7,7 +7,7 @@ from typing import Any
 
 import paddle
 
-from ._buffers import check_shapes, fit_empty_buffers
+from ._buffers import prepare_load
 from .base import Weighting
 
 
@@ -43,8 +43,7 @@ class Checkpoints(paddle.nn.Layer):
     def set_state_dict(self, state_dict: dict[str, Any], use_structured_name: bool = True) -> Any:
         """``paddle.nn.Layer.set_state_dict``, plus the method's buffers sized at its first step."""
         if use_structured_name:
-            check_shapes(self, state_dict)
-            fit_empty_buffers(self, state_dict)
+            prepare_load(self, state_dict)
         result = super().set_state_dict(state_dict, use_structured_name)
         self.weighting.state_loaded()
         return result

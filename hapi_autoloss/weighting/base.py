@@ -14,7 +14,7 @@ import numpy as np
 import paddle
 
 from . import _shown
-from ._buffers import check_shapes, fit_empty_buffers
+from ._buffers import prepare_load
 
 # name -> class; filled by Weighting.__init_subclass__ when a method's module is imported.
 METHODS: dict[str, type[Weighting]] = {}
@@ -158,8 +158,7 @@ class Weighting(paddle.nn.Layer):
     def set_state_dict(self, state_dict: dict[str, Any], use_structured_name: bool = True) -> Any:
         """``paddle.nn.Layer.set_state_dict``, plus buffers sized at the first step (:meth:`state_loaded`)."""
         if use_structured_name:
-            check_shapes(self, state_dict)
-            fit_empty_buffers(self, state_dict)
+            prepare_load(self, state_dict)
         result = super().set_state_dict(state_dict, use_structured_name)
         self.state_loaded()
         return result
