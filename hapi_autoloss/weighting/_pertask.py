@@ -207,7 +207,8 @@ class PerTask:
                     self.plain(text)
             return _surrogate.skipped(value, params, amp_overflow=overflow)
         method.last_shared = self._last or slice(None)
-        if not self.rep_grad:  # the columns: id, structured name (a resumed network's match the saved ones), size
+        if not self.rep_grad and type(method).shared_layout is not GradWeighting.shared_layout:
+            # the columns (a method keeping a per-column history): id, structured name, size
             if self._seen is None or self._seen[0] is not self._key:
                 named = {id(p): _surrogate.unwrapped(name) for name, p in self._network().named_parameters()}
                 self._seen = (self._key, [(id(p), _surrogate.name_key(named.get(id(p), f"<not in the network> {j}")), n)

@@ -8,12 +8,12 @@ import numpy as np
 import paddle
 
 from .._args import is_real, non_negative
-from .gradient import GradWeighting
+from ._columns import KeepsColumns
 
 EPS = 1e-8  # LibMTL's, in log(L + ε) and in the norm ratio
 
 
-class DBMTL(GradWeighting):
+class DBMTL(KeepsColumns):
     """Dual balancing: losses on a log scale, gradients to a common norm.
 
     ==================  =============================================================
@@ -45,7 +45,6 @@ class DBMTL(GradWeighting):
     positive_losses = "takes log L (its gradient ∇L / L)"
     libmtl_options: ClassVar[dict[str, str]] = {"DB_beta": "beta", "DB_beta_sigma": "beta_sigma"}
     rep_grad: ClassVar[bool] = False
-    keeps_columns: ClassVar[bool] = True  # the buffer's columns are saved with it (shared_columns)
     layout_buffers: ClassVar[dict[str, int]] = {"db_grads": 1, "shared_columns": 0}  # loading takes the saved columns
     db_grads: paddle.Tensor  # buffers (bind)
     db_step: paddle.Tensor

@@ -13,7 +13,6 @@ from typing import Any, ClassVar
 import numpy as np
 import paddle
 
-from . import _surrogate
 from ._method_checks import check_per_task
 from .base import Weighting
 
@@ -54,10 +53,6 @@ class GradWeighting(Weighting):
     # Why the rule breaks when a task's loss reaches no shared parameter (its gradient there is
     # 0 by construction), as the end of a sentence; "" when such a task just trains its own head.
     zero_task_breaks: ClassVar[str] = ""
-    # A per-column history (db_mtl's buffer): the shared layout is kept in the buffer ``shared_columns``
-    # beside it (a stable key of each parameter's structured name, and its size), so a resumed run
-    # knows which parameter each saved column belongs to. Name it in ``layout_buffers`` too.
-    keeps_columns: ClassVar[bool] = False
 
     def __init__(self) -> None:
         super().__init__()
@@ -73,13 +68,6 @@ class GradWeighting(Weighting):
             )
         super().bind(tasks, task_types)
         self._alphas = np.ones(self.n)
-        # (id, name key, size) per shared parameter of the last step; None: unknown
-        self._columns: list[tuple[int, int, int]] | None = None
-        self._loaded: list[tuple[int, int]] | None = None  # (name key, size) of a loaded history
-        self._holding: list[Any] = []  # the parameters of _columns, alive: their ids stay theirs
-        if self.keeps_columns:  # (name key, size) per shared parameter, on the host (read on loading)
-            self.register_buffer("shared_columns", paddle.to_tensor(np.zeros([0, 2], np.int64),
-                                                                    place=paddle.CPUPlace()))
 
     # ------------------------------------------------------------ hooks
 
@@ -125,29 +113,9 @@ class GradWeighting(Weighting):
 
     def shared_layout(self, layout: list[tuple[int, int, int]], params: list[Any]) -> None:
         """Parameter mode, each step before combine_grads: the shared columns as (id, key of the
-        structured name, size) per parameter ``params``. Where they differ from those the history
-        was kept for (a layer frozen, unfrozen or replaced), :meth:`shared_moved`: matched by
-        identity in the process, by name and size after a load (the ids of a saved run are unknown)."""
-        if not self.keeps_columns or (self._loaded is None and layout == self._columns):
-            return
-        old: list[tuple[int, int]] | None
-        if self._loaded is not None:
-            old, new = self._loaded, [(key, n) for _, key, n in layout]
-        else:
-            old = [(i, n) for i, _, n in self._columns] if self._columns is not None else None
-            new = [(i, n) for i, _, n in layout]
-        if old is not None and old != new:
-            self.shared_moved(_surrogate.moved(old, new), sum(n for _, n in old))
-        self._columns, self._loaded, self._holding = layout, None, list(params)
-        keys = np.array([(key, n) for _, key, n in layout], dtype=np.int64).reshape([-1, 2])
-        self.shared_columns = paddle.to_tensor(keys, place=paddle.CPUPlace())
-
-    def state_loaded(self) -> None:
-        super().state_loaded()
-        if self.keeps_columns:  # the layout of the loaded history (none in a checkpoint from before it)
-            saved = self.shared_columns.numpy()
-            self._loaded = [(int(a), int(b)) for a, b in saved] if saved.size else None
-            self._columns, self._holding = None, []
+        structured name, size) per parameter ``params``, for a method that keeps a per-column
+        history (:class:`._columns.KeepsColumns`, db_mtl's); nothing here. ``_pertask`` builds the
+        layout only for a method that overrides this."""
 
     def shared_moved(self, index: np.ndarray, before: int) -> None:
         """The shared columns changed since the last step (a layer frozen or unfrozen): new column
