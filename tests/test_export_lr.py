@@ -72,18 +72,22 @@ class Unhook(paddle.callbacks.Callback):
             ex._readout.unwatch_lr()
 
 
-def run(tmp_path, case, accumulate=1, hooked=True):
+def run(tmp_path, case, accumulate=1, hooked=True, optimizer="SGD", grouped=False):
     lr, before, after = CASES[case]
     model = build_model(kendall_loss())
-    model._optimizer = opt = paddle.optimizer.SGD(lr(), parameters=model.parameters())
+    net = model.network
+    params = ([{"params": net.trunk.parameters(), "learning_rate": 0.5},
+               {"params": net.h1.parameters() + net.h2.parameters()}] if grouped else model.parameters())
+    model._optimizer = opt = getattr(paddle.optimizer, optimizer)(lr(), parameters=params)
     at_update, at_forward = [], []
-    minimize = opt.minimize
 
-    def recorded(*args, **kwargs):
-        at_update.append(float(opt.get_lr()))
-        return minimize(*args, **kwargs)
+    def recorded(update):  # a flat optimizer updates in minimize, a grouped one in step (attach's choice)
+        def call(*args, **kwargs):
+            at_update.append(float(opt.get_lr()))
+            return update(*args, **kwargs)
+        return call
 
-    opt.minimize = recorded
+    opt.minimize, opt.step = recorded(opt.minimize), recorded(opt.step)
     model.network.register_forward_pre_hook(lambda layer, inputs: at_forward.append(float(opt.get_lr())))
     exporters = [TensorBoardExport(tmp_path), VisualDLExport(tmp_path)]
     unhook = [] if hooked else [Unhook(exporters)]
@@ -139,3 +143,15 @@ def test_no_hook_is_left_on_the_network_after_a_fit_that_raised(tmp_path):
                       callbacks=[AutoWeightCallback(), TensorBoardExport(tmp_path), Boom()])
     assert len(model.network._forward_pre_hooks) == 0
     assert len(tb_read(tmp_path)["lr"]) >= 1  # the lr was logged all the same
+
+
+@pytest.mark.parametrize("grouped", [False, True], ids=["flat", "grouped"])
+@pytest.mark.parametrize("optimizer", ["SGD", "Momentum", "Adam", "AdamW", "Adamax", "Adagrad", "Adadelta",
+                                       "RMSProp", "Lamb"])
+def test_the_kept_lr_holds_for_the_optimizer_family(tmp_path, optimizer, grouped):
+    """The lr is kept by the optimizer's own minimize (which attach wraps too, and which a grouped
+    optimizer answers with step): every optimizer, flat and with param groups, under a schedule."""
+    at_update, _ = run(tmp_path, "scheduler_first", optimizer=optimizer, grouped=grouped)
+    assert len(at_update) == STEPS and len(set(at_update)) == STEPS  # the schedule moved every step
+    for read in (tb_read, vdl_read):
+        assert [v for _, v in read(tmp_path)["lr"]] == pytest.approx(at_update, rel=1e-6), read.__name__
